@@ -1,0 +1,162 @@
+"""The gateway service: starts resources in order, stops them in reverse.
+
+store -> spool writer -> pipeline worker -> metrics -> SMTP listener; on stop
+the listener closes first (421 to new sessions, transactions in flight finish
+within the grace time), then the worker drains, then the store closes.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import signal
+import time
+
+from .checks import DataCheck, LoopCheck
+from .config import Config, load_config
+from .errors import ConfigErrors
+from .metrics import Metrics, MetricsServer
+from .pipeline.worker import Worker, make_executor
+from .recipients import RecipientMap
+from .smtpd import Handler, SmtpListener
+from .spool import SpoolWriter
+from .store import open_store
+from .store.base import Store
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(self, cfg: Config, executor: concurrent.futures.Executor | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.store: Store = open_store(cfg)
+        self._own_executor = executor is None
+        self.executor = executor
+        self.spool: SpoolWriter | None = None
+        self.worker: Worker | None = None
+        self.listener: SmtpListener | None = None
+        self.metrics_server: MetricsServer | None = None
+        self._ready = False
+        self._stopped = False
+        self._depth_task: asyncio.Task[None] | None = None
+        self._auth_resources: list[object] = []
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def build_checks(self) -> list[DataCheck]:
+        checks: list[DataCheck] = [LoopCheck(self.cfg.smtp.hostname, self.cfg.smtp.loop_marker,
+                                             self.cfg.smtp.max_received_headers)]
+        try:
+            from .auth.smtp_check import AuthCheck
+        except ImportError:
+            return checks
+        checks.append(AuthCheck.from_config(self.cfg, self.executor))
+        return checks
+
+    async def start(self) -> None:
+        await self.store.open()
+        recovered = await self.store.spool_recover()
+        if recovered:
+            log.warning("recovered %d spool entries left in processing by a previous run", recovered)
+        if self.executor is None:
+            self.executor = make_executor(self.cfg.pipeline.parse_workers)
+        self.worker = Worker(self.cfg, self.store, self.metrics, self.executor)
+        self.spool = SpoolWriter(self.store, self.metrics, on_commit=self.worker.wake)
+        self.spool.start()
+        self.worker.start()
+        if self.cfg.metrics.listen is not None:
+            host, port = self.cfg.metrics.listen
+            self.metrics_server = MetricsServer(self.metrics, host, port, lambda: self._ready)
+            await self.metrics_server.start()
+        handler = Handler(self.cfg, RecipientMap(self.cfg.mailboxes), self.spool, self.metrics,
+                          self.build_checks())
+        self.listener = SmtpListener(self.cfg, handler, self.metrics)
+        await self.listener.start()
+        self._depth_task = asyncio.get_running_loop().create_task(self._refresh_depth(), name="spool-depth")
+        self._ready = True
+        log.info("ticketmx ready (%d mailboxes, store %s)", len(self.cfg.mailboxes), self.cfg.store.url)
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._ready = False
+        if self.listener is not None:
+            await self.listener.close(self.cfg.smtp.shutdown_grace if grace is None else grace)
+        if self.spool is not None:
+            await self.spool.close()
+        if self.worker is not None:
+            await self.worker.close(drain=True)
+        if self._depth_task is not None:
+            self._depth_task.cancel()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
+        if self._own_executor and self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+        await self.store.close()
+        log.info("ticketmx stopped")
+
+    def reload(self, path: str | None) -> bool:
+        """SIGHUP: swap in a new config's mailboxes; a bad config is refused and the old one kept."""
+        try:
+            new = load_config(path)
+        except ConfigErrors as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return False
+        if self.listener is None or self.worker is None:
+            return False
+        self.cfg = new
+        self.listener.handler.recipients = RecipientMap(new.mailboxes)
+        self.listener.handler.cfg = new
+        self.listener.state.cfg = new
+        self.worker.ctx = type(self.worker.ctx)(cfg=new, recipients=RecipientMap(new.mailboxes))
+        log.info("config reloaded from %s (%d mailboxes)", path, len(new.mailboxes))
+        return True
+
+    async def _refresh_depth(self) -> None:
+        while True:
+            try:
+                for state, n in (await self.store.spool_counts()).items():
+                    self.metrics.spool_depth.labels(state=state).set(n)
+            except Exception:
+                log.debug("spool depth refresh failed", exc_info=True)
+            await asyncio.sleep(5)
+
+
+async def serve(cfg: Config, config_path: str | None) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
+    gw = Gateway(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: gw.reload(config_path))
+    await gw.start()
+    _sd_notify("READY=1")
+    await stop.wait()
+    started = time.monotonic()
+    _sd_notify("STOPPING=1")
+    log.info("shutting down (grace %.0fs)", cfg.smtp.shutdown_grace)
+    await gw.stop()
+    log.info("shutdown took %.2fs", time.monotonic() - started)
+    return 0
+
+
+def _sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    import os
+    import socket
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(addr)
+            sock.sendall(state.encode())
+    except OSError:
+        log.debug("sd_notify failed", exc_info=True)

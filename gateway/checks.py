@@ -1,0 +1,75 @@
+"""SMTP-time checks run at end of DATA, before the spool commit.
+
+Each check is a small class with a unique ``name`` and one async ``run``
+returning a :class:`CheckResult`; the first reject/defer wins and is answered
+by the server. Checks must be cheap and bounded: the client is waiting.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .replies import LOOP_DETECTED, TOO_MANY_HOPS, Reply
+
+CONTINUE = "continue"
+REJECT = "reject"
+DEFER = "defer"
+
+
+@dataclass(slots=True)
+class DataContext:
+    """What an SMTP-time check sees: the envelope, the peer and the raw message."""
+
+    peer_ip: str
+    helo: str
+    mail_from: str
+    rcpt_tos: list[str]
+    mailboxes: list[Any]          # MailboxConfig of each accepted recipient, in RCPT order
+    raw: bytes
+    header_end: int               # offset of the blank line ending the header section (len(raw) if none)
+
+
+@dataclass(slots=True)
+class CheckResult:
+    action: str = CONTINUE
+    reply: Reply | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)   # to prepend to the spooled message
+    auth_header: str | None = None
+    auth: dict[str, Any] | None = None
+    flags: list[str] = field(default_factory=list)
+    raw: bytes | None = None      # a check may return a rewritten message (e.g. forged headers removed)
+
+
+class DataCheck(Protocol):
+    name: str
+
+    async def run(self, ctx: DataContext) -> CheckResult: ...
+
+
+def header_end(raw: bytes) -> int:
+    """Offset of the end of the header section (tolerates bare LF)."""
+    i = raw.find(b"\r\n\r\n")
+    j = raw.find(b"\n\n")
+    candidates = [x for x in (i, j) if x >= 0]
+    return min(candidates) if candidates else len(raw)
+
+
+class LoopCheck:
+    """554 5.4.6 for too many Received headers or our own loop marker (RFC 5321 6.3)."""
+
+    name = "loop"
+
+    def __init__(self, hostname: str, marker: str, max_received: int) -> None:
+        self.max_received = max_received
+        self._received = re.compile(rb"(?im)^received[ \t]*:")
+        self._marker = re.compile(rb"(?im)^" + re.escape(marker.encode()) + rb"[ \t]*:[ \t]*"
+                                  + re.escape(hostname.encode()) + rb"[ \t]*\r?$")
+
+    async def run(self, ctx: DataContext) -> CheckResult:
+        head = ctx.raw[:ctx.header_end + 2]
+        if self._marker.search(head):
+            return CheckResult(REJECT, LOOP_DETECTED)
+        if len(self._received.findall(head)) > self.max_received:
+            return CheckResult(REJECT, TOO_MANY_HOPS)
+        return CheckResult()

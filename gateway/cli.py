@@ -1,0 +1,176 @@
+"""The ``ticketmx`` command line. JSON output (``--json``) is a documented contract (docs/cli.md)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any, Awaitable, Callable
+
+from .config import Config, load_config
+from .errors import ConfigErrors
+from .logsetup import setup_logging
+from .store import open_store
+from .store.base import ALL_STATES, Store
+from .store.render import spool_dict
+
+EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", metavar="FILE",
+                        help="TOML config file (default: $TICKETMX_CONFIG, else the embedded defaults)")
+    p = argparse.ArgumentParser(prog="ticketmx", description="Self-hosted mail-to-ticket gateway.",
+                                parents=[common])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("serve", parents=[common], help="run the gateway (SMTP, pipeline, metrics)")
+    sub.add_parser("check-config", parents=[common], help="validate the config and exit (0 ok, 78 bad)")
+
+    t = sub.add_parser("tickets", parents=[common], help="list and show tickets")
+    tsub = t.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tl = tsub.add_parser("list", parents=[common], help="list tickets")
+    tl.add_argument("--json", action="store_true", help="JSON array output")
+    tl.add_argument("--limit", type=int, default=None)
+    ts = tsub.add_parser("show", parents=[common], help="show one ticket with its articles")
+    ts.add_argument("id", help="numeric id or ticket number (e.g. HD-1042)")
+    ts.add_argument("--json", action="store_true", help="JSON object output")
+
+    s = sub.add_parser("spool", parents=[common], help="inspect and replay the spool")
+    ssub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sl = ssub.add_parser("list", parents=[common], help="list spool entries (all states by default)")
+    sl.add_argument("--state", choices=ALL_STATES)
+    sl.add_argument("--limit", type=int, default=None)
+    sl.add_argument("--json", action="store_true")
+    ss = ssub.add_parser("show", parents=[common], help="show one spool entry")
+    ss.add_argument("id")
+    ss.add_argument("--json", action="store_true")
+    ss.add_argument("--raw", action="store_true", help="print the raw message as spooled")
+    sr = ssub.add_parser("replay", parents=[common], help="re-run the pipeline on an entry (idempotent)")
+    g = sr.add_mutually_exclusive_group(required=True)
+    g.add_argument("id", nargs="?")
+    g.add_argument("--quarantined", action="store_true", help="replay every quarantined entry")
+    sr.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigErrors as exc:
+        for err in exc.errors:
+            print(f"ticketmx: config error: {err}", file=sys.stderr)
+        return EX_CONFIG
+    if args.command == "check-config":
+        print(f"{cfg.source or '(embedded defaults)'}: OK ({len(cfg.mailboxes)} mailboxes)")
+        return EX_OK
+    if args.command == "serve":
+        setup_logging(cfg.log.level, cfg.log.json)
+        from .app import serve
+        try:
+            return asyncio.run(serve(cfg, args.config))
+        except OSError as exc:
+            print(f"ticketmx: cannot start: {exc}", file=sys.stderr)
+            return EX_FAIL
+    handlers: dict[tuple[str, str], Callable[[Store, argparse.Namespace], Awaitable[int]]] = {
+        ("tickets", "list"): _tickets_list, ("tickets", "show"): _tickets_show,
+        ("spool", "list"): _spool_list, ("spool", "show"): _spool_show, ("spool", "replay"): _spool_replay,
+    }
+    return asyncio.run(_with_store(cfg, args, handlers[(args.command, args.action)]))
+
+
+async def _with_store(cfg: Config, args: argparse.Namespace,
+                      fn: Callable[[Store, argparse.Namespace], Awaitable[int]]) -> int:
+    path = cfg.sqlite_path()
+    if not path.exists():
+        print(f"ticketmx: no store at {path} ([store] url = {cfg.store.url!r}); has the gateway run?",
+              file=sys.stderr)
+        return EX_FAIL
+    store = open_store(cfg)
+    await store.open()
+    try:
+        return await fn(store, args)
+    finally:
+        await store.close()
+
+
+def _dump(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=2))
+
+
+async def _tickets_list(store: Store, args: argparse.Namespace) -> int:
+    tickets = await store.tickets_list(args.limit)
+    if args.json:
+        _dump(tickets)
+        return EX_OK
+    for t in tickets:
+        print(f"{t['number']:<12} {t['status']:<8} {t['queue']:<12} {t['requester']:<32} {t['subject'][:60]}")
+    return EX_OK
+
+
+async def _tickets_show(store: Store, args: argparse.Namespace) -> int:
+    ticket = await store.ticket_get(args.id)
+    if ticket is None:
+        print(f"ticketmx: no ticket {args.id}", file=sys.stderr)
+        return EX_FAIL
+    if args.json:
+        _dump(ticket)
+        return EX_OK
+    print(f"{ticket['number']}  [{ticket['status']}]  queue={ticket['queue']}  requester={ticket['requester']}")
+    print(f"Subject: {ticket['subject']}\n")
+    for a in ticket["articles"]:
+        print(f"--- article {a['id']} from {a['from']} at {a['created_at']} (spool {a['spool_id']})")
+        print(a["body_text"].rstrip())
+        for att in a["attachments"]:
+            print(f"    [attachment] {att['filename']} {att['content_type']} {att['size']} bytes "
+                  f"sha256={att['sha256']}")
+    return EX_OK
+
+
+async def _spool_list(store: Store, args: argparse.Namespace) -> int:
+    entries = await store.spool_list(args.state, args.limit)
+    if args.json:
+        _dump([spool_dict(e) for e in entries])
+        return EX_OK
+    for e in entries:
+        print(f"{e.id}  {e.state:<15} {e.mail_from or '<>':<32} {e.message_id[:40]:<40} {e.reason}")
+    return EX_OK
+
+
+async def _spool_show(store: Store, args: argparse.Namespace) -> int:
+    entry = await store.spool_get(args.id)
+    if entry is None:
+        print(f"ticketmx: no spool entry {args.id}", file=sys.stderr)
+        return EX_FAIL
+    if args.raw:
+        sys.stdout.buffer.write(entry.raw)
+        return EX_OK
+    d = spool_dict(entry)
+    if entry.ticket_id is not None:
+        t = await store.ticket_get(str(entry.ticket_id))
+        d["ticket_number"] = t["number"] if t else None
+    if args.json:
+        _dump(d)
+        return EX_OK
+    for k, v in d.items():
+        print(f"{k:>22}: {v}")
+    return EX_OK
+
+
+async def _spool_replay(store: Store, args: argparse.Namespace) -> int:
+    if args.quarantined:
+        ids = await store.spool_replay_quarantined()
+    else:
+        ids = [args.id] if await store.spool_replay(args.id) else []
+        if not ids:
+            entry = await store.spool_get(args.id)
+            why = "no such entry" if entry is None else f"entry is {entry.state}"
+            print(f"ticketmx: cannot replay {args.id}: {why}", file=sys.stderr)
+            return EX_FAIL
+    if args.json:
+        _dump({"replayed": ids})
+    else:
+        print(f"queued {len(ids)} entr{'y' if len(ids) == 1 else 'ies'} for replay: the running gateway picks "
+              "them up within its poll interval")
+    return EX_OK

@@ -1,0 +1,412 @@
+"""The one TOML config file, loaded into typed, frozen objects.
+
+Every unknown key and bad value is reported with its dotted key and the file,
+all of them at once, so an operator fixes a config in one round.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from .errors import ConfigError, ConfigErrors
+from .units import parse_duration, parse_size
+
+ENV_CONFIG = "TICKETMX_CONFIG"
+T = TypeVar("T")
+
+
+def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """``"127.0.0.1:2525"`` / ``"[::1]:25"`` -> (host, port)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected \"host:port\"")
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep:
+            raise ValueError(f"invalid address {value!r}")
+        port_s = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        host, _, port_s = value.partition(":")
+    elif value.count(":") > 1:  # bare IPv6 without port
+        host, port_s = value, ""
+    else:
+        host, port_s = value, ""
+    if not port_s:
+        if default_port is None:
+            raise ValueError(f"{value!r} has no port (use \"host:port\")")
+        return host, default_port
+    if not port_s.isdigit() or not 0 <= int(port_s) < 65536:
+        raise ValueError(f"invalid port in {value!r}")
+    return host, int(port_s)
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 2525),)
+    hostname: str = "mx.example.test"
+    max_message_size: int = 25 * 1024 * 1024
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_recipients: int = 100
+    idle_timeout: float = 300.0
+    max_sessions: int = 1000
+    max_sessions_per_ip: int = 100
+    max_received_headers: int = 30
+    loop_marker: str = "X-Ticketmx-Loop"
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    url: str = "sqlite:state/ticketmx.db"
+    ticket_prefix: str = "HD-"
+    ticket_start: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxConfig:
+    address: str
+    aliases: tuple[str, ...] = ()
+    queue: str = "default"
+    auth: dict[str, Any] = field(default_factory=dict)  # raw per-mailbox auth overrides (validated by gateway.auth)
+
+    def addresses(self) -> tuple[str, ...]:
+        return (self.address, *self.aliases)
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    nameservers: tuple[tuple[str, int], ...] = ()
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: tuple[str, int] | None = ("127.0.0.1", 9101)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    parse_workers: int = 1
+    batch_size: int = 64
+    max_attempts: int = 3
+    retry_delay: float = 5.0
+    poll_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "INFO"
+    json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    smtp: SmtpConfig = SmtpConfig()
+    store: StoreConfig = StoreConfig()
+    mailboxes: tuple[MailboxConfig, ...] = ()
+    dns: DnsConfig = DnsConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    log: LogConfig = LogConfig()
+    auth: dict[str, Any] = field(default_factory=dict)  # raw [auth] table (validated by gateway.auth)
+    source: str | None = None  # the file it came from
+
+    def sqlite_path(self) -> Path:
+        """Filesystem path of the SQLite database named by ``store.url``."""
+        return sqlite_path_from_url(self.store.url)
+
+
+def sqlite_path_from_url(url: str) -> Path:
+    """``sqlite:///abs/path.db`` (absolute) or ``sqlite:relative/path.db`` (relative to the working dir)."""
+    if url.startswith("sqlite:///"):
+        return Path("/" + url[len("sqlite:///"):].lstrip("/"))
+    if url.startswith("sqlite:") and not url.startswith("sqlite://"):
+        return Path(url[len("sqlite:"):])
+    raise ValueError(f"not a sqlite URL: {url!r}")
+
+
+class _Table:
+    """Reads one TOML table, remembering which keys were used so leftovers are reported."""
+
+    def __init__(self, data: Any, prefix: str, errors: list[ConfigError], file: str | None) -> None:
+        self.prefix = prefix
+        self.errors = errors
+        self.file = file
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            self.error("", "expected a table")
+            data = {}
+        self.data: dict[str, Any] = data
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix and name else (self.prefix or name)
+
+    def error(self, name: str, message: str) -> None:
+        self.errors.append(ConfigError(self.key(name), message, self.file))
+
+    def get(self, name: str, default: T, convert: Callable[[Any], T] | None = None) -> T:
+        self.used.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        try:
+            return convert(value) if convert else value
+        except (ValueError, TypeError) as exc:
+            self.error(name, str(exc))
+            return default
+
+    def sub(self, name: str) -> "_Table":
+        self.used.add(name)
+        return _Table(self.data.get(name), self.key(name), self.errors, self.file)
+
+    def finish(self) -> None:
+        for name in self.data:
+            if name not in self.used:
+                self.error(name, "unknown key")
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected a string, got {type(v).__name__}")
+    return v
+
+
+def _nonempty_str(v: Any) -> str:
+    s = _str(v)
+    if not s.strip():
+        raise ValueError("must not be empty")
+    return s
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"expected true or false, got {type(v).__name__}")
+    return v
+
+
+def _int_range(lo: int, hi: int | None = None) -> Callable[[Any], int]:
+    def conv(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"expected an integer, got {type(v).__name__}")
+        if v < lo or (hi is not None and v > hi):
+            raise ValueError(f"must be between {lo} and {hi}" if hi is not None else f"must be >= {lo}")
+        return v
+    return conv
+
+
+def _str_list(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise TypeError("expected a list of strings")
+    return tuple(v)
+
+
+def _listen_list(v: Any) -> tuple[tuple[str, int], ...]:
+    items = _str_list(v)
+    if not items:
+        raise ValueError("at least one \"host:port\" is required")
+    return tuple(parse_hostport(x) for x in items)
+
+
+def _nameservers(v: Any) -> tuple[tuple[str, int], ...]:
+    out = []
+    for item in _str_list(v):
+        host, port = parse_hostport(item, default_port=53)
+        ipaddress.ip_address(host)  # nameservers must be IPs: no DNS to find DNS
+        out.append((host, port))
+    return tuple(out)
+
+
+def _metrics_listen(v: Any) -> tuple[str, int] | None:
+    s = _str(v)
+    return parse_hostport(s) if s else None
+
+
+def _mail_address(v: Any) -> str:
+    s = _nonempty_str(v).strip()
+    local, at, domain = s.rpartition("@")
+    if not at or not local or not domain or "." not in domain or any(c.isspace() for c in s):
+        raise ValueError(f"{s!r} is not an email address")
+    return s.lower()
+
+
+def _store_url(v: Any) -> str:
+    s = _nonempty_str(v)
+    if s.startswith("sqlite:"):
+        sqlite_path_from_url(s)
+        return s
+    if s.startswith(("postgresql://", "postgres://")):
+        raise ValueError("the PostgreSQL store is not available in this version (use sqlite:...)")
+    raise ValueError("expected sqlite:///absolute/path.db or sqlite:relative/path.db")
+
+
+def _log_level(v: Any) -> str:
+    s = _str(v).upper()
+    if s not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError("expected one of debug, info, warning, error, critical")
+    return s
+
+
+def _path_or_none(v: Any) -> str | None:
+    s = _str(v)
+    return s or None
+
+
+def build_config(data: dict[str, Any], file: str | None = None) -> Config:
+    """Validate a parsed TOML document into a Config, raising ConfigErrors listing every problem."""
+    errors: list[ConfigError] = []
+    root = _Table(data, "", errors, file)
+
+    t = root.sub("smtp")
+    d = SmtpConfig()
+    smtp = SmtpConfig(
+        listen=t.get("listen", d.listen, _listen_list),
+        hostname=t.get("hostname", d.hostname, _nonempty_str),
+        max_message_size=t.get("max_message_size", d.max_message_size, parse_size),
+        tls_cert=t.get("tls_cert", None, _path_or_none),
+        tls_key=t.get("tls_key", None, _path_or_none),
+        max_recipients=t.get("max_recipients", d.max_recipients, _int_range(1, 10000)),
+        idle_timeout=t.get("idle_timeout", d.idle_timeout, parse_duration),
+        max_sessions=t.get("max_sessions", d.max_sessions, _int_range(1)),
+        max_sessions_per_ip=t.get("max_sessions_per_ip", d.max_sessions_per_ip, _int_range(1)),
+        max_received_headers=t.get("max_received_headers", d.max_received_headers, _int_range(1, 1000)),
+        loop_marker=t.get("loop_marker", d.loop_marker, _nonempty_str),
+        shutdown_grace=t.get("shutdown_grace", d.shutdown_grace, parse_duration),
+    )
+    if bool(smtp.tls_cert) != bool(smtp.tls_key):
+        t.error("tls_key" if smtp.tls_cert else "tls_cert", "tls_cert and tls_key must be set together")
+    for name in ("tls_cert", "tls_key"):
+        path = getattr(smtp, name)
+        if path and not os.path.isfile(path):
+            t.error(name, f"file not found: {path}")
+    if smtp.max_message_size <= 0:
+        t.error("max_message_size", "must be > 0")
+    if smtp.idle_timeout <= 0:
+        t.error("idle_timeout", "must be > 0")
+    t.finish()
+
+    t = root.sub("store")
+    d2 = StoreConfig()
+    store = StoreConfig(
+        url=t.get("url", d2.url, _store_url),
+        ticket_prefix=t.get("ticket_prefix", d2.ticket_prefix, _str),
+        ticket_start=t.get("ticket_start", d2.ticket_start, _int_range(1)),
+    )
+    t.finish()
+
+    mailboxes: list[MailboxConfig] = []
+    raw_mb = data.get("mailbox", [])
+    root.used.add("mailbox")
+    seen: dict[str, str] = {}
+    if not isinstance(raw_mb, list):
+        root.error("mailbox", "expected an array of tables ([[mailbox]])")
+        raw_mb = []
+    for i, item in enumerate(raw_mb):
+        mt = _Table(item, f"mailbox[{i}]", errors, file)
+        if "address" not in mt.data:
+            mt.error("address", "required")
+        mb = MailboxConfig(
+            address=mt.get("address", "", _mail_address),
+            aliases=mt.get("aliases", (), lambda v: tuple(_mail_address(x) for x in _str_list(v))),
+            queue=mt.get("queue", "default", _nonempty_str),
+            auth=mt.get("auth", {}, _dict),
+        )
+        for j, addr in enumerate(mb.addresses()):
+            if not addr:
+                continue
+            if "+" in addr.partition("@")[0]:
+                mt.error("address" if j == 0 else "aliases", f"{addr!r}: '+' is reserved for subaddress tags")
+            if addr in seen:
+                mt.error("address" if j == 0 else "aliases", f"{addr!r} is already used by {seen[addr]}")
+            seen[addr] = mt.prefix
+        mt.finish()
+        mailboxes.append(mb)
+
+    t = root.sub("dns")
+    dns = DnsConfig(
+        nameservers=t.get("nameservers", (), _nameservers),
+        timeout=t.get("timeout", 2.0, parse_duration),
+    )
+    if dns.timeout <= 0:
+        t.error("timeout", "must be > 0")
+    t.finish()
+
+    t = root.sub("metrics")
+    metrics = MetricsConfig(listen=t.get("listen", MetricsConfig().listen, _metrics_listen))
+    t.finish()
+
+    t = root.sub("pipeline")
+    d3 = PipelineConfig()
+    pipeline = PipelineConfig(
+        parse_workers=t.get("parse_workers", d3.parse_workers, _int_range(0, 64)),
+        batch_size=t.get("batch_size", d3.batch_size, _int_range(1, 10000)),
+        max_attempts=t.get("max_attempts", d3.max_attempts, _int_range(1, 100)),
+        retry_delay=t.get("retry_delay", d3.retry_delay, parse_duration),
+        poll_interval=t.get("poll_interval", d3.poll_interval, parse_duration),
+    )
+    t.finish()
+
+    t = root.sub("log")
+    log = LogConfig(level=t.get("level", "INFO", _log_level), json=t.get("json", False, _bool))
+    t.finish()
+
+    auth = root.get("auth", {}, _dict)
+
+    root.finish()
+    cfg = Config(smtp=smtp, store=store, mailboxes=tuple(mailboxes), dns=dns, metrics=metrics,
+                 pipeline=pipeline, log=log, auth=auth, source=file)
+    errors.extend(_validate_auth(cfg, file))
+    if errors:
+        raise ConfigErrors(errors)
+    return cfg
+
+
+def _dict(v: Any) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise TypeError("expected a table")
+    return v
+
+
+def _validate_auth(cfg: Config, file: str | None) -> list[ConfigError]:
+    """Validate [auth] and per-mailbox auth overrides with the auth package's own parser."""
+    try:
+        from .auth.config import parse_auth_policy
+    except ImportError:  # auth package not present in this build
+        return []
+    errors: list[ConfigError] = []
+    try:
+        base = parse_auth_policy(cfg.auth, "auth")
+    except ConfigError as exc:
+        errors.append(ConfigError(exc.key, exc.message, file))
+        return errors
+    for i, mb in enumerate(cfg.mailboxes):
+        if mb.auth:
+            try:
+                parse_auth_policy(mb.auth, f"mailbox[{i}].auth", base)
+            except ConfigError as exc:
+                errors.append(ConfigError(exc.key, exc.message, file))
+    return errors
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the config named by ``path``, else $TICKETMX_CONFIG, else the embedded defaults."""
+    if path is None:
+        path = os.environ.get(ENV_CONFIG) or None
+    if path is None:
+        return build_config({}, None)
+    file = str(path)
+    try:
+        with open(file, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigErrors([ConfigError("(file)", "config file not found", file)]) from None
+    except OSError as exc:
+        raise ConfigErrors([ConfigError("(file)", f"cannot read: {exc.strerror}", file)]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigErrors([ConfigError("(syntax)", f"invalid TOML: {exc}", file)]) from None
+    return build_config(data, file)

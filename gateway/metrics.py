@@ -1,0 +1,100 @@
+"""Prometheus metrics and the small HTTP endpoint that serves them.
+
+Each gateway instance owns its own CollectorRegistry (no process globals), so
+several gateways can run in one test process. Label values are bounded sets
+(codes, reasons, states) — never addresses or subjects.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.sessions = Counter("ticketmx_smtp_sessions_total", "SMTP sessions opened.", registry=r)
+        self.sessions_active = Gauge("ticketmx_smtp_sessions_active", "SMTP sessions open now.", registry=r)
+        self.sessions_refused = Counter("ticketmx_smtp_sessions_refused_total",
+                                        "SMTP sessions refused at connect (421).", ["reason"], registry=r)
+        self.accepted = Counter("ticketmx_messages_accepted_total",
+                                "Messages answered 250 after a durable spool commit.", registry=r)
+        self.accepted_bytes = Counter("ticketmx_messages_accepted_bytes_total",
+                                      "Bytes of messages accepted.", registry=r)
+        self.rejected = Counter("ticketmx_messages_rejected_total",
+                                "Messages or recipients refused (4xx/5xx), by SMTP code and reason.",
+                                ["code", "reason"], registry=r)
+        self.accept_latency = Histogram("ticketmx_smtp_accept_duration_seconds",
+                                        "End of DATA to the 250 reply (checks + spool commit).",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.spool_commit_batch = Histogram("ticketmx_spool_commit_batch_size", "Messages per spool commit.",
+                                            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.spool_depth = Gauge("ticketmx_spool_messages", "Spool entries by state.", ["state"], registry=r)
+        self.outcomes = Counter("ticketmx_pipeline_outcomes_total",
+                                "Messages that reached a terminal state, by state.", ["state"], registry=r)
+        self.pipeline_errors = Counter("ticketmx_pipeline_errors_total",
+                                       "Pipeline attempts that raised (retried or quarantined).", registry=r)
+        self.processing_latency = Histogram("ticketmx_pipeline_latency_seconds",
+                                            "Receive time to terminal state.", buckets=LATENCY_BUCKETS,
+                                            registry=r)
+        self.stage_duration = Histogram("ticketmx_pipeline_batch_duration_seconds",
+                                        "Wall time of one pipeline batch (parse + stages + commit).",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+
+    def reject(self, code: int, reason: str) -> None:
+        self.rejected.labels(code=str(code), reason=reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """Minimal asyncio HTTP/1.0 server for /metrics, /healthz and /readyz (no threads)."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int, ready: Callable[[], bool]) -> None:
+        self.metrics, self.host, self.port, self.ready = metrics, host, port, ready
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        sock = self._server.sockets[0].getsockname()
+        self.port = sock[1]
+        log.info("metrics listening on http://%s:%d/metrics", self.host, self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = request.decode("latin-1").split()
+            path = parts[1].split("?")[0] if len(parts) >= 2 else ""
+            if path == "/metrics":
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self.metrics.render()
+            elif path == "/healthz":
+                status, ctype, body = "200 OK", "text/plain", b"ok\n"
+            elif path == "/readyz":
+                ok = self.ready()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                ctype, body = "text/plain", b"ready\n" if ok else b"not ready\n"
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            writer.write(f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                         f"Connection: close\r\n\r\n".encode() + body)
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()

@@ -1,0 +1,59 @@
+"""The parsed, immutable inbound-message model that every pipeline stage reads.
+
+Built once per message by :func:`gateway.pipeline.mime.parse_message` (a pure
+function of the raw bytes, so it can run in a worker process) and never
+mutated afterwards: stages decide, they do not edit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """One attachment or inline non-text part, with its decoded content."""
+
+    filename: str            # decoded (RFC 2047/2231); "" when the part has none
+    content_type: str        # declared, lower-case "maintype/subtype"
+    content: bytes           # transfer-decoded payload
+    sha256: str              # hex digest of ``content`` (content address)
+    inline: bool = False     # Content-Disposition: inline (e.g. cid: images)
+    content_id: str = ""     # without angle brackets
+
+    @property
+    def size(self) -> int:
+        return len(self.content)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    """What the pipeline needs from one RFC 5322 message."""
+
+    subject: str                         # decoded, whitespace-collapsed; "" when absent
+    from_name: str                       # display name of the first From address
+    from_addr: str                       # addr-spec of the first From address, lower-cased domain; "" if none
+    from_count: int                      # number of addresses across all From headers
+    to: tuple[str, ...]                  # addr-specs from To
+    cc: tuple[str, ...]                  # addr-specs from Cc
+    reply_to: tuple[str, ...]            # addr-specs from Reply-To
+    message_id: str                      # without angle brackets; "" when absent/invalid
+    in_reply_to: tuple[str, ...]         # message ids, without brackets
+    references: tuple[str, ...]          # message ids, without brackets, oldest first
+    date: str                            # the Date header as sent ("" if none)
+    body_text: str                       # the text body (text/plain, or the HTML rendered to text)
+    body_html: str                       # the HTML body as sent (decoded to str); "" if none
+    attachments: tuple[Attachment, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()   # every header (name, decoded value), in order
+    defects: tuple[str, ...] = ()        # parser defects and fallbacks taken (for the audit trail)
+
+    def header(self, name: str) -> str | None:
+        """First value of header ``name`` (case-insensitive), or None."""
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [v for k, v in self.headers if k.lower() == lname]

@@ -1,0 +1,112 @@
+"""Pipeline stages: small named classes, one async ``run`` each, no shared state.
+
+A stage reads the immutable :class:`Inbound` and the :class:`Context` and
+returns a :class:`Verdict`: continue, drop (suppress with reason), quarantine
+(with reason) or a ticket action. The runner stops at the first final verdict.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..config import Config, MailboxConfig
+from ..recipients import RecipientMap
+from ..store.base import ArticleDraft, AttachmentDraft, SpoolEntry
+from .model import ParsedMessage
+
+CONTINUE = "continue"
+DROP = "drop"
+QUARANTINE = "quarantine"
+TICKET = "ticket"
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One spooled message with its parsed form."""
+
+    entry: SpoolEntry
+    parsed: ParsedMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Everything a stage may consult, passed explicitly (no globals)."""
+
+    cfg: Config
+    recipients: RecipientMap
+    clock: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action: str = CONTINUE
+    reason: str = ""
+    queue: str = ""
+    mailbox: str = ""
+    article: ArticleDraft | None = None
+    thread_refs: tuple[str, ...] = ()
+    ticket_flags: tuple[str, ...] = ()
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Stage(Protocol):
+    name: str
+
+    async def run(self, msg: Inbound, ctx: Context) -> Verdict: ...
+
+
+def requester(msg: Inbound) -> tuple[str, str]:
+    """(address, display name) of the requester: the From header, else the envelope sender."""
+    p = msg.parsed
+    if p.from_addr:
+        return p.from_addr, p.from_name
+    mail_from = msg.entry.mail_from
+    if mail_from and "@" in mail_from:
+        local, _, domain = mail_from.rpartition("@")
+        return f"{local}@{domain.lower()}", ""
+    return "", ""
+
+
+class SenderStage:
+    """Quarantine mail that names no sender at all: nobody to answer, nobody to own the ticket."""
+
+    name = "sender"
+
+    async def run(self, msg: Inbound, ctx: Context) -> Verdict:
+        addr, _ = requester(msg)
+        if not addr:
+            return Verdict(QUARANTINE, "no sender: neither From nor MAIL FROM names an address")
+        return Verdict()
+
+
+class TicketStage:
+    """Map the message into a ticket action: thread onto an existing ticket or open a new one.
+
+    The queue comes from the first matching mailbox in config order; threading
+    candidates are the In-Reply-To and References ids (newest first). The store
+    appends only when the sender participates in the referenced ticket.
+    """
+
+    name = "ticket"
+
+    async def run(self, msg: Inbound, ctx: Context) -> Verdict:
+        p, e = msg.parsed, msg.entry
+        mailboxes = [mb for mb in (ctx.recipients.lookup(a) for a in e.rcpt_tos) if mb is not None]
+        primary: MailboxConfig | None = ctx.recipients.primary(mailboxes) if mailboxes else None
+        if primary is None:
+            return Verdict(QUARANTINE, "no configured mailbox among the recipients (config changed?)")
+        addr, name = requester(msg)
+        article = ArticleDraft(
+            from_addr=addr, from_name=name, subject=p.subject or "(no subject)", body_text=p.body_text,
+            body_html=p.body_html, message_id=p.message_id, to_addrs=p.to, cc_addrs=p.cc, rcpt_tos=e.rcpt_tos,
+            attachments=tuple(AttachmentDraft(a.filename, a.content_type, a.sha256, a.content, a.inline,
+                                              a.content_id) for a in p.attachments))
+        flags = tuple(f for f in e.flags if f == "suspicious")
+        # A suspicious message (e.g. DMARC failure under p=quarantine) may not act on existing tickets.
+        refs = () if flags else tuple(dict.fromkeys((*p.in_reply_to, *reversed(p.references))))
+        return Verdict(TICKET, queue=primary.queue, mailbox=primary.address, article=article,
+                       thread_refs=refs, ticket_flags=flags)
+
+
+STAGES: dict[str, type] = {cls.name: cls for cls in (SenderStage, TicketStage)}
+DEFAULT_ORDER = ("sender", "ticket")

@@ -1,0 +1,316 @@
+"""The SMTP listener: aiosmtpd on the service's own event loop.
+
+Decides 250 / 4xx / 5xx while the client waits. RCPT accepts only configured
+mailboxes; DATA runs the SMTP-time checks, then commits the message to the
+spool and only then answers ``250 2.0.0 Ok: queued as <spool id>``.
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import re
+import ssl
+import time
+from collections import Counter as _Counter
+from typing import Any, Callable
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from . import replies
+from .checks import CONTINUE, DataCheck, DataContext, header_end
+from .config import Config
+from .metrics import Metrics
+from .recipients import RecipientMap
+from .replies import Reply, with_enhanced
+from .spool import SpoolWriter, new_spool_id
+from .store.base import SpoolEntry
+
+log = logging.getLogger(__name__)
+
+_MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*(?:\r?\n[ \t]+)?<([^>\r\n]{1,900})>")
+
+
+class ServerState:
+    """Shared by all sessions of one listener: limits, draining flag, live sessions."""
+
+    def __init__(self, cfg: Config, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.per_ip: _Counter[str] = _Counter()
+        self.sessions: set["TicketmxSMTP"] = set()
+        self.draining = False
+        self.in_data = 0  # sessions between DATA and its reply
+
+    @property
+    def active(self) -> int:
+        return len(self.sessions)
+
+
+class TicketmxSMTP(SMTP):
+    """aiosmtpd's protocol with enhanced status codes on every reply, per-IP limits and draining."""
+
+    def __init__(self, handler: "Handler", state: ServerState, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.state = state
+        self._greeted = False
+        self._in_ehlo = False
+        self._counted_ip: str | None = None
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str):
+            if not self._greeted:
+                self._greeted = True  # the 220 greeting carries no enhanced code (RFC 2034)
+            elif not self._in_ehlo:
+                status = with_enhanced(status)
+        await super().push(status)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._in_ehlo = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._in_ehlo = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._in_ehlo = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._in_ehlo = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            peer = transport.get_extra_info("peername")
+            ip = peer[0] if isinstance(peer, tuple) else str(peer)
+            self._counted_ip = ip
+            self.state.per_ip[ip] += 1
+            self.state.sessions.add(self)
+            self.state.metrics.sessions.inc()
+            self.state.metrics.sessions_active.set(self.state.active)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted_ip is not None:
+            ip, self._counted_ip = self._counted_ip, None
+            self.state.per_ip[ip] -= 1
+            if self.state.per_ip[ip] <= 0:
+                del self.state.per_ip[ip]
+            self.state.sessions.discard(self)
+            self.state.metrics.sessions_active.set(self.state.active)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        refusal = self._refusal()
+        if refusal is not None:
+            self._greeted = True
+            self.state.metrics.sessions_refused.labels(reason=refusal.reason).inc()
+            await self.push(str(refusal))
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+    def _refusal(self) -> Reply | None:
+        if self.state.draining:
+            return replies.SHUTTING_DOWN
+        if self.state.active > self.state.cfg.smtp.max_sessions:
+            return replies.TOO_MANY_SESSIONS
+        if self._counted_ip and self.state.per_ip[self._counted_ip] > self.state.cfg.smtp.max_sessions_per_ip:
+            return replies.TOO_MANY_SESSIONS_IP
+        return None
+
+    def _timeout_cb(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(f"{replies.IDLE_TIMEOUT}\r\n".encode())
+        super()._timeout_cb()
+
+    @property
+    def idle(self) -> bool:
+        """Between transactions: safe to close during shutdown."""
+        return self.envelope is None or (not self.envelope.mail_from and not self.envelope.rcpt_tos)
+
+    def close_with(self, reply: Reply) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(f"{reply}\r\n".encode())
+            self.transport.close()
+
+
+class Handler:
+    """aiosmtpd handler hooks: recipients, DATA checks, spool commit."""
+
+    def __init__(self, cfg: Config, recipients: RecipientMap, spool: SpoolWriter, metrics: Metrics,
+                 checks: list[DataCheck]) -> None:
+        self.cfg = cfg
+        self.recipients = recipients
+        self.spool = spool
+        self.metrics = metrics
+        self.checks = checks
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        last = responses.pop()  # "250 HELP"
+        # An MX takes no AUTH: never advertise it (aiosmtpd would after STARTTLS).
+        responses = [r for r in responses if not r.startswith("250-AUTH")]
+        responses += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", last]
+        return responses
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.ticketmx_mailboxes = []  # type: ignore[attr-defined]
+        return str(replies.SENDER_OK)
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        mailbox = self.recipients.lookup(address)
+        if mailbox is None:
+            self.metrics.reject(550, replies.UNKNOWN_RECIPIENT.reason)
+            return str(replies.UNKNOWN_RECIPIENT)
+        if len(envelope.rcpt_tos) >= self.cfg.smtp.max_recipients:
+            self.metrics.reject(452, replies.TOO_MANY_RECIPIENTS.reason)
+            return str(replies.TOO_MANY_RECIPIENTS)
+        envelope.rcpt_tos.append(address)  # a custom hook must do this itself
+        envelope.rcpt_options.extend(rcpt_options)
+        mbs = getattr(envelope, "ticketmx_mailboxes", None)
+        if mbs is None:
+            mbs = envelope.ticketmx_mailboxes = []  # type: ignore[attr-defined]
+        mbs.append(mailbox)
+        return str(replies.RECIPIENT_OK)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        started = time.perf_counter()
+        raw: bytes = envelope.original_content or b""
+        peer_ip = _peer_ip(session)
+        ctx = DataContext(peer_ip=peer_ip, helo=session.host_name or "", mail_from=envelope.mail_from or "",
+                          rcpt_tos=list(envelope.rcpt_tos),
+                          mailboxes=list(getattr(envelope, "ticketmx_mailboxes", [])), raw=raw,
+                          header_end=header_end(raw))
+        added_headers: list[tuple[str, str]] = []
+        flags: list[str] = []
+        auth_header: str | None = None
+        auth: dict[str, Any] | None = None
+        for check in self.checks:
+            result = await check.run(ctx)
+            if result.action != CONTINUE and result.reply is not None:
+                self.metrics.reject(result.reply.code, result.reply.reason or check.name)
+                log.info("%s: %s refused by %s: %s", peer_ip, envelope.mail_from, check.name, result.reply)
+                return str(result.reply)
+            if result.raw is not None:
+                ctx.raw = result.raw
+                ctx.header_end = header_end(ctx.raw)
+            added_headers += result.headers
+            flags += result.flags
+            if result.auth_header is not None:
+                auth_header, auth = result.auth_header, result.auth
+        spool_id = new_spool_id()
+        tls = _tls_info(session)
+        prefix = "".join(f"{name}: {value}\r\n" for name, value in added_headers)
+        prefix = _received(self.cfg.smtp.hostname, ctx, spool_id, tls) + prefix
+        final_raw = prefix.encode("utf-8") + ctx.raw
+        m = _MESSAGE_ID.search(ctx.raw, 0, ctx.header_end + 2)
+        entry = SpoolEntry(
+            id=spool_id, received_at=time.time(), mail_from=ctx.mail_from, rcpt_tos=tuple(ctx.rcpt_tos),
+            mailboxes=tuple(mb.address for mb in ctx.mailboxes), peer_ip=peer_ip, helo=ctx.helo, tls=tls,
+            message_id=m.group(1).decode("utf-8", "replace").strip() if m else "", raw=final_raw,
+            auth_header=auth_header, auth=auth, flags=tuple(flags))
+        try:
+            await self.spool.commit(entry)
+        except Exception:
+            self.metrics.reject(451, replies.SPOOL_FAILED.reason)
+            return str(replies.SPOOL_FAILED)
+        self.metrics.accepted.inc()
+        self.metrics.accepted_bytes.inc(len(final_raw))
+        self.metrics.accept_latency.observe(time.perf_counter() - started)
+        log.info("accepted %s from=<%s> rcpts=%d size=%d", spool_id, ctx.mail_from, len(ctx.rcpt_tos),
+                 len(final_raw), extra={"trace_id": spool_id})
+        return f"250 2.0.0 Ok: queued as {spool_id}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("SMTP session error: %s", error, exc_info=error)
+        self.metrics.reject(451, replies.INTERNAL_ERROR.reason)
+        return str(replies.INTERNAL_ERROR)
+
+
+def _peer_ip(session: Session) -> str:
+    peer = session.peer
+    return peer[0] if isinstance(peer, tuple) else str(peer or "")
+
+
+def _tls_info(session: Session) -> dict[str, Any] | None:
+    extra = session.ssl
+    if not extra:
+        return None
+    obj = extra.get("ssl_object") if isinstance(extra, dict) else None
+    if obj is None:
+        return {"tls": True}
+    cipher = obj.cipher()
+    return {"version": obj.version(), "cipher": cipher[0] if cipher else None}
+
+
+def _received(hostname: str, ctx: DataContext, spool_id: str, tls: dict[str, Any] | None) -> str:
+    helo = "".join(c for c in ctx.helo if c.isprintable() and c not in "()\\")[:255] or "unknown"
+    proto = "ESMTPS" if tls else "ESMTP"
+    tls_part = f" ({tls.get('version')} {tls.get('cipher')})" if tls and tls.get("version") else ""
+    rcpt = f"\r\n\tfor <{ctx.rcpt_tos[0]}>" if len(ctx.rcpt_tos) == 1 else ""
+    return (f"Received: from {helo} ([{ctx.peer_ip}])\r\n\tby {hostname} (ticketmx) with {proto}{tls_part}"
+            f" id {spool_id}{rcpt};\r\n\t{email.utils.formatdate(localtime=False)}\r\n")
+
+
+class SmtpListener:
+    """Binds the configured addresses on the running loop and owns their sessions."""
+
+    def __init__(self, cfg: Config, handler: Handler, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.handler = handler
+        self.state = ServerState(cfg, metrics)
+        self.servers: list[asyncio.AbstractServer] = []
+        self.tls_context = _tls_context(cfg)
+
+    def _factory(self) -> TicketmxSMTP:
+        smtp = self.cfg.smtp
+        return TicketmxSMTP(
+            self.handler, self.state, data_size_limit=smtp.max_message_size, enable_SMTPUTF8=True,
+            hostname=smtp.hostname, ident="ticketmx", tls_context=self.tls_context, timeout=smtp.idle_timeout,
+            loop=asyncio.get_running_loop())
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for host, port in self.cfg.smtp.listen:
+            server = await loop.create_server(self._factory, host, port, reuse_address=True)
+            self.servers.append(server)
+            log.info("SMTP listening on %s:%d", host, port)
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.sockets[0].getsockname()[1] for s in self.servers if s.sockets]
+
+    async def close(self, grace: float) -> None:
+        """Stop accepting, answer 421 to idle sessions, let transactions in flight finish within ``grace``."""
+        # Keep listening during the grace time so new sessions get a clean 421 4.3.2
+        # (the client retries elsewhere at once) instead of a connection refused.
+        self.state.draining = True
+        deadline = time.monotonic() + grace
+        while self.state.sessions and time.monotonic() < deadline:
+            for session in list(self.state.sessions):
+                if session.idle:
+                    session.close_with(replies.SHUTTING_DOWN)
+            await asyncio.sleep(0.05)
+        for server in self.servers:
+            server.close()
+        for session in list(self.state.sessions):
+            session.close_with(replies.SHUTTING_DOWN)
+        for server in self.servers:
+            await server.wait_closed()
+
+
+def _tls_context(cfg: Config) -> ssl.SSLContext | None:
+    if not cfg.smtp.tls_cert or not cfg.smtp.tls_key:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cfg.smtp.tls_cert, cfg.smtp.tls_key)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx

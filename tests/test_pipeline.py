@@ -1,0 +1,146 @@
+"""Mail in over SMTP, ticket out: mapping, idempotency, threading, quarantine, replay."""
+from __future__ import annotations
+
+import hashlib
+from email.message import EmailMessage
+
+import aiosmtplib
+import pytest
+
+from gateway.pipeline import stages as stages_mod
+from gateway.pipeline.stages import Verdict
+from gateway.pipeline.worker import Worker
+
+from .conftest import queued_id, simple_message
+
+
+async def send(port: int, msg: bytes, rcpts=("support@example.test",), sender="alice@customer.test") -> str:
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10, start_tls=False)
+    await client.connect()
+    await client.ehlo(hostname="client.test")
+    await client.mail(sender)  # sender may be "" (the null reverse-path)
+    for rcpt in rcpts:
+        await client.rcpt(rcpt)
+    _code, text = await client.data(msg)
+    await client.quit()
+    return queued_id(text)
+
+
+async def test_message_becomes_ticket(gateway):
+    sid = await send(gateway.port, simple_message(message_id="m1@customer.test"))
+    entry = await gateway.wait_done(sid)
+    assert entry.state == "ticket_created"
+    tickets = await gateway.store.tickets_list()
+    assert len(tickets) == 1
+    t = tickets[0]
+    assert t["number"] == "HD-1000" and t["subject"] == "Printer on fire"
+    assert t["requester"] == "alice@customer.test" and t["queue"] == "IT" and t["status"] == "new"
+    full = await gateway.store.ticket_get("HD-1000")
+    (art,) = full["articles"]
+    assert art["spool_id"] == sid and art["message_id"] == "m1@customer.test"
+    assert art["from"] == "alice@customer.test" and art["body_text"].strip() == "It is on fire."
+
+
+async def test_several_mailboxes_make_one_ticket_in_first_configured_queue(gateway):
+    # billing is listed after support in config; RCPT order must not matter
+    sid = await send(gateway.port, simple_message(message_id="multi@customer.test"),
+                     rcpts=("billing@example.test", "help@example.test"))
+    entry = await gateway.wait_done(sid)
+    assert entry.state == "ticket_created"
+    tickets = await gateway.store.tickets_list()
+    assert len(tickets) == 1 and tickets[0]["queue"] == "IT"
+    art = (await gateway.store.ticket_get(str(tickets[0]["id"])))["articles"][0]
+    assert art["rcpt_tos"] == ["billing@example.test", "help@example.test"]
+
+
+async def test_same_message_id_twice_is_one_ticket(gateway):
+    # an upstream MTA retrying after a timeout, or the same mail sent to two support addresses
+    a = await send(gateway.port, simple_message(message_id="dup@customer.test"))
+    b = await send(gateway.port, simple_message(message_id="dup@customer.test"),
+                   rcpts=("billing@example.test",))
+    ea, eb = await gateway.wait_done(a), await gateway.wait_done(b)
+    assert ea.state == "ticket_created"
+    assert eb.state == "suppressed" and "duplicate" in eb.reason and "HD-1000" in eb.reason
+    assert len(await gateway.store.tickets_list()) == 1
+
+
+async def test_reply_from_participant_threads_onto_ticket(gateway):
+    first = await send(gateway.port, simple_message(message_id="orig@customer.test"))
+    await gateway.wait_done(first)
+    reply = simple_message(subject="Re: Printer on fire", message_id="reply@customer.test",
+                           extra="In-Reply-To: <orig@customer.test>\r\nReferences: <orig@customer.test>\r\n",
+                           body="Still burning.\r\n")
+    e = await gateway.wait_done(await send(gateway.port, reply))
+    assert e.state == "article_added"
+    tickets = await gateway.store.tickets_list()
+    assert len(tickets) == 1
+    assert len((await gateway.store.ticket_get("HD-1000"))["articles"]) == 2
+
+
+async def test_reply_from_stranger_never_joins_the_ticket(gateway):
+    first = await send(gateway.port, simple_message(message_id="orig2@customer.test"))
+    await gateway.wait_done(first)
+    spoof = simple_message(subject="Re: Printer on fire", sender="mallory@evil.test", message_id="x@evil.test",
+                           extra="In-Reply-To: <orig2@customer.test>\r\n")
+    e = await gateway.wait_done(await send(gateway.port, spoof, sender="mallory@evil.test"))
+    assert e.state == "ticket_created"  # a new ticket of its own
+    t1 = await gateway.store.ticket_get("HD-1000")
+    assert len(t1["articles"]) == 1 and t1["requester"] == "alice@customer.test"
+
+
+async def test_attachments_stored_content_addressed(gateway):
+    msg = EmailMessage()
+    msg["From"] = "Bob <bob@customer.test>"
+    msg["To"] = "support@example.test"
+    msg["Subject"] = "Logs attached"
+    msg["Message-ID"] = "<att@customer.test>"
+    msg.set_content("See attached.")
+    payload = bytes(range(256)) * 40
+    msg.add_attachment(payload, maintype="application", subtype="octet-stream", filename="dump.bin")
+    msg.add_attachment(payload, maintype="application", subtype="octet-stream", filename="copy.bin")
+    e = await gateway.wait_done(await send(gateway.port, msg.as_bytes(), sender="bob@customer.test"))
+    assert e.state == "ticket_created"
+    art = (await gateway.store.ticket_get("HD-1000"))["articles"][0]
+    digest = hashlib.sha256(payload).hexdigest()
+    assert [(a["filename"], a["size"], a["sha256"]) for a in art["attachments"]] == [
+        ("dump.bin", len(payload), digest), ("copy.bin", len(payload), digest)]
+    assert await gateway.store.blob_get(digest) == payload
+
+
+async def test_no_sender_is_quarantined_then_replay_is_idempotent(gateway):
+    msg = b"Subject: who am I\r\n\r\nno From header, null sender\r\n"
+    sid = await send(gateway.port, msg, sender="")
+    e = await gateway.wait_done(sid)
+    assert e.state == "quarantined" and "no sender" in e.reason
+    assert await gateway.store.tickets_list() == []
+    # a normal message, replayed after it made its ticket, stays one ticket
+    sid2 = await send(gateway.port, simple_message(message_id="replay@customer.test"))
+    assert (await gateway.wait_done(sid2)).state == "ticket_created"
+    assert await gateway.store.spool_replay(sid2)
+    gateway.gw.worker.wake()
+    e2 = await gateway.wait_done(sid2)
+    assert e2.state == "ticket_created" and e2.reason == "already delivered"
+    assert len(await gateway.store.tickets_list()) == 1
+
+
+class ExplodingStage:
+    """A pipeline plug-in that always fails: drives the retry-then-quarantine path for real."""
+
+    name = "explode"
+
+    async def run(self, msg, ctx) -> Verdict:
+        raise RuntimeError("stage exploded on purpose")
+
+
+async def test_message_failing_three_times_is_quarantined(gateway, monkeypatch):
+    monkeypatch.setitem(stages_mod.STAGES, "explode", ExplodingStage)
+    gw = gateway.gw
+    await gw.worker.close()
+    gw.worker = Worker(gw.cfg, gw.store, gw.metrics, gw.executor, stage_names=("explode", "ticket"))
+    gw.spool.on_commit = gw.worker.wake
+    gw.worker.start()
+    sid = await send(gateway.port, simple_message(message_id="boom@customer.test"))
+    e = await gateway.wait_done(sid)
+    assert e.state == "quarantined"
+    assert e.attempts == 3 and "failed 3 times" in e.reason and "stage exploded on purpose" in e.reason
+    assert await gateway.store.tickets_list() == []

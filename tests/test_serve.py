@@ -1,0 +1,169 @@
+"""`ticketmx serve` as a real subprocess: swaks, the CLI's JSON contract, metrics, kill -9 recovery."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+
+from .conftest import ROOT, free_port, queued_id, simple_message, toml_dump, wait_port
+
+
+class ServeProcess:
+    def __init__(self, tmp_path: Path, **over) -> None:
+        self.port = free_port()
+        self.metrics_port = free_port()
+        data = {
+            "smtp": {"listen": [f"127.0.0.1:{self.port}"], "hostname": "mx.example.test", "shutdown_grace": "5s"},
+            "store": {"url": f"sqlite:///{tmp_path}/serve.db"},
+            "mailbox": [{"address": "support@example.test", "aliases": ["help@example.test"], "queue": "IT"}],
+            "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
+            "pipeline": {"poll_interval": "200ms"},
+        }
+        data.update(over)
+        self.config = tmp_path / "serve.toml"
+        self.config.write_text(toml_dump(data))
+        self.log = tmp_path / "serve.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "ServeProcess":
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(self.config)],
+                                     cwd=ROOT, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        wait_port(self.port)
+        return self
+
+    def cli(self, *args: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "gateway", *args, "--config", str(self.config)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def cli_json(self, *args: str):
+        return json.loads(self.cli(*args, "--json"))
+
+    def wait_all_done(self, timeout: float = 60) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entries = self.cli_json("spool", "list")
+            if all(e["state"] not in ("queued", "processing") for e in entries):
+                return entries
+            time.sleep(0.3)
+        raise AssertionError("spool did not drain")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def serve(tmp_path):
+    procs: list[ServeProcess] = []
+
+    def make(**over) -> ServeProcess:
+        p = ServeProcess(tmp_path, **over)
+        procs.append(p)
+        return p
+
+    yield make
+    for p in procs:
+        if p.proc and p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()
+
+
+@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks not installed (scripts/test installs it)")
+def test_swaks_to_serve_process_makes_ticket_and_cli_json_contract(serve, tmp_path):
+    srv = serve().start()
+    attach = tmp_path / "report.txt"
+    attach.write_text("line one\nline two\n")
+    out = subprocess.run(
+        ["swaks", "--server", "127.0.0.1", "--port", str(srv.port), "--ehlo", "swaks.test",
+         "--from", "carol@customer.test", "--to", "help@example.test",
+         "--header", "Subject: =?UTF-8?B?w4ljaGVjIGRlIGNvbm5leGlvbg==?=",
+         "--header", "Message-Id: <swaks-1@customer.test>", "--header", "From: Carol <carol@customer.test>",
+         "--body", "Cannot log in.", "--attach", f"@{attach}"],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert " 250 2.0.0 Ok: queued as " in out.stdout
+    spool_id = out.stdout.split("queued as ")[1].split()[0]
+    srv.wait_all_done()
+    spool = srv.cli_json("spool", "list")
+    assert [e["id"] for e in spool] == [spool_id]
+    e = spool[0]
+    for key in ("id", "state", "reason", "received_at", "mail_from", "rcpt_tos", "message_id"):
+        assert key in e
+    assert e["state"] == "ticket_created" and e["mail_from"] == "carol@customer.test"
+    assert e["rcpt_tos"] == ["help@example.test"] and e["message_id"] == "swaks-1@customer.test"
+    tickets = srv.cli_json("tickets", "list")
+    assert len(tickets) == 1
+    t = tickets[0]
+    for key in ("id", "number", "subject", "requester", "queue", "status", "created_at"):
+        assert key in t
+    assert t["number"] == "HD-1000" and t["subject"] == "Échec de connexion"
+    assert t["requester"] == "carol@customer.test" and t["queue"] == "IT"
+    shown = srv.cli_json("tickets", "show", "HD-1000")
+    (art,) = shown["articles"]
+    for key in ("id", "spool_id", "message_id", "from", "to", "subject", "body_text", "created_at", "attachments"):
+        assert key in art
+    assert art["spool_id"] == spool_id and "Cannot log in." in art["body_text"]
+    (att,) = art["attachments"]
+    assert att["filename"] == "report.txt" and att["size"] == len(attach.read_bytes())
+    assert set(att) >= {"filename", "content_type", "size", "sha256"}
+    assert srv.cli_json("spool", "show", spool_id)["ticket_number"] == "HD-1000"
+    # metrics over HTTP
+    body = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=5).read().decode()
+    assert "ticketmx_messages_accepted_total 1.0" in body
+    assert 'ticketmx_pipeline_outcomes_total{state="ticket_created"} 1.0' in body
+    assert srv.stop() == 0
+
+
+def test_kill_9_mid_load_loses_nothing_and_duplicates_nothing(serve):
+    """Every 250'd message is a ticket exactly once after a SIGKILL and a restart."""
+    srv = serve().start()
+    accepted: dict[str, str] = {}  # message-id -> spool id from the 250
+    total, sessions = 400, 8
+
+    async def client(n: int) -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=srv.port, timeout=10, start_tls=False)
+        try:
+            await smtp.connect()
+            for i in range(n, total, sessions):
+                mid = f"load-{i}@customer.test"
+                _e, text = await smtp.sendmail("load@customer.test", ["support@example.test"],
+                                               simple_message(subject=f"load {i}", message_id=mid))
+                accepted[mid] = queued_id(text)
+        except (aiosmtplib.SMTPException, OSError):
+            return  # the server died under us: this message got no 250
+
+    async def load_then_kill() -> None:
+        tasks = [asyncio.create_task(client(n)) for n in range(sessions)]
+        while len(accepted) < 120:
+            await asyncio.sleep(0.005)
+        srv.proc.kill()  # SIGKILL mid-run
+        await asyncio.gather(*tasks)
+
+    asyncio.run(load_then_kill())
+    srv.proc.wait(timeout=10)
+    assert 120 <= len(accepted) < total
+    srv.start()
+    entries = srv.wait_all_done()
+    by_id = {e["id"]: e for e in entries}
+    for mid, sid in accepted.items():
+        assert sid in by_id, f"250'd message {mid} lost"
+    tickets = srv.cli_json("tickets", "list")
+    subjects = [t["subject"] for t in tickets]
+    assert len(subjects) == len(set(subjects)), "a message became two tickets"
+    ticketed = {e["message_id"] for e in entries if e["state"] == "ticket_created"}
+    assert set(accepted) <= ticketed
+    assert all(e["state"] in ("ticket_created", "suppressed") for e in entries)
+    assert srv.stop() == 0

@@ -1,0 +1,248 @@
+"""The SMTP listener over real sockets: extensions, recipients, limits, loops, codes, TLS."""
+from __future__ import annotations
+
+import asyncio
+import re
+import smtplib
+import ssl
+
+import aiosmtplib
+import pytest
+import trustme
+
+from .conftest import queued_id, simple_message
+
+ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3} ")
+
+
+async def connect(port: int) -> aiosmtplib.SMTP:
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10, start_tls=False)
+    await client.connect()
+    return client
+
+
+async def test_ehlo_advertises_extensions(gateway):
+    client = await connect(gateway.port)
+    code, _ = await client.ehlo(hostname="client.test")
+    assert code == 250
+    for ext in ("size", "8bitmime", "smtputf8", "pipelining", "enhancedstatuscodes"):
+        assert client.supports_extension(ext), ext
+    assert client.esmtp_extensions["size"] == str(1024 * 1024)
+    assert not client.supports_extension("starttls")  # no certificate configured
+    await client.quit()
+
+
+async def test_accepts_known_mailbox_and_spools(gateway):
+    client = await connect(gateway.port)
+    await client.ehlo(hostname="client.test")
+    resp = await client.sendmail("alice@customer.test", ["support@example.test"], simple_message())
+    _errors, text = resp
+    assert text.startswith("2.0.0 Ok: queued as ")
+    entry = await gateway.store.spool_get(queued_id(text))
+    assert entry is not None
+    assert entry.mail_from == "alice@customer.test"
+    assert entry.rcpt_tos == ("support@example.test",)
+    assert entry.peer_ip == "127.0.0.1" and entry.helo == "client.test"
+    assert entry.raw.startswith(b"Received: from client.test ([127.0.0.1])")
+    assert b"It is on fire." in entry.raw
+    await client.quit()
+
+
+@pytest.mark.parametrize("rcpt, ok", [
+    ("support@example.test", True),
+    ("SUPPORT@Example.TEST", True),
+    ("help@example.test", True),            # alias
+    ("support+urgent@example.test", True),  # subaddress tag
+    ("billing+x@EXAMPLE.test", True),
+    ("nobody@example.test", False),
+    ("support@example.test.evil", False),
+    ("victim@elsewhere.test", False),       # never relay
+    ("support@sub.example.test", False),
+])
+async def test_rcpt_mapping(gateway, rcpt, ok):
+    client = await connect(gateway.port)
+    await client.ehlo(hostname="client.test")
+    await client.mail("alice@customer.test")
+    if ok:
+        code, msg = await client.rcpt(rcpt)
+        assert code == 250 and msg.startswith("2.1.5")
+    else:
+        with pytest.raises(aiosmtplib.SMTPRecipientRefused) as exc:
+            await client.rcpt(rcpt)
+        assert exc.value.code == 550 and exc.value.message.startswith("5.1.1")
+    await client.quit()
+
+
+async def test_too_many_recipients(start_gateway):
+    gw = await start_gateway(smtp={"max_recipients": 2})
+    client = await connect(gw.port)
+    await client.ehlo(hostname="c.test")
+    await client.mail("a@customer.test")
+    await client.rcpt("support@example.test")
+    await client.rcpt("help@example.test")
+    with pytest.raises(aiosmtplib.SMTPRecipientRefused) as exc:
+        await client.rcpt("billing@example.test")
+    assert exc.value.code == 452 and exc.value.message.startswith("4.5.3")
+    await client.quit()
+
+
+async def test_size_declared_too_big(gateway):
+    client = await connect(gateway.port)
+    await client.ehlo(hostname="c.test")
+    with pytest.raises(aiosmtplib.SMTPSenderRefused) as exc:
+        await client.mail("a@customer.test", options=[f"SIZE={2 * 1024 * 1024}"])
+    assert exc.value.code == 552 and exc.value.message.startswith("5.3.4")
+    await client.quit()
+
+
+async def test_size_enforced_on_stream_and_session_survives(gateway):
+    client = await connect(gateway.port)
+    await client.ehlo(hostname="c.test")
+    big = simple_message(body=("x" * 998 + "\r\n") * 1100)  # ~1.1 MB, limit is 1 MiB, no SIZE given
+    await client.mail("a@customer.test")  # no SIZE= declared: the limit must hold on the stream
+    await client.rcpt("support@example.test")
+    with pytest.raises(aiosmtplib.SMTPDataError) as exc:
+        await client.data(big)
+    assert exc.value.code == 552 and exc.value.message.startswith("5.3.4")
+    # the session is still usable and nothing was spooled
+    _e, text = await client.sendmail("a@customer.test", ["support@example.test"], simple_message())
+    assert "queued as" in text
+    assert len(await gateway.store.spool_list()) == 1
+    await client.quit()
+
+
+async def test_loop_by_received_count(gateway):
+    client = await connect(gateway.port)
+    await client.ehlo(hostname="c.test")
+    hops = "".join(f"Received: from hop{i}.test by hop{i+1}.test; Sun, 22 Nov 2026 10:00:00 +0000\r\n"
+                   for i in range(31))
+    msg = hops.encode() + simple_message()
+    with pytest.raises(aiosmtplib.SMTPDataError) as exc:
+        await client.sendmail("a@customer.test", ["support@example.test"], msg)
+    assert exc.value.code == 554 and exc.value.message.startswith("5.4.6")
+    # 30 hops is still fine
+    msg30 = "".join(hops.splitlines(keepends=True)[:30]).encode() + simple_message()
+    _e, text = await client.sendmail("a@customer.test", ["support@example.test"], msg30)
+    assert "queued as" in text
+    await client.quit()
+
+
+async def test_loop_by_our_marker(gateway):
+    client = await connect(gateway.port)
+    await client.ehlo(hostname="c.test")
+    msg = simple_message(extra="X-Ticketmx-Loop: mx.example.test\r\n")
+    with pytest.raises(aiosmtplib.SMTPDataError) as exc:
+        await client.sendmail("a@customer.test", ["support@example.test"], msg)
+    assert exc.value.code == 554 and exc.value.message.startswith("5.4.6")
+    # another ticketmx's marker is not our loop
+    _e, text = await client.sendmail("a@customer.test", ["support@example.test"],
+                                     simple_message(extra="X-Ticketmx-Loop: mx.other.test\r\n"))
+    assert "queued as" in text
+    await client.quit()
+
+
+async def test_every_reply_has_an_enhanced_code(gateway):
+    """Drive a session with smtplib and check every reply except the greeting and EHLO lines."""
+    await asyncio.get_running_loop().run_in_executor(None, _drive_session, gateway.port)
+
+
+def _drive_session(port: int) -> None:
+    s = smtplib.SMTP("127.0.0.1", port, timeout=10)
+    try:
+        replies = []
+        s.ehlo("c.test")
+        replies.append(s.docmd("NOOP"))
+        replies.append(s.docmd("RSET"))
+        replies.append(s.docmd("VRFY", "support@example.test"))
+        replies.append(s.docmd("BOGUS"))
+        replies.append(s.docmd("RCPT", "TO:<support@example.test>"))   # bad sequence
+        replies.append(s.docmd("MAIL", "FROM:<a@customer.test>"))
+        replies.append(s.docmd("MAIL", "FROM:<a@customer.test>"))      # nested
+        replies.append(s.docmd("RCPT", "TO:<nobody@example.test>"))
+        replies.append(s.docmd("RCPT", "TO:<support@example.test>"))
+        replies.append(s.docmd("MAIL", "FROM:bad syntax"))
+        replies.append(s.docmd("HELP"))
+        for code, text in replies:
+            assert code // 100 in (2, 4, 5), (code, text)
+            assert ENHANCED.match(text.decode()), (code, text)
+        code, text = s.docmd("QUIT")
+        assert code == 221 and ENHANCED.match(text.decode())
+    finally:
+        s.close()
+
+
+async def test_per_ip_session_limit(start_gateway):
+    gw = await start_gateway(smtp={"max_sessions_per_ip": 2})
+    a = await connect(gw.port)
+    b = await connect(gw.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    line = await asyncio.wait_for(reader.readline(), 5)
+    assert line.startswith(b"421 4.7.0"), line
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+    writer.close()
+    await a.quit()
+    await b.quit()
+    await asyncio.sleep(0.1)
+    c = await connect(gw.port)  # a slot is free again
+    await c.quit()
+
+
+async def test_idle_timeout_answers_421(start_gateway):
+    gw = await start_gateway(smtp={"idle_timeout": "300ms"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    greeting = await asyncio.wait_for(reader.readline(), 5)
+    assert greeting.startswith(b"220 ")
+    line = await asyncio.wait_for(reader.readline(), 5)
+    assert line.startswith(b"421 4.4.2"), line
+    writer.close()
+
+
+async def test_starttls_with_certificate(start_gateway, tmp_path):
+    ca = trustme.CA()
+    cert = ca.issue_cert("mx.example.test")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    gw = await start_gateway(smtp={"tls_cert": str(tmp_path / "cert.pem"), "tls_key": str(tmp_path / "key.pem")})
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=gw.port, timeout=10, start_tls=False,
+                             tls_context=client_ctx)
+    await client.connect()
+    await client.ehlo(hostname="c.test")
+    assert client.supports_extension("starttls")
+    await client.starttls(server_hostname="mx.example.test")
+    await client.ehlo(hostname="c.test")
+    assert not client.supports_extension("auth")  # an MX takes no AUTH, even over TLS
+    _e, text = await client.sendmail("a@customer.test", ["support@example.test"], simple_message())
+    entry = await gw.store.spool_get(queued_id(text))
+    assert entry.tls and entry.tls["version"].startswith("TLSv1.")
+    assert b"with ESMTPS" in entry.raw.split(b"\r\n\r\n")[0]
+    await client.quit()
+
+
+async def test_shutdown_refuses_new_sessions_with_421(start_gateway):
+    gw = await start_gateway()
+    busy = await connect(gw.port)
+    await busy.ehlo(hostname="c.test")
+    await busy.mail("a@customer.test")
+    await busy.rcpt("support@example.test")
+    stopping = asyncio.create_task(gw.gw.stop(grace=5))
+    await asyncio.sleep(0.1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    line = await asyncio.wait_for(reader.readline(), 5)
+    assert line.startswith(b"421 4.3.2"), line
+    writer.close()
+    # the transaction in flight still completes
+    code, text = await busy.data(simple_message())
+    assert code == 250 and "queued as" in text
+    await stopping
+    entry_count = len(await _spool_after_restart(gw))
+    assert entry_count == 1
+
+
+async def _spool_after_restart(gw):
+    await gw.store.open()
+    try:
+        return await gw.store.spool_list()
+    finally:
+        await gw.store.close()
