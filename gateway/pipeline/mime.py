@@ -126,7 +126,7 @@ _SUPERSETS: dict[str, tuple[str, ...]] = {
     "iso2022_jp": ("iso2022_jp_2", "iso2022_jp_ext"),
 }
 # Codecs that are "text encodings" to Python but never a real mail charset.
-_REFUSED = frozenset({"unicode_escape", "raw_unicode_escape", "idna", "punycode", "undefined"})
+_REFUSED = frozenset({"unicode-escape", "raw-unicode-escape", "idna", "punycode", "undefined"})
 _UTF8 = ("utf-8",)
 
 
@@ -142,7 +142,7 @@ def _codecs_for(label: str) -> tuple[str, ...] | None:
         canonical = codecs.lookup(name).name
     except (LookupError, ValueError, TypeError):
         return None
-    if canonical in _REFUSED:
+    if canonical.replace("_", "-") in _REFUSED:
         return None
     return _SUPERSETS.get(canonical, (canonical,))
 
@@ -203,13 +203,14 @@ def _decode(data: bytes, label: str | None, ctx: _Ctx, hint: tuple[str, ...] = (
         else:
             ctx.defect(f"charset-mismatch:{_short(label)}->utf-8" if label else "charset-missing:utf-8")
             return text
-    for codec in () if cands else hint:
-        try:
-            text = _strict(data, codec)
-        except (UnicodeError, LookupError):
-            continue
-        ctx.defect(f"charset-missing:{codec}")
-        return text
+    if not cands:
+        for codec in hint:
+            try:
+                text = _strict(data, codec)
+            except (UnicodeError, LookupError):
+                continue
+            ctx.defect(f"charset-missing:{codec}")
+            return text
     if cands and cands != _UTF8:
         try:
             text = data.decode(cands[0], "replace")
@@ -230,7 +231,6 @@ def _decode(data: bytes, label: str | None, ctx: _Ctx, hint: tuple[str, ...] = (
 _EW_RE = re.compile(r"=\?([^?*\s]+)(?:\*[^?\s]*)?\?([BbQq])\?([^?]*)\?=")
 _B64_JUNK = re.compile(r"[^A-Za-z0-9+/]")
 _CTRL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_WS_RE = re.compile(r"\s+")
 
 
 def _unfold(value: str) -> str:
@@ -487,7 +487,7 @@ def _message_ids(values: Iterable[str]) -> tuple[str, ...]:
 # Bodies
 # --------------------------------------------------------------------------- #
 _CTE_SEP = re.compile(r"[\s_]+")
-_CTE_ALIASES = {"7-bit": "7bit", "8-bit": "8bit", "8bits": "8bit", "7bits": "7bit", "b": "base64"}
+_CTE_ALIASES = {"7-bit": "7bit", "8-bit": "8bit", "8bits": "8bit", "7bits": "7bit"}
 _IDENTITY_CTE = frozenset({"", "7bit", "8bit", "binary"})
 _UU_CTE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
 _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9_:.+-]+)""", re.I)
@@ -507,7 +507,13 @@ def _cte(raw: str | None) -> str:
 
 
 def _raw_payload(part: Message) -> bytes:
-    payload = part.get_payload()
+    """The stored body bytes, before transfer decoding.
+
+    Reads ``_payload`` (what email.generator reads too) because ``get_payload()``
+    decodes 8-bit text with the declared charset and errors="replace" -- exactly the
+    lossy step the charset fallback here exists to avoid.
+    """
+    payload = getattr(part, "_payload", None)
     if isinstance(payload, bytes):
         return payload
     if not isinstance(payload, str):
@@ -596,7 +602,8 @@ class _Walker:
         self.ctx = ctx
         self.attachments: list[Attachment] = []
 
-    def walk(self, part: Message, depth: int = 0, in_attachment: bool = False) -> tuple[list[str], list[str]]:
+    def walk(self, part: Message, depth: int = 0,
+             in_attachment: bool = False) -> tuple[list[str], list[str]]:
         """Return (text/plain bodies, text/html bodies) of this subtree."""
         ctx = self.ctx
         if depth > _MAX_DEPTH:
@@ -608,12 +615,12 @@ class _Walker:
             info = _Part(part, ctx)
             maintype = info.ctype.partition("/")[0]
             attach = in_attachment or info.disposition.startswith("attachment")
-            payload = part.get_payload()
-            if maintype == "message" and isinstance(payload, list):
-                self._message_attachment(part, payload, info)
-                return [], []
-            if isinstance(payload, list):
-                return self._container(payload, info, depth, attach)
+            if part.is_multipart():             # payload is a list (message/* included)
+                children = part.get_payload()
+                if maintype == "message":
+                    self._message_attachment(part, children, info)
+                    return [], []
+                return self._container(children, info, depth, attach)
             if maintype == "multipart":
                 repaired = self._repair_boundary(part, info)
                 if repaired is not None:
@@ -623,8 +630,11 @@ class _Walker:
             ctx.defect(f"part-failed:{type(exc).__name__}")
             return [], []
 
-    def _container(self, children: list, info: _Part, depth: int, attach: bool) -> tuple[list[str], list[str]]:
-        results = [self.walk(child, depth + 1, attach) for child in children if isinstance(child, Message)]
+    def _container(self, children: list, info: _Part, depth: int,
+                   attach: bool) -> tuple[list[str], list[str]]:
+        """alternative: first branch with text/plain, last with HTML; otherwise concatenate."""
+        results = [self.walk(child, depth + 1, attach)
+                   for child in children if isinstance(child, Message)]
         if info.ctype == "multipart/alternative":
             plain = next((p for p, _ in results if p), [])
             html = next((h for _, h in reversed(results) if h), [])
@@ -641,7 +651,7 @@ class _Walker:
         part arrives unsplit.  Re-parse its body under a properly quoted boundary.
         """
         boundary = info.type_params.get("boundary", "")
-        payload = part.get_payload()
+        payload = getattr(part, "_payload", None)
         if not boundary or not isinstance(payload, str) or "--" + boundary not in payload:
             return None
         quoted = boundary.replace("\\", "\\\\").replace('"', '\\"')
@@ -707,7 +717,8 @@ class _Walker:
                         data = out[len(sep):]
         except Exception as exc:
             ctx.defect(f"message-bytes-failed:{type(exc).__name__}")
-        if not _filename(info.disp_params, info.type_params, ctx) and info.ctype in ("message/rfc822", "message/global"):
+        if info.ctype in ("message/rfc822", "message/global") and not _filename(
+                info.disp_params, info.type_params, ctx):
             info.disp_params = {**info.disp_params, "filename": "message.eml"}
         self._add(data, info, ctx)
 
@@ -807,8 +818,10 @@ def _salvage(raw: bytes, exc: BaseException) -> ParsedMessage:
 def parse_message(raw: bytes) -> ParsedMessage:
     """Parse one raw message; never raises (failures end up in ``defects``)."""
     try:
-        if not isinstance(raw, bytes):
-            raw = bytes(raw) if isinstance(raw, (bytearray, memoryview)) else str(raw).encode("utf-8", "surrogateescape")
+        if isinstance(raw, (bytearray, memoryview)):
+            raw = bytes(raw)
+        elif not isinstance(raw, bytes):
+            raw = str(raw).encode("utf-8", "surrogateescape")
         return _parse(raw)
     except Exception as exc:
         try:
