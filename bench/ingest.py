@@ -115,6 +115,7 @@ async def latency_probe(port: int, rate: float, seconds: float, size: int, c: in
     body = b"From: bench@customer.test\r\nTo: support@example.test\r\nSubject: latency\r\n"
     latencies: list[float] = []
     interval = c / rate
+    filler = (b"x" * 76 + b"\r\n") * max(1, size // 78)
     stop_at = time.perf_counter() + seconds
 
     async def session(k: int) -> None:
@@ -134,7 +135,7 @@ async def latency_probe(port: int, rate: float, seconds: float, size: int, c: in
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
             next_at += interval
             mid = f"<lat-{k}-{i}-{time.time_ns()}@customer.test>".encode()
-            msg = body + b"Message-ID: " + mid + b"\r\n\r\n" + b"x" * (size - 100) + b"\r\n"
+            msg = body + b"Message-ID: " + mid + b"\r\n\r\n" + filler
             writer.write(b"MAIL FROM:<bench@customer.test>\r\nRCPT TO:<support@example.test>\r\nDATA\r\n")
             for _ in range(3):
                 await reply()

@@ -16,7 +16,8 @@ from .checks import DataCheck, LoopCheck
 from .config import Config, load_config
 from .errors import ConfigErrors
 from .metrics import Metrics, MetricsServer
-from .pipeline.worker import Worker, make_executor
+from .pipeline.process import WorkerPool
+from .pipeline.worker import MetricsSink, Worker, make_executor
 from .recipients import RecipientMap
 from .smtpd import Handler, SmtpListener
 from .spool import SpoolWriter
@@ -34,7 +35,8 @@ class Gateway:
         self._own_executor = executor is None
         self.executor = executor
         self.spool: SpoolWriter | None = None
-        self.worker: Worker | None = None
+        self.worker: Worker | None = None          # in-process pipeline ([pipeline] processes = 0)
+        self.pool: WorkerPool | None = None        # pipeline worker processes (the default)
         self.listener: SmtpListener | None = None
         self.metrics_server: MetricsServer | None = None
         self._ready = False
@@ -62,11 +64,17 @@ class Gateway:
         if recovered:
             log.warning("recovered %d spool entries left in processing by a previous run", recovered)
         if self.executor is None:
-            self.executor = make_executor(self.cfg.pipeline.parse_workers)
-        self.worker = Worker(self.cfg, self.store, self.metrics, self.executor)
-        self.spool = SpoolWriter(self.store, self.metrics, on_commit=self.worker.wake)
+            self.executor = make_executor()  # bounded thread pool for CPU-heavy work of this process
+        if self.cfg.pipeline.processes > 0:
+            self.pool = WorkerPool(self.cfg, self.store, self.metrics, self.cfg.pipeline.processes)
+            self.pool.start()
+            wake = self.pool.wake
+        else:
+            self.worker = Worker(self.cfg, self.store, MetricsSink(self.metrics), self.executor)
+            self.worker.start()
+            wake = self.worker.wake
+        self.spool = SpoolWriter(self.store, self.metrics, on_commit=wake)
         self.spool.start()
-        self.worker.start()
         if self.cfg.metrics.listen is not None:
             host, port = self.cfg.metrics.listen
             self.metrics_server = MetricsServer(self.metrics, host, port, lambda: self._ready)
@@ -89,7 +97,9 @@ class Gateway:
         if self.spool is not None:
             await self.spool.close()
         if self.worker is not None:
-            await self.worker.close(drain=True)
+            await self.worker.close()
+        if self.pool is not None:
+            await self.pool.close(timeout=max(5.0, self.cfg.smtp.shutdown_grace))
         if self._depth_task is not None:
             self._depth_task.cancel()
         if self.metrics_server is not None:
@@ -106,13 +116,16 @@ class Gateway:
         except ConfigErrors as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return False
-        if self.listener is None or self.worker is None:
+        if self.listener is None:
             return False
         self.cfg = new
         self.listener.handler.recipients = RecipientMap(new.mailboxes)
         self.listener.handler.cfg = new
         self.listener.state.cfg = new
-        self.worker.ctx = type(self.worker.ctx)(cfg=new, recipients=RecipientMap(new.mailboxes))
+        if self.worker is not None:
+            self.worker.ctx = type(self.worker.ctx)(cfg=new, recipients=RecipientMap(new.mailboxes))
+        # Worker processes keep the config they were started with until the next restart
+        # (full reload of workers belongs to the operations issue).
         log.info("config reloaded from %s (%d mailboxes)", path, len(new.mailboxes))
         return True
 

@@ -90,7 +90,7 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
-    parse_workers: int = 1
+    processes: int = 1
     batch_size: int = 64
     max_attempts: int = 3
     retry_delay: float = 5.0
@@ -343,7 +343,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
     t = root.sub("pipeline")
     d3 = PipelineConfig()
     pipeline = PipelineConfig(
-        parse_workers=t.get("parse_workers", d3.parse_workers, _int_range(0, 64)),
+        processes=t.get("processes", d3.processes, _int_range(0, 64)),
         batch_size=t.get("batch_size", d3.batch_size, _int_range(1, 10000)),
         max_attempts=t.get("max_attempts", d3.max_attempts, _int_range(1, 100)),
         retry_delay=t.get("retry_delay", d3.retry_delay, parse_duration),

@@ -28,6 +28,8 @@ from .store.base import SpoolEntry
 
 log = logging.getLogger(__name__)
 
+# The overwhelmingly common MAIL/RCPT argument: <local@domain> [params], plain ASCII, nothing quoted.
+_SIMPLE_PATH = re.compile(r"^\s*<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+)?)>(.*)$", re.S)
 _MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*(?:\r?\n[ \t]+)?<([^>\r\n]{1,900})>")
 
 
@@ -78,6 +80,17 @@ class TicketmxSMTP(SMTP):
             await super().smtp_HELO(hostname)
         finally:
             self._in_ehlo = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """Fast path for ``<local@domain>``; anything unusual goes to aiosmtpd's full RFC 5322 parser.
+
+        aiosmtpd's version builds a class and runs the email header parser on every MAIL and RCPT:
+        about a sixth of the SMTP process's CPU under load.
+        """
+        m = _SIMPLE_PATH.match(arg) if arg else None
+        if m is not None and ".." not in m.group(1) and not m.group(1).startswith("."):
+            return (m.group(1) or "<>"), m.group(2).lstrip()
+        return super()._getaddr(arg)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None
@@ -159,7 +172,7 @@ class Handler:
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
-        envelope.mail_from = address
+        envelope.mail_from = address  # "<>" for the null reverse-path (aiosmtpd needs it non-empty)
         envelope.mail_options.extend(mail_options)
         envelope.ticketmx_mailboxes = []  # type: ignore[attr-defined]
         return str(replies.SENDER_OK)
@@ -185,7 +198,8 @@ class Handler:
         started = time.perf_counter()
         raw: bytes = envelope.original_content or b""
         peer_ip = _peer_ip(session)
-        ctx = DataContext(peer_ip=peer_ip, helo=session.host_name or "", mail_from=envelope.mail_from or "",
+        mail_from = "" if envelope.mail_from in (None, "<>") else envelope.mail_from  # null sender is ""
+        ctx = DataContext(peer_ip=peer_ip, helo=session.host_name or "", mail_from=mail_from,
                           rcpt_tos=list(envelope.rcpt_tos),
                           mailboxes=list(getattr(envelope, "ticketmx_mailboxes", [])), raw=raw,
                           header_end=header_end(raw))

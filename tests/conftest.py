@@ -26,7 +26,7 @@ BASE_CONFIG: dict[str, Any] = {
         {"address": "billing@example.test", "queue": "Billing"},
     ],
     "metrics": {"listen": "127.0.0.1:0"},
-    "pipeline": {"parse_workers": 0, "poll_interval": "100ms", "retry_delay": "50ms"},
+    "pipeline": {"processes": 0, "poll_interval": "100ms", "retry_delay": "50ms"},
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.pipeline import stages as stages_mod
 from gateway.pipeline.stages import Verdict
-from gateway.pipeline.worker import Worker
+from gateway.pipeline.worker import MetricsSink, Worker
 
 from .conftest import queued_id, simple_message
 
@@ -112,6 +112,7 @@ async def test_no_sender_is_quarantined_then_replay_is_idempotent(gateway):
     sid = await send(gateway.port, msg, sender="")
     e = await gateway.wait_done(sid)
     assert e.state == "quarantined" and "no sender" in e.reason
+    assert e.mail_from == ""  # the null reverse-path is stored as ""
     assert await gateway.store.tickets_list() == []
     # a normal message, replayed after it made its ticket, stays one ticket
     sid2 = await send(gateway.port, simple_message(message_id="replay@customer.test"))
@@ -136,7 +137,7 @@ async def test_message_failing_three_times_is_quarantined(gateway, monkeypatch):
     monkeypatch.setitem(stages_mod.STAGES, "explode", ExplodingStage)
     gw = gateway.gw
     await gw.worker.close()
-    gw.worker = Worker(gw.cfg, gw.store, gw.metrics, gw.executor, stage_names=("explode", "ticket"))
+    gw.worker = Worker(gw.cfg, gw.store, MetricsSink(gw.metrics), gw.executor, stage_names=("explode", "ticket"))
     gw.spool.on_commit = gw.worker.wake
     gw.worker.start()
     sid = await send(gateway.port, simple_message(message_id="boom@customer.test"))

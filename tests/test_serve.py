@@ -167,3 +167,37 @@ def test_kill_9_mid_load_loses_nothing_and_duplicates_nothing(serve):
     assert set(accepted) <= ticketed
     assert all(e["state"] in ("ticket_created", "suppressed") for e in entries)
     assert srv.stop() == 0
+
+
+def test_pipeline_worker_process_killed_is_restarted_and_work_completes(serve):
+    """kill -9 of the pipeline worker process: its claims are released and a new worker finishes the job."""
+    import re
+    srv = serve().start()
+
+    def worker_pids() -> list[int]:
+        return [int(p) for p in re.findall(r"pipeline worker \S+ started \(pid (\d+)\)", srv.log.read_text())]
+
+    deadline = time.monotonic() + 20
+    while not worker_pids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (first,) = worker_pids()
+    os.kill(first, signal.SIGKILL)
+
+    async def send_some() -> list[str]:
+        ids = []
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=srv.port, timeout=10, start_tls=False)
+        await smtp.connect()
+        for i in range(20):
+            _e, text = await smtp.sendmail("w@customer.test", ["support@example.test"],
+                                           simple_message(subject=f"after kill {i}", message_id=f"wk-{i}@c.test"))
+            ids.append(queued_id(text))
+        await smtp.quit()
+        return ids
+
+    ids = asyncio.run(send_some())
+    entries = {e["id"]: e for e in srv.wait_all_done(timeout=30)}
+    assert all(entries[i]["state"] == "ticket_created" for i in ids)
+    pids = worker_pids()
+    assert len(pids) == 2 and pids[1] != first
+    assert "died (exit code -9)" in srv.log.read_text()
+    assert srv.stop() == 0

@@ -1,7 +1,9 @@
 """The pipeline worker: claims spooled messages, runs the stages, commits the outcome.
 
-Parsing runs in a bounded executor (a process pool by default) so big or
-hostile MIME never blocks the event loop; all outcomes of a batch are written
+It runs either inside the SMTP process (``[pipeline] processes = 0``) or, by
+default, in worker processes of its own (:mod:`gateway.pipeline.process`) so
+MIME parsing and ticket writes use the second core and never stall the SMTP
+loop. Parsing runs in a bounded executor; all outcomes of a batch are written
 in one store transaction that also marks the spool entries done.
 """
 from __future__ import annotations
@@ -9,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import multiprocessing
 import time
-from typing import Iterable
+from typing import Iterable, Protocol
 
 from ..config import Config
 from ..metrics import Metrics
@@ -23,19 +24,44 @@ from .stages import CONTINUE, DEFAULT_ORDER, DROP, QUARANTINE, STAGES, TICKET, C
 log = logging.getLogger(__name__)
 
 
-def make_executor(workers: int) -> concurrent.futures.Executor:
-    """Process pool (uses the other core, isolates parser crashes) or one thread when workers == 0."""
-    if workers <= 0:
-        return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="parse")
-    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+class StatsSink(Protocol):
+    """Where a worker reports what it did (the Prometheus metrics, directly or via the parent)."""
+
+    def outcome(self, state: str, latency: float | None) -> None: ...
+    def error(self) -> None: ...
+    def batch(self, seconds: float) -> None: ...
+
+
+class MetricsSink:
+    """Reports straight into a :class:`Metrics` (in-process worker, or the parent applying reports)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def outcome(self, state: str, latency: float | None) -> None:
+        self.metrics.outcomes.labels(state=state).inc()
+        if latency is not None:
+            self.metrics.processing_latency.observe(latency)
+
+    def error(self) -> None:
+        self.metrics.pipeline_errors.inc()
+
+    def batch(self, seconds: float) -> None:
+        self.metrics.stage_duration.observe(seconds)
+
+
+def make_executor() -> concurrent.futures.Executor:
+    """One parse thread per worker: keeps a huge message's parse off the worker's event loop."""
+    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="parse")
 
 
 class Worker:
-    def __init__(self, cfg: Config, store: Store, metrics: Metrics, executor: concurrent.futures.Executor,
-                 stage_names: Iterable[str] = DEFAULT_ORDER) -> None:
+    def __init__(self, cfg: Config, store: Store, stats: StatsSink, executor: concurrent.futures.Executor,
+                 stage_names: Iterable[str] = DEFAULT_ORDER, owner: str = "") -> None:
         self.cfg = cfg
         self.store = store
-        self.metrics = metrics
+        self.stats = stats
+        self.owner = owner
         self.executor = executor
         self.stages: list[Stage] = [STAGES[n]() for n in stage_names]
         self.ctx = Context(cfg=cfg, recipients=RecipientMap(cfg.mailboxes))
@@ -50,13 +76,11 @@ class Worker:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="pipeline-worker")
 
-    async def close(self, drain: bool = True) -> None:
-        """Finish the batch in hand (and, with ``drain``, what is already due), then stop."""
+    async def close(self) -> None:
+        """Finish the batch in hand, then stop (what is still queued waits for the next start)."""
         self._stopping = True
         self._wake.set()
         if self._task is not None:
-            if not drain:
-                self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
@@ -64,16 +88,14 @@ class Worker:
             self._task = None
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 n = await self.run_once()
             except Exception:
                 log.exception("pipeline batch failed; retrying after the poll interval")
                 n = 0
-            if n:
+            if n or self._stopping:
                 continue
-            if self._stopping:
-                return
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.cfg.pipeline.poll_interval)
@@ -83,7 +105,7 @@ class Worker:
     async def run_once(self) -> int:
         """Process one batch of due entries; returns how many were claimed."""
         started = time.perf_counter()
-        entries = await self.store.spool_claim(self.cfg.pipeline.batch_size, time.time())
+        entries = await self.store.spool_claim(self.cfg.pipeline.batch_size, time.time(), self.owner)
         if not entries:
             return 0
         deliveries: list[Delivery] = []
@@ -93,7 +115,7 @@ class Worker:
                 deliveries.append(outcome)
         if deliveries:
             await self._deliver(deliveries)
-        self.metrics.stage_duration.observe(time.perf_counter() - started)
+        self.stats.batch(time.perf_counter() - started)
         return len(entries)
 
     async def _process(self, entry: SpoolEntry) -> Delivery | None:
@@ -108,7 +130,7 @@ class Worker:
             parsed = await loop.run_in_executor(self.executor, parse_message, entry.raw)
             return await self._run_stages(Inbound(entry, parsed))
         except Exception as exc:
-            self.metrics.pipeline_errors.inc()
+            self.stats.error()
             error = f"{type(exc).__name__}: {exc}"[:500]
             log.warning("pipeline error on %s (attempt %d/%d): %s", entry.id, entry.attempts, max_attempts,
                         error, extra={"trace_id": entry.id})
@@ -149,7 +171,7 @@ class Worker:
                 if attempts >= self.cfg.pipeline.max_attempts or d.kind == "quarantine":
                     await self.store.deliver([Delivery(d.spool_id, "quarantine",
                                                        reason="store error while saving the outcome")], now)
-                    self.metrics.outcomes.labels(state=QUARANTINED).inc()
+                    self.stats.outcome(QUARANTINED, None)
                 else:
                     await self.store.spool_retry(d.spool_id, "store error while saving the outcome",
                                                  now + self.cfg.pipeline.retry_delay)
@@ -158,12 +180,10 @@ class Worker:
                 await self._deliver([d])
             return
         for r in results:
-            self.metrics.outcomes.labels(state=r.state).inc()
+            received = _received_at(r.spool_id)
+            self.stats.outcome(r.state, max(0.0, now - received) if received else None)
             log.info("%s -> %s%s%s", r.spool_id, r.state, f" {r.ticket_number}" if r.ticket_number else "",
                      f" ({r.reason})" if r.reason else "", extra={"trace_id": r.spool_id})
-            received = _received_at(r.spool_id)
-            if received:
-                self.metrics.processing_latency.observe(max(0.0, now - received))
 
 
 def _received_at(spool_id: str) -> float:

@@ -123,12 +123,13 @@ class Store(abc.ABC):
         """Commit entries durably (fsync) before returning: the caller then answers 250."""
 
     @abc.abstractmethod
-    async def spool_recover(self) -> int:
-        """At start: return entries left ``processing`` by a crash to ``queued``; returns the count."""
+    async def spool_recover(self, owner: str | None = None) -> int:
+        """Return entries left ``processing`` by a crashed worker to ``queued``: those claimed by
+        ``owner``, or every one when ``owner`` is None (at start, before any worker runs)."""
 
     @abc.abstractmethod
-    async def spool_claim(self, limit: int, now: float) -> list[SpoolEntry]:
-        """Claim up to ``limit`` due queued entries (attempts += 1, committed before processing)."""
+    async def spool_claim(self, limit: int, now: float, owner: str = "") -> list[SpoolEntry]:
+        """Claim up to ``limit`` due queued entries for ``owner`` (attempts += 1, committed before work)."""
 
     @abc.abstractmethod
     async def spool_retry(self, spool_id: str, error: str, next_attempt_at: float) -> None: ...

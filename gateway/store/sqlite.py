@@ -96,20 +96,24 @@ class SqliteStore(Store):
                 " message_id, size, raw, auth_header, auth, flags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
         await self._write(fn)
 
-    async def spool_recover(self) -> int:
+    async def spool_recover(self, owner: str | None = None) -> int:
         def fn(conn: sqlite3.Connection) -> int:
-            return conn.execute("UPDATE spool SET state=? WHERE state=?", (QUEUED, PROCESSING)).rowcount
+            if owner is None:
+                return conn.execute("UPDATE spool SET state=?, claimed_by='' WHERE state=?",
+                                    (QUEUED, PROCESSING)).rowcount
+            return conn.execute("UPDATE spool SET state=?, claimed_by='' WHERE state=? AND claimed_by=?",
+                                (QUEUED, PROCESSING, owner)).rowcount
         return await self._write(fn)
 
-    async def spool_claim(self, limit: int, now: float) -> list[SpoolEntry]:
+    async def spool_claim(self, limit: int, now: float, owner: str = "") -> list[SpoolEntry]:
         def fn(conn: sqlite3.Connection) -> list[SpoolEntry]:
             conn.row_factory = sqlite3.Row
             try:
                 rows = conn.execute(
-                    "UPDATE spool SET state=?, attempts=attempts+1 WHERE id IN ("
+                    "UPDATE spool SET state=?, attempts=attempts+1, claimed_by=? WHERE id IN ("
                     " SELECT id FROM spool WHERE state=? AND next_attempt_at<=?"
                     " ORDER BY received_at, id LIMIT ?) RETURNING *",
-                    (PROCESSING, QUEUED, now, limit)).fetchall()
+                    (PROCESSING, owner, QUEUED, now, limit)).fetchall()
             finally:
                 conn.row_factory = None
             return sorted((spool_from_row(r) for r in rows), key=lambda e: (e.received_at, e.id))
