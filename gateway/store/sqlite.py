@@ -41,7 +41,7 @@ class SqliteStore(Store):
         await self._w.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
         await self._w.execute("PRAGMA busy_timeout=10000")
         await self._w.execute("PRAGMA foreign_keys=ON")
-        await self._write(self._migrate)
+        await self.transaction(self._migrate)
         self._r = await aiosqlite.connect(self.path, isolation_level=None)
         self._r.row_factory = sqlite3.Row
         await self._r.execute("PRAGMA busy_timeout=10000")
@@ -52,7 +52,7 @@ class SqliteStore(Store):
                 await conn.close()
         self._r = self._w = None
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` as one transaction on the writer thread (BEGIN IMMEDIATE … COMMIT)."""
         assert self._w is not None, "store not open"
 
@@ -70,7 +70,7 @@ class SqliteStore(Store):
         async with self._wlock:
             return await self._w._execute(tx)
 
-    async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         assert self._r is not None, "store not open"
         return list(await self._r.execute_fetchall(sql, params))
 
@@ -94,7 +94,7 @@ class SqliteStore(Store):
             conn.executemany(
                 "INSERT INTO spool (id, received_at, mail_from, rcpt_tos, mailboxes, peer_ip, helo, tls,"
                 " message_id, size, raw, auth_header, auth, flags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-        await self._write(fn)
+        await self.transaction(fn)
 
     async def spool_recover(self, owner: str | None = None) -> int:
         def fn(conn: sqlite3.Connection) -> int:
@@ -103,7 +103,7 @@ class SqliteStore(Store):
                                     (QUEUED, PROCESSING)).rowcount
             return conn.execute("UPDATE spool SET state=?, claimed_by='' WHERE state=? AND claimed_by=?",
                                 (QUEUED, PROCESSING, owner)).rowcount
-        return await self._write(fn)
+        return await self.transaction(fn)
 
     async def spool_claim(self, limit: int, now: float, owner: str = "") -> list[SpoolEntry]:
         def fn(conn: sqlite3.Connection) -> list[SpoolEntry]:
@@ -117,16 +117,16 @@ class SqliteStore(Store):
             finally:
                 conn.row_factory = None
             return sorted((spool_from_row(r) for r in rows), key=lambda e: (e.received_at, e.id))
-        return await self._write(fn)
+        return await self.transaction(fn)
 
     async def spool_retry(self, spool_id: str, error: str, next_attempt_at: float) -> None:
         def fn(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE spool SET state=?, last_error=?, next_attempt_at=? WHERE id=? AND state=?",
                          (QUEUED, error, next_attempt_at, spool_id, PROCESSING))
-        await self._write(fn)
+        await self.transaction(fn)
 
     async def spool_get(self, spool_id: str) -> SpoolEntry | None:
-        rows = await self._read("SELECT * FROM spool WHERE id=?", (spool_id,))
+        rows = await self.query("SELECT * FROM spool WHERE id=?", (spool_id,))
         return spool_from_row(rows[0]) if rows else None
 
     async def spool_list(self, state: str | None = None, limit: int | None = None) -> list[SpoolEntry]:
@@ -139,14 +139,14 @@ class SqliteStore(Store):
         if limit is not None:
             sql += " LIMIT ?"
             params += (limit,)
-        return [spool_from_row(r) for r in await self._read(sql, params)]
+        return [spool_from_row(r) for r in await self.query(sql, params)]
 
     async def spool_replay(self, spool_id: str) -> bool:
         def fn(conn: sqlite3.Connection) -> bool:
             return conn.execute(
                 "UPDATE spool SET state=?, attempts=0, next_attempt_at=0, reason='', finished_at=NULL"
                 " WHERE id=? AND state NOT IN (?, ?)", (QUEUED, spool_id, QUEUED, PROCESSING)).rowcount == 1
-        return await self._write(fn)
+        return await self.transaction(fn)
 
     async def spool_replay_quarantined(self) -> list[str]:
         def fn(conn: sqlite3.Connection) -> list[str]:
@@ -154,17 +154,17 @@ class SqliteStore(Store):
             conn.execute("UPDATE spool SET state=?, attempts=0, next_attempt_at=0, reason='', finished_at=NULL"
                          " WHERE state=?", (QUEUED, QUARANTINED))
             return ids
-        return await self._write(fn)
+        return await self.transaction(fn)
 
     async def spool_counts(self) -> dict[str, int]:
         counts = {s: 0 for s in base.ALL_STATES}
-        for row in await self._read("SELECT state, COUNT(*) FROM spool GROUP BY state"):
+        for row in await self.query("SELECT state, COUNT(*) FROM spool GROUP BY state"):
             counts[row[0]] = row[1]
         return counts
 
     # -- delivery (the one transaction that ends a message's life) --------------
     async def deliver(self, deliveries: list[Delivery], now: float) -> list[DeliveryResult]:
-        return await self._write(lambda conn: [self._deliver_one(conn, d, now) for d in deliveries])
+        return await self.transaction(lambda conn: [self._deliver_one(conn, d, now) for d in deliveries])
 
     def _deliver_one(self, conn: sqlite3.Connection, d: Delivery, now: float) -> DeliveryResult:
         row = conn.execute("SELECT state FROM spool WHERE id=?", (d.spool_id,)).fetchone()
@@ -264,20 +264,20 @@ class SqliteStore(Store):
         if limit is not None:
             sql += " LIMIT ?"
             params = (limit,)
-        return [ticket_dict(r) for r in await self._read(sql, params)]
+        return [ticket_dict(r) for r in await self.query(sql, params)]
 
     async def ticket_get(self, ref: str) -> dict[str, Any] | None:
         if ref.isdigit():
-            rows = await self._read(self._TICKET_SQL + " WHERE t.id=?", (int(ref),))
+            rows = await self.query(self._TICKET_SQL + " WHERE t.id=?", (int(ref),))
         else:
-            rows = await self._read(self._TICKET_SQL + " WHERE t.number=?", (ref,))
+            rows = await self.query(self._TICKET_SQL + " WHERE t.number=?", (ref,))
         if not rows:
             return None
         ticket = ticket_dict(rows[0])
-        arts = await self._read("SELECT * FROM articles WHERE ticket_id=? ORDER BY id", (ticket["id"],))
-        atts = await self._read("SELECT at.* FROM attachments at JOIN articles a ON a.id=at.article_id"
+        arts = await self.query("SELECT * FROM articles WHERE ticket_id=? ORDER BY id", (ticket["id"],))
+        atts = await self.query("SELECT at.* FROM attachments at JOIN articles a ON a.id=at.article_id"
                                 " WHERE a.ticket_id=? ORDER BY at.id", (ticket["id"],))
-        auth = await self._read("SELECT s.id, s.auth_header, s.auth FROM spool s JOIN articles a"
+        auth = await self.query("SELECT s.id, s.auth_header, s.auth FROM spool s JOIN articles a"
                                 " ON a.spool_id=s.id WHERE a.ticket_id=?", (ticket["id"],))
         by_spool = {r["id"]: r for r in auth}
         ticket["articles"] = [article_dict(a, [x for x in atts if x["article_id"] == a["id"]],
@@ -285,7 +285,7 @@ class SqliteStore(Store):
         return ticket
 
     async def blob_get(self, sha256: str) -> bytes | None:
-        rows = await self._read("SELECT data FROM blobs WHERE sha256=?", (sha256,))
+        rows = await self.query("SELECT data FROM blobs WHERE sha256=?", (sha256,))
         return bytes(rows[0][0]) if rows else None
 
 
