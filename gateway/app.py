@@ -11,6 +11,7 @@ import concurrent.futures
 import logging
 import signal
 import time
+from dataclasses import replace
 
 from .checks import DataCheck, LoopCheck
 from .config import Config, load_config
@@ -19,7 +20,8 @@ from .metrics import Metrics, MetricsServer
 from .pipeline.process import WorkerPool
 from .pipeline.worker import MetricsSink, Worker, make_executor
 from .recipients import RecipientMap
-from .smtpd import Handler, SmtpListener
+from .errors import ConfigError
+from .smtpd import Handler, SmtpListener, _tls_context
 from .spool import SpoolWriter
 from .store import open_store
 from .store.base import Store
@@ -110,23 +112,41 @@ class Gateway:
         log.info("ticketmx stopped")
 
     def reload(self, path: str | None) -> bool:
-        """SIGHUP: swap in a new config's mailboxes; a bad config is refused and the old one kept."""
+        """SIGHUP: apply a new config without dropping sessions; a bad one is refused, the old one kept.
+
+        Mailboxes, limits, checks and the TLS certificate apply to the next SMTP command or session;
+        pipeline workers are replaced by new ones (each old one finishes its batch first). Listen
+        addresses and the store URL need a restart (logged when they differ).
+        """
         try:
             new = load_config(path)
+            tls = _tls_context_or_error(new)
         except ConfigErrors as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return False
         if self.listener is None:
             return False
+        for what, old_v, new_v in (("smtp.listen", self.cfg.smtp.listen, new.smtp.listen),
+                                   ("store.url", self.cfg.store.url, new.store.url),
+                                   ("metrics.listen", self.cfg.metrics.listen, new.metrics.listen)):
+            if old_v != new_v:
+                log.warning("reload: %s changed; it takes effect at the next restart", what)
+        new = replace(new, smtp=replace(new.smtp, listen=self.cfg.smtp.listen),
+                      store=self.cfg.store, metrics=self.cfg.metrics)
         self.cfg = new
-        self.listener.handler.recipients = RecipientMap(new.mailboxes)
-        self.listener.handler.cfg = new
+        handler = self.listener.handler
+        handler.cfg = new
+        handler.recipients = RecipientMap(new.mailboxes)
+        handler.checks = self.build_checks()
+        self.listener.cfg = new
         self.listener.state.cfg = new
+        self.listener.tls_context = tls
         if self.worker is not None:
+            self.worker.cfg = new
             self.worker.ctx = type(self.worker.ctx)(cfg=new, recipients=RecipientMap(new.mailboxes))
-        # Worker processes keep the config they were started with until the next restart
-        # (full reload of workers belongs to the operations issue).
-        log.info("config reloaded from %s (%d mailboxes)", path, len(new.mailboxes))
+        if self.pool is not None:
+            self.pool.replace_all(new)
+        log.info("config reloaded from %s (%d mailboxes)", path or "(embedded defaults)", len(new.mailboxes))
         return True
 
     async def _refresh_depth(self) -> None:
@@ -146,16 +166,40 @@ async def serve(cfg: Config, config_path: str | None) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: gw.reload(config_path))
+    loop.add_signal_handler(signal.SIGHUP, lambda: (_sd_notify("RELOADING=1"), gw.reload(config_path),
+                                                    _sd_notify("READY=1")))
     await gw.start()
     _sd_notify("READY=1")
+    watchdog = loop.create_task(_watchdog(), name="watchdog")
     await stop.wait()
+    watchdog.cancel()
     started = time.monotonic()
     _sd_notify("STOPPING=1")
     log.info("shutting down (grace %.0fs)", cfg.smtp.shutdown_grace)
     await gw.stop()
     log.info("shutdown took %.2fs", time.monotonic() - started)
     return 0
+
+
+def _tls_context_or_error(cfg: Config):  # noqa: ANN202
+    """Load the TLS certificate now so a bad one refuses the reload instead of breaking sessions."""
+    try:
+        return _tls_context(cfg)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigErrors([ConfigError("smtp.tls_cert", f"cannot load certificate/key: {exc}", cfg.source)])
+
+
+async def _watchdog() -> None:
+    """WATCHDOG=1 at half systemd's interval, from the event loop: a stuck loop stops the pings."""
+    import os
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return
+    interval = int(usec) / 2_000_000
+    while True:
+        _sd_notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
 
 
 def _sd_notify(state: str) -> None:

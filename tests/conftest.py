@@ -17,7 +17,16 @@ from gateway.app import Gateway
 from gateway.config import Config, build_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPORA = ROOT.parent / "shared" / "corpora"
+def _corpora() -> Path:
+    """The shared outside test data: $TICKETMX_CORPORA, ../shared/corpora, or /work/shared/corpora."""
+    for candidate in (os.environ.get("TICKETMX_CORPORA"), ROOT.parent / "shared" / "corpora",
+                      "/work/shared/corpora"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return ROOT.parent / "shared" / "corpora"
+
+
+CORPORA = _corpora()
 
 BASE_CONFIG: dict[str, Any] = {
     "smtp": {"listen": ["127.0.0.1:0"], "hostname": "mx.example.test", "max_message_size": "1MiB"},

@@ -12,7 +12,9 @@ import pytest
 from gateway.pipeline.mime import parse_message
 from gateway.pipeline.model import ParsedMessage
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "mail"
+from .conftest import CORPORA
+
+CORPUS = CORPORA / "mail"
 CORPUS_FILES = sorted(CORPUS.rglob("*.eml")) if CORPUS.is_dir() else []
 
 

@@ -201,3 +201,41 @@ def test_pipeline_worker_process_killed_is_restarted_and_work_completes(serve):
     assert len(pids) == 2 and pids[1] != first
     assert "died (exit code -9)" in srv.log.read_text()
     assert srv.stop() == 0
+
+
+def test_sighup_reloads_mailboxes_and_refuses_a_bad_config(serve):
+    srv = serve().start()
+
+    def rcpt_code(addr: str) -> int:
+        import smtplib
+        with smtplib.SMTP("127.0.0.1", srv.port, timeout=10) as s:
+            s.ehlo("c.test")
+            s.mail("a@customer.test")
+            return s.rcpt(addr)[0]
+
+    assert rcpt_code("sales@example.test") == 550
+    good = srv.config.read_text() + '\n[[mailbox]]\naddress = "sales@example.test"\nqueue = "Sales"\n'
+    srv.config.write_text(good)
+    srv.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while rcpt_code("sales@example.test") != 250 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rcpt_code("sales@example.test") == 250
+
+    async def send() -> str:
+        _e, text = await aiosmtplib.send(simple_message(to="sales@example.test", message_id="hup@c.test"),
+                                         sender="a@customer.test", recipients=["sales@example.test"],
+                                         hostname="127.0.0.1", port=srv.port, start_tls=False)
+        return queued_id(text)
+    asyncio.run(send())
+    srv.wait_all_done()
+    assert [t["queue"] for t in srv.cli_json("tickets", "list")] == ["Sales"]  # the new workers know Sales
+
+    srv.config.write_text(good + "\n[smtp]\nbogus_key = 1\n")  # duplicate table + unknown key: refused
+    srv.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "reload refused" not in srv.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "reload refused, keeping the running config" in srv.log.read_text()
+    assert rcpt_code("sales@example.test") == 250 and rcpt_code("support@example.test") == 250
+    assert srv.stop() == 0

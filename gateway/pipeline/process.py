@@ -124,6 +124,7 @@ class WorkerPool:
         self._generation = 0
         self._stopping = False
         self._restarts: set[asyncio.Task[None]] = set()
+        self._retired: list[_Child] = []  # replaced on reload, still finishing their batch
 
     def start(self) -> None:
         for slot in range(self.n):
@@ -153,6 +154,8 @@ class WorkerPool:
 
     def wake(self) -> None:
         for child in self.children:
+            if child.wake_w < 0:
+                continue
             try:
                 os.write(child.wake_w, b"\0")
             except (BlockingIOError, BrokenPipeError, OSError):
@@ -180,7 +183,10 @@ class WorkerPool:
         except (ValueError, OSError):
             pass
         os.close(child.wake_w)
+        child.wake_w = -1  # the fd number will be reused (by a client socket!): never write to it again
         child.proc.join(0)
+        if child in self._retired:
+            self._retired.remove(child)
         if self._stopping or child.closing:
             return
         log.error("pipeline worker %s died (exit code %s); releasing its claims and restarting",
@@ -198,18 +204,29 @@ class WorkerPool:
             self._spawn(slot)
             self.wake()
 
+    def replace_all(self, cfg: Config) -> None:
+        """Config reload: start fresh workers with ``cfg``; the old ones finish their batch and exit."""
+        self.cfg = cfg
+        for slot, child in enumerate(list(self.children)):
+            child.closing = True
+            if child.proc.is_alive():
+                child.proc.terminate()
+            self._retired.append(child)
+            self._spawn(slot)
+
     async def close(self, timeout: float) -> None:
         """SIGTERM every child (it finishes its batch), wait up to ``timeout``, then kill."""
         self._stopping = True
         for task in list(self._restarts):
             task.cancel()
-        for child in self.children:
+        everyone = self.children + self._retired
+        for child in everyone:
             child.closing = True
             if child.proc.is_alive():
                 child.proc.terminate()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        for child in self.children:
+        for child in everyone:
             while child.proc.is_alive() and loop.time() < deadline:
                 await asyncio.sleep(0.05)
             if child.proc.is_alive():
