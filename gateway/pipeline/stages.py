@@ -22,10 +22,16 @@ TICKET = "ticket"
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
-    """One spooled message with its parsed form."""
+    """One spooled message with its parsed form.
+
+    ``findings`` holds what earlier stages reported (their ``Verdict.data``, keyed by
+    stage name) — the one explicit channel from a stage to the ones after it; e.g. the
+    attachments stage lists what it stripped and the ticket stage stores that list.
+    """
 
     entry: SpoolEntry
     parsed: ParsedMessage
+    findings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

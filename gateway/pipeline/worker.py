@@ -144,6 +144,8 @@ class Worker:
         for stage in self.stages:
             verdict = await stage.run(msg, self.ctx)
             history.append({"stage": stage.name, "action": verdict.action, "reason": verdict.reason})
+            if verdict.data:
+                msg.findings[stage.name] = verdict.data
             if verdict.action == CONTINUE:
                 continue
             if verdict.action == DROP:
