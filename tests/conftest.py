@@ -46,8 +46,20 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def make_config(tmp_path: Path, **sections: Any) -> Config:
+@pytest.fixture(scope="session")
+def dns_server():
+    """A real DNS server on 127.0.0.1 for every gateway the tests start (empty zone unless a test sets one)."""
+    from .auth.dnsserver import TestDnsServer
+    srv = TestDnsServer({})
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def make_config(tmp_path: Path, dns_port: int | None = None, **sections: Any) -> Config:
     data = merge(BASE_CONFIG, {"store": {"url": f"sqlite:///{tmp_path}/ticketmx.db"}})
+    if dns_port is not None:
+        data["dns"] = {"nameservers": [f"127.0.0.1:{dns_port}"], "timeout": "1s"}
     data = merge(data, sections)
     return build_config(data, "test")
 
@@ -110,11 +122,12 @@ class RunningGateway:
 
 
 @pytest.fixture
-async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+async def start_gateway(tmp_path: Path, dns_server: Any) -> AsyncIterator[Callable[..., Any]]:
     started: list[Gateway] = []
+    dns_server.set_zone({})
 
     async def start(**sections: Any) -> RunningGateway:
-        gw = Gateway(make_config(tmp_path, **sections))
+        gw = Gateway(make_config(tmp_path, dns_server.port, **sections))
         await gw.start()
         started.append(gw)
         return RunningGateway(gw)

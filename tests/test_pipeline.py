@@ -107,7 +107,16 @@ async def test_attachments_stored_content_addressed(gateway):
     assert await gateway.store.blob_get(digest) == payload
 
 
-async def test_no_sender_is_quarantined_then_replay_is_idempotent(gateway):
+async def test_missing_from_is_refused_at_data_by_default(gateway):
+    msg = b"Subject: who am I\r\n\r\nno From header, null sender\r\n"
+    with pytest.raises(aiosmtplib.SMTPDataError) as exc:
+        await send(gateway.port, msg, sender="")
+    assert exc.value.code == 550 and exc.value.message.startswith("5.7.1")
+    assert await gateway.store.spool_list() == []
+
+
+async def test_no_sender_is_quarantined_then_replay_is_idempotent(start_gateway):
+    gateway = await start_gateway(auth={"malformed_from": "tag"})
     msg = b"Subject: who am I\r\n\r\nno From header, null sender\r\n"
     sid = await send(gateway.port, msg, sender="")
     e = await gateway.wait_done(sid)

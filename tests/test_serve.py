@@ -19,7 +19,7 @@ from .conftest import ROOT, free_port, queued_id, simple_message, toml_dump, wai
 
 
 class ServeProcess:
-    def __init__(self, tmp_path: Path, **over) -> None:
+    def __init__(self, tmp_path: Path, dns_port: int, **over) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
         data = {
@@ -28,6 +28,7 @@ class ServeProcess:
             "mailbox": [{"address": "support@example.test", "aliases": ["help@example.test"], "queue": "IT"}],
             "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
             "pipeline": {"poll_interval": "200ms"},
+            "dns": {"nameservers": [f"127.0.0.1:{dns_port}"], "timeout": "1s"},
         }
         data.update(over)
         self.config = tmp_path / "serve.toml"
@@ -66,11 +67,12 @@ class ServeProcess:
 
 
 @pytest.fixture
-def serve(tmp_path):
+def serve(tmp_path, dns_server):
     procs: list[ServeProcess] = []
+    dns_server.set_zone({})
 
     def make(**over) -> ServeProcess:
-        p = ServeProcess(tmp_path, **over)
+        p = ServeProcess(tmp_path, dns_server.port, **over)
         procs.append(p)
         return p
 

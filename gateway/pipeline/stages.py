@@ -108,8 +108,10 @@ class TicketStage:
             attachments=tuple(AttachmentDraft(a.filename, a.content_type, a.sha256, a.content, a.inline,
                                               a.content_id) for a in p.attachments))
         flags = tuple(f for f in e.flags if f == "suspicious")
-        # A suspicious message (e.g. DMARC failure under p=quarantine) may not act on existing tickets.
-        refs = () if flags else tuple(dict.fromkeys((*p.in_reply_to, *reversed(p.references))))
+        # A message authentication says may not act (DMARC failure under p=quarantine, or no DMARC pass
+        # where the mailbox requires it) never appends to an existing ticket: it opens its own.
+        may_act = "suspicious" not in e.flags and "may_not_act" not in e.flags
+        refs = tuple(dict.fromkeys((*p.in_reply_to, *reversed(p.references)))) if may_act else ()
         return Verdict(TICKET, queue=primary.queue, mailbox=primary.address, article=article,
                        thread_refs=refs, ticket_flags=flags)
 

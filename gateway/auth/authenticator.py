@@ -1,0 +1,539 @@
+"""The SMTP-time authentication check: SPF, DKIM, DMARC and ARC → one :class:`AuthVerdict`.
+
+SMTP replies (every one a value: code, RFC 3463 enhanced code, text):
+
+========================================  =====  ========  ===========================================
+situation                                 code   enhanced  why this code
+========================================  =====  ========  ===========================================
+DMARC fail, effective p=reject            550    5.7.1     issue #3; RFC 3463 "delivery not authorized"
+SPF fail with ``spf_fail = "reject"``     550    5.7.23    RFC 7372 "SPF validation failed"
+no / several From fields, no domain       550    5.7.1     RFC 7489 6.6.1 recommends rejecting them
+DNS temperror that decides SPF            451    4.7.24    RFC 7372 "SPF validation error" (temporary)
+DNS temperror that decides DMARC/DKIM     451    4.7.0     RFC 3463 "other security status"; RFC 7372
+                                                           registers no temporary DKIM/DMARC code
+========================================  =====  ========  ===========================================
+
+A temporary DNS failure never produces a 5xx. It produces a 451 only when it leaves open an
+outcome that policy would act on (a published p=reject/quarantine with actions not "tag", or
+``spf_fail = "reject"``) and ``dns_temperror = "defer"``; otherwise the mail is accepted with the
+temperror recorded (and ``may_act`` false when DMARC is required).
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ipaddress
+import logging
+import random
+import re
+import time
+from dataclasses import dataclass, field
+
+import authres
+import authres.arc
+import authres.dmarc
+
+from . import dkimcheck
+from .config import AuthPolicy
+from .dmarc import (Discovery, DmarcDomainResult, FromInfo, OrgDomains, aligned, discover_policy,
+                    evaluate_domain, parse_from)
+from .dns import Resolver
+from .headers import header_values, prepend_header, strip_forged_authres
+from .spfcheck import SpfResult, check_spf
+
+__all__ = ["Authenticator", "AuthVerdict", "stamp"]
+
+log = logging.getLogger(__name__)
+
+_SEVERITY = {"accept": 0, "quarantine": 1, "defer": 2, "reject": 3}
+
+
+@dataclass(frozen=True)
+class AuthVerdict:
+    """The outcome of :meth:`Authenticator.check`.
+
+    ``action``: "accept" | "quarantine" (accept, flag the ticket suspicious) | "defer" (answer
+    ``reply``, a 4xx) | "reject" (answer ``reply``, a 5xx). ``reply`` is None for accept and
+    quarantine. ``may_act``: whether this mail may append to existing tickets or run commands.
+    ``header_value``: the Authentication-Results value to prepend (authserv-id = our hostname).
+    ``auth``: JSON-able structured results (spf, dkim[], dmarc, arc, from, decision).
+    """
+
+    action: str
+    reply: tuple[int, str, str] | None
+    suspicious: bool
+    may_act: bool
+    header_value: str
+    auth: dict = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> bool:
+        return self.action in ("accept", "quarantine")
+
+
+def stamp(raw: bytes, verdict: AuthVerdict, hostname: str) -> bytes:
+    """Remove forged Authentication-Results claiming ``hostname`` and prepend ours."""
+    return prepend_header(strip_forged_authres(raw, hostname), "Authentication-Results", verdict.header_value)
+
+
+# --------------------------------------------------------------------------- helpers
+_RECEIVED_IP = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]+)\]")
+_PAREN_IP = re.compile(r"\(\s*([0-9A-Fa-f:.]{3,})\s*\)")
+
+
+def _received_hop(value: str) -> tuple[str | None, str | None]:
+    """(client ip, helo) from the 'from' clause of a Received field, if any."""
+    m = re.search(r"\bfrom\s+(\S+)(.*?)(?:\sby\s|;|$)", value, re.I | re.S)
+    if not m:
+        return None, None
+    helo, rest = m.group(1), m.group(2)
+    for rx in (_RECEIVED_IP, _PAREN_IP):
+        for ipm in rx.finditer(helo + " " + rest):
+            try:
+                return str(ipaddress.ip_address(ipm.group(1))), helo.strip("()[]")
+            except ValueError:
+                continue
+    try:
+        return str(ipaddress.ip_address(helo.strip("[]"))), helo
+    except ValueError:
+        return None, helo
+
+
+def _clean_comment(s: str, limit: int = 120) -> str:
+    s = "".join(c if 32 <= ord(c) < 127 and c not in "()\\;" else " " for c in s)
+    return re.sub(r"\s+", " ", s).strip()[:limit]
+
+
+def _clean_reason(s: str, limit: int = 120) -> str:
+    s = "".join(c if 32 <= ord(c) < 127 and c not in "\"\\@" else " " for c in s)
+    return re.sub(r"\s+", " ", s).strip()[:limit]
+
+
+_DOM = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?$")
+_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+
+
+def _safe_domain(d: str | None) -> str | None:
+    if d and _DOM.match(d) and ".." not in d:
+        return d
+    return None
+
+
+def _safe_mailbox(addr: str) -> str | None:
+    """An RFC 8601 pvalue for a mailbox: dot-atom or quoted local-part, @, a domain."""
+    if "@" not in addr:
+        return None
+    local, dom = addr.rsplit("@", 1)
+    if not _safe_domain(dom):
+        return None
+    if _ATOM.match(local):
+        return f"{local}@{dom}"
+    if all(32 <= ord(c) < 127 for c in local):
+        q = local.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{q}"@{dom}'
+    return None
+
+
+def _normalise_sender(mail_from: str) -> str:
+    s = (mail_from or "").strip()
+    if s.startswith("<") and s.endswith(">"):
+        s = s[1:-1].strip()
+    return s
+
+
+# --------------------------------------------------------------------------- authenticator
+class Authenticator:
+    """SPF, DKIM, DMARC and ARC for one gateway.
+
+    ``resolver``: every DNS question goes through it. ``hostname``: our authserv-id.
+    ``executor``: bounded executor (thread or process pool) for DKIM/ARC canonicalisation and
+    hashing; None → a private 2-thread pool (closed by :meth:`close`). Messages up to
+    ``inline_max_bytes`` with few signatures are verified inline (tens of microseconds, less than
+    an executor round trip); larger ones go to the executor, and those over
+    ``large_message_bytes`` also take a slot of a small semaphore so huge messages can never
+    occupy every executor worker at once (a message-size-aware budget).
+    """
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        hostname: str,
+        executor: concurrent.futures.Executor | None = None,
+        *,
+        psl=None,
+        rng: random.Random | None = None,
+        inline_max_bytes: int = 32 * 1024,
+        large_message_bytes: int = 1024 * 1024,
+        large_concurrency: int = 1,
+        spf_timeout: float = 20.0,
+    ) -> None:
+        self.resolver = resolver
+        self.hostname = hostname.strip().rstrip(".").lower()
+        self._own_executor = executor is None
+        self.executor = executor or concurrent.futures.ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="auth-crypto")
+        self.org = OrgDomains(psl)
+        self.rng = rng or random.Random()
+        self.inline_max_bytes = inline_max_bytes
+        self.large_message_bytes = large_message_bytes
+        self._large_sem: asyncio.Semaphore | None = None
+        self._large_concurrency = max(1, large_concurrency)
+        self.spf_timeout = spf_timeout
+
+    def close(self) -> None:
+        if self._own_executor:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ crypto
+    async def _crypto(self, raw: bytes, p: dkimcheck.Plan, check_arc: bool) -> dict:
+        keys: dict = {}
+        await dkimcheck.fetch_keys(self.resolver, p.key_names(), keys)
+        n_crypto = sum(1 for s in p.sigs if s.key_name) + (2 * len(p.arc_keys) if check_arc else 0)
+        for _ in range(4):
+            if len(raw) <= self.inline_max_bytes and n_crypto <= 4:
+                res = dkimcheck.verify_sync(raw, p.sigs, keys, check_arc)
+            else:
+                res = await self._in_executor(raw, p, keys, check_arc)
+            missing = [m for m in res["missing"] if m not in keys]
+            if not missing:
+                return res
+            await dkimcheck.fetch_keys(self.resolver, missing, keys)
+        return res
+
+    async def _in_executor(self, raw: bytes, p: dkimcheck.Plan, keys: dict, check_arc: bool) -> dict:
+        loop = asyncio.get_running_loop()
+        try:
+            if len(raw) > self.large_message_bytes:
+                if self._large_sem is None:
+                    self._large_sem = asyncio.Semaphore(self._large_concurrency)
+                async with self._large_sem:
+                    return await loop.run_in_executor(self.executor, dkimcheck.verify_sync, raw, p.sigs, keys,
+                                                      check_arc)
+            return await loop.run_in_executor(self.executor, dkimcheck.verify_sync, raw, p.sigs, keys, check_arc)
+        except (RuntimeError, concurrent.futures.BrokenExecutor) as e:
+            # executor shut down or broken (a crashed worker process): verify with the default
+            # thread pool rather than turn an infrastructure fault into an auth result
+            log.warning("auth executor unusable (%r); using the loop's default executor", e)
+            return await loop.run_in_executor(None, dkimcheck.verify_sync, raw, p.sigs, keys, check_arc)
+
+    # ------------------------------------------------------------------ check
+    async def check(self, *, peer_ip: str, helo: str, mail_from: str, raw: bytes,
+                    policy: AuthPolicy) -> AuthVerdict:
+        t0 = time.perf_counter()
+        sender = _normalise_sender(mail_from)
+        helo = (helo or "").strip()
+        if not policy.enabled:
+            return AuthVerdict("accept", None, False, not policy.require_dmarc_for_actions,
+                               f"{self.hostname}; none", {"disabled": True})
+
+        # --- SPF identity (trusted relays are not the SPF client)
+        spf_ip, origin_helo, relay = peer_ip, helo, None
+        if policy.trusted_relays and policy.is_trusted_relay(peer_ip):
+            relay = {"relay_ip": peer_ip, "origin_ip": None, "origin_helo": None}
+            for f in header_values(raw, "Received")[:20]:
+                ip, h = _received_hop(f.text())
+                if ip is None:
+                    continue
+                if policy.is_trusted_relay(ip):
+                    continue
+                relay.update(origin_ip=ip, origin_helo=h)
+                spf_ip, origin_helo = ip, (h or "")
+                break
+
+        from_info = parse_from(raw)
+        p = dkimcheck.plan(raw, check_arc=True)
+        check_arc = p.arc_present  # no ARC header: cv=none without parsing the message again
+
+        async def spf_mailfrom() -> SpfResult | None:
+            if not sender:
+                return None
+            if relay is not None and relay["origin_ip"] is None:
+                return SpfResult("none", "mailfrom", sender.rsplit("@", 1)[-1].lower(), sender, peer_ip, helo,
+                                 reason="client is a trusted relay and no untrusted hop was found")
+            return await check_spf(self.resolver, ip=spf_ip, sender=sender, helo=origin_helo or helo,
+                                   receiver=self.hostname, timeout=self.spf_timeout)
+
+        async def spf_helo() -> SpfResult | None:
+            if sender and not policy.check_helo:
+                return None
+            if relay is not None and relay["origin_ip"] is None:
+                return SpfResult("none", "helo", helo.lower(), "", peer_ip, helo,
+                                 reason="client is a trusted relay and no untrusted hop was found")
+            return await check_spf(self.resolver, ip=spf_ip, sender="", helo=origin_helo,
+                                   receiver=self.hostname, timeout=self.spf_timeout)
+
+        async def dmarc_discovery() -> dict[str, Discovery]:
+            if from_info.error:
+                return {}
+            found = await asyncio.gather(*(discover_policy(self.resolver, d, self.org)
+                                           for d in from_info.domains))
+            return dict(zip(from_info.domains, found))
+
+        spf_mf, spf_h, crypto, discoveries = await asyncio.gather(
+            spf_mailfrom(), spf_helo(), self._crypto(raw, p, check_arc), dmarc_discovery())
+
+        sigs: list[dkimcheck.SigPlan] = crypto["sigs"]
+        arc = crypto["arc"] or {"result": "none", "reason": "", "instances": 0, "sets": []}
+        dkim_dicts = [s.as_dict() for s in sigs]
+
+        # The SPF identity for DMARC: MAIL FROM domain, or the HELO domain for the null sender
+        spf_for_dmarc = spf_mf if sender else spf_h
+        spf_domain = spf_for_dmarc.domain if spf_for_dmarc else None
+        spf_res = spf_for_dmarc.result if spf_for_dmarc else None
+
+        # --- DMARC
+        domain_results: list[DmarcDomainResult] = []
+        for d in from_info.domains:
+            disc = discoveries.get(d)
+            if disc is None:
+                continue
+            domain_results.append(evaluate_domain(d, disc, spf_result=spf_res, spf_domain=spf_domain,
+                                                  dkim=dkim_dicts, org=self.org, rng=self.rng))
+        for sd in dkim_dicts:
+            sd["aligned"] = bool(sd.get("d")) and any(
+                aligned(sd["d"], r.domain, r.adkim, self.org) for r in domain_results)
+
+        dmarc = self._combine_dmarc(from_info, domain_results)
+
+        # --- ARC override by a trusted sealer
+        override = None
+        if dmarc["result"] in ("fail", "temperror") and arc["result"] == "pass" and policy.trusted_arc_sealers:
+            override = self._arc_override(arc, domain_results, policy)
+            if override:
+                dmarc["override"] = "arc"
+                dmarc["override_reason"] = override
+        arc["trusted_sealer"] = bool(arc.get("sets")) and policy.is_trusted_sealer(
+            arc["sets"][-1].get("as_d") or "")
+
+        effective_pass = dmarc["result"] == "pass" or override is not None
+
+        # --- decision
+        action, reply, reasons = "accept", None, []
+
+        def propose(act: str, rep, why: str) -> None:
+            nonlocal action, reply
+            reasons.append(f"{act}: {why}")
+            if _SEVERITY[act] > _SEVERITY[action]:
+                action, reply = act, rep
+
+        if from_info.error:
+            act = policy.malformed_from
+            if act == "reject":
+                propose("reject", (550, "5.7.1", "Message refused: it must have exactly one From header "
+                                                  "field with a valid address (RFC 5322, RFC 7489 6.6.1)"),
+                        from_info.error)
+            elif act == "quarantine":
+                propose("quarantine", None, from_info.error)
+        elif not effective_pass:
+            for r in domain_results:
+                if r.result == "fail" and policy.honour_dmarc_policy:
+                    if r.disposition == "reject":
+                        act = policy.dmarc_reject
+                    elif r.disposition == "quarantine":
+                        act = policy.dmarc_quarantine
+                    else:
+                        act = "tag"
+                    if act == "reject":
+                        propose("reject", (550, "5.7.1",
+                                           f"Message rejected: unauthenticated email from {r.domain} is not "
+                                           f"accepted due to the domain's DMARC policy (p={r.policy})"),
+                                f"DMARC fail for {r.domain}, disposition {r.disposition}")
+                    elif act == "quarantine":
+                        propose("quarantine", None, f"DMARC fail for {r.domain}, disposition {r.disposition}")
+                elif r.result == "temperror" and policy.honour_dmarc_policy and policy.dns_temperror == "defer":
+                    # defer only when the policy could have led to an action
+                    pol = r.policy
+                    could_act = (pol is None  # record lookup itself failed: unknown policy
+                                 or (pol == "reject" and policy.dmarc_reject != "tag")
+                                 or (pol == "quarantine" and policy.dmarc_quarantine != "tag"))
+                    if could_act:
+                        propose("defer", (451, "4.7.0", f"Temporary DNS failure while authenticating mail from "
+                                                         f"{r.domain} (DMARC); please try again later"),
+                                f"DMARC temperror for {r.domain}: {r.reason}")
+
+        if spf_for_dmarc is not None and not effective_pass and policy.spf_fail != "tag":
+            if spf_for_dmarc.result == "fail":
+                if policy.spf_fail == "reject":
+                    propose("reject", (550, "5.7.23", f"SPF validation failed: {spf_ip} is not allowed to send "
+                                                       f"mail for {spf_for_dmarc.domain}"),
+                            f"SPF fail for {spf_for_dmarc.domain}")
+                else:
+                    propose("quarantine", None, f"SPF fail for {spf_for_dmarc.domain}")
+            elif spf_for_dmarc.result == "temperror" and policy.dns_temperror == "defer":
+                propose("defer", (451, "4.7.24", f"Temporary DNS failure during SPF validation of "
+                                                  f"{spf_for_dmarc.domain}; please try again later"),
+                        f"SPF temperror for {spf_for_dmarc.domain}")
+
+        suspicious = action == "quarantine"
+        may_act = (action == "accept" and not from_info.error
+                   and (effective_pass or not policy.require_dmarc_for_actions))
+
+        spf_dict = {
+            "result": spf_for_dmarc.result if spf_for_dmarc else "none",
+            "domain": spf_domain,
+            "identity": "mailfrom" if sender else "helo",
+            "client_ip": spf_ip,
+            "via_trusted_relay": relay is not None,
+            "relay": relay,
+            "mailfrom": spf_mf.as_dict() if spf_mf else None,
+            "helo": spf_h.as_dict() if spf_h else None,
+        }
+        auth = {
+            "spf": spf_dict,
+            "dkim": dkim_dicts,
+            "dmarc": dmarc,
+            "arc": arc,
+            "from": {"domains": list(from_info.domains), "error": from_info.error},
+            "decision": {"action": action, "suspicious": suspicious, "may_act": may_act, "reasons": reasons,
+                         "reply": list(reply) if reply else None},
+            "elapsed_us": int((time.perf_counter() - t0) * 1e6),
+        }
+        header = self._header(peer_ip, sender, helo, spf_mf, spf_h, sigs, dmarc, domain_results, arc)
+        return AuthVerdict(action, reply, suspicious, may_act, header, auth)
+
+    # ------------------------------------------------------------------ parts
+    @staticmethod
+    def _combine_dmarc(from_info: FromInfo, results: list[DmarcDomainResult]) -> dict:
+        if from_info.error:
+            return {"result": "permerror", "reason": from_info.error, "domains": [], "override": None}
+        rs = [r.result for r in results]
+        if not rs:
+            overall = "none"
+        elif "fail" in rs:
+            overall = "fail"
+        elif "temperror" in rs:
+            overall = "temperror"
+        elif all(r == "pass" for r in rs):
+            overall = "pass"
+        else:
+            overall = "none"
+        # the strictest disposition among failing domains (RFC 7489 6.6.1)
+        order = {"none": 0, "quarantine": 1, "reject": 2}
+        fails = [r for r in results if r.result == "fail"]
+        disposition = max((r.disposition for r in fails), key=lambda x: order[x], default="none")
+        first = results[0] if results else None
+        return {
+            "result": overall,
+            "header_from": first.domain if first else None,
+            "policy": first.policy if first else None,
+            "disposition": disposition,
+            "domains": [r.as_dict() for r in results],
+            "override": None,
+        }
+
+    def _arc_override(self, arc: dict, results: list[DmarcDomainResult], policy: AuthPolicy) -> str | None:
+        sets = arc.get("sets") or []
+        if not sets:
+            return None
+        top = sets[-1]
+        sealer = (top.get("as_d") or "").lower()
+        if not policy.is_trusted_sealer(sealer):
+            return None
+        aar = top.get("aar") or ""
+        value = re.sub(r"^\s*i\s*=\s*\d+\s*;", "", aar, count=1)
+        try:
+            parsed = authres.parse_value(value)
+        except Exception:  # noqa: BLE001 - a malformed AAR just gives no override
+            return None
+        for r in results:
+            if r.result == "pass":
+                continue
+            ok = False
+            for res in parsed.results:
+                props = {(pp.type, pp.name): (pp.value or "") for pp in res.properties}
+                if res.method == "dmarc" and res.result == "pass":
+                    hf = props.get(("header", "from"), "").lower().rstrip(".")
+                    if hf == r.domain:
+                        ok = True
+                elif res.method == "dkim" and res.result == "pass":
+                    d = props.get(("header", "d")) or props.get(("header", "i"), "").rsplit("@", 1)[-1]
+                    if d and aligned(d, r.domain, r.adkim, self.org):
+                        ok = True
+                elif res.method == "spf" and res.result == "pass":
+                    mf = props.get(("smtp", "mailfrom"), "")
+                    dom = mf.rsplit("@", 1)[-1] if mf else ""
+                    if dom and aligned(dom, r.domain, r.aspf, self.org):
+                        ok = True
+            if not ok:
+                return None
+        return f"trusted ARC sealer {sealer} (i={top.get('i')}) reported authentication pass"
+
+    def _header(self, peer_ip, sender, helo, spf_mf, spf_h, sigs, dmarc, domain_results, arc) -> str:
+        results = []
+        if spf_mf is not None:
+            props = {}
+            mb = _safe_mailbox(sender)
+            if mb:
+                props["smtp_mailfrom"] = mb
+            results.append(authres.SPFAuthenticationResult(
+                result=spf_mf.result, result_comment=_spf_comment(self.hostname, spf_mf), **props))
+        if spf_h is not None:
+            props = {}
+            if _safe_domain(helo):
+                props["smtp_helo"] = helo
+            results.append(authres.SPFAuthenticationResult(
+                result=spf_h.result, result_comment=_spf_comment(self.hostname, spf_h), **props))
+        for s in sigs:
+            kw = {}
+            if _safe_domain(s.d):
+                kw["header_d"] = s.d
+            if s.s and _safe_domain(s.s):
+                kw["header_s"] = s.s
+            if s.a in ("rsa-sha256", "ed25519-sha256", "rsa-sha1"):
+                kw["header_a"] = s.a
+            props = []
+            if s.b and re.fullmatch(r"[A-Za-z0-9+/=]+", s.b):
+                props.append(authres.AuthenticationResultProperty("header", "b", s.b[:8]))
+            r = authres.DKIMAuthenticationResult(result=s.result or "permerror", properties=props, **kw)
+            if s.reason:
+                r.reason = authres.QuotableValue(_clean_reason(s.reason))
+            if s.key_bits and s.result in ("pass", "policy", "fail"):
+                r.result_comment = f"{s.key_bits}-bit key"
+            results.append(r)
+        if dmarc["result"] == "permerror":
+            results.append(authres.dmarc.DMARCAuthenticationResult(
+                result="permerror", result_comment=_clean_comment(dmarc.get("reason") or "")))
+        for r in domain_results:
+            comment = []
+            if r.p:
+                comment.append(f"p={r.p.upper()}")
+                comment.append(f"sp={(r.sp or r.p).upper()}")
+                comment.append(f"dis={r.disposition.upper()}")
+            if dmarc.get("override") and r.result != "pass":
+                comment.append("override=trusted ARC sealer")
+            kw = {"header_from": r.domain} if _safe_domain(r.domain) else {}
+            if r.policy and r.result != "pass":
+                kw["policy"] = r.policy
+            results.append(authres.dmarc.DMARCAuthenticationResult(
+                result=r.result, result_comment=" ".join(comment) or None, **kw))
+        if arc.get("result") and (arc.get("result") != "none" or arc.get("instances")):
+            kw = {}
+            try:
+                ipaddress.ip_address(peer_ip)
+                kw["smtp_remote_ip"] = peer_ip
+            except ValueError:
+                pass
+            comment = f"i={arc.get('instances')}" if arc.get("instances") else None
+            if arc.get("trusted_sealer"):
+                comment = (comment + " " if comment else "") + "trusted sealer"
+            results.append(authres.arc.ARCAuthenticationResult(result=arc["result"], result_comment=comment, **kw))
+        if not results:
+            return f"{self.hostname}; none"
+        h = authres.AuthenticationResultsHeader(authserv_id=self.hostname, results=results)
+        return h.header_value()
+
+
+def _spf_comment(hostname: str, r: SpfResult) -> str:
+    ident = r.sender if r.identity == "mailfrom" else r.helo
+    ident = (_safe_mailbox(ident) if "@" in ident else _safe_domain(ident)) or "an invalid identity"
+    verb = {
+        "pass": "designates", "fail": "does not designate", "softfail": "does not designate",
+        "neutral": "neither permits nor denies", "none": "has no SPF record for",
+    }.get(r.result)
+    if r.result in ("temperror", "permerror"):
+        text = f"{hostname}: {r.result} checking {ident}: {r.reason}"
+    elif verb and r.result != "none":
+        text = f"{hostname}: domain of {ident} {verb} {r.client_ip} as permitted sender"
+    else:
+        text = f"{hostname}: {r.reason or 'no SPF record'} ({ident})" if r.reason else f"{hostname}: no SPF record for {ident}"
+    return _clean_comment(text)

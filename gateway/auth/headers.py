@@ -1,0 +1,236 @@
+"""Byte-level helpers for the RFC 5322 header section.
+
+Everything here works on the raw message bytes as received (CRLF or bare LF line endings), never
+re-serialises a parsed message, and leaves every byte it does not mean to change untouched.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "HeaderField",
+    "split_message",
+    "header_fields",
+    "header_values",
+    "strip_forged_authres",
+    "prepend_header",
+    "fold_header",
+    "authserv_id_of",
+]
+
+_FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderField:
+    """One header field: its name, its raw bytes (all physical lines, line endings included),
+    and its byte span in the message."""
+
+    name: bytes
+    raw: bytes
+    start: int
+    end: int
+
+    @property
+    def value(self) -> bytes:
+        """The field body with line endings removed (unfolded, RFC 5322 2.2.3), not stripped."""
+        body = self.raw.split(b":", 1)[1] if b":" in self.raw else b""
+        return body.replace(b"\r\n", b"").replace(b"\n", b"").replace(b"\r", b"")
+
+    def text(self) -> str:
+        """Unfolded value decoded as UTF-8 (RFC 6532) with undecodable bytes replaced, stripped."""
+        return self.value.decode("utf-8", "replace").strip()
+
+
+def _header_end(raw: bytes) -> int:
+    """Offset of the end of the header section (the first empty line is *not* included).
+
+    Returns len(raw) when there is no body separator.
+    """
+    if raw.startswith(b"\r\n") or raw.startswith(b"\n"):
+        return 0
+    i = 0
+    n = len(raw)
+    while i < n:
+        j = raw.find(b"\n", i)
+        if j < 0:
+            return n
+        nxt = j + 1
+        if raw.startswith(b"\r\n", nxt) or raw.startswith(b"\n", nxt):
+            return nxt
+        i = nxt
+    return n
+
+
+def split_message(raw: bytes) -> tuple[bytes, bytes]:
+    """(header section, rest): the rest starts with the empty separator line, if there is one."""
+    end = _header_end(raw)
+    return raw[:end], raw[end:]
+
+
+def header_fields(raw: bytes) -> list[HeaderField]:
+    """The header fields of a message, in order. Lines that are neither a field nor a
+    continuation (garbage before the first field, say) are kept attached to the previous
+    field, or ignored when there is none; nothing raises."""
+    end = _header_end(raw)
+    fields: list[HeaderField] = []
+    i = 0
+    cur_start = -1
+    cur_name = b""
+    while i < end:
+        j = raw.find(b"\n", i, end)
+        line_end = end if j < 0 else j + 1
+        first = raw[i:i + 1]
+        if first in (b" ", b"\t") or cur_start >= 0 and not _FIELD_NAME.match(raw, i):
+            # continuation (or junk we fold into the previous field)
+            i = line_end
+            continue
+        m = _FIELD_NAME.match(raw, i)
+        if cur_start >= 0:
+            fields.append(HeaderField(cur_name, raw[cur_start:i], cur_start, i))
+            cur_start = -1
+        if m:
+            cur_name = m.group(1)
+            cur_start = i
+        i = line_end
+    if cur_start >= 0:
+        fields.append(HeaderField(cur_name, raw[cur_start:end], cur_start, end))
+    return fields
+
+
+def header_values(raw: bytes, name: str) -> list[HeaderField]:
+    """All fields called ``name`` (case-insensitive), in order."""
+    lname = name.lower().encode("ascii")
+    return [f for f in header_fields(raw) if f.name.lower() == lname]
+
+
+def _skip_cfws(s: str, i: int) -> int:
+    n = len(s)
+    while i < n:
+        c = s[i]
+        if c in " \t\r\n":
+            i += 1
+        elif c == "(":
+            depth = 0
+            while i < n:
+                c = s[i]
+                if c == "\\":
+                    i += 2
+                    continue
+                if c == "(":
+                    depth += 1
+                elif c == ")":
+                    depth -= 1
+                    if depth == 0:
+                        i += 1
+                        break
+                i += 1
+        else:
+            break
+    return i
+
+
+def authserv_id_of(value: str) -> str | None:
+    """The authserv-id of an Authentication-Results value (RFC 8601 2.2), or None if unparsable.
+
+    Handles leading CFWS and a quoted-string authserv-id."""
+    i = _skip_cfws(value, 0)
+    if i >= len(value):
+        return None
+    if value[i] == '"':
+        out = []
+        i += 1
+        while i < len(value):
+            c = value[i]
+            if c == "\\" and i + 1 < len(value):
+                out.append(value[i + 1])
+                i += 2
+                continue
+            if c == '"':
+                return "".join(out)
+            out.append(c)
+            i += 1
+        return None
+    m = re.match(r"[^\s;()\"]+", value[i:])
+    return m.group(0) if m else None
+
+
+def strip_forged_authres(raw: bytes, hostname: str) -> bytes:
+    """Remove every Authentication-Results field whose authserv-id is ``hostname``
+    (case-insensitive, RFC 8601 5), touching nothing else: the header section is edited
+    field by field and the body is never looked at."""
+    want = hostname.strip().rstrip(".").lower()
+    drop: list[HeaderField] = []
+    for f in header_fields(raw):
+        if f.name.lower() != b"authentication-results":
+            continue
+        aid = authserv_id_of(f.value.decode("utf-8", "replace"))
+        if aid is None or aid.rstrip(".").lower() == want:
+            # An unparsable A-R cannot be proved not to be ours: drop it too.
+            drop.append(f)
+    if not drop:
+        return raw
+    out = []
+    pos = 0
+    for f in drop:
+        out.append(raw[pos:f.start])
+        pos = f.end
+    out.append(raw[pos:])
+    return b"".join(out)
+
+
+def _line_ending(raw: bytes) -> bytes:
+    j = raw.find(b"\n")
+    if j > 0 and raw[j - 1:j] == b"\r":
+        return b"\r\n"
+    if j >= 0:
+        return b"\n"
+    return b"\r\n"
+
+
+def _split_top_level(value: str) -> list[str]:
+    """Split an A-R value after each top-level ';' (outside comments and quoted strings)."""
+    parts: list[str] = []
+    depth = 0
+    quoted = False
+    start = 0
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\":
+            i += 2
+            continue
+        if quoted:
+            if c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == "(":
+            depth += 1
+        elif c == ")" and depth:
+            depth -= 1
+        elif c == ";" and depth == 0:
+            parts.append(value[start:i + 1])
+            start = i + 1
+        i += 1
+    parts.append(value[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def fold_header(name: str, value: str, eol: bytes = b"\r\n") -> bytes:
+    """``Name: value`` folded before each top-level resinfo (``;``) so no line is needlessly
+    long; the value must already be free of CR and LF."""
+    if "\r" in value or "\n" in value:
+        raise ValueError("header value contains a line break")
+    parts = _split_top_level(value)
+    text = eol.decode("ascii").join([f"{name}: {parts[0]}"] + ["\t" + p for p in parts[1:]]) if parts else f"{name}: "
+    return text.encode("utf-8") + eol
+
+
+def prepend_header(raw: bytes, name: str, value: str) -> bytes:
+    """Return ``raw`` with ``Name: value`` added as the first header field, using the message's
+    own line ending (CRLF unless the message uses bare LF)."""
+    if not re.fullmatch(r"[!-9;-~]+", name):
+        raise ValueError(f"invalid header field name {name!r}")
+    return fold_header(name, value, _line_ending(raw)) + raw
