@@ -75,10 +75,23 @@ def start_sink(port: int) -> subprocess.Popen:
     return proc
 
 
-def start_ticketmx(tmp: Path, port: int) -> tuple[subprocess.Popen, Path]:
-    """ticketmx with the example config, moved to a private port and state dir."""
+def start_dns() -> object:
+    """A DNS server on 127.0.0.1 publishing SPF and DMARC for the sending domain (full auth path)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.auth.dnsserver import TestDnsServer
+    srv = TestDnsServer({
+        "customer.test": [("TXT", "v=spf1 ip4:127.0.0.1 -all")],
+        "_dmarc.customer.test": [("TXT", "v=DMARC1; p=reject")],
+    })
+    srv.start()
+    return srv
+
+
+def start_ticketmx(tmp: Path, port: int, dns_port: int) -> tuple[subprocess.Popen, Path]:
+    """ticketmx with the example config, moved to a private port, state dir and the bench DNS server."""
     example = (ROOT / "conf" / "ticketmx.example.toml").read_text()
     cfg = (example.replace('listen = ["127.0.0.1:2525"]', f'listen = ["127.0.0.1:{port}"]')
+                  .replace('nameservers = []', f'nameservers = ["127.0.0.1:{dns_port}"]')
                   .replace('url = "sqlite:state/ticketmx.db"', f'url = "sqlite:///{tmp}/bench.db"')
                   .replace('listen = "127.0.0.1:9101"', 'listen = ""')
                   .replace('level = "info"', 'level = "warning"'))
@@ -112,7 +125,8 @@ def wait_drained(db: Path, expected: int, timeout: float = 600) -> float:
 
 async def latency_probe(port: int, rate: float, seconds: float, size: int, c: int) -> list[float]:
     """Sessions reusing connections, paced to ``rate`` msgs/s overall; returns end-of-DATA → 250 times."""
-    body = b"From: bench@customer.test\r\nTo: support@example.test\r\nSubject: latency\r\n"
+    body = (b"From: bench@customer.test\r\nTo: support@example.test\r\nSubject: latency\r\n"
+            b"Date: Sun, 22 Nov 2026 10:00:00 +0000\r\n")
     latencies: list[float] = []
     interval = c / rate
     filler = (b"x" * 76 + b"\r\n") * max(1, size // 78)
@@ -182,7 +196,8 @@ def main() -> None:
             sink.send_signal(signal.SIGTERM)
             sink.wait()
         port = free_port()
-        proc, _cfg = start_ticketmx(tmp, port)
+        dns = start_dns()
+        proc, _cfg = start_ticketmx(tmp, port, dns.port)
         try:
             t0 = time.perf_counter()
             results["ticketmx_accept_msgs_per_s"] = smtp_source(port, args.n, args.c, args.size, args.mode,
@@ -200,6 +215,7 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
+            dns.stop()
     ratio = results["ticketmx_tickets_msgs_per_s"] / results["smtp_sink_msgs_per_s"]
     print(f"# {cmd}")
     print(f"# {os.cpu_count()} cores; {args.n} msgs x {args.size} B payload, {args.c} sessions, mode={args.mode}")

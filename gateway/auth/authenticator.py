@@ -186,6 +186,8 @@ class Authenticator:
 
     # ------------------------------------------------------------------ crypto
     async def _crypto(self, raw: bytes, p: dkimcheck.Plan, check_arc: bool) -> dict:
+        if not p.sigs and not check_arc:
+            return {"sigs": [], "arc": None, "missing": []}  # unsigned mail: nothing to hash or verify
         keys: dict = {}
         await dkimcheck.fetch_keys(self.resolver, p.key_names(), keys)
         n_crypto = sum(1 for s in p.sigs if s.key_name) + (2 * len(p.arc_keys) if check_arc else 0)
