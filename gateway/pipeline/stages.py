@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from ..config import Config, MailboxConfig
 from ..recipients import RecipientMap
-from ..store.base import ArticleDraft, AttachmentDraft, SpoolEntry
+from ..store.base import ArticleDraft, AttachmentDraft, SpoolEntry, ThreadHints, TicketFields
 from .model import ParsedMessage
 
 CONTINUE = "continue"
@@ -45,14 +45,30 @@ class Context:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
+    """A stage's decision. ``data`` goes to ``msg.findings[stage.name]`` for later stages;
+    ``contact_updates`` are applied whatever the final verdict (e.g. a bounce marks a contact
+    undeliverable and is then suppressed)."""
+
     action: str = CONTINUE
     reason: str = ""
-    queue: str = ""
-    mailbox: str = ""
-    article: ArticleDraft | None = None
-    thread_refs: tuple[str, ...] = ()
-    ticket_flags: tuple[str, ...] = ()
     data: dict[str, Any] = field(default_factory=dict)
+    contact_updates: tuple[tuple[str, bool, str], ...] = ()
+    ticket: TicketAction | None = None   # with action == TICKET
+
+
+@dataclass(frozen=True, slots=True)
+class TicketAction:
+    """What a ticket verdict asks the store to do (see gateway.store.base.Delivery)."""
+
+    queue: str
+    mailbox: str
+    article: ArticleDraft
+    thread: ThreadHints = ThreadHints()
+    fields: TicketFields = TicketFields()
+    participants: tuple[tuple[str, str, str], ...] = ()
+    updates: dict[str, Any] = field(default_factory=dict)
+    history: tuple[dict[str, Any], ...] = ()
+    note: bool = False   # automatic mail: only an internal note on the ticket it answers
 
 
 class Stage(Protocol):
@@ -112,8 +128,9 @@ class TicketStage:
         # where the mailbox requires it) never appends to an existing ticket: it opens its own.
         may_act = "suspicious" not in e.flags and "may_not_act" not in e.flags
         refs = tuple(dict.fromkeys((*p.in_reply_to, *reversed(p.references)))) if may_act else ()
-        return Verdict(TICKET, queue=primary.queue, mailbox=primary.address, article=article,
-                       thread_refs=refs, ticket_flags=flags)
+        return Verdict(TICKET, ticket=TicketAction(
+            queue=primary.queue, mailbox=primary.address, article=article,
+            thread=ThreadHints(refs=refs, may_act=may_act), fields=TicketFields(flags=flags)))
 
 
 STAGES: dict[str, type] = {cls.name: cls for cls in (SenderStage, TicketStage)}

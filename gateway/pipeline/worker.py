@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+import traceback
 from typing import Iterable, Protocol
 
 from ..config import Config
@@ -132,33 +133,40 @@ class Worker:
         except Exception as exc:
             self.stats.error()
             error = f"{type(exc).__name__}: {exc}"[:500]
+            trace = traceback.format_exc()[-20000:]  # kept with the quarantined entry, never logged
             log.warning("pipeline error on %s (attempt %d/%d): %s", entry.id, entry.attempts, max_attempts,
                         error, extra={"trace_id": entry.id})
             if entry.attempts >= max_attempts:
-                return Delivery(entry.id, "quarantine", reason=f"failed {entry.attempts} times: {error}")
+                return Delivery(entry.id, "quarantine", reason=f"failed {entry.attempts} times: {error}",
+                                traceback=trace)
             await self.store.spool_retry(entry.id, error, time.time() + self.cfg.pipeline.retry_delay)
             return None
 
     async def _run_stages(self, msg: Inbound) -> Delivery:
         history: list[dict[str, str]] = []
+        contact_updates: list[tuple[str, bool, str]] = []
+        sid = msg.entry.id
         for stage in self.stages:
             verdict = await stage.run(msg, self.ctx)
             history.append({"stage": stage.name, "action": verdict.action, "reason": verdict.reason})
             if verdict.data:
                 msg.findings[stage.name] = verdict.data
+            contact_updates += verdict.contact_updates
+            common = {"reason": verdict.reason, "history": tuple(history), "contact_updates": tuple(contact_updates)}
             if verdict.action == CONTINUE:
                 continue
             if verdict.action == DROP:
-                return Delivery(msg.entry.id, "suppress", reason=verdict.reason, history=tuple(history))
+                return Delivery(sid, "suppress", **common)
             if verdict.action == QUARANTINE:
-                return Delivery(msg.entry.id, "quarantine", reason=verdict.reason, history=tuple(history))
-            if verdict.action == TICKET:
-                return Delivery(msg.entry.id, "ticket", reason=verdict.reason, queue=verdict.queue,
-                                mailbox=verdict.mailbox, article=verdict.article, thread_refs=verdict.thread_refs,
-                                ticket_flags=verdict.ticket_flags, history=tuple(history))
-            raise ValueError(f"stage {stage.name} returned unknown action {verdict.action!r}")
-        return Delivery(msg.entry.id, "quarantine", reason="no stage reached a final verdict",
-                        history=tuple(history))
+                return Delivery(sid, "quarantine", **common)
+            if verdict.action == TICKET and verdict.ticket is not None:
+                t = verdict.ticket
+                return Delivery(sid, "note" if t.note else "ticket", queue=t.queue, mailbox=t.mailbox,
+                                article=t.article, thread=t.thread, ticket_fields=t.fields,
+                                participants=t.participants, updates=t.updates, ticket_history=t.history, **common)
+            raise ValueError(f"stage {stage.name} returned an invalid verdict {verdict.action!r}")
+        return Delivery(sid, "quarantine", reason="no stage reached a final verdict", history=tuple(history),
+                        contact_updates=tuple(contact_updates))
 
     async def _deliver(self, deliveries: list[Delivery]) -> None:
         now = time.time()

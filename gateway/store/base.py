@@ -47,6 +47,7 @@ class SpoolEntry:
     ticket_id: int | None = None
     article_id: int | None = None
     finished_at: float | None = None
+    traceback: str = ""
 
     @property
     def size(self) -> int:
@@ -64,6 +65,17 @@ class AttachmentDraft:
 
 
 @dataclass(frozen=True, slots=True)
+class StrippedAttachment:
+    """An attachment the policy refused: listed on the ticket with the reason, content not stored."""
+
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ArticleDraft:
     """What the pipeline wants stored for one inbound message."""
 
@@ -71,20 +83,59 @@ class ArticleDraft:
     from_name: str
     subject: str
     body_text: str
-    body_html: str
+    body_html: str          # sanitised HTML (the raw original stays in the spool)
     message_id: str
     to_addrs: tuple[str, ...] = ()
     cc_addrs: tuple[str, ...] = ()
     rcpt_tos: tuple[str, ...] = ()
     attachments: tuple[AttachmentDraft, ...] = ()
+    stripped: tuple[StrippedAttachment, ...] = ()
+    visibility: str = "public"   # public | internal (internal notes never reach requesters)
+    kind: str = "email"          # email | note (automatic mail kept as a note) | system
+    new_text: str = ""           # the reply without quoted history / signature
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadHints:
+    """How the store may attach a message to an existing ticket (decided atomically in deliver()).
+
+    In order: ``refs`` (In-Reply-To/References ids we issued or received on a ticket), then
+    ``number`` (a subject token), then — when ``subject_days`` > 0 — the same requester's ticket
+    with the same normalised subject within that many days. The sender must be a participant of
+    the ticket, unless it is an agent or ``number_verified`` (the token's MAC verified).
+    """
+
+    refs: tuple[str, ...] = ()
+    number: str | None = None
+    number_verified: bool = False
+    subject_key: str = ""
+    subject_days: float = 0.0
+    sender_is_agent: bool = False
+    may_act: bool = True          # False: never append (e.g. DMARC failed under p=quarantine)
+    may_reopen: bool = True       # automatic mail never reopens
+    reopen_days: float = 0.0      # reply to a resolved/closed ticket within this → reopen; else new linked
+    on_no_match: str = "new"      # new | drop | quarantine (replies-only mailboxes)
+
+
+@dataclass(frozen=True, slots=True)
+class TicketFields:
+    """Fields a new ticket gets (routing rules, mapping); ``None`` keeps the default."""
+
+    priority: str | None = None
+    category: str | None = None
+    assignee: str | None = None
+    tags: tuple[str, ...] = ()
+    fields: dict[str, Any] = field(default_factory=dict)
+    flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """A final pipeline verdict for one spool entry, applied atomically by the store.
 
-    ``kind`` is ``ticket`` (thread onto an existing ticket if ``thread_refs`` names one
-    the sender participates in, else open a new ticket), ``suppress`` or ``quarantine``.
+    ``kind``: ``ticket`` (thread onto an existing ticket per ``thread``, else open a new one),
+    ``note`` (automatic mail kept as an internal note on the ticket it answers; suppressed when it
+    answers none), ``suppress`` or ``quarantine``.
     """
 
     spool_id: str
@@ -93,9 +144,14 @@ class Delivery:
     queue: str = ""
     mailbox: str = ""
     article: ArticleDraft | None = None
-    thread_refs: tuple[str, ...] = ()
-    ticket_flags: tuple[str, ...] = ()
-    history: tuple[dict[str, Any], ...] = ()
+    thread: ThreadHints = ThreadHints()
+    ticket_fields: TicketFields = TicketFields()
+    participants: tuple[tuple[str, str, str], ...] = ()   # (email, name, role) besides the requester
+    updates: dict[str, Any] = field(default_factory=dict)  # authorised command results for the ticket
+    ticket_history: tuple[dict[str, Any], ...] = ()       # rules fired, commands, ... (actor/action/detail)
+    contact_updates: tuple[tuple[str, bool, str], ...] = ()  # (email, undeliverable, reason)
+    history: tuple[dict[str, Any], ...] = ()              # the stage decisions for the spool entry
+    traceback: str = ""                                   # quarantine after an exception (never logged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +162,8 @@ class DeliveryResult:
     ticket_id: int | None = None
     article_id: int | None = None
     ticket_number: str | None = None
+    requester: str | None = None
+    reopened: bool = False
 
 
 class Store(abc.ABC):

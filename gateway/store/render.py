@@ -33,7 +33,7 @@ def spool_from_row(r: Mapping[str, Any]) -> SpoolEntry:
         raw=bytes(r["raw"]), auth_header=r["auth_header"], auth=_json(r["auth"], None),
         flags=tuple(_json(r["flags"], [])), state=r["state"], reason=r["reason"], attempts=r["attempts"],
         last_error=r["last_error"], history=tuple(_json(r["history"], [])), ticket_id=r["ticket_id"],
-        article_id=r["article_id"], finished_at=r["finished_at"])
+        article_id=r["article_id"], finished_at=r["finished_at"], traceback=r["traceback"])
 
 
 def spool_dict(e: SpoolEntry, ticket_number: str | None = None) -> dict[str, Any]:
@@ -46,6 +46,9 @@ def spool_dict(e: SpoolEntry, ticket_number: str | None = None) -> dict[str, Any
         "size": e.size, "attempts": e.attempts, "last_error": e.last_error, "flags": list(e.flags),
         "ticket_id": e.ticket_id, "ticket_number": ticket_number, "article_id": e.article_id,
         "authentication_results": e.auth_header, "auth": e.auth, "history": list(e.history),
+        "decisions": [{"stage": h.get("stage"), "verdict": h.get("action"), "reason": h.get("reason", "")}
+                      for h in e.history],
+        "traceback": e.traceback,
     }
 
 
@@ -53,21 +56,26 @@ def ticket_dict(r: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "id": r["id"], "number": r["number"], "subject": r["subject"], "requester": r["requester"],
         "requester_name": r["requester_name"], "queue": r["queue"], "mailbox": r["mailbox"],
-        "status": r["status"], "flags": _json(r["flags"], []),
-        "created_at": iso(r["created_at"]), "updated_at": iso(r["updated_at"]),
+        "status": r["status"], "flags": _json(r["flags"], []), "priority": r["priority"],
+        "category": r["category"], "assignee": r["assignee"], "tags": _json(r["tags"], []),
+        "fields": _json(r["fields"], {}), "linked_ticket_id": r["linked_ticket_id"],
+        "created_at": iso(r["created_at"]), "updated_at": iso(r["updated_at"]), "closed_at": iso(r["closed_at"]),
     }
 
 
-def article_dict(a: Mapping[str, Any], atts: list[Mapping[str, Any]],
+def article_dict(a: Mapping[str, Any], atts: list[Mapping[str, Any]], stripped: list[Mapping[str, Any]],
                  spool: Mapping[str, Any] | None) -> dict[str, Any]:
     return {
         "id": a["id"], "spool_id": a["spool_id"], "message_id": a["message_id"],
         "from": a["from_addr"], "from_name": a["from_name"], "to": _json(a["to_addrs"], []),
         "cc": _json(a["cc_addrs"], []), "rcpt_tos": _json(a["rcpt_tos"], []), "subject": a["subject"],
-        "body_text": a["body_text"], "body_html": a["body_html"], "created_at": iso(a["created_at"]),
+        "body_text": a["body_text"], "body_html": a["body_html"], "new_text": a["new_text"],
+        "visibility": a["visibility"], "kind": a["kind"], "created_at": iso(a["created_at"]),
         "attachments": [{"filename": x["filename"], "content_type": x["content_type"], "size": x["size"],
                          "sha256": x["sha256"], "inline": bool(x["inline"]), "content_id": x["content_id"]}
                         for x in atts],
+        "stripped_attachments": [{"filename": x["filename"], "content_type": x["content_type"], "size": x["size"],
+                                  "sha256": x["sha256"], "reason": x["reason"]} for x in stripped],
         "authentication_results": spool["auth_header"] if spool is not None else None,
         "auth": _json(spool["auth"], None) if spool is not None else None,
     }

@@ -16,10 +16,10 @@ from typing import Any, Callable, TypeVar
 import aiosqlite
 
 from . import base
-from .base import (ARTICLE_ADDED, PROCESSING, QUARANTINED, QUEUED, SUPPRESSED, TICKET_CREATED,
-                   Delivery, DeliveryResult, SpoolEntry, Store)
+from .base import PROCESSING, QUARANTINED, QUEUED, Delivery, DeliveryResult, SpoolEntry, Store
 from .migrations import load_migrations
-from .render import iso, spool_from_row, ticket_dict, article_dict
+from .render import article_dict, iso, spool_from_row, ticket_dict
+from .sqlite_deliver import DeliverTx
 
 T = TypeVar("T")
 
@@ -164,95 +164,10 @@ class SqliteStore(Store):
 
     # -- delivery (the one transaction that ends a message's life) --------------
     async def deliver(self, deliveries: list[Delivery], now: float) -> list[DeliveryResult]:
-        return await self.transaction(lambda conn: [self._deliver_one(conn, d, now) for d in deliveries])
-
-    def _deliver_one(self, conn: sqlite3.Connection, d: Delivery, now: float) -> DeliveryResult:
-        row = conn.execute("SELECT state FROM spool WHERE id=?", (d.spool_id,)).fetchone()
-        if row is None:
-            raise KeyError(f"spool entry {d.spool_id} does not exist")
-        # Idempotency 1: this spool entry already made an article (replay, crash after commit).
-        done = conn.execute("SELECT a.id, a.ticket_id, t.number, (SELECT MIN(id) FROM articles"
-                            " WHERE ticket_id=a.ticket_id) FROM articles a JOIN tickets t ON t.id=a.ticket_id"
-                            " WHERE a.spool_id=?", (d.spool_id,)).fetchone()
-        if done is not None:
-            state = TICKET_CREATED if done[0] == done[3] else ARTICLE_ADDED
-            return self._finish(conn, d, now, state, "already delivered", done[1], done[0], done[2])
-        if d.kind == "suppress":
-            return self._finish(conn, d, now, SUPPRESSED, d.reason)
-        if d.kind == "quarantine":
-            return self._finish(conn, d, now, QUARANTINED, d.reason)
-        if d.kind != "ticket" or d.article is None:
-            raise ValueError(f"bad delivery kind {d.kind!r}")
-        art = d.article
-        # Idempotency 2: the same Message-ID already reached this ticket system.
-        if art.message_id:
-            seen = conn.execute("SELECT m.ticket_id, t.number FROM message_ids m JOIN tickets t"
-                                " ON t.id=m.ticket_id WHERE m.message_id=?", (art.message_id,)).fetchone()
-            if seen is not None:
-                return self._finish(conn, d, now, SUPPRESSED,
-                                    f"duplicate: Message-ID <{art.message_id}> already on {seen[1]}", seen[0])
-        contact_id = self._contact(conn, art.from_addr, art.from_name, now)
-        ticket = self._thread(conn, d.thread_refs, contact_id)
-        if ticket is not None:
-            ticket_id, number = ticket
-            conn.execute("UPDATE tickets SET updated_at=? WHERE id=?", (now, ticket_id))
-            state = ARTICLE_ADDED
-        else:
-            ticket_id = conn.execute(
-                "INSERT INTO tickets (subject, requester_id, queue, mailbox, flags, created_at, updated_at)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (art.subject, contact_id, d.queue, d.mailbox, json.dumps(list(d.ticket_flags)), now, now)).lastrowid
-            number = f"{self.ticket_prefix}{self.ticket_start + ticket_id - 1}"
-            conn.execute("UPDATE tickets SET number=? WHERE id=?", (number, ticket_id))
-            conn.execute("INSERT INTO participants (ticket_id, contact_id, role) VALUES (?,?,?)",
-                         (ticket_id, contact_id, "requester"))
-            state = TICKET_CREATED
-        article_id = conn.execute(
-            "INSERT INTO articles (ticket_id, spool_id, message_id, from_addr, from_name, to_addrs, cc_addrs,"
-            " rcpt_tos, subject, body_text, body_html, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (ticket_id, d.spool_id, art.message_id, art.from_addr, art.from_name, json.dumps(list(art.to_addrs)),
-             json.dumps(list(art.cc_addrs)), json.dumps(list(art.rcpt_tos)), art.subject, art.body_text,
-             art.body_html, now)).lastrowid
-        for att in art.attachments:
-            conn.execute("INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?,?)", (att.sha256, att.content))
-            conn.execute("INSERT INTO attachments (article_id, filename, content_type, size, sha256, inline,"
-                         " content_id) VALUES (?,?,?,?,?,?,?)",
-                         (article_id, att.filename, att.content_type, len(att.content), att.sha256,
-                          int(att.inline), att.content_id))
-        if art.message_id:
-            conn.execute("INSERT INTO message_ids (message_id, ticket_id, article_id) VALUES (?,?,?)",
-                         (art.message_id, ticket_id, article_id))
-        return self._finish(conn, d, now, state, d.reason, ticket_id, article_id, number)
-
-    @staticmethod
-    def _contact(conn: sqlite3.Connection, email: str, name: str, now: float) -> int:
-        row = conn.execute("SELECT id FROM contacts WHERE email=?", (email,)).fetchone()
-        if row is not None:
-            return row[0]
-        return conn.execute("INSERT INTO contacts (email, name, created_at) VALUES (?,?,?)",
-                            (email, name, now)).lastrowid
-
-    @staticmethod
-    def _thread(conn: sqlite3.Connection, refs: tuple[str, ...], contact_id: int) -> tuple[int, str] | None:
-        """The ticket a reply belongs to: a referenced Message-ID of a ticket the sender participates in."""
-        for ref in refs:
-            row = conn.execute(
-                "SELECT t.id, t.number FROM message_ids m JOIN tickets t ON t.id=m.ticket_id"
-                " JOIN participants p ON p.ticket_id=t.id AND p.contact_id=? WHERE m.message_id=?",
-                (contact_id, ref)).fetchone()
-            if row is not None:
-                return row[0], row[1]
-        return None
-
-    @staticmethod
-    def _finish(conn: sqlite3.Connection, d: Delivery, now: float, state: str, reason: str,
-                ticket_id: int | None = None, article_id: int | None = None,
-                number: str | None = None) -> DeliveryResult:
-        conn.execute("UPDATE spool SET state=?, reason=?, ticket_id=?, article_id=?, finished_at=?, history=?,"
-                     " last_error=CASE WHEN ? THEN ? ELSE last_error END WHERE id=?",
-                     (state, reason, ticket_id, article_id, now, json.dumps(list(d.history)),
-                      state == QUARANTINED, reason, d.spool_id))
-        return DeliveryResult(d.spool_id, state, reason, ticket_id, article_id, number)
+        def fn(conn: sqlite3.Connection) -> list[DeliveryResult]:
+            tx = DeliverTx(conn, now, self.ticket_prefix, self.ticket_start)
+            return [tx.run(d) for d in deliveries]
+        return await self.transaction(fn)
 
     # -- tickets ---------------------------------------------------------------
     _TICKET_SQL = ("SELECT t.*, c.email AS requester, c.name AS requester_name FROM tickets t"
@@ -274,15 +189,35 @@ class SqliteStore(Store):
         if not rows:
             return None
         ticket = ticket_dict(rows[0])
-        arts = await self.query("SELECT * FROM articles WHERE ticket_id=? ORDER BY id", (ticket["id"],))
+        tid = ticket["id"]
+        arts = await self.query("SELECT * FROM articles WHERE ticket_id=? ORDER BY id", (tid,))
         atts = await self.query("SELECT at.* FROM attachments at JOIN articles a ON a.id=at.article_id"
-                                " WHERE a.ticket_id=? ORDER BY at.id", (ticket["id"],))
+                                " WHERE a.ticket_id=? ORDER BY at.id", (tid,))
+        stripped = await self.query("SELECT s.* FROM stripped_attachments s JOIN articles a ON a.id=s.article_id"
+                                    " WHERE a.ticket_id=? ORDER BY s.id", (tid,))
         auth = await self.query("SELECT s.id, s.auth_header, s.auth FROM spool s JOIN articles a"
-                                " ON a.spool_id=s.id WHERE a.ticket_id=?", (ticket["id"],))
+                                " ON a.spool_id=s.id WHERE a.ticket_id=?", (tid,))
         by_spool = {r["id"]: r for r in auth}
         ticket["articles"] = [article_dict(a, [x for x in atts if x["article_id"] == a["id"]],
+                                           [x for x in stripped if x["article_id"] == a["id"]],
                                            by_spool.get(a["spool_id"])) for a in arts]
+        ticket["participants"] = [
+            {"email": r["email"], "name": r["name"], "role": r["role"], "undeliverable": bool(r["undeliverable"])}
+            for r in await self.query("SELECT c.email, c.name, c.undeliverable, p.role FROM participants p"
+                                      " JOIN contacts c ON c.id=p.contact_id WHERE p.ticket_id=?"
+                                      " ORDER BY p.role DESC, c.email", (tid,))]
+        ticket["history"] = [
+            {"at": iso(r["at"]), "actor": r["actor"], "action": r["action"], "detail": json.loads(r["detail"])}
+            for r in await self.query("SELECT * FROM ticket_history WHERE ticket_id=? ORDER BY id", (tid,))]
         return ticket
+
+    async def contact_get(self, email: str) -> dict[str, Any] | None:
+        rows = await self.query("SELECT * FROM contacts WHERE email=?", (email,))
+        if not rows:
+            return None
+        r = rows[0]
+        return {"email": r["email"], "name": r["name"], "undeliverable": bool(r["undeliverable"]),
+                "undeliverable_reason": r["undeliverable_reason"]}
 
     async def blob_get(self, sha256: str) -> bytes | None:
         rows = await self.query("SELECT data FROM blobs WHERE sha256=?", (sha256,))

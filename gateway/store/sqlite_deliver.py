@@ -1,0 +1,221 @@
+"""The one transaction that ends a message's life in the SQLite store.
+
+Everything that must be decided atomically lives here: idempotency (spool id,
+Message-ID), threading (which ticket, and may this sender act on it), reopen
+or link, the ticket/article/attachment rows, contact updates and history.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from .base import (ARTICLE_ADDED, QUARANTINED, SUPPRESSED, TICKET_CREATED, ArticleDraft, Delivery,
+                   DeliveryResult, ThreadHints)
+
+DAY = 86400.0
+CLOSED_STATES = ("resolved", "closed")
+SETTABLE = ("status", "priority", "assignee", "category")
+
+
+class DeliverTx:
+    def __init__(self, conn: sqlite3.Connection, now: float, ticket_prefix: str, ticket_start: int) -> None:
+        self.conn = conn
+        self.now = now
+        self.prefix = ticket_prefix
+        self.start = ticket_start
+
+    def run(self, d: Delivery) -> DeliveryResult:
+        conn = self.conn
+        if conn.execute("SELECT 1 FROM spool WHERE id=?", (d.spool_id,)).fetchone() is None:
+            raise KeyError(f"spool entry {d.spool_id} does not exist")
+        # Idempotency 1: this spool entry already made an article (replay, crash after commit).
+        done = conn.execute("SELECT a.id, a.ticket_id, t.number, (SELECT MIN(id) FROM articles"
+                            " WHERE ticket_id=a.ticket_id) FROM articles a JOIN tickets t ON t.id=a.ticket_id"
+                            " WHERE a.spool_id=?", (d.spool_id,)).fetchone()
+        if done is not None:
+            state = TICKET_CREATED if done[0] == done[3] else ARTICLE_ADDED
+            return self.finish(d, state, "already delivered", done[1], done[0], done[2])
+        for email, undeliverable, why in d.contact_updates:
+            cid = self.contact(email, "")
+            conn.execute("UPDATE contacts SET undeliverable=?, undeliverable_reason=? WHERE id=?",
+                         (int(undeliverable), why if undeliverable else "", cid))
+        if d.kind == "suppress":
+            return self.finish(d, SUPPRESSED, d.reason)
+        if d.kind == "quarantine":
+            return self.finish(d, QUARANTINED, d.reason)
+        if d.kind not in ("ticket", "note") or d.article is None:
+            raise ValueError(f"bad delivery kind {d.kind!r}")
+        art = d.article
+        # Idempotency 2: the same Message-ID already reached this ticket system.
+        if art.message_id:
+            seen = conn.execute("SELECT m.ticket_id, t.number FROM message_ids m JOIN tickets t"
+                                " ON t.id=m.ticket_id WHERE m.message_id=?", (art.message_id,)).fetchone()
+            if seen is not None:
+                return self.finish(d, SUPPRESSED, f"duplicate: Message-ID <{art.message_id}> already on {seen[1]}",
+                                   seen[0])
+        contact_id = self.contact(art.from_addr, art.from_name)
+        found = self.thread(d.thread, contact_id)
+        if d.kind == "note":
+            if found is None:
+                return self.finish(d, SUPPRESSED, f"{d.reason} (answers no ticket we know)")
+            ticket_id, number, _status, _closed = found
+            article_id = self.article(ticket_id, d.spool_id, art)
+            self.history(ticket_id, art.from_addr, "note_added", {"reason": d.reason, "article_id": article_id})
+            return self.finish(d, ARTICLE_ADDED, d.reason, ticket_id, article_id, number)
+        reopened = False
+        linked_to: int | None = None
+        if found is not None:
+            ticket_id, number, status, closed_at = found
+            if status in CLOSED_STATES:
+                within = closed_at is not None and self.now - closed_at <= d.thread.reopen_days * DAY
+                if d.thread.may_reopen and d.thread.reopen_days > 0 and within:
+                    conn.execute("UPDATE tickets SET status='open', closed_at=NULL WHERE id=?", (ticket_id,))
+                    self.history(ticket_id, art.from_addr, "reopened", {"by": "reply", "was": status})
+                    reopened = True
+                elif d.thread.may_reopen:
+                    linked_to, found = ticket_id, None  # too late to reopen: a new ticket linked to the old
+        if found is None:
+            if d.thread.on_no_match == "drop":
+                return self.finish(d, SUPPRESSED, "replies only: no new tickets by email for this mailbox")
+            if d.thread.on_no_match == "quarantine":
+                return self.finish(d, QUARANTINED, "replies only: no new tickets by email for this mailbox")
+            ticket_id, number = self.new_ticket(d, art, contact_id, linked_to)
+            state = TICKET_CREATED
+        else:
+            ticket_id, number = found[0], found[1]
+            conn.execute("UPDATE tickets SET updated_at=?, status=CASE WHEN status='pending' THEN 'open'"
+                         " ELSE status END WHERE id=?", (self.now, ticket_id))
+            if not d.thread.sender_is_agent:
+                self.participant(ticket_id, contact_id, "cc")  # a verified-token sender joins the thread
+            state = ARTICLE_ADDED
+        for email, name, role in d.participants:
+            self.participant(ticket_id, self.contact(email, name), role)
+        article_id = self.article(ticket_id, d.spool_id, art)
+        if state == ARTICLE_ADDED:
+            self.history(ticket_id, art.from_addr, "article_added",
+                         {"article_id": article_id, "visibility": art.visibility})
+        if d.updates:
+            self.apply_updates(ticket_id, art.from_addr, d.updates)
+        for h in d.ticket_history:
+            self.history(ticket_id, h.get("actor", "system"), h.get("action", "note"), h.get("detail", {}))
+        result = self.finish(d, state, d.reason, ticket_id, article_id, number)
+        return DeliveryResult(result.spool_id, result.state, result.reason, ticket_id, article_id, number,
+                              requester=self.requester(ticket_id), reopened=reopened)
+
+    # -- pieces ----------------------------------------------------------------------------------
+    def contact(self, email: str, name: str) -> int:
+        row = self.conn.execute("SELECT id, name FROM contacts WHERE email=?", (email,)).fetchone()
+        if row is not None:
+            if name and not row[1]:
+                self.conn.execute("UPDATE contacts SET name=? WHERE id=?", (name, row[0]))
+            return row[0]
+        return self.conn.execute("INSERT INTO contacts (email, name, created_at) VALUES (?,?,?)",
+                                 (email, name, self.now)).lastrowid
+
+    def participant(self, ticket_id: int, contact_id: int, role: str) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO participants (ticket_id, contact_id, role) VALUES (?,?,?)",
+                          (ticket_id, contact_id, role))
+
+    def requester(self, ticket_id: int) -> str | None:
+        row = self.conn.execute("SELECT c.email FROM tickets t JOIN contacts c ON c.id=t.requester_id"
+                                " WHERE t.id=?", (ticket_id,)).fetchone()
+        return row[0] if row else None
+
+    def thread(self, h: ThreadHints, contact_id: int) -> tuple[int, str, str, float | None] | None:
+        """(id, number, status, closed_at) of the ticket this message may join, or None."""
+        if not h.may_act:
+            return None
+        conn = self.conn
+
+        def allowed(ticket_id: int) -> bool:
+            if h.sender_is_agent:
+                return True
+            return conn.execute("SELECT 1 FROM participants WHERE ticket_id=? AND contact_id=?",
+                                (ticket_id, contact_id)).fetchone() is not None
+
+        sql = "SELECT id, number, status, closed_at FROM tickets WHERE "
+        for ref in h.refs:
+            row = conn.execute("SELECT ticket_id FROM message_ids WHERE message_id=?", (ref,)).fetchone()
+            if row is not None and allowed(row[0]):
+                return conn.execute(sql + "id=?", (row[0],)).fetchone()
+        if h.number:
+            row = conn.execute(sql + "number=?", (h.number,)).fetchone()
+            if row is not None and (h.number_verified or allowed(row[0])):
+                return row
+        if h.subject_days > 0 and h.subject_key:
+            row = conn.execute(sql + "requester_id=? AND subject_key=? AND created_at>=? ORDER BY id DESC",
+                               (contact_id, h.subject_key, self.now - h.subject_days * DAY)).fetchone()
+            if row is not None:
+                return row
+        return None
+
+    def new_ticket(self, d: Delivery, art: ArticleDraft, contact_id: int, linked_to: int | None) -> tuple[int, str]:
+        f = d.ticket_fields
+        ticket_id = self.conn.execute(
+            "INSERT INTO tickets (subject, requester_id, queue, mailbox, flags, priority, category, assignee,"
+            " tags, fields, subject_key, linked_ticket_id, created_at, updated_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (art.subject, contact_id, d.queue, d.mailbox, json.dumps(list(dict.fromkeys(f.flags))),
+             f.priority or "normal", f.category or "", f.assignee or "", json.dumps(list(dict.fromkeys(f.tags))),
+             json.dumps(f.fields), d.thread.subject_key, linked_to, self.now, self.now)).lastrowid
+        number = f"{self.prefix}{self.start + ticket_id - 1}"
+        self.conn.execute("UPDATE tickets SET number=? WHERE id=?", (number, ticket_id))
+        self.participant(ticket_id, contact_id, "requester")
+        detail: dict[str, Any] = {"queue": d.queue, "mailbox": d.mailbox}
+        if linked_to is not None:
+            detail["linked_to"] = linked_to
+        self.history(ticket_id, art.from_addr, "created", detail)
+        return ticket_id, number
+
+    def article(self, ticket_id: int, spool_id: str, art: ArticleDraft) -> int:
+        conn = self.conn
+        article_id = conn.execute(
+            "INSERT INTO articles (ticket_id, spool_id, message_id, from_addr, from_name, to_addrs, cc_addrs,"
+            " rcpt_tos, subject, body_text, body_html, visibility, kind, new_text, created_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (ticket_id, spool_id, art.message_id, art.from_addr, art.from_name, json.dumps(list(art.to_addrs)),
+             json.dumps(list(art.cc_addrs)), json.dumps(list(art.rcpt_tos)), art.subject, art.body_text,
+             art.body_html, art.visibility, art.kind, art.new_text or art.body_text, self.now)).lastrowid
+        for att in art.attachments:
+            conn.execute("INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?,?)", (att.sha256, att.content))
+            conn.execute("INSERT INTO attachments (article_id, filename, content_type, size, sha256, inline,"
+                         " content_id) VALUES (?,?,?,?,?,?,?)",
+                         (article_id, att.filename, att.content_type, len(att.content), att.sha256,
+                          int(att.inline), att.content_id))
+        for s in art.stripped:
+            conn.execute("INSERT INTO stripped_attachments (article_id, filename, content_type, size, sha256,"
+                         " reason) VALUES (?,?,?,?,?,?)",
+                         (article_id, s.filename, s.content_type, s.size, s.sha256, s.reason))
+        if art.message_id:
+            conn.execute("INSERT OR IGNORE INTO message_ids (message_id, ticket_id, article_id) VALUES (?,?,?)",
+                         (art.message_id, ticket_id, article_id))
+        return article_id
+
+    def apply_updates(self, ticket_id: int, actor: str, updates: dict[str, Any]) -> None:
+        for key in SETTABLE:
+            if key in updates:
+                self.conn.execute(f"UPDATE tickets SET {key}=? WHERE id=?", (updates[key], ticket_id))
+        if updates.get("status") in CLOSED_STATES:
+            self.conn.execute("UPDATE tickets SET closed_at=? WHERE id=?", (self.now, ticket_id))
+        elif "status" in updates:
+            self.conn.execute("UPDATE tickets SET closed_at=NULL WHERE id=?", (ticket_id,))
+        if updates.get("tags"):
+            row = self.conn.execute("SELECT tags FROM tickets WHERE id=?", (ticket_id,)).fetchone()
+            tags = list(dict.fromkeys(json.loads(row[0]) + list(updates["tags"])))
+            self.conn.execute("UPDATE tickets SET tags=? WHERE id=?", (json.dumps(tags), ticket_id))
+        self.history(ticket_id, actor, "command", {"applied": updates})
+
+    def history(self, ticket_id: int, actor: str, action: str, detail: dict[str, Any]) -> None:
+        self.conn.execute("INSERT INTO ticket_history (ticket_id, at, actor, action, detail) VALUES (?,?,?,?,?)",
+                          (ticket_id, self.now, actor, action, json.dumps(detail, ensure_ascii=False)))
+
+    def finish(self, d: Delivery, state: str, reason: str, ticket_id: int | None = None,
+               article_id: int | None = None, number: str | None = None) -> DeliveryResult:
+        self.conn.execute(
+            "UPDATE spool SET state=?, reason=?, ticket_id=?, article_id=?, finished_at=?, history=?,"
+            " claimed_by='', last_error=CASE WHEN ? THEN ? ELSE last_error END,"
+            " traceback=CASE WHEN ?<>'' THEN ? ELSE traceback END WHERE id=?",
+            (state, reason, ticket_id, article_id, self.now, json.dumps(list(d.history)),
+             state == QUARANTINED, reason, d.traceback, d.traceback, d.spool_id))
+        return DeliveryResult(d.spool_id, state, reason, ticket_id, article_id, number)
