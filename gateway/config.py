@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from .errors import ConfigError, ConfigErrors
+from .ratelimit import Rate, parse_rate
 from .units import parse_duration, parse_size
 
 ENV_CONFIG = "TICKETMX_CONFIG"
@@ -57,6 +58,8 @@ class SmtpConfig:
     max_received_headers: int = 30
     loop_marker: str = "X-Ticketmx-Loop"
     shutdown_grace: float = 30.0
+    rate_per_ip: Rate | None = None       # accepted messages per client IP, e.g. "100/1m"
+    rate_per_sender: Rate | None = None   # accepted messages per MAIL FROM address, e.g. "20/10m"
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +280,8 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         max_received_headers=t.get("max_received_headers", d.max_received_headers, _int_range(1, 1000)),
         loop_marker=t.get("loop_marker", d.loop_marker, _nonempty_str),
         shutdown_grace=t.get("shutdown_grace", d.shutdown_grace, parse_duration),
+        rate_per_ip=t.get("rate_per_ip", None, parse_rate),
+        rate_per_sender=t.get("rate_per_sender", None, parse_rate),
     )
     if bool(smtp.tls_cert) != bool(smtp.tls_key):
         t.error("tls_key" if smtp.tls_cert else "tls_cert", "tls_cert and tls_key must be set together")

@@ -27,6 +27,8 @@ SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later", "s
 TOO_MANY_SESSIONS_IP = Reply(421, "4.7.0", "Too many connections from your address", "per_ip_limit")
 TOO_MANY_SESSIONS = Reply(421, "4.3.2", "Too many connections, try again later", "session_limit")
 IDLE_TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing connection", "idle_timeout")
+RATE_LIMITED_IP = Reply(450, "4.7.1", "Too many messages from your address, slow down", "rate_ip")
+RATE_LIMITED_SENDER = Reply(450, "4.7.1", "Too many messages from this sender, slow down", "rate_sender")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
 

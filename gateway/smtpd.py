@@ -21,6 +21,7 @@ from . import replies
 from .checks import CONTINUE, DataCheck, DataContext, header_end
 from .config import Config
 from .metrics import Metrics
+from .ratelimit import SlidingWindow
 from .recipients import RecipientMap
 from .replies import Reply, with_enhanced
 from .spool import SpoolWriter, new_spool_id
@@ -160,6 +161,8 @@ class Handler:
         self.spool = spool
         self.metrics = metrics
         self.checks = checks
+        self.rate_ip = SlidingWindow(cfg.smtp.rate_per_ip) if cfg.smtp.rate_per_ip else None
+        self.rate_sender = SlidingWindow(cfg.smtp.rate_per_sender) if cfg.smtp.rate_per_sender else None
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
                           responses: list[str]) -> list[str]:
@@ -172,6 +175,13 @@ class Handler:
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
+        ip = _peer_ip(session)
+        sender = address.lower()
+        for limiter, key, reply in ((self.rate_ip, ip, replies.RATE_LIMITED_IP),
+                                    (self.rate_sender, sender, replies.RATE_LIMITED_SENDER)):
+            if limiter is not None and not limiter.allowed(key):
+                self.metrics.reject(reply.code, reply.reason)
+                return str(reply)
         envelope.mail_from = address  # "<>" for the null reverse-path (aiosmtpd needs it non-empty)
         envelope.mail_options.extend(mail_options)
         envelope.ticketmx_mailboxes = []  # type: ignore[attr-defined]
@@ -236,6 +246,10 @@ class Handler:
         except Exception:
             self.metrics.reject(451, replies.SPOOL_FAILED.reason)
             return str(replies.SPOOL_FAILED)
+        if self.rate_ip is not None:
+            self.rate_ip.hit(peer_ip)
+        if self.rate_sender is not None:
+            self.rate_sender.hit((envelope.mail_from or "").lower())
         self.metrics.accepted.inc()
         self.metrics.accepted_bytes.inc(len(final_raw))
         self.metrics.accept_latency.observe(time.perf_counter() - started)

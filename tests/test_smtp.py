@@ -246,3 +246,21 @@ async def _spool_after_restart(gw):
         return await gw.store.spool_list()
     finally:
         await gw.store.close()
+
+
+async def test_rate_limits_per_sender_and_per_ip(start_gateway):
+    gw = await start_gateway(smtp={"rate_per_sender": "2/1m", "rate_per_ip": "3/1m"})
+    client = await connect(gw.port)
+    await client.ehlo(hostname="c.test")
+    for _ in range(2):
+        _e, text = await client.sendmail("flood@customer.test", ["support@example.test"], simple_message())
+        assert "queued as" in text
+    with pytest.raises(aiosmtplib.SMTPSenderRefused) as exc:
+        await client.mail("flood@customer.test")
+    assert exc.value.code == 450 and exc.value.message.startswith("4.7.1")
+    _e, text = await client.sendmail("other@customer.test", ["support@example.test"], simple_message())
+    assert "queued as" in text  # another sender is fine, until the IP's budget (3) is spent
+    with pytest.raises(aiosmtplib.SMTPSenderRefused) as exc:
+        await client.mail("third@customer.test")
+    assert exc.value.code == 450 and "address" in exc.value.message
+    await client.quit()
