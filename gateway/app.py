@@ -44,6 +44,7 @@ class Gateway:
         self._ready = False
         self._stopped = False
         self._depth_task: asyncio.Task[None] | None = None
+        self._retention_task: asyncio.Task[None] | None = None
         self._auth_resources: list[object] = []
 
     @property
@@ -86,6 +87,7 @@ class Gateway:
         self.listener = SmtpListener(self.cfg, handler, self.metrics)
         await self.listener.start()
         self._depth_task = asyncio.get_running_loop().create_task(self._refresh_depth(), name="spool-depth")
+        self._retention_task = asyncio.get_running_loop().create_task(self._retention(), name="retention")
         self._ready = True
         log.info("ticketmx ready (%d mailboxes, store %s)", len(self.cfg.mailboxes), self.cfg.store.url)
 
@@ -102,8 +104,9 @@ class Gateway:
             await self.worker.close()
         if self.pool is not None:
             await self.pool.close(timeout=max(5.0, self.cfg.smtp.shutdown_grace))
-        if self._depth_task is not None:
-            self._depth_task.cancel()
+        for task in (self._depth_task, self._retention_task):
+            if task is not None:
+                task.cancel()
         if self.metrics_server is not None:
             await self.metrics_server.close()
         if self._own_executor and self.executor is not None:
@@ -148,6 +151,18 @@ class Gateway:
             self.pool.replace_all(new)
         log.info("config reloaded from %s (%d mailboxes)", path or "(embedded defaults)", len(new.mailboxes))
         return True
+
+    async def _retention(self) -> None:
+        """Purge old raw mail, quarantined mail and closed tickets per [retention] (single node)."""
+        while True:
+            r = self.cfg.retention
+            try:
+                counts = await self.store.purge(time.time(), r.raw_days, r.quarantine_days, r.closed_ticket_days)
+                if any(counts.values()):
+                    log.info("retention purge: %s", counts)
+            except Exception:
+                log.exception("retention purge failed")
+            await asyncio.sleep(r.interval)
 
     async def _refresh_depth(self) -> None:
         while True:

@@ -101,6 +101,14 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    raw_days: float = 30.0             # raw mail of processed messages (the tickets stay)
+    quarantine_days: float = 90.0      # quarantined messages
+    closed_ticket_days: float = 0.0    # closed tickets with their articles (0 = keep forever)
+    interval: float = 3600.0           # how often the purge runs
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "INFO"
     json: bool = False
@@ -115,6 +123,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     pipeline: PipelineConfig = PipelineConfig()
     log: LogConfig = LogConfig()
+    retention: RetentionConfig = RetentionConfig()
     auth: dict[str, Any] = field(default_factory=dict)  # raw [auth] table (validated by gateway.auth)
     source: str | None = None  # the file it came from
 
@@ -200,6 +209,16 @@ def _int_range(lo: int, hi: int | None = None) -> Callable[[Any], int]:
         if v < lo or (hi is not None and v > hi):
             raise ValueError(f"must be between {lo} and {hi}" if hi is not None else f"must be >= {lo}")
         return v
+    return conv
+
+
+def _number_range(lo: float, hi: float) -> Callable[[Any], float]:
+    def conv(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"expected a number, got {type(v).__name__}")
+        if not lo <= v <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return float(v)
     return conv
 
 
@@ -356,6 +375,19 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
     )
     t.finish()
 
+    t = root.sub("retention")
+    d4 = RetentionConfig()
+    days = _number_range(0, 36500)
+    retention = RetentionConfig(
+        raw_days=t.get("raw_days", d4.raw_days, days),
+        quarantine_days=t.get("quarantine_days", d4.quarantine_days, days),
+        closed_ticket_days=t.get("closed_ticket_days", d4.closed_ticket_days, days),
+        interval=t.get("interval", d4.interval, parse_duration),
+    )
+    if retention.interval <= 0:
+        t.error("interval", "must be > 0")
+    t.finish()
+
     t = root.sub("log")
     log = LogConfig(level=t.get("level", "INFO", _log_level), json=t.get("json", False, _bool))
     t.finish()
@@ -364,7 +396,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
 
     root.finish()
     cfg = Config(smtp=smtp, store=store, mailboxes=tuple(mailboxes), dns=dns, metrics=metrics,
-                 pipeline=pipeline, log=log, auth=auth, source=file)
+                 pipeline=pipeline, log=log, retention=retention, auth=auth, source=file)
     errors.extend(_validate_auth(cfg, file))
     if errors:
         raise ConfigErrors(errors)

@@ -154,3 +154,18 @@ async def test_message_failing_three_times_is_quarantined(gateway, monkeypatch):
     assert e.state == "quarantined"
     assert e.attempts == 3 and "failed 3 times" in e.reason and "stage exploded on purpose" in e.reason
     assert await gateway.store.tickets_list() == []
+
+
+async def test_retention_purges_raw_and_quarantine_but_keeps_tickets(start_gateway):
+    import time as _t
+    gateway = await start_gateway(auth={"malformed_from": "tag"})
+    ok = await send(gateway.port, simple_message(message_id="keep@customer.test"))
+    bad = await send(gateway.port, b"Subject: nobody\r\n\r\nno sender\r\n", sender="")
+    await gateway.wait_done(ok)
+    assert (await gateway.wait_done(bad)).state == "quarantined"
+    counts = await gateway.store.purge(_t.time() + 40 * 86400, raw_days=30, quarantine_days=30,
+                                       closed_ticket_days=0)
+    assert counts == {"raw": 1, "quarantined": 1, "tickets": 0}
+    assert (await gateway.store.spool_get(ok)).raw == b""
+    assert await gateway.store.spool_get(bad) is None
+    assert len((await gateway.store.ticket_get("HD-1000"))["articles"]) == 1

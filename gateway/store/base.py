@@ -222,3 +222,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def blob_get(self, sha256: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    async def purge(self, now: float, raw_days: float, quarantine_days: float,
+                    closed_ticket_days: float) -> dict[str, int]:
+        """Retention: drop raw mail of finished entries, quarantined entries and closed tickets
+        older than the given days (0 = keep forever). Returns counts by kind."""

@@ -219,6 +219,37 @@ class SqliteStore(Store):
         return {"email": r["email"], "name": r["name"], "undeliverable": bool(r["undeliverable"]),
                 "undeliverable_reason": r["undeliverable_reason"]}
 
+    async def purge(self, now: float, raw_days: float, quarantine_days: float,
+                    closed_ticket_days: float) -> dict[str, int]:
+        day = 86400.0
+
+        def fn(conn: sqlite3.Connection) -> dict[str, int]:
+            out = {"raw": 0, "quarantined": 0, "tickets": 0}
+            if raw_days > 0:
+                out["raw"] = conn.execute(
+                    "UPDATE spool SET raw=x'' WHERE state IN ('ticket_created','article_added','suppressed')"
+                    " AND finished_at < ? AND length(raw) > 0", (now - raw_days * day,)).rowcount
+            if quarantine_days > 0:
+                out["quarantined"] = conn.execute("DELETE FROM spool WHERE state='quarantined' AND received_at < ?",
+                                                  (now - quarantine_days * day,)).rowcount
+            if closed_ticket_days > 0:
+                ids = [r[0] for r in conn.execute("SELECT id FROM tickets WHERE status='closed' AND closed_at < ?",
+                                                  (now - closed_ticket_days * day,))]
+                for tid in ids:
+                    arts = "(SELECT id FROM articles WHERE ticket_id=?)"
+                    conn.execute(f"DELETE FROM attachments WHERE article_id IN {arts}", (tid,))
+                    conn.execute(f"DELETE FROM stripped_attachments WHERE article_id IN {arts}", (tid,))
+                    for table in ("message_ids", "participants", "ticket_history", "articles"):
+                        conn.execute(f"DELETE FROM {table} WHERE ticket_id=?", (tid,))
+                    conn.execute("UPDATE tickets SET linked_ticket_id=NULL WHERE linked_ticket_id=?", (tid,))
+                    conn.execute("UPDATE spool SET ticket_id=NULL, article_id=NULL, raw=x'' WHERE ticket_id=?", (tid,))
+                    conn.execute("DELETE FROM tickets WHERE id=?", (tid,))
+                out["tickets"] = len(ids)
+                if ids:
+                    conn.execute("DELETE FROM blobs WHERE sha256 NOT IN (SELECT sha256 FROM attachments)")
+            return out
+        return await self.transaction(fn)
+
     async def blob_get(self, sha256: str) -> bytes | None:
         rows = await self.query("SELECT data FROM blobs WHERE sha256=?", (sha256,))
         return bytes(rows[0][0]) if rows else None
