@@ -169,6 +169,7 @@ class Gateway:
             try:
                 for state, n in (await self.store.spool_counts()).items():
                     self.metrics.spool_depth.labels(state=state).set(n)
+                self.metrics.paused.set(1 if await self.store.control_get("pipeline_paused") else 0)
             except Exception:
                 log.debug("spool depth refresh failed", exc_info=True)
             await asyncio.sleep(5)

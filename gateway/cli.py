@@ -51,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("id", nargs="?")
     g.add_argument("--quarantined", action="store_true", help="replay every quarantined entry")
     sr.add_argument("--json", action="store_true")
+
+    pl = sub.add_parser("pipeline", parents=[common], help="pause / resume message processing")
+    plsub = pl.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (("status", "show whether processing is paused and why"),
+                       ("pause", "stop processing (SMTP keeps accepting into the spool)"),
+                       ("resume", "resume processing")):
+        x = plsub.add_parser(name, parents=[common], help=text)
+        x.add_argument("--json", action="store_true")
     return p
 
 
@@ -76,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers: dict[tuple[str, str], Callable[[Store, argparse.Namespace], Awaitable[int]]] = {
         ("tickets", "list"): _tickets_list, ("tickets", "show"): _tickets_show,
         ("spool", "list"): _spool_list, ("spool", "show"): _spool_show, ("spool", "replay"): _spool_replay,
+        ("pipeline", "status"): _pipeline, ("pipeline", "pause"): _pipeline, ("pipeline", "resume"): _pipeline,
     }
     return asyncio.run(_with_store(cfg, args, handlers[(args.command, args.action)]))
 
@@ -173,4 +182,18 @@ async def _spool_replay(store: Store, args: argparse.Namespace) -> int:
     else:
         print(f"queued {len(ids)} entr{'y' if len(ids) == 1 else 'ies'} for replay: the running gateway picks "
               "them up within its poll interval")
+    return EX_OK
+
+
+async def _pipeline(store: Store, args: argparse.Namespace) -> int:
+    from .pipeline.worker import PAUSE_KEY
+    if args.action == "pause":
+        await store.control_set(PAUSE_KEY, "paused by an operator")
+    elif args.action == "resume":
+        await store.control_set(PAUSE_KEY, None)
+    reason = await store.control_get(PAUSE_KEY)
+    if args.json:
+        _dump({"paused": reason is not None, "reason": reason or ""})
+    else:
+        print(f"paused: {reason}" if reason else "running")
     return EX_OK

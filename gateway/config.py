@@ -98,6 +98,7 @@ class PipelineConfig:
     max_attempts: int = 3
     retry_delay: float = 5.0
     poll_interval: float = 1.0
+    pause_after_failures: int = 0   # this many consecutive failing messages pause processing (0 = never)
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +373,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         max_attempts=t.get("max_attempts", d3.max_attempts, _int_range(1, 100)),
         retry_delay=t.get("retry_delay", d3.retry_delay, parse_duration),
         poll_interval=t.get("poll_interval", d3.poll_interval, parse_duration),
+        pause_after_failures=t.get("pause_after_failures", d3.pause_after_failures, _int_range(0)),
     )
     t.finish()
 

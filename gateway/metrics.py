@@ -42,6 +42,10 @@ class Metrics:
                                 "Messages that reached a terminal state, by state.", ["state"], registry=r)
         self.pipeline_errors = Counter("ticketmx_pipeline_errors_total",
                                        "Pipeline attempts that raised (retried or quarantined).", registry=r)
+        self.consecutive_failures = Gauge("ticketmx_pipeline_consecutive_failures",
+                                          "Messages that failed in a row (reset by a success).", registry=r)
+        self.paused = Gauge("ticketmx_pipeline_paused", "1 while processing is paused by repeated failures.",
+                            registry=r)
         self.processing_latency = Histogram("ticketmx_pipeline_latency_seconds",
                                             "Receive time to terminal state.", buckets=LATENCY_BUCKETS,
                                             registry=r)

@@ -101,3 +101,22 @@ def test_read_commands_on_missing_store_explain(tmp_path):
     path = write(tmp_path, f"[store]\nurl = \"sqlite:///{tmp_path}/none.db\"\n")
     proc = run_cli("tickets", "list", "--config", path, check=False)
     assert proc.returncode == 1 and "[store] url" in proc.stderr
+
+
+def test_pipeline_pause_resume_cli(tmp_path):
+    import asyncio
+    import json
+
+    from gateway.store.sqlite import SqliteStore
+
+    async def create() -> None:
+        store = SqliteStore(tmp_path / "p.db")
+        await store.open()
+        await store.close()
+    asyncio.run(create())
+    path = write(tmp_path, f"[store]\nurl = \"sqlite:///{tmp_path}/p.db\"\n")
+    assert json.loads(run_cli("pipeline", "status", "--json", "--config", path).stdout) == \
+        {"paused": False, "reason": ""}
+    assert json.loads(run_cli("pipeline", "pause", "--json", "--config", path).stdout)["paused"] is True
+    assert run_cli("pipeline", "status", "--config", path).stdout.startswith("paused: paused by an operator")
+    assert json.loads(run_cli("pipeline", "resume", "--json", "--config", path).stdout)["paused"] is False

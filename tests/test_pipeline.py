@@ -1,6 +1,7 @@
 """Mail in over SMTP, ticket out: mapping, idempotency, threading, quarantine, replay."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from email.message import EmailMessage
 
@@ -169,3 +170,28 @@ async def test_retention_purges_raw_and_quarantine_but_keeps_tickets(start_gatew
     assert (await gateway.store.spool_get(ok)).raw == b""
     assert await gateway.store.spool_get(bad) is None
     assert len((await gateway.store.ticket_get("HD-1000"))["articles"]) == 1
+
+
+async def test_repeated_failures_pause_processing_until_resumed(start_gateway, monkeypatch):
+    monkeypatch.setitem(stages_mod.STAGES, "explode", ExplodingStage)
+    gateway = await start_gateway(pipeline={"pause_after_failures": 2, "max_attempts": 1})
+    gw = gateway.gw
+    await gw.worker.close()
+    gw.worker = Worker(gw.cfg, gw.store, MetricsSink(gw.metrics), gw.executor, stage_names=("explode", "ticket"))
+    gw.spool.on_commit = gw.worker.wake
+    gw.worker.start()
+    for i in range(2):
+        await gateway.wait_done(await send(gateway.port, simple_message(message_id=f"p{i}@customer.test")))
+    assert "2 consecutive failures" in (await gw.store.control_get("pipeline_paused"))
+    assert "ticketmx_pipeline_consecutive_failures 2.0" in gw.metrics.render().decode()
+    held = await send(gateway.port, simple_message(message_id="held@customer.test"))
+    await asyncio.sleep(0.5)
+    assert (await gw.store.spool_get(held)).state == "queued"  # accepted, spooled, not processed
+    # an operator fixes the cause and resumes
+    await gw.worker.close()
+    gw.worker = Worker(gw.cfg, gw.store, MetricsSink(gw.metrics), gw.executor)
+    gw.spool.on_commit = gw.worker.wake
+    gw.worker.start()
+    await gw.store.control_set("pipeline_paused", None)
+    gw.worker.wake()
+    assert (await gateway.wait_done(held)).state == "ticket_created"

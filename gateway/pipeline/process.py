@@ -40,6 +40,9 @@ class ReportingSink:
         self.conn = conn
         self.pending: dict[str, Any] = {"outcomes": [], "errors": 0, "batches": []}
 
+    def consecutive_failures(self, n: int) -> None:
+        self.pending["consecutive"] = n
+
     def outcome(self, state: str, latency: float | None) -> None:
         self.pending["outcomes"].append((state, latency))
 
@@ -51,7 +54,8 @@ class ReportingSink:
         self.flush()
 
     def flush(self) -> None:
-        if self.pending["outcomes"] or self.pending["errors"] or self.pending["batches"]:
+        if self.pending["outcomes"] or self.pending["errors"] or self.pending["batches"] or \
+                "consecutive" in self.pending:
             try:
                 self.conn.send(self.pending)
             except OSError:
@@ -171,6 +175,8 @@ class WorkerPool:
                     self.sink.error()
                 for seconds in report["batches"]:
                     self.sink.batch(seconds)
+                if "consecutive" in report:
+                    self.sink.consecutive_failures(report["consecutive"])
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(child.report_r.fileno())
 

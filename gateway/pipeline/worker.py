@@ -25,12 +25,16 @@ from .stages import CONTINUE, DEFAULT_ORDER, DROP, QUARANTINE, STAGES, TICKET, C
 log = logging.getLogger(__name__)
 
 
+PAUSE_KEY = "pipeline_paused"
+
+
 class StatsSink(Protocol):
     """Where a worker reports what it did (the Prometheus metrics, directly or via the parent)."""
 
     def outcome(self, state: str, latency: float | None) -> None: ...
     def error(self) -> None: ...
     def batch(self, seconds: float) -> None: ...
+    def consecutive_failures(self, n: int) -> None: ...
 
 
 class MetricsSink:
@@ -49,6 +53,9 @@ class MetricsSink:
 
     def batch(self, seconds: float) -> None:
         self.metrics.stage_duration.observe(seconds)
+
+    def consecutive_failures(self, n: int) -> None:
+        self.metrics.consecutive_failures.set(n)
 
 
 def make_executor() -> concurrent.futures.Executor:
@@ -69,6 +76,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.consecutive_failures = 0
 
     def wake(self) -> None:
         """New mail was spooled: look now rather than at the next poll."""
@@ -106,6 +114,8 @@ class Worker:
     async def run_once(self) -> int:
         """Process one batch of due entries; returns how many were claimed."""
         started = time.perf_counter()
+        if await self.store.control_get(PAUSE_KEY):
+            return 0  # paused (repeated failures or an operator): `ticketmx pipeline resume` continues
         entries = await self.store.spool_claim(self.cfg.pipeline.batch_size, time.time(), self.owner)
         if not entries:
             return 0
@@ -129,9 +139,21 @@ class Worker:
         try:
             loop = asyncio.get_running_loop()
             parsed = await loop.run_in_executor(self.executor, parse_message, entry.raw)
-            return await self._run_stages(Inbound(entry, parsed))
+            delivery = await self._run_stages(Inbound(entry, parsed))
+            if self.consecutive_failures:
+                self.consecutive_failures = 0
+                self.stats.consecutive_failures(0)
+            return delivery
         except Exception as exc:
             self.stats.error()
+            self.consecutive_failures += 1
+            self.stats.consecutive_failures(self.consecutive_failures)
+            limit = self.cfg.pipeline.pause_after_failures
+            if limit and self.consecutive_failures >= limit:
+                await self.store.control_set(PAUSE_KEY, f"{self.consecutive_failures} consecutive failures, "
+                                                        f"last: {type(exc).__name__}: {exc}"[:500])
+                log.error("pipeline paused after %d consecutive failures; resume with `ticketmx pipeline "
+                          "resume`", self.consecutive_failures)
             error = f"{type(exc).__name__}: {exc}"[:500]
             trace = traceback.format_exc()[-20000:]  # kept with the quarantined entry, never logged
             log.warning("pipeline error on %s (attempt %d/%d): %s", entry.id, entry.attempts, max_attempts,

@@ -224,6 +224,13 @@ class Store(abc.ABC):
     async def blob_get(self, sha256: str) -> bytes | None: ...
 
     @abc.abstractmethod
+    async def control_get(self, key: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def control_set(self, key: str, value: str | None) -> None:
+        """Set (or, with None, clear) an operator control shared by all workers and nodes."""
+
+    @abc.abstractmethod
     async def purge(self, now: float, raw_days: float, quarantine_days: float,
                     closed_ticket_days: float) -> dict[str, int]:
         """Retention: drop raw mail of finished entries, quarantined entries and closed tickets

@@ -219,6 +219,22 @@ class SqliteStore(Store):
         return {"email": r["email"], "name": r["name"], "undeliverable": bool(r["undeliverable"]),
                 "undeliverable_reason": r["undeliverable_reason"]}
 
+    async def control_get(self, key: str) -> str | None:
+        rows = await self.query("SELECT value FROM control WHERE key=?", (key,))
+        return rows[0][0] if rows else None
+
+    async def control_set(self, key: str, value: str | None) -> None:
+        import time as _time
+
+        def fn(conn: sqlite3.Connection) -> None:
+            if value is None:
+                conn.execute("DELETE FROM control WHERE key=?", (key,))
+            else:
+                conn.execute("INSERT INTO control (key, value, updated_at) VALUES (?,?,?) ON CONFLICT(key)"
+                             " DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
+                             (key, value, _time.time()))
+        await self.transaction(fn)
+
     async def purge(self, now: float, raw_days: float, quarantine_days: float,
                     closed_ticket_days: float) -> dict[str, int]:
         day = 86400.0
