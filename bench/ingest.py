@@ -75,14 +75,17 @@ def start_sink(port: int) -> subprocess.Popen:
     return proc
 
 
-def start_dns() -> object:
-    """A DNS server on 127.0.0.1 publishing SPF and DMARC for the sending domain (full auth path)."""
+def start_dns(extra: list) -> object:
+    """A DNS server on 127.0.0.1 publishing SPF, DMARC (and DKIM keys) for the sending domain."""
     sys.path.insert(0, str(ROOT))
     from tests.auth.dnsserver import TestDnsServer
-    srv = TestDnsServer({
+    zone = {
         "customer.test": [("TXT", "v=spf1 ip4:127.0.0.1 -all")],
         "_dmarc.customer.test": [("TXT", "v=DMARC1; p=reject")],
-    })
+    }
+    for name, txt in extra:
+        zone[name] = [("TXT", txt)]
+    srv = TestDnsServer(zone)
     srv.start()
     return srv
 
@@ -123,48 +126,95 @@ def wait_drained(db: Path, expected: int, timeout: float = 600) -> float:
     raise SystemExit(f"pipeline did not drain: {spool_counts(db)}")
 
 
-async def latency_probe(port: int, rate: float, seconds: float, size: int, c: int) -> list[float]:
-    """Sessions reusing connections, paced to ``rate`` msgs/s overall; returns end-of-DATA → 250 times."""
-    body = (b"From: bench@customer.test\r\nTo: support@example.test\r\nSubject: latency\r\n"
-            b"Date: Sun, 22 Nov 2026 10:00:00 +0000\r\n")
+def make_messages(size: int, dkim_algo: str) -> tuple[callable, list]:
+    """A factory of unique messages (optionally DKIM-signed once, Message-ID added after signing) and
+    the DNS records the bench zone must publish for them."""
+    body = (b"From: bench@customer.test\r\nTo: support@example.test\r\nSubject: bench\r\n"
+            b"Date: Sun, 22 Nov 2026 10:00:00 +0000\r\n\r\n" + (b"x" * 76 + b"\r\n") * max(1, size // 78))
+    records: list = []
+    if dkim_algo != "none":
+        import base64
+        import dkim
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+        if dkim_algo == "rsa":
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                    serialization.NoEncryption())
+            pub = key.public_key().public_bytes(serialization.Encoding.DER,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+            txt, alg = f"v=DKIM1; k=rsa; p={base64.b64encode(pub).decode()}", b"rsa-sha256"
+        else:
+            key = ed25519.Ed25519PrivateKey.generate()
+            pem = base64.b64encode(key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                                     serialization.NoEncryption()))
+            pub = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            txt, alg = f"v=DKIM1; k=ed25519; p={base64.b64encode(pub).decode()}", b"ed25519-sha256"
+        sig = dkim.sign(body, b"bench", b"customer.test", pem, signature_algorithm=alg,
+                        include_headers=[b"from", b"to", b"subject", b"date"])
+        body = sig + body
+        records.append(("bench._domainkey.customer.test", txt))
+    counter = iter(range(10**9))
+
+    def make() -> bytes:
+        return f"Message-ID: <b{next(counter)}.{time.time_ns()}@customer.test>\r\n".encode() + body
+    return make, records
+
+
+async def asyncio_load(port: int, n: int, c: int, make, rate: float = 0.0, seconds: float = 0.0,
+                       reuse: bool = True) -> tuple[list[float], float]:
+    """``c`` sessions sending ``n`` messages (or, with ``rate``, paced for ``seconds``).
+    Returns (end-of-DATA → 250 latencies, elapsed seconds)."""
     latencies: list[float] = []
-    interval = c / rate
-    filler = (b"x" * 76 + b"\r\n") * max(1, size // 78)
+    remaining = [n]
     stop_at = time.perf_counter() + seconds
+    interval = c / rate if rate else 0.0
 
     async def session(k: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader = writer = None
 
         async def reply() -> bytes:
             while True:
                 line = await reader.readline()
                 if line[3:4] != b"-":
                     return line
-        await reply()
-        writer.write(b"EHLO client.test\r\n")
-        await reply()
-        i = 0
+
+        async def connect() -> None:
+            nonlocal reader, writer
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            await reply()
+            writer.write(b"EHLO client.test\r\n")
+            await reply()
+
         next_at = time.perf_counter() + (k / c) * interval
-        while time.perf_counter() < stop_at:
-            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-            next_at += interval
-            mid = f"<lat-{k}-{i}-{time.time_ns()}@customer.test>".encode()
-            msg = body + b"Message-ID: " + mid + b"\r\n\r\n" + filler
+        while (time.perf_counter() < stop_at) if rate else remaining[0] > 0:
+            if not rate:
+                remaining[0] -= 1
+            else:
+                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+                next_at += interval
+            if writer is None:
+                await connect()
             writer.write(b"MAIL FROM:<bench@customer.test>\r\nRCPT TO:<support@example.test>\r\nDATA\r\n")
             for _ in range(3):
                 await reply()
-            writer.write(msg + b".\r\n")
+            writer.write(make() + b".\r\n")
             t0 = time.perf_counter()
             line = await reply()
             latencies.append(time.perf_counter() - t0)
             if not line.startswith(b"250"):
                 raise SystemExit(f"unexpected reply {line!r}")
-            i += 1
-        writer.write(b"QUIT\r\n")
-        writer.close()
+            if not reuse:
+                writer.write(b"QUIT\r\n")
+                writer.close()
+                writer = None
+        if writer is not None:
+            writer.write(b"QUIT\r\n")
+            writer.close()
 
+    t0 = time.perf_counter()
     await asyncio.gather(*(session(k) for k in range(c)))
-    return latencies
+    return latencies, time.perf_counter() - t0
 
 
 def pct(values: list[float], p: float) -> float:
@@ -181,6 +231,8 @@ def main() -> None:
                     help="reuse: many messages per connection; conn: one message per connection")
     ap.add_argument("--latency-rate", type=float, default=300, help="msgs/s for the latency probe (0: skip)")
     ap.add_argument("--latency-seconds", type=float, default=10)
+    ap.add_argument("--dkim", choices=("none", "rsa", "ed25519"), default="none",
+                    help="also measure ticketmx with DKIM-signed mail sent by the asyncio client")
     ap.add_argument("--json", action="store_true", help="also print one JSON line of results")
     args = ap.parse_args()
     cmd = "python bench/ingest.py " + " ".join(sys.argv[1:])
@@ -196,7 +248,8 @@ def main() -> None:
             sink.send_signal(signal.SIGTERM)
             sink.wait()
         port = free_port()
-        dns = start_dns()
+        make, records = make_messages(args.size, args.dkim)
+        dns = start_dns(records)
         proc, _cfg = start_ticketmx(tmp, port, dns.port)
         try:
             t0 = time.perf_counter()
@@ -206,8 +259,16 @@ def main() -> None:
             results["ticketmx_tickets_msgs_per_s"] = args.n / (t_end - t0)
             counts = spool_counts(tmp / "bench.db")
             results["tickets_created"] = counts.get("ticket_created", 0)
+            if args.dkim != "none":
+                before = sum(spool_counts(tmp / "bench.db").values())
+                _lat, elapsed = asyncio.run(asyncio_load(port, args.n, args.c, make, reuse=args.mode == "reuse"))
+                wait_drained(tmp / "bench.db", before + args.n)
+                results[f"ticketmx_dkim_{args.dkim}_msgs_per_s"] = args.n / elapsed
+                states = spool_counts(tmp / "bench.db")
+                results["dkim_tickets_total"] = states.get("ticket_created", 0)
             if args.latency_rate > 0:
-                lat = asyncio.run(latency_probe(port, args.latency_rate, args.latency_seconds, args.size, args.c))
+                lat, _e = asyncio.run(asyncio_load(port, 0, args.c, make, rate=args.latency_rate,
+                                                   seconds=args.latency_seconds))
                 results["latency_rate_msgs_per_s"] = args.latency_rate
                 results["accept_p50_ms"] = pct(lat, 0.50)
                 results["accept_p99_ms"] = pct(lat, 0.99)
@@ -224,6 +285,9 @@ def main() -> None:
     print(f"ticketmx tickets committed     {results['ticketmx_tickets_msgs_per_s']:8.0f} msgs/s"
           f"   ({results['tickets_created']} tickets)")
     print(f"ratio ticketmx/smtp-sink       {ratio:8.3f}")
+    if args.dkim != "none":
+        print(f"ticketmx DKIM-{args.dkim} (asyncio)  {results[f'ticketmx_dkim_{args.dkim}_msgs_per_s']:8.0f} msgs/s"
+              f"   ({results['dkim_tickets_total']} tickets in all)")
     if "accept_p50_ms" in results:
         print(f"accept latency @ {args.latency_rate:.0f} msgs/s   p50 {results['accept_p50_ms']:.1f} ms"
               f"   p99 {results['accept_p99_ms']:.1f} ms   ({results['latency_samples']} samples)")
