@@ -45,7 +45,9 @@ class Gateway:
         self._stopped = False
         self._depth_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
-        self._auth_resources: list[object] = []
+        self.resolver = None  # one DNS resolver (and cache) for the whole SMTP process
+        self.resolver_cfg = None
+        self.metrics.watch_resolver(lambda: self.resolver)
 
     @property
     def ready(self) -> bool:
@@ -54,11 +56,12 @@ class Gateway:
     def build_checks(self) -> list[DataCheck]:
         checks: list[DataCheck] = [LoopCheck(self.cfg.smtp.hostname, self.cfg.smtp.loop_marker,
                                              self.cfg.smtp.max_received_headers)]
-        try:
-            from .auth.smtp_check import AuthCheck
-        except ImportError:
-            return checks
-        checks.append(AuthCheck.from_config(self.cfg, self.executor))
+        from .auth.dns import Resolver
+        from .auth.smtp_check import AuthCheck
+        if self.resolver is None or self.resolver_cfg != self.cfg.dns:
+            self.resolver = Resolver(self.cfg.dns.nameservers, self.cfg.dns.timeout)
+            self.resolver_cfg = self.cfg.dns
+        checks.append(AuthCheck.from_config(self.cfg, self.executor, resolver=self.resolver))
         return checks
 
     async def start(self) -> None:
@@ -126,6 +129,7 @@ class Gateway:
             tls = _tls_context_or_error(new)
         except ConfigErrors as exc:
             log.error("reload refused, keeping the running config: %s", exc)
+            _sd_notify(f"STATUS=reload refused: {str(exc).splitlines()[0][:200]}")
             return False
         if self.listener is None:
             return False
@@ -150,6 +154,7 @@ class Gateway:
         if self.pool is not None:
             self.pool.replace_all(new)
         log.info("config reloaded from %s (%d mailboxes)", path or "(embedded defaults)", len(new.mailboxes))
+        _sd_notify(f"STATUS=running, config reloaded ({len(new.mailboxes)} mailboxes)")
         return True
 
     async def _retention(self) -> None:

@@ -10,10 +10,13 @@ import asyncio
 import logging
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger(__name__)
+
+disable_created_metrics()  # no *_created series: they double the series count for nothing we use
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -52,6 +55,10 @@ class Metrics:
         self.stage_duration = Histogram("ticketmx_pipeline_batch_duration_seconds",
                                         "Wall time of one pipeline batch (parse + stages + commit).",
                                         buckets=LATENCY_BUCKETS, registry=r)
+
+    def watch_resolver(self, current: Callable[[], object]) -> None:
+        """Export the DNS resolver's counters, read at scrape time from ``current()`` (no per-query cost)."""
+        self.registry.register(_ResolverCollector(current))
 
     def reject(self, code: int, reason: str) -> None:
         self.rejected.labels(code=str(code), reason=reason).inc()
@@ -102,3 +109,22 @@ class MetricsServer:
             pass
         finally:
             writer.close()
+
+
+class _ResolverCollector:
+    def __init__(self, current: Callable[[], object]) -> None:
+        self.current = current
+
+    def collect(self):  # noqa: ANN201 - prometheus_client collector protocol
+        stats = getattr(self.current(), "stats", None)
+        if stats is None:
+            return
+        yield CounterMetricFamily("ticketmx_dns_queries", "DNS queries sent (cache misses).",
+                                  value=stats.queries)
+        yield CounterMetricFamily("ticketmx_dns_cache_hits", "DNS answers served from the cache.",
+                                  value=stats.cache_hits)
+        yield CounterMetricFamily("ticketmx_dns_errors", "DNS temporary errors (timeout, SERVFAIL, network).",
+                                  value=stats.temp_errors)
+
+    def describe(self):  # noqa: ANN201
+        return []
