@@ -113,6 +113,7 @@ class RetentionConfig:
 class LogConfig:
     level: str = "INFO"
     json: bool = False
+    headers_level: str = "DEBUG"   # level at which each accepted message's raw header section is logged
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,7 +392,8 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
     t.finish()
 
     t = root.sub("log")
-    log = LogConfig(level=t.get("level", "INFO", _log_level), json=t.get("json", False, _bool))
+    log = LogConfig(level=t.get("level", "INFO", _log_level), json=t.get("json", False, _bool),
+                    headers_level=t.get("headers_level", "DEBUG", _log_level))
     t.finish()
 
     auth = root.get("auth", {}, _dict)

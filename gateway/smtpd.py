@@ -28,6 +28,7 @@ from .spool import SpoolWriter, new_spool_id
 from .store.base import SpoolEntry
 
 log = logging.getLogger(__name__)
+audit_log = logging.getLogger("ticketmx.audit")
 
 # The overwhelmingly common MAIL/RCPT argument: <local@domain> [params], plain ASCII, nothing quoted.
 _SIMPLE_PATH = re.compile(r"^\s*<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+)?)>(.*)$", re.S)
@@ -255,6 +256,10 @@ class Handler:
         self.metrics.accept_latency.observe(time.perf_counter() - started)
         log.info("accepted %s from=<%s> rcpts=%d size=%d", spool_id, ctx.mail_from, len(ctx.rcpt_tos),
                  len(final_raw), extra={"trace_id": spool_id})
+        headers_level = logging.getLevelName(self.cfg.log.headers_level)
+        if audit_log.isEnabledFor(headers_level):  # the raw header section, for audit
+            head = final_raw[:header_end(final_raw)].decode("utf-8", "replace")
+            audit_log.log(headers_level, "headers of %s:\n%s", spool_id, head, extra={"trace_id": spool_id})
         return f"250 2.0.0 Ok: queued as {spool_id}"
 
     async def handle_exception(self, error: Exception) -> str:

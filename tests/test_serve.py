@@ -241,3 +241,42 @@ def test_sighup_reloads_mailboxes_and_refuses_a_bad_config(serve):
     assert "reload refused, keeping the running config" in srv.log.read_text()
     assert rcpt_code("sales@example.test") == 250 and rcpt_code("support@example.test") == 250
     assert srv.stop() == 0
+
+
+def test_sigterm_under_load_loses_no_accepted_message_and_logs_json_with_trace_ids(serve):
+    srv = serve(log={"level": "info", "json": True, "headers_level": "info"}).start()
+    accepted: dict[str, str] = {}
+    refused: list[str] = []
+
+    async def client(k: int) -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=srv.port, timeout=10, start_tls=False)
+        try:
+            await smtp.connect()
+            for i in range(k, 300, 6):
+                mid = f"term-{i}@customer.test"
+                _e, text = await smtp.sendmail("t@customer.test", ["support@example.test"],
+                                               simple_message(subject=f"term {i}", message_id=mid))
+                accepted[mid] = queued_id(text)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            refused.append(str(exc))
+
+    async def load_then_term() -> None:
+        tasks = [asyncio.create_task(client(k)) for k in range(6)]
+        while len(accepted) < 60:
+            await asyncio.sleep(0.005)
+        srv.proc.send_signal(signal.SIGTERM)
+        await asyncio.gather(*tasks)
+
+    asyncio.run(load_then_term())
+    assert srv.proc.wait(timeout=60) == 0
+    assert refused, "the clients should have been told to go away (421) once draining started"
+    srv.start()
+    entries = {e["id"]: e for e in srv.wait_all_done()}
+    assert all(entries[sid]["state"] == "ticket_created" for sid in accepted.values())
+    lines = [json.loads(line) for line in srv.log.read_text().splitlines() if line.startswith("{")]
+    sid = next(iter(accepted.values()))
+    traced = [r for r in lines if r.get("trace_id") == sid]
+    assert any(r["msg"].startswith("accepted") for r in traced)
+    assert any(r["logger"] == "ticketmx.audit" and "Message-ID: <term-" in r["msg"] for r in traced)
+    assert any("ticket_created" in r["msg"] for r in traced)  # the worker process logs with the same id
+    assert srv.stop() == 0
