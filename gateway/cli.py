@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--quarantined", action="store_true", help="replay every quarantined entry")
     sr.add_argument("--json", action="store_true")
 
+    st = sub.add_parser("store", parents=[common], help="encryption keys of the store")
+    stsub = st.add_subparsers(dest="action", required=True, metavar="ACTION")
+    stsub.add_parser("genkey", parents=[common], help="print a new encryption key (for [store] encryption_key_file)")
+    stsub.add_parser("rotate-key", parents=[common],
+                     help="re-encrypt everything with the first key of the key file")
+
     pl = sub.add_parser("pipeline", parents=[common], help="pause / resume message processing")
     plsub = pl.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, text in (("status", "show whether processing is paused and why"),
@@ -70,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         for err in exc.errors:
             print(f"ticketmx: config error: {err}", file=sys.stderr)
         return EX_CONFIG
+    if args.command == "store" and args.action == "genkey":
+        from .store.crypto import generate_key
+        print(generate_key())
+        return EX_OK
     if args.command == "check-config":
         print(f"{cfg.source or '(embedded defaults)'}: OK ({len(cfg.mailboxes)} mailboxes)")
         return EX_OK
@@ -84,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers: dict[tuple[str, str], Callable[[Store, argparse.Namespace], Awaitable[int]]] = {
         ("tickets", "list"): _tickets_list, ("tickets", "show"): _tickets_show,
         ("spool", "list"): _spool_list, ("spool", "show"): _spool_show, ("spool", "replay"): _spool_replay,
+        ("store", "rotate-key"): _rotate_key,
         ("pipeline", "status"): _pipeline, ("pipeline", "pause"): _pipeline, ("pipeline", "resume"): _pipeline,
     }
     return asyncio.run(_with_store(cfg, args, handlers[(args.command, args.action)]))
@@ -196,4 +207,13 @@ async def _pipeline(store: Store, args: argparse.Namespace) -> int:
         _dump({"paused": reason is not None, "reason": reason or ""})
     else:
         print(f"paused: {reason}" if reason else "running")
+    return EX_OK
+
+
+async def _rotate_key(store: Store, args: argparse.Namespace) -> int:
+    if not getattr(store, "cipher", None) or not store.cipher.enabled:
+        print("ticketmx: no [store] encryption_key_file configured: nothing to rotate to", file=sys.stderr)
+        return EX_FAIL
+    counts = await store.rotate_key()
+    print(f"re-encrypted with the first key: {counts}")
     return EX_OK

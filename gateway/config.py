@@ -67,6 +67,7 @@ class StoreConfig:
     url: str = "sqlite:state/ticketmx.db"
     ticket_prefix: str = "HD-"
     ticket_start: int = 1000
+    encryption_key_file: str | None = None   # Fernet keys, one per line (first encrypts): encryption at rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +323,14 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         url=t.get("url", d2.url, _store_url),
         ticket_prefix=t.get("ticket_prefix", d2.ticket_prefix, _str),
         ticket_start=t.get("ticket_start", d2.ticket_start, _int_range(1)),
+        encryption_key_file=t.get("encryption_key_file", None, _path_or_none),
     )
+    if store.encryption_key_file:
+        try:
+            from .store.crypto import Cipher
+            Cipher.from_file(store.encryption_key_file)
+        except (OSError, ValueError) as exc:
+            t.error("encryption_key_file", f"unusable key file: {exc}")
     t.finish()
 
     mailboxes: list[MailboxConfig] = []

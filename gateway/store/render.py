@@ -10,6 +10,9 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from .base import SpoolEntry
+from .crypto import Cipher
+
+PLAIN = Cipher()
 
 
 def iso(ts: float | None) -> str | None:
@@ -25,12 +28,12 @@ def _json(value: Any, default: Any) -> Any:
     return json.loads(value)
 
 
-def spool_from_row(r: Mapping[str, Any]) -> SpoolEntry:
+def spool_from_row(r: Mapping[str, Any], cipher: Cipher = PLAIN) -> SpoolEntry:
     return SpoolEntry(
         id=r["id"], received_at=r["received_at"], mail_from=r["mail_from"],
         rcpt_tos=tuple(_json(r["rcpt_tos"], [])), mailboxes=tuple(_json(r["mailboxes"], [])),
         peer_ip=r["peer_ip"], helo=r["helo"], tls=_json(r["tls"], None), message_id=r["message_id"],
-        raw=bytes(r["raw"]), auth_header=r["auth_header"], auth=_json(r["auth"], None),
+        raw=cipher.dec_bytes(bytes(r["raw"])), auth_header=r["auth_header"], auth=_json(r["auth"], None),
         flags=tuple(_json(r["flags"], [])), state=r["state"], reason=r["reason"], attempts=r["attempts"],
         last_error=r["last_error"], history=tuple(_json(r["history"], [])), ticket_id=r["ticket_id"],
         article_id=r["article_id"], finished_at=r["finished_at"], traceback=r["traceback"])
@@ -64,12 +67,13 @@ def ticket_dict(r: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def article_dict(a: Mapping[str, Any], atts: list[Mapping[str, Any]], stripped: list[Mapping[str, Any]],
-                 spool: Mapping[str, Any] | None) -> dict[str, Any]:
+                 spool: Mapping[str, Any] | None, cipher: Cipher = PLAIN) -> dict[str, Any]:
     return {
         "id": a["id"], "spool_id": a["spool_id"], "message_id": a["message_id"],
         "from": a["from_addr"], "from_name": a["from_name"], "to": _json(a["to_addrs"], []),
         "cc": _json(a["cc_addrs"], []), "rcpt_tos": _json(a["rcpt_tos"], []), "subject": a["subject"],
-        "body_text": a["body_text"], "body_html": a["body_html"], "new_text": a["new_text"],
+        "body_text": cipher.dec_text(a["body_text"]), "body_html": cipher.dec_text(a["body_html"]),
+        "new_text": cipher.dec_text(a["new_text"]),
         "visibility": a["visibility"], "kind": a["kind"], "created_at": iso(a["created_at"]),
         "attachments": [{"filename": x["filename"], "content_type": x["content_type"], "size": x["size"],
                          "sha256": x["sha256"], "inline": bool(x["inline"]), "content_id": x["content_id"]}

@@ -18,6 +18,7 @@ import aiosqlite
 from . import base
 from .base import PROCESSING, QUARANTINED, QUEUED, Delivery, DeliveryResult, SpoolEntry, Store
 from .migrations import load_migrations
+from .crypto import Cipher
 from .render import article_dict, iso, spool_from_row, ticket_dict
 from .sqlite_deliver import DeliverTx
 
@@ -25,8 +26,10 @@ T = TypeVar("T")
 
 
 class SqliteStore(Store):
-    def __init__(self, path: str | Path, ticket_prefix: str = "HD-", ticket_start: int = 1000) -> None:
+    def __init__(self, path: str | Path, ticket_prefix: str = "HD-", ticket_start: int = 1000,
+                 cipher: Cipher | None = None) -> None:
         self.path = Path(path)
+        self.cipher = cipher or Cipher()
         self.ticket_prefix = ticket_prefix
         self.ticket_start = ticket_start
         self._w: aiosqlite.Connection | None = None
@@ -86,7 +89,7 @@ class SqliteStore(Store):
     # -- spool -----------------------------------------------------------------
     async def spool_insert(self, entries: list[SpoolEntry]) -> None:
         rows = [(e.id, e.received_at, e.mail_from, json.dumps(list(e.rcpt_tos)), json.dumps(list(e.mailboxes)),
-                 e.peer_ip, e.helo, json.dumps(e.tls) if e.tls else None, e.message_id, len(e.raw), e.raw,
+                 e.peer_ip, e.helo, json.dumps(e.tls) if e.tls else None, e.message_id, len(e.raw), self.cipher.enc_bytes(e.raw),
                  e.auth_header, json.dumps(e.auth) if e.auth is not None else None, json.dumps(list(e.flags)))
                 for e in entries]
 
@@ -116,7 +119,7 @@ class SqliteStore(Store):
                     (PROCESSING, owner, QUEUED, now, limit)).fetchall()
             finally:
                 conn.row_factory = None
-            return sorted((spool_from_row(r) for r in rows), key=lambda e: (e.received_at, e.id))
+            return sorted((spool_from_row(r, self.cipher) for r in rows), key=lambda e: (e.received_at, e.id))
         return await self.transaction(fn)
 
     async def spool_retry(self, spool_id: str, error: str, next_attempt_at: float) -> None:
@@ -127,7 +130,7 @@ class SqliteStore(Store):
 
     async def spool_get(self, spool_id: str) -> SpoolEntry | None:
         rows = await self.query("SELECT * FROM spool WHERE id=?", (spool_id,))
-        return spool_from_row(rows[0]) if rows else None
+        return spool_from_row(rows[0], self.cipher) if rows else None
 
     async def spool_list(self, state: str | None = None, limit: int | None = None) -> list[SpoolEntry]:
         sql = "SELECT * FROM spool"
@@ -139,7 +142,7 @@ class SqliteStore(Store):
         if limit is not None:
             sql += " LIMIT ?"
             params += (limit,)
-        return [spool_from_row(r) for r in await self.query(sql, params)]
+        return [spool_from_row(r, self.cipher) for r in await self.query(sql, params)]
 
     async def spool_replay(self, spool_id: str) -> bool:
         def fn(conn: sqlite3.Connection) -> bool:
@@ -165,7 +168,7 @@ class SqliteStore(Store):
     # -- delivery (the one transaction that ends a message's life) --------------
     async def deliver(self, deliveries: list[Delivery], now: float) -> list[DeliveryResult]:
         def fn(conn: sqlite3.Connection) -> list[DeliveryResult]:
-            tx = DeliverTx(conn, now, self.ticket_prefix, self.ticket_start)
+            tx = DeliverTx(conn, now, self.ticket_prefix, self.ticket_start, self.cipher)
             return [tx.run(d) for d in deliveries]
         return await self.transaction(fn)
 
@@ -200,7 +203,7 @@ class SqliteStore(Store):
         by_spool = {r["id"]: r for r in auth}
         ticket["articles"] = [article_dict(a, [x for x in atts if x["article_id"] == a["id"]],
                                            [x for x in stripped if x["article_id"] == a["id"]],
-                                           by_spool.get(a["spool_id"])) for a in arts]
+                                           by_spool.get(a["spool_id"]), self.cipher) for a in arts]
         ticket["participants"] = [
             {"email": r["email"], "name": r["name"], "role": r["role"], "undeliverable": bool(r["undeliverable"])}
             for r in await self.query("SELECT c.email, c.name, c.undeliverable, p.role FROM participants p"
@@ -268,7 +271,26 @@ class SqliteStore(Store):
 
     async def blob_get(self, sha256: str) -> bytes | None:
         rows = await self.query("SELECT data FROM blobs WHERE sha256=?", (sha256,))
-        return bytes(rows[0][0]) if rows else None
+        return self.cipher.dec_bytes(bytes(rows[0][0])) if rows else None
+
+    async def rotate_key(self) -> dict[str, int]:
+        """Re-encrypt every stored value with the first key (encrypts plaintext rows too)."""
+        c = self.cipher
+
+        def fn(conn: sqlite3.Connection) -> dict[str, int]:
+            out = {"spool": 0, "articles": 0, "blobs": 0}
+            for sid, raw in conn.execute("SELECT id, raw FROM spool").fetchall():
+                conn.execute("UPDATE spool SET raw=? WHERE id=?", (c.rotate_bytes(bytes(raw)), sid))
+                out["spool"] += 1
+            for aid, t, h, n in conn.execute("SELECT id, body_text, body_html, new_text FROM articles").fetchall():
+                conn.execute("UPDATE articles SET body_text=?, body_html=?, new_text=? WHERE id=?",
+                             (c.rotate_text(t), c.rotate_text(h), c.rotate_text(n), aid))
+                out["articles"] += 1
+            for sha, data in conn.execute("SELECT sha256, data FROM blobs").fetchall():
+                conn.execute("UPDATE blobs SET data=? WHERE sha256=?", (c.rotate_bytes(bytes(data)), sha))
+                out["blobs"] += 1
+            return out
+        return await self.transaction(fn)
 
 
 __all__ = ["SqliteStore", "iso"]

@@ -10,6 +10,7 @@ import json
 import sqlite3
 from typing import Any
 
+from .crypto import Cipher
 from .base import (ARTICLE_ADDED, QUARANTINED, SUPPRESSED, TICKET_CREATED, ArticleDraft, Delivery,
                    DeliveryResult, ThreadHints)
 
@@ -19,8 +20,10 @@ SETTABLE = ("status", "priority", "assignee", "category")
 
 
 class DeliverTx:
-    def __init__(self, conn: sqlite3.Connection, now: float, ticket_prefix: str, ticket_start: int) -> None:
+    def __init__(self, conn: sqlite3.Connection, now: float, ticket_prefix: str, ticket_start: int,
+                 cipher: Cipher | None = None) -> None:
         self.conn = conn
+        self.cipher = cipher or Cipher()
         self.now = now
         self.prefix = ticket_prefix
         self.start = ticket_start
@@ -175,10 +178,13 @@ class DeliverTx:
             " rcpt_tos, subject, body_text, body_html, visibility, kind, new_text, created_at)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (ticket_id, spool_id, art.message_id, art.from_addr, art.from_name, json.dumps(list(art.to_addrs)),
-             json.dumps(list(art.cc_addrs)), json.dumps(list(art.rcpt_tos)), art.subject, art.body_text,
-             art.body_html, art.visibility, art.kind, art.new_text or art.body_text, self.now)).lastrowid
+             json.dumps(list(art.cc_addrs)), json.dumps(list(art.rcpt_tos)), art.subject,
+             self.cipher.enc_text(art.body_text), self.cipher.enc_text(art.body_html), art.visibility, art.kind,
+             self.cipher.enc_text(art.new_text or art.body_text), self.now)).lastrowid
         for att in art.attachments:
-            conn.execute("INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?,?)", (att.sha256, att.content))
+            if conn.execute("SELECT 1 FROM blobs WHERE sha256=?", (att.sha256,)).fetchone() is None:
+                conn.execute("INSERT INTO blobs (sha256, data) VALUES (?,?)",
+                             (att.sha256, self.cipher.enc_bytes(att.content)))
             conn.execute("INSERT INTO attachments (article_id, filename, content_type, size, sha256, inline,"
                          " content_id) VALUES (?,?,?,?,?,?,?)",
                          (article_id, att.filename, att.content_type, len(att.content), att.sha256,
