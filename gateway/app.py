@@ -62,6 +62,8 @@ class Gateway:
             self.resolver = Resolver(self.cfg.dns.nameservers, self.cfg.dns.timeout)
             self.resolver_cfg = self.cfg.dns
         checks.append(AuthCheck.from_config(self.cfg, self.executor, resolver=self.resolver))
+        from .pipeline.policy import PipelinePolicy, build_data_checks
+        checks += build_data_checks(self.cfg.policy or PipelinePolicy(), self.cfg.mailbox_policies)
         return checks
 
     async def start(self) -> None:

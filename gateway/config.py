@@ -76,6 +76,7 @@ class MailboxConfig:
     aliases: tuple[str, ...] = ()
     queue: str = "default"
     auth: dict[str, Any] = field(default_factory=dict)  # raw per-mailbox auth overrides (validated by gateway.auth)
+    pipeline: dict[str, Any] = field(default_factory=dict)  # raw per-mailbox stage policy overrides
 
     def addresses(self) -> tuple[str, ...]:
         return (self.address, *self.aliases)
@@ -99,6 +100,7 @@ class PipelineConfig:
     max_attempts: int = 3
     retry_delay: float = 5.0
     poll_interval: float = 1.0
+    stages: tuple[str, ...] = ()    # stage order by name; () = the recommended order
     pause_after_failures: int = 0   # this many consecutive failing messages pause processing (0 = never)
 
 
@@ -128,6 +130,8 @@ class Config:
     log: LogConfig = LogConfig()
     retention: RetentionConfig = RetentionConfig()
     auth: dict[str, Any] = field(default_factory=dict)  # raw [auth] table (validated by gateway.auth)
+    policy: Any = None          # gateway.pipeline.policy.PipelinePolicy: the stage policies of [pipeline]
+    mailbox_policies: dict[str, Any] = field(default_factory=dict)  # mailbox address -> PipelinePolicy
     source: str | None = None  # the file it came from
 
     def sqlite_path(self) -> Path:
@@ -349,6 +353,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
             aliases=mt.get("aliases", (), lambda v: tuple(_mail_address(x) for x in _str_list(v))),
             queue=mt.get("queue", "default", _nonempty_str),
             auth=mt.get("auth", {}, _dict),
+            pipeline=mt.get("pipeline", {}, _dict),
         )
         for j, addr in enumerate(mb.addresses()):
             if not addr:
@@ -383,8 +388,12 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         retry_delay=t.get("retry_delay", d3.retry_delay, parse_duration),
         poll_interval=t.get("poll_interval", d3.poll_interval, parse_duration),
         pause_after_failures=t.get("pause_after_failures", d3.pause_after_failures, _int_range(0)),
+        stages=t.get("stages", d3.stages, _stage_list),
     )
+    own_keys = set(t.used)
+    t.used.update(t.data)  # the stage sub-tables are validated by the pipeline policy parser below
     t.finish()
+    policy, mailbox_policies = _pipeline_policies(t.data, own_keys, mailboxes, errors, file)
 
     t = root.sub("retention")
     d4 = RetentionConfig()
@@ -408,11 +417,44 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
 
     root.finish()
     cfg = Config(smtp=smtp, store=store, mailboxes=tuple(mailboxes), dns=dns, metrics=metrics,
-                 pipeline=pipeline, log=log, retention=retention, auth=auth, source=file)
+                 pipeline=pipeline, log=log, retention=retention, auth=auth, policy=policy,
+                 mailbox_policies=mailbox_policies, source=file)
     errors.extend(_validate_auth(cfg, file))
     if errors:
         raise ConfigErrors(errors)
     return cfg
+
+
+def _stage_list(v: Any) -> tuple[str, ...]:
+    from .pipeline.stages import known_stage_names
+    names = _str_list(v)
+    if not names:
+        return ()  # the recommended order
+    unknown = [n for n in names if n not in known_stage_names()]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown} (known: {', '.join(sorted(known_stage_names()))})")
+    if "ticket" not in names:
+        raise ValueError("the \"ticket\" stage must be in the list (it is what makes tickets)")
+    return names
+
+
+def _pipeline_policies(table: dict[str, Any], own_keys: set[str], mailboxes: list[MailboxConfig],
+                       errors: list[ConfigError], file: str | None) -> tuple[Any, dict[str, Any]]:
+    """The stage policies of [pipeline] and of every mailbox's ``pipeline`` sub-table."""
+    from .pipeline.policy import PipelinePolicy, parse_pipeline_policy
+    try:
+        policy = parse_pipeline_policy(table, "pipeline", other_keys=own_keys)
+    except ConfigError as exc:
+        errors.append(ConfigError(exc.key, exc.message, file))
+        return PipelinePolicy(), {}
+    per: dict[str, Any] = {}
+    for i, mb in enumerate(mailboxes):
+        if mb.pipeline:
+            try:
+                per[mb.address] = parse_pipeline_policy(mb.pipeline, f"mailbox[{i}].pipeline", policy)
+            except ConfigError as exc:
+                errors.append(ConfigError(exc.key, exc.message, file))
+    return policy, per
 
 
 def _dict(v: Any) -> dict[str, Any]:

@@ -39,3 +39,5 @@ def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
     root.setLevel(level)
     # aiosmtpd logs every command at INFO: far too chatty for a busy MX.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # flufl.bounce logs a traceback whenever one of its heuristic detectors trips over odd mail.
+    logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)

@@ -117,7 +117,8 @@ async def test_missing_from_is_refused_at_data_by_default(gateway):
 
 
 async def test_no_sender_is_quarantined_then_replay_is_idempotent(start_gateway):
-    gateway = await start_gateway(auth={"malformed_from": "tag"})
+    # without the automatic-mail stage (which suppresses null-sender mail) nothing names a sender
+    gateway = await start_gateway(auth={"malformed_from": "tag"}, pipeline={"stages": ["sender", "ticket"]})
     msg = b"Subject: who am I\r\n\r\nno From header, null sender\r\n"
     sid = await send(gateway.port, msg, sender="")
     e = await gateway.wait_done(sid)
@@ -159,7 +160,7 @@ async def test_message_failing_three_times_is_quarantined(gateway, monkeypatch):
 
 async def test_retention_purges_raw_and_quarantine_but_keeps_tickets(start_gateway):
     import time as _t
-    gateway = await start_gateway(auth={"malformed_from": "tag"})
+    gateway = await start_gateway(auth={"malformed_from": "tag"}, pipeline={"stages": ["sender", "ticket"]})
     ok = await send(gateway.port, simple_message(message_id="keep@customer.test"))
     bad = await send(gateway.port, b"Subject: nobody\r\n\r\nno sender\r\n", sender="")
     await gateway.wait_done(ok)

@@ -11,7 +11,8 @@ from typing import Any, Protocol
 
 from ..config import Config, MailboxConfig
 from ..recipients import RecipientMap
-from ..store.base import ArticleDraft, AttachmentDraft, SpoolEntry, ThreadHints, TicketFields
+from ..store.base import (ArticleDraft, AttachmentDraft, SpoolEntry, StrippedAttachment, ThreadHints,
+                          TicketFields)
 from .model import ParsedMessage
 
 CONTINUE = "continue"
@@ -102,36 +103,98 @@ class SenderStage:
 
 
 class TicketStage:
-    """Map the message into a ticket action: thread onto an existing ticket or open a new one.
+    """Map the message into a ticket action, honouring what earlier stages found.
 
-    The queue comes from the first matching mailbox in config order; threading
-    candidates are the In-Reply-To and References ids (newest first). The store
-    appends only when the sender participates in the referenced ticket.
+    The queue comes from the first matching mailbox in config order; threading candidates are the
+    In-Reply-To and References ids (newest first). Findings honoured:
+    ``automatic`` (policy note) -> only an internal note on the ticket it answers;
+    ``sender_policy.replies_only`` -> never a new ticket; ``spam``/``rspamd`` tags -> ticket flags;
+    ``attachments`` -> kept parts under safe names, TNEF contents, stripped ones listed;
+    ``html`` -> the sanitised HTML is what is stored and shown.
     """
 
     name = "ticket"
 
     async def run(self, msg: Inbound, ctx: Context) -> Verdict:
-        p, e = msg.parsed, msg.entry
+        p, e, f = msg.parsed, msg.entry, msg.findings
         mailboxes = [mb for mb in (ctx.recipients.lookup(a) for a in e.rcpt_tos) if mb is not None]
         primary: MailboxConfig | None = ctx.recipients.primary(mailboxes) if mailboxes else None
         if primary is None:
             return Verdict(QUARANTINE, "no configured mailbox among the recipients (config changed?)")
         addr, name = requester(msg)
+        attachments, stripped = _attachments(p, f.get("attachments"))
+        body_text, body_html = p.body_text, p.body_html
+        tnef = (f.get("attachments") or {}).get("tnef_body")
+        if tnef and not body_text.strip():
+            body_text = tnef.get("text") or body_text
+            body_html = tnef.get("html") or body_html
+        if "html" in f:
+            body_html = f["html"].get("html", "")
+        elif body_html:
+            from .htmlsafe import sanitize_html
+            body_html = sanitize_html(body_html)  # never store or show unsanitised HTML
+        automatic = f.get("automatic", {}).get("automatic", False)
         article = ArticleDraft(
-            from_addr=addr, from_name=name, subject=p.subject or "(no subject)", body_text=p.body_text,
-            body_html=p.body_html, message_id=p.message_id, to_addrs=p.to, cc_addrs=p.cc, rcpt_tos=e.rcpt_tos,
-            attachments=tuple(AttachmentDraft(a.filename, a.content_type, a.sha256, a.content, a.inline,
-                                              a.content_id) for a in p.attachments))
-        flags = tuple(f for f in e.flags if f == "suspicious")
+            from_addr=addr, from_name=name, subject=p.subject or "(no subject)", body_text=body_text,
+            body_html=body_html, message_id=p.message_id, to_addrs=p.to, cc_addrs=p.cc, rcpt_tos=e.rcpt_tos,
+            attachments=attachments, stripped=stripped,
+            visibility="internal" if automatic else "public", kind="note" if automatic else "email")
+        flags = [fl for fl in e.flags if fl == "suspicious"]
+        for stage_name in ("spam", "rspamd"):
+            flags += [str(t) for t in (f.get(stage_name) or {}).get("tags", [])]
         # A message authentication says may not act (DMARC failure under p=quarantine, or no DMARC pass
         # where the mailbox requires it) never appends to an existing ticket: it opens its own.
         may_act = "suspicious" not in e.flags and "may_not_act" not in e.flags
-        refs = tuple(dict.fromkeys((*p.in_reply_to, *reversed(p.references)))) if may_act else ()
-        return Verdict(TICKET, ticket=TicketAction(
-            queue=primary.queue, mailbox=primary.address, article=article,
-            thread=ThreadHints(refs=refs, may_act=may_act), fields=TicketFields(flags=flags)))
+        refs = tuple(dict.fromkeys((*p.in_reply_to, *reversed(p.references))))
+        sender_policy = f.get("sender_policy") or {}
+        on_no_match = sender_policy.get("action", "drop") if sender_policy.get("replies_only") else "new"
+        thread = ThreadHints(refs=refs if may_act else (), may_act=may_act, may_reopen=not automatic,
+                             on_no_match=on_no_match)
+        return Verdict(TICKET, reason=f.get("automatic", {}).get("reason", ""), ticket=TicketAction(
+            queue=primary.queue, mailbox=primary.address, article=article, thread=thread,
+            fields=TicketFields(flags=tuple(dict.fromkeys(flags))), note=automatic))
+
+
+def _attachments(p: ParsedMessage, found: dict[str, Any] | None
+                 ) -> tuple[tuple[AttachmentDraft, ...], tuple[StrippedAttachment, ...]]:
+    """The attachments to store (safe names, TNEF contents) and the stripped ones, per the
+    attachments stage; every parsed attachment when that stage did not run."""
+    if found is None:
+        return tuple(AttachmentDraft(a.filename, a.content_type, a.sha256, a.content, a.inline, a.content_id)
+                     for a in p.attachments), ()
+    kept = []
+    for index, safe_name in found.get("kept", []):
+        a = p.attachments[index]
+        kept.append(AttachmentDraft(safe_name, a.content_type, a.sha256, a.content, a.inline, a.content_id))
+    for x in found.get("extracted", []):
+        kept.append(AttachmentDraft(x["filename"], x["content_type"], x["sha256"], x["content"]))
+    stripped = []
+    for x in found.get("stripped", []):
+        index = x.get("index")
+        ctype = p.attachments[index].content_type if index is not None else ""
+        stripped.append(StrippedAttachment(x["filename"], ctype, x["size"], x["sha256"], x["reason"]))
+    return tuple(kept), tuple(stripped)
 
 
 STAGES: dict[str, type] = {cls.name: cls for cls in (SenderStage, TicketStage)}
 DEFAULT_ORDER = ("sender", "ticket")
+
+
+def known_stage_names() -> set[str]:
+    from .policy import RECOMMENDED_ORDER
+    return set(RECOMMENDED_ORDER) | set(STAGES)
+
+
+def build_pipeline(cfg: Config, names: tuple[str, ...] | None = None) -> list[Stage]:
+    """Stage instances in order: ``names``, else ``[pipeline] stages``, else the recommended order."""
+    from .policy import RECOMMENDED_ORDER, PipelinePolicy, build_stages
+    built = build_stages(cfg.policy or PipelinePolicy(), cfg.mailbox_policies)
+    out: list[Stage] = []
+    for name in names or cfg.pipeline.stages or RECOMMENDED_ORDER:
+        if name in STAGES:
+            out.append(STAGES[name]())
+        elif name in built:
+            out.append(built[name])
+        else:
+            raise ValueError(f"unknown pipeline stage {name!r}")
+    return out

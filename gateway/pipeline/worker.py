@@ -18,9 +18,9 @@ from typing import Iterable, Protocol
 from ..config import Config
 from ..metrics import Metrics
 from ..recipients import RecipientMap
-from ..store.base import QUARANTINED, Delivery, SpoolEntry, Store
+from ..store.base import QUARANTINED, ArticleDraft, Delivery, SpoolEntry, Store, ThreadHints
 from .mime import parse_message
-from .stages import CONTINUE, DEFAULT_ORDER, DROP, QUARANTINE, STAGES, TICKET, Context, Inbound, Stage
+from .stages import CONTINUE, DROP, QUARANTINE, TICKET, Context, Inbound, Stage, build_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,13 @@ def make_executor() -> concurrent.futures.Executor:
 
 class Worker:
     def __init__(self, cfg: Config, store: Store, stats: StatsSink, executor: concurrent.futures.Executor,
-                 stage_names: Iterable[str] = DEFAULT_ORDER, owner: str = "") -> None:
+                 stage_names: Iterable[str] | None = None, owner: str = "") -> None:
         self.cfg = cfg
         self.store = store
         self.stats = stats
         self.owner = owner
         self.executor = executor
-        self.stages: list[Stage] = [STAGES[n]() for n in stage_names]
+        self.stages: list[Stage] = build_pipeline(cfg, tuple(stage_names) if stage_names else None)
         self.ctx = Context(cfg=cfg, recipients=RecipientMap(cfg.mailboxes))
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -178,6 +178,8 @@ class Worker:
             if verdict.action == CONTINUE:
                 continue
             if verdict.action == DROP:
+                if stage.name == "bounce" and "bounce" in verdict.data:
+                    return _bounce_delivery(sid, msg, verdict.data["bounce"], common)
                 return Delivery(sid, "suppress", **common)
             if verdict.action == QUARANTINE:
                 return Delivery(sid, "quarantine", **common)
@@ -216,6 +218,29 @@ class Worker:
             self.stats.outcome(r.state, max(0.0, now - received) if received else None)
             log.info("%s -> %s%s%s", r.spool_id, r.state, f" {r.ticket_number}" if r.ticket_number else "",
                      f" ({r.reason})" if r.reason else "", extra={"trace_id": r.spool_id})
+
+
+def _bounce_delivery(sid: str, msg: Inbound, bounce: dict, common: dict) -> Delivery:
+    """A bounce is suppressed, marks permanently failed recipients undeliverable (no more notifications
+    to them) and leaves a system note on the ticket of the notification that bounced, if we know it."""
+    permanent = [str(a).lower() for a in bounce.get("permanent", [])]
+    status = {str(d.get("recipient", "")).lower(): d for d in bounce.get("details", []) if isinstance(d, dict)}
+    updates = tuple(common["contact_updates"]) + tuple(
+        (addr, True, "bounced: " + " ".join(str(status.get(addr, {}).get(k, "")) for k in ("status", "diagnostic")
+                                            ).strip()[:200] or "bounced: permanent failure")
+        for addr in permanent)
+    original = bounce.get("original_message_id") or ""
+    note = None
+    if original:
+        lines = [f"Delivery failed permanently for: {', '.join(permanent)}" if permanent else "",
+                 f"Delivery delayed for: {', '.join(map(str, bounce.get('temporary', [])))}"
+                 if bounce.get("temporary") else "", f"Bounced message: <{original}>"]
+        note = ArticleDraft(from_addr="mailer-daemon", from_name="Mail delivery system", subject=msg.parsed.subject,
+                            body_text="\n".join(x for x in lines if x), body_html="", message_id="",
+                            visibility="internal", kind="system")
+    return Delivery(sid, "suppress", article=note,
+                    thread=ThreadHints(refs=(original,) if original else (), sender_is_agent=True, may_reopen=False),
+                    **{**common, "contact_updates": updates})
 
 
 def _received_at(spool_id: str) -> float:

@@ -38,12 +38,21 @@ class DeliverTx:
                             " WHERE a.spool_id=?", (d.spool_id,)).fetchone()
         if done is not None:
             state = TICKET_CREATED if done[0] == done[3] else ARTICLE_ADDED
-            return self.finish(d, state, "already delivered", done[1], done[0], done[2])
+            if d.kind == "suppress":  # a system note (bounce) was left last time: still suppressed
+                state = SUPPRESSED
+            return self.finish(d, state, "already delivered" if state != SUPPRESSED else d.reason,
+                               done[1], done[0], done[2])
         for email, undeliverable, why in d.contact_updates:
             cid = self.contact(email, "")
             conn.execute("UPDATE contacts SET undeliverable=?, undeliverable_reason=? WHERE id=?",
                          (int(undeliverable), why if undeliverable else "", cid))
         if d.kind == "suppress":
+            if d.article is not None:  # a system note for the ticket this message is about (bounce)
+                found = self.thread(d.thread, self.contact(d.article.from_addr, d.article.from_name))
+                if found is not None:
+                    article_id = self.article(found[0], d.spool_id, d.article)
+                    self.history(found[0], "system", "system_note", {"reason": d.reason, "article_id": article_id})
+                    return self.finish(d, SUPPRESSED, d.reason, found[0], article_id, found[1])
             return self.finish(d, SUPPRESSED, d.reason)
         if d.kind == "quarantine":
             return self.finish(d, QUARANTINED, d.reason)
