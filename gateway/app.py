@@ -18,6 +18,7 @@ from .config import Config, load_config
 from .errors import ConfigErrors
 from .metrics import Metrics, MetricsServer
 from .pipeline.process import WorkerPool
+from .pipeline.stages import build_pipeline
 from .pipeline.worker import MetricsSink, Worker, make_executor
 from .recipients import RecipientMap
 from .errors import ConfigError
@@ -68,6 +69,8 @@ class Gateway:
 
     async def start(self) -> None:
         await self.store.open()
+        from .pipeline.twoway import ensure_thread_key
+        await ensure_thread_key(self.store)  # before any worker starts: one key for all of them
         recovered = await self.store.spool_recover()
         if recovered:
             log.warning("recovered %d spool entries left in processing by a previous run", recovered)
@@ -152,7 +155,9 @@ class Gateway:
         self.listener.tls_context = tls
         if self.worker is not None:
             self.worker.cfg = new
-            self.worker.ctx = type(self.worker.ctx)(cfg=new, recipients=RecipientMap(new.mailboxes))
+            self.worker.ctx = replace(self.worker.ctx, cfg=new, recipients=RecipientMap(new.mailboxes))
+            self.worker.stages = build_pipeline(new)
+            self.worker._keys_loaded = False
         if self.pool is not None:
             self.pool.replace_all(new)
         log.info("config reloaded from %s (%d mailboxes)", path or "(embedded defaults)", len(new.mailboxes))

@@ -132,6 +132,7 @@ class Config:
     auth: dict[str, Any] = field(default_factory=dict)  # raw [auth] table (validated by gateway.auth)
     policy: Any = None          # gateway.pipeline.policy.PipelinePolicy: the stage policies of [pipeline]
     mailbox_policies: dict[str, Any] = field(default_factory=dict)  # mailbox address -> PipelinePolicy
+    twoway: Any = None          # gateway.twoway_config.TwoWayConfig: threading, agents, queues, commands, ...
     source: str | None = None  # the file it came from
 
     def sqlite_path(self) -> Path:
@@ -415,10 +416,18 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
 
     auth = root.get("auth", {}, _dict)
 
+    from .twoway_config import TWOWAY_TABLES, TwoWayConfig, parse_twoway
+    root.used.update(TWOWAY_TABLES)
+    try:
+        twoway = parse_twoway({k: data[k] for k in TWOWAY_TABLES if k in data})
+    except ConfigError as exc:
+        errors.append(ConfigError(exc.key, exc.message, file))
+        twoway = TwoWayConfig()
+
     root.finish()
     cfg = Config(smtp=smtp, store=store, mailboxes=tuple(mailboxes), dns=dns, metrics=metrics,
                  pipeline=pipeline, log=log, retention=retention, auth=auth, policy=policy,
-                 mailbox_policies=mailbox_policies, source=file)
+                 mailbox_policies=mailbox_policies, twoway=twoway, source=file)
     errors.extend(_validate_auth(cfg, file))
     if errors:
         raise ConfigErrors(errors)

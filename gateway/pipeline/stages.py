@@ -42,6 +42,7 @@ class Context:
     cfg: Config
     recipients: RecipientMap
     clock: Any = None
+    keys: tuple[bytes, ...] = ()   # threading MAC keys (first signs, all verify)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,7 @@ class TicketStage:
         if primary is None:
             return Verdict(QUARANTINE, "no configured mailbox among the recipients (config changed?)")
         addr, name = requester(msg)
+        subject = p.subject or "(no subject)"
         attachments, stripped = _attachments(p, f.get("attachments"))
         body_text, body_html = p.body_text, p.body_html
         tnef = (f.get("attachments") or {}).get("tnef_body")
@@ -133,26 +135,79 @@ class TicketStage:
         elif body_html:
             from .htmlsafe import sanitize_html
             body_html = sanitize_html(body_html)  # never store or show unsanitised HTML
+        new_text = (f.get("quotes") or {}).get("new_text", "")
+        participants: list[tuple[str, str, str]] = []
+        history: list[dict[str, Any]] = []
+        forward = f.get("forward")
+        if forward:  # an agent forwarded a customer's mail: the customer is the requester
+            addr, name = forward["from_addr"], forward["from_name"]
+            subject = forward.get("subject") or subject
+            body_text = new_text = forward.get("body") or body_text
+            body_html = ""
+            participants.append((forward["agent"], "", "agent"))
+            history.append({"actor": forward["agent"], "action": "forwarded", "detail": {"requester": addr}})
+        if "redact" in f:
+            body_text = f["redact"].get("body_text", body_text)
+            new_text = f["redact"].get("new_text", new_text)
+            body_html = ""  # the HTML would still hold what was redacted: keep only the redacted text
+            history.append({"actor": "system", "action": "redacted", "detail": f["redact"].get("counts", {})})
         automatic = f.get("automatic", {}).get("automatic", False)
+        th = f.get("thread") or {}
+        tw = ctx.cfg.twoway
+        internal = automatic or bool(th.get("internal"))
         article = ArticleDraft(
-            from_addr=addr, from_name=name, subject=p.subject or "(no subject)", body_text=body_text,
+            from_addr=addr, from_name=name, subject=subject, body_text=body_text,
             body_html=body_html, message_id=p.message_id, to_addrs=p.to, cc_addrs=p.cc, rcpt_tos=e.rcpt_tos,
-            attachments=attachments, stripped=stripped,
-            visibility="internal" if automatic else "public", kind="note" if automatic else "email")
+            attachments=attachments, stripped=stripped, new_text=new_text,
+            visibility="internal" if internal else "public", kind="note" if automatic else "email")
         flags = [fl for fl in e.flags if fl == "suspicious"]
         for stage_name in ("spam", "rspamd"):
             flags += [str(t) for t in (f.get(stage_name) or {}).get("tags", [])]
+        rt = f.get("route") or {}
+        if rt.get("alert"):
+            flags.append("alert")
+        if rt.get("manual_handling"):
+            flags.append("manual_handling")
+        for rule in rt.get("fired", []):
+            history.append({"actor": f"rule:{rule}", "action": "rule", "detail": {"rule": rule}})
+        queue = primary.queue
+        if rt.get("queue"):
+            queue = rt["queue"]
+        priority = rt.get("priority") or ("high" if rt.get("importance") == "high" else
+                                          "low" if rt.get("importance") == "low" else None)
+        fields = TicketFields(priority=priority, category=rt.get("category"), assignee=rt.get("assignee"),
+                              tags=tuple(rt.get("tags", ())), fields=dict(rt.get("fields", {})),
+                              flags=tuple(dict.fromkeys(flags)))
+        if tw is not None and tw.cc_participants and not automatic:
+            ours = {a.lower() for mb in ctx.cfg.mailboxes for a in mb.addresses()}
+            participants += [(c, "", "cc") for c in p.cc if c.lower() not in ours and c.lower() != addr]
+        cmd = f.get("commands") or {}
+        if cmd.get("refused") or cmd.get("ignored"):
+            history.append({"actor": addr, "action": "command_refused",
+                            "detail": {"refused": cmd.get("refused", []), "ignored": cmd.get("ignored", "")}})
         # A message authentication says may not act (DMARC failure under p=quarantine, or no DMARC pass
         # where the mailbox requires it) never appends to an existing ticket: it opens its own.
         may_act = "suspicious" not in e.flags and "may_not_act" not in e.flags
-        refs = tuple(dict.fromkeys((*p.in_reply_to, *reversed(p.references))))
         sender_policy = f.get("sender_policy") or {}
         on_no_match = sender_policy.get("action", "drop") if sender_policy.get("replies_only") else "new"
-        thread = ThreadHints(refs=refs if may_act else (), may_act=may_act, may_reopen=not automatic,
-                             on_no_match=on_no_match)
+        if th:
+            thread = ThreadHints(
+                ticket_ids=tuple(th["ticket_ids"]) if may_act else (), refs=tuple(th["refs"]) if may_act else (),
+                number=th["number"] if may_act else None, number_verified=th["number_verified"],
+                subject_key=th["subject_key"], subject_days=th["subject_days"], sender_is_agent=th["agent"],
+                may_act=may_act, may_reopen=not automatic, reopen_days=tw.reopen_days if tw else 14.0,
+                on_no_match=on_no_match, on_stranger=th.get("on_stranger", "new"),
+                internal_queues=tuple(q.name for q in tw.queues if not q.email_updates) if tw else (),
+                reopen_days_by_queue=tuple((q.name, q.reopen_days) for q in tw.queues
+                                           if q.reopen_days is not None) if tw else ())
+        else:
+            refs = tuple(dict.fromkeys((*p.in_reply_to, *reversed(p.references))))
+            thread = ThreadHints(refs=refs if may_act else (), may_act=may_act, may_reopen=not automatic,
+                                 on_no_match=on_no_match)
         return Verdict(TICKET, reason=f.get("automatic", {}).get("reason", ""), ticket=TicketAction(
-            queue=primary.queue, mailbox=primary.address, article=article, thread=thread,
-            fields=TicketFields(flags=tuple(dict.fromkeys(flags))), note=automatic))
+            queue=queue, mailbox=primary.address, article=article, thread=thread, fields=fields,
+            participants=tuple(participants), updates=dict(cmd.get("updates") or {}), history=tuple(history),
+            note=automatic))
 
 
 def _attachments(p: ParsedMessage, found: dict[str, Any] | None
@@ -176,23 +231,29 @@ def _attachments(p: ParsedMessage, found: dict[str, Any] | None
     return tuple(kept), tuple(stripped)
 
 
-STAGES: dict[str, type] = {cls.name: cls for cls in (SenderStage, TicketStage)}
-DEFAULT_ORDER = ("sender", "ticket")
+def _registry() -> dict[str, type]:
+    from .twoway import TWOWAY_STAGES
+    return {cls.name: cls for cls in (SenderStage, TicketStage, *TWOWAY_STAGES)}
+
+
+STAGES: dict[str, type] = {}
+DEFAULT_ORDER = ("bounce", "automatic", "sender_policy", "spam", "rspamd", "sender", "attachments", "html",
+                 "quotes", "forward", "thread", "route", "commands", "redact", "ticket")
 
 
 def known_stage_names() -> set[str]:
-    from .policy import RECOMMENDED_ORDER
-    return set(RECOMMENDED_ORDER) | set(STAGES)
+    return set(DEFAULT_ORDER) | set(_registry()) | set(STAGES)
 
 
 def build_pipeline(cfg: Config, names: tuple[str, ...] | None = None) -> list[Stage]:
     """Stage instances in order: ``names``, else ``[pipeline] stages``, else the recommended order."""
-    from .policy import RECOMMENDED_ORDER, PipelinePolicy, build_stages
+    from .policy import PipelinePolicy, build_stages
     built = build_stages(cfg.policy or PipelinePolicy(), cfg.mailbox_policies)
+    registry = {**_registry(), **STAGES}  # STAGES: plug-ins registered at run time (tests, extensions)
     out: list[Stage] = []
-    for name in names or cfg.pipeline.stages or RECOMMENDED_ORDER:
-        if name in STAGES:
-            out.append(STAGES[name]())
+    for name in names or cfg.pipeline.stages or DEFAULT_ORDER:
+        if name in registry:
+            out.append(registry[name]())
         elif name in built:
             out.append(built[name])
         else:

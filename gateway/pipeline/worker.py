@@ -13,6 +13,7 @@ import concurrent.futures
 import logging
 import time
 import traceback
+from dataclasses import replace
 from typing import Iterable, Protocol
 
 from ..config import Config
@@ -77,6 +78,7 @@ class Worker:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.consecutive_failures = 0
+        self._keys_loaded = False
 
     def wake(self) -> None:
         """New mail was spooled: look now rather than at the next poll."""
@@ -114,6 +116,11 @@ class Worker:
     async def run_once(self) -> int:
         """Process one batch of due entries; returns how many were claimed."""
         started = time.perf_counter()
+        if not self._keys_loaded:
+            from .twoway import thread_keys
+            from ..twoway_config import TwoWayConfig
+            self.ctx = replace(self.ctx, keys=await thread_keys(self.cfg.twoway or TwoWayConfig(), self.store))
+            self._keys_loaded = True
         if await self.store.control_get(PAUSE_KEY):
             return 0  # paused (repeated failures or an operator): `ticketmx pipeline resume` continues
         entries = await self.store.spool_claim(self.cfg.pipeline.batch_size, time.time(), self.owner)

@@ -105,6 +105,7 @@ class ThreadHints:
     the ticket, unless it is an agent or ``number_verified`` (the token's MAC verified).
     """
 
+    ticket_ids: tuple[int, ...] = ()   # from Message-IDs we issued (their MAC verified)
     refs: tuple[str, ...] = ()
     number: str | None = None
     number_verified: bool = False
@@ -115,6 +116,9 @@ class ThreadHints:
     may_reopen: bool = True       # automatic mail never reopens
     reopen_days: float = 0.0      # reply to a resolved/closed ticket within this → reopen; else new linked
     on_no_match: str = "new"      # new | drop | quarantine (replies-only mailboxes)
+    on_stranger: str = "new"      # a non-participant naming a ticket: new (linked ticket) | quarantine
+    internal_queues: tuple[str, ...] = ()  # queues that take no public updates by email (kept internal)
+    reopen_days_by_queue: tuple[tuple[str, float], ...] = ()  # per-queue override of reopen_days
 
 
 @dataclass(frozen=True, slots=True)

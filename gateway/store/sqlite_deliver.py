@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 from typing import Any
 
 from .crypto import Cipher
@@ -24,6 +25,7 @@ class DeliverTx:
                  cipher: Cipher | None = None) -> None:
         self.conn = conn
         self.cipher = cipher or Cipher()
+        self.denied: tuple[int, str] | None = None
         self.now = now
         self.prefix = ticket_prefix
         self.start = ticket_start
@@ -68,6 +70,10 @@ class DeliverTx:
                                    seen[0])
         contact_id = self.contact(art.from_addr, art.from_name)
         found = self.thread(d.thread, contact_id)
+        if found is None and self.denied is not None and d.kind == "ticket":
+            if d.thread.on_stranger == "quarantine":
+                return self.finish(d, QUARANTINED, f"{art.from_addr} is not a participant of the ticket it names "
+                                                   f"({self.denied[1]})")
         if d.kind == "note":
             if found is None:
                 return self.finish(d, SUPPRESSED, f"{d.reason} (answers no ticket we know)")
@@ -76,12 +82,14 @@ class DeliverTx:
             self.history(ticket_id, art.from_addr, "note_added", {"reason": d.reason, "article_id": article_id})
             return self.finish(d, ARTICLE_ADDED, d.reason, ticket_id, article_id, number)
         reopened = False
-        linked_to: int | None = None
+        linked_to: int | None = self.denied[0] if found is None and self.denied is not None else None
         if found is not None:
             ticket_id, number, status, closed_at = found
             if status in CLOSED_STATES:
-                within = closed_at is not None and self.now - closed_at <= d.thread.reopen_days * DAY
-                if d.thread.may_reopen and d.thread.reopen_days > 0 and within:
+                queue = conn.execute("SELECT queue FROM tickets WHERE id=?", (ticket_id,)).fetchone()[0]
+                days = dict(d.thread.reopen_days_by_queue).get(queue, d.thread.reopen_days)
+                within = closed_at is not None and self.now - closed_at <= days * DAY
+                if d.thread.may_reopen and days > 0 and within:
                     conn.execute("UPDATE tickets SET status='open', closed_at=NULL WHERE id=?", (ticket_id,))
                     self.history(ticket_id, art.from_addr, "reopened", {"by": "reply", "was": status})
                     reopened = True
@@ -96,6 +104,9 @@ class DeliverTx:
             state = TICKET_CREATED
         else:
             ticket_id, number = found[0], found[1]
+            queue = conn.execute("SELECT queue FROM tickets WHERE id=?", (ticket_id,)).fetchone()[0]
+            if queue in d.thread.internal_queues and art.visibility == "public":
+                art = replace(art, visibility="internal")  # this queue takes no public updates by email
             conn.execute("UPDATE tickets SET updated_at=?, status=CASE WHEN status='pending' THEN 'open'"
                          " ELSE status END WHERE id=?", (self.now, ticket_id))
             if not d.thread.sender_is_agent:
@@ -135,7 +146,10 @@ class DeliverTx:
         return row[0] if row else None
 
     def thread(self, h: ThreadHints, contact_id: int) -> tuple[int, str, str, float | None] | None:
-        """(id, number, status, closed_at) of the ticket this message may join, or None."""
+        """(id, number, status, closed_at) of the ticket this message may join, or None.
+
+        ``self.denied`` is set to (id, number) of a ticket the message named but may not join."""
+        self.denied: tuple[int, str] | None = None
         if not h.may_act:
             return None
         conn = self.conn
@@ -147,14 +161,22 @@ class DeliverTx:
                                 (ticket_id, contact_id)).fetchone() is not None
 
         sql = "SELECT id, number, status, closed_at FROM tickets WHERE "
+        candidates = [conn.execute(sql + "id=?", (tid,)).fetchone() for tid in h.ticket_ids]
         for ref in h.refs:
             row = conn.execute("SELECT ticket_id FROM message_ids WHERE message_id=?", (ref,)).fetchone()
+            if row is not None:
+                candidates.append(conn.execute(sql + "id=?", (row[0],)).fetchone())
+        for row in candidates:
             if row is not None and allowed(row[0]):
-                return conn.execute(sql + "id=?", (row[0],)).fetchone()
+                return row
+            if row is not None and self.denied is None:
+                self.denied = (row[0], row[1])
         if h.number:
             row = conn.execute(sql + "number=?", (h.number,)).fetchone()
             if row is not None and (h.number_verified or allowed(row[0])):
                 return row
+            if row is not None and self.denied is None:
+                self.denied = (row[0], row[1])
         if h.subject_days > 0 and h.subject_key:
             row = conn.execute(sql + "requester_id=? AND subject_key=? AND created_at>=? ORDER BY id DESC",
                                (contact_id, h.subject_key, self.now - h.subject_days * DAY)).fetchone()

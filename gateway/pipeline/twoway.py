@@ -1,0 +1,213 @@
+"""Two-way mail stages: quotes, forwards, threading, routing, commands, redaction.
+
+Each reports in ``Verdict.data``; the ticket stage turns the findings into one ticket
+action. Threading decisions that need the store (is the sender a participant? is the
+ticket closed?) are made atomically by the store from the hints computed here.
+"""
+from __future__ import annotations
+
+import base64
+import secrets
+from typing import Any
+
+from ..store.base import Store
+from ..twoway_config import TwoWayConfig
+from .commands import DEFAULT_FIELDS, format_result, parse_commands
+from .forwards import find_forwarded
+from .importance import importance
+from .quotes import split_reply
+from .redact import DEFAULT_RULES, redact
+from .routing import route
+from .stages import Context, Inbound, Verdict, requester
+from .subjects import subject_key
+from .tokens import trusted_numbers, verify_message_id
+
+KEY_CONTROL = "threading_key"
+
+
+async def ensure_thread_key(store: Store) -> None:
+    """Without configured [threading] keys, a random key is generated once and kept in the store, so
+    tokens are unforgeable from the first start (invariant 6) and survive restarts."""
+    if await store.control_get(KEY_CONTROL) is None:
+        await store.control_set(KEY_CONTROL, base64.b64encode(secrets.token_bytes(32)).decode())
+
+
+async def thread_keys(cfg_twoway: TwoWayConfig, store: Store) -> tuple[bytes, ...]:
+    if cfg_twoway.keys:
+        return cfg_twoway.keys
+    stored = await store.control_get(KEY_CONTROL)
+    return (base64.b64decode(stored),) if stored else ()
+
+
+def _tw(ctx: Context) -> TwoWayConfig:
+    return ctx.cfg.twoway or TwoWayConfig()
+
+
+def _is_agent_with(ctx: Context, msg: Inbound, permission: str) -> bool:
+    addr, _ = requester(msg)
+    agent = _tw(ctx).agent(addr)
+    return agent is not None and permission in agent.permissions
+
+
+def _dmarc_pass(msg: Inbound) -> bool:
+    auth = msg.entry.auth or {}
+    return (auth.get("dmarc") or {}).get("result") == "pass"
+
+
+class QuotesStage:
+    """Split the reply into what was written now and the quoted history / signature."""
+
+    name = "quotes"
+
+    async def run(self, msg: Inbound, ctx: Context) -> Verdict:
+        p = msg.parsed
+        parts = split_reply(p.body_text, p.body_html or None, sender=p.from_addr)
+        new_text = parts.new_text.strip() or p.body_text  # a mail that is all history: show it whole
+        return Verdict(data={"new_text": new_text, "has_quote": parts.has_quote, "marker": parts.marker})
+
+
+class ForwardStage:
+    """An agent forwarding a customer's mail in: the original sender becomes the requester."""
+
+    name = "forward"
+
+    async def run(self, msg: Inbound, ctx: Context) -> Verdict:
+        if not _is_agent_with(ctx, msg, "forward"):
+            return Verdict()
+        original = find_forwarded(msg.parsed)
+        if original is None or not original.from_addr or _tw(ctx).agent(original.from_addr):
+            return Verdict()
+        return Verdict(reason=f"forward by agent: requester is {original.from_addr}", data={
+            "from_addr": original.from_addr.lower(), "from_name": original.from_name,
+            "subject": original.subject, "body": original.body, "note": original.note,
+            "agent": requester(msg)[0]})
+
+
+class ThreadStage:
+    """Where the message may thread: our Message-IDs (MAC verified), received Message-IDs, subject
+    tokens (bare: participants only; signed: per policy), optionally subject + requester."""
+
+    name = "thread"
+
+    async def run(self, msg: Inbound, ctx: Context) -> Verdict:
+        tw, p = _tw(ctx), msg.parsed
+        keys = ctx.keys
+        ticket_ids: list[int] = []
+        refs: list[str] = []
+        for mid in dict.fromkeys((*p.in_reply_to, *reversed(p.references))):
+            tid = verify_message_id(mid, keys) if keys else None
+            if tid is not None and tid.isdigit():
+                ticket_ids.append(int(tid))
+            else:
+                refs.append(mid)
+        number, verified = None, False
+        if tw.style is not None:
+            signed, bare = trusted_numbers(p.subject, keys or None, tw.style)
+            if signed:
+                number, verified = signed[0], tw.trust_signed_subject
+            elif bare:
+                number = bare[0]
+        addr, _ = requester(msg)
+        agent = tw.agent(addr)
+        comment = _comment_address(msg, tw)
+        return Verdict(data={
+            "ticket_ids": ticket_ids, "refs": refs, "number": number, "number_verified": verified,
+            "subject_key": subject_key(p.subject, tw.style) if tw.style is not None else "",
+            "subject_days": tw.subject_match_days, "agent": agent is not None,
+            "internal": bool(comment and agent is not None and "note" in agent.permissions),
+            "on_stranger": tw.non_participant,
+        })
+
+
+def _comment_address(msg: Inbound, tw: TwoWayConfig) -> bool:
+    """Sent to a mailbox's comment address (support+comment@…)?"""
+    tag = f"+{tw.comment_tag}@"
+    return any(tag in r.lower() for r in msg.entry.rcpt_tos)
+
+
+class RouteStage:
+    """Ordered routing rules: queue, category, priority, tags, assignee, fields, alert/manual flags."""
+
+    name = "route"
+
+    async def run(self, msg: Inbound, ctx: Context) -> Verdict:
+        tw = _tw(ctx)
+        level = importance(msg.parsed)
+        if not tw.routing:
+            return Verdict(data={"importance": level})
+        res = route(msg.parsed, msg.entry.mail_from, tw.routing)
+        data: dict[str, Any] = {"importance": level, "fired": list(res.fired), "queue": res.queue,
+                                "category": res.category, "priority": res.priority, "assignee": res.assignee,
+                                "tags": list(res.tags), "fields": dict(res.fields), "alert": res.alert,
+                                "manual_handling": res.manual_handling}
+        return Verdict(reason=f"rules fired: {', '.join(res.fired)}" if res.fired else "", data=data)
+
+
+class CommandStage:
+    """``$Field=Value$`` lines from an authorised sender: a configured agent with the commands
+    permission whose mail passed DMARC. Anyone else's command lines are ignored (and recorded)."""
+
+    name = "commands"
+
+    async def run(self, msg: Inbound, ctx: Context) -> Verdict:
+        tw = _tw(ctx)
+        if not tw.commands_enabled:
+            return Verdict()
+        text = (msg.findings.get("quotes") or {}).get("new_text", msg.parsed.body_text)
+        if tw.command_delimiter not in text:
+            return Verdict()
+        commands = parse_commands(text, DEFAULT_FIELDS, tw.command_delimiter)
+        if not commands:
+            return Verdict()
+        addr, _ = requester(msg)
+        if not _is_agent_with(ctx, msg, "commands"):
+            return Verdict(reason="commands ignored: sender is not an agent",
+                           data={"ignored": f"{addr} is not an agent allowed to send commands"})
+        if not _dmarc_pass(msg) or "suspicious" in msg.entry.flags:
+            return Verdict(reason="commands refused: DMARC did not pass",
+                           data={"ignored": f"mail from {addr} did not pass DMARC: commands refused"})
+        updates: dict[str, Any] = {}
+        for fld, value in commands.applied.items():
+            key = fld.lower()
+            if key == "operation":
+                updates["status"] = {"CloseRequest": "closed", "PickupRequest": "open"}.get(value, updates.get(
+                    "status"))
+                if value == "PickupRequest":
+                    updates.setdefault("assignee", addr)
+                updates = {k: v for k, v in updates.items() if v is not None}
+            elif key in ("status", "priority"):
+                updates[key] = value.lower()
+            elif key in ("assignee", "category"):
+                updates[key] = value
+        return Verdict(reason=f"commands: applied {sorted(updates)}" if updates else "commands: none applied",
+                       data={"updates": updates, "applied": dict(commands.applied),
+                             "refused": [list(x) for x in commands.refused],
+                             "result_text": format_result(commands)})
+
+
+class RedactStage:
+    """Redact card numbers (Luhn-checked) and configured patterns from the stored text."""
+
+    name = "redact"
+
+    async def run(self, msg: Inbound, ctx: Context) -> Verdict:
+        rules = _tw(ctx).redaction
+        rules = DEFAULT_RULES if rules is None else rules
+        if not rules:
+            return Verdict()
+        f = msg.findings
+        texts = {"body_text": (f.get("forward") or {}).get("body") or msg.parsed.body_text,
+                 "new_text": (f.get("quotes") or {}).get("new_text", "")}
+        out: dict[str, Any] = {}
+        counts: dict[str, int] = {}
+        for k, text in texts.items():
+            red, n = redact(text, rules)
+            out[k] = red
+            for rule, c in n.items():
+                counts[rule] = counts.get(rule, 0) + c
+        if not any(counts.values()):
+            return Verdict()
+        return Verdict(reason=f"redacted {counts}", data={**out, "counts": counts})
+
+
+TWOWAY_STAGES = (QuotesStage, ForwardStage, ThreadStage, RouteStage, CommandStage, RedactStage)

@@ -1,0 +1,172 @@
+"""Config of two-way mail: threading, agents, queues, commands, routing, redaction.
+
+Kept apart from gateway/config.py because the values are built by the pipeline's own
+parsers (token style and keys, routing rules, redaction rules), which raise ConfigError
+with the dotted key themselves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+AGENT_PERMISSIONS = ("reply", "note", "commands", "forward")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    address: str
+    name: str = ""
+    permissions: frozenset[str] = frozenset(AGENT_PERMISSIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    name: str
+    reopen_days: float | None = None   # None: [threading] reopen_days
+    email_updates: bool = True         # replies by email become public articles (else internal notes)
+
+
+@dataclass(frozen=True)
+class TwoWayConfig:
+    style: Any = None                  # gateway.pipeline.tokens.TokenStyle
+    keys: tuple[bytes, ...] = ()       # MAC keys (first signs); () = a random key kept in the store
+    trust_signed_subject: bool = False
+    subject_match_days: float = 0.0
+    reopen_days: float = 14.0
+    non_participant: str = "new"       # new (a linked ticket) | quarantine
+    cc_participants: bool = True
+    comment_tag: str = "comment"
+    agents: tuple[AgentConfig, ...] = ()
+    queues: tuple[QueueConfig, ...] = ()
+    commands_enabled: bool = True
+    command_delimiter: str = "$"
+    routing: tuple[Any, ...] = ()      # gateway.pipeline.routing.Rule
+    redaction: tuple[Any, ...] | None = None  # None: the built-in card rule
+    agent_index: dict[str, AgentConfig] = field(default_factory=dict)
+
+    def agent(self, address: str) -> AgentConfig | None:
+        return self.agent_index.get(address.lower())
+
+    def queue(self, name: str) -> QueueConfig | None:
+        for q in self.queues:
+            if q.name == name:
+                return q
+        return None
+
+
+def _check_keys(table: dict[str, Any], prefix: str, known: set[str]) -> None:
+    for k in table:
+        if k not in known:
+            raise ConfigError(f"{prefix}.{k}", f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def _num(v: Any, key: str, lo: float = 0, hi: float = 36500) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        raise ConfigError(key, f"expected a number between {lo:g} and {hi:g}")
+    return float(v)
+
+
+def _bool(v: Any, key: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(key, "expected true or false")
+    return v
+
+
+def _str(v: Any, key: str, choices: tuple[str, ...] | None = None) -> str:
+    if not isinstance(v, str) or (choices and v not in choices):
+        raise ConfigError(key, f"expected one of {', '.join(choices)}" if choices else "expected a string")
+    return v
+
+
+def parse_twoway(data: dict[str, Any]) -> TwoWayConfig:
+    """Build TwoWayConfig from the top-level tables threading, agent, queue, commands, routing, redaction."""
+    from .pipeline.redact import parse_redaction
+    from .pipeline.routing import parse_routing
+    from .pipeline.tokens import parse_keys, parse_token_style
+
+    t = data.get("threading", {})
+    if not isinstance(t, dict):
+        raise ConfigError("threading", "expected a table")
+    _check_keys(t, "threading", {"subject_token", "number_pattern", "mac_length", "keys",
+                                 "trust_signed_subject_from_non_participants", "subject_match_days",
+                                 "reopen_days", "non_participant", "cc_participants", "comment_tag"})
+    style = parse_token_style(t, "threading")
+    keys = parse_keys(t["keys"], "threading.keys") if t.get("keys") else ()
+    cfg: dict[str, Any] = {"style": style, "keys": keys}
+    if "trust_signed_subject_from_non_participants" in t:
+        cfg["trust_signed_subject"] = _bool(t["trust_signed_subject_from_non_participants"],
+                                            "threading.trust_signed_subject_from_non_participants")
+    if "subject_match_days" in t:
+        cfg["subject_match_days"] = _num(t["subject_match_days"], "threading.subject_match_days")
+    if "reopen_days" in t:
+        cfg["reopen_days"] = _num(t["reopen_days"], "threading.reopen_days")
+    if "non_participant" in t:
+        cfg["non_participant"] = _str(t["non_participant"], "threading.non_participant", ("new", "quarantine"))
+    if "cc_participants" in t:
+        cfg["cc_participants"] = _bool(t["cc_participants"], "threading.cc_participants")
+    if "comment_tag" in t:
+        cfg["comment_tag"] = _str(t["comment_tag"], "threading.comment_tag").lower()
+
+    agents = []
+    raw_agents = data.get("agent", [])
+    if not isinstance(raw_agents, list):
+        raise ConfigError("agent", "expected an array of tables ([[agent]])")
+    for i, a in enumerate(raw_agents):
+        key = f"agent[{i}]"
+        if not isinstance(a, dict) or "address" not in a:
+            raise ConfigError(f"{key}.address", "required")
+        _check_keys(a, key, {"address", "name", "permissions"})
+        address = _str(a["address"], f"{key}.address").strip().lower()
+        if "@" not in address:
+            raise ConfigError(f"{key}.address", f"{address!r} is not an email address")
+        perms = a.get("permissions", list(AGENT_PERMISSIONS))
+        if not isinstance(perms, list) or any(p not in AGENT_PERMISSIONS for p in perms):
+            raise ConfigError(f"{key}.permissions", f"expected a list of {', '.join(AGENT_PERMISSIONS)}")
+        agents.append(AgentConfig(address, _str(a.get("name", ""), f"{key}.name"), frozenset(perms)))
+    cfg["agents"] = tuple(agents)
+    cfg["agent_index"] = {a.address: a for a in agents}
+
+    queues = []
+    raw_q = data.get("queue", [])
+    if not isinstance(raw_q, list):
+        raise ConfigError("queue", "expected an array of tables ([[queue]])")
+    for i, q in enumerate(raw_q):
+        key = f"queue[{i}]"
+        if not isinstance(q, dict) or "name" not in q:
+            raise ConfigError(f"{key}.name", "required")
+        _check_keys(q, key, {"name", "reopen_days", "email_updates"})
+        queues.append(QueueConfig(_str(q["name"], f"{key}.name"),
+                                  _num(q["reopen_days"], f"{key}.reopen_days") if "reopen_days" in q else None,
+                                  _bool(q.get("email_updates", True), f"{key}.email_updates")))
+    cfg["queues"] = tuple(queues)
+
+    c = data.get("commands", {})
+    if not isinstance(c, dict):
+        raise ConfigError("commands", "expected a table")
+    _check_keys(c, "commands", {"enabled", "delimiter"})
+    if "enabled" in c:
+        cfg["commands_enabled"] = _bool(c["enabled"], "commands.enabled")
+    if "delimiter" in c:
+        d = _str(c["delimiter"], "commands.delimiter")
+        if not d or len(d) > 3 or any(ch.isalnum() or ch.isspace() for ch in d):
+            raise ConfigError("commands.delimiter", "1-3 punctuation characters, e.g. \"$\" or \"#\"")
+        cfg["command_delimiter"] = d
+
+    r = data.get("routing", {})
+    if not isinstance(r, dict):
+        raise ConfigError("routing", "expected a table with [[routing.rule]] entries")
+    _check_keys(r, "routing", {"rule"})
+    cfg["routing"] = parse_routing(r.get("rule", []), "routing.rule")
+
+    red = data.get("redaction", {})
+    if not isinstance(red, dict):
+        raise ConfigError("redaction", "expected a table with [[redaction.rule]] entries")
+    _check_keys(red, "redaction", {"rule"})
+    if "rule" in red:
+        cfg["redaction"] = parse_redaction(red["rule"], "redaction.rule")
+    return TwoWayConfig(**cfg)
+
+
+TWOWAY_TABLES = ("threading", "agent", "queue", "commands", "routing", "redaction")
