@@ -40,6 +40,7 @@ class Gateway:
         self.spool: SpoolWriter | None = None
         self.worker: Worker | None = None          # in-process pipeline ([pipeline] processes = 0)
         self.pool: WorkerPool | None = None        # pipeline worker processes (the default)
+        self.relay = None                          # relay.worker.RelayWorker when a smarthost is configured
         self.listener: SmtpListener | None = None
         self.metrics_server: MetricsServer | None = None
         self._ready = False
@@ -76,12 +77,18 @@ class Gateway:
             log.warning("recovered %d spool entries left in processing by a previous run", recovered)
         if self.executor is None:
             self.executor = make_executor()  # bounded thread pool for CPU-heavy work of this process
+        if self.cfg.relay is not None and self.cfg.relay.enabled:
+            from relay.worker import RelayWorker
+            self.relay = RelayWorker(self.cfg.relay, self.store, self.metrics.registry,
+                                     hostname=self.cfg.smtp.hostname)
+            await self.relay.start()
+        wake_relay = self.relay.wake if self.relay is not None else None
         if self.cfg.pipeline.processes > 0:
-            self.pool = WorkerPool(self.cfg, self.store, self.metrics, self.cfg.pipeline.processes)
+            self.pool = WorkerPool(self.cfg, self.store, self.metrics, self.cfg.pipeline.processes, wake_relay)
             self.pool.start()
             wake = self.pool.wake
         else:
-            self.worker = Worker(self.cfg, self.store, MetricsSink(self.metrics), self.executor)
+            self.worker = Worker(self.cfg, self.store, MetricsSink(self.metrics, wake_relay), self.executor)
             self.worker.start()
             wake = self.worker.wake
         self.spool = SpoolWriter(self.store, self.metrics, on_commit=wake)
@@ -112,6 +119,8 @@ class Gateway:
             await self.worker.close()
         if self.pool is not None:
             await self.pool.close(timeout=max(5.0, self.cfg.smtp.shutdown_grace))
+        if self.relay is not None:
+            await self.relay.close(grace=min(10.0, self.cfg.smtp.shutdown_grace))
         for task in (self._depth_task, self._retention_task):
             if task is not None:
                 task.cancel()

@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     stsub.add_parser("rotate-key", parents=[common],
                      help="re-encrypt everything with the first key of the key file")
 
+    from relay.cli import register as register_relay
+    register_relay(sub, common)  # relay test|queue|retry, dkim keygen
+
     pl = sub.add_parser("pipeline", parents=[common], help="pause / resume message processing")
     plsub = pl.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, text in (("status", "show whether processing is paused and why"),
@@ -76,6 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         for err in exc.errors:
             print(f"ticketmx: config error: {err}", file=sys.stderr)
         return EX_CONFIG
+    if args.command == "dkim" and args.action == "keygen":
+        from relay.cli import dkim_keygen
+        return dkim_keygen(args.domain, args.selector, args.algo, args.out, args.bits) or EX_OK
+    if args.command == "relay" and args.action == "test":
+        from relay.cli import relay_test
+        if cfg.relay is None or not cfg.relay.smarthosts:
+            print("ticketmx: no [[relay.smarthost]] configured", file=sys.stderr)
+            return EX_CONFIG
+        return asyncio.run(relay_test(cfg.relay, args.to, args.host, hostname=cfg.smtp.hostname)) or EX_OK
     if args.command == "store" and args.action == "genkey":
         from .store.crypto import generate_key
         print(generate_key())
@@ -95,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         ("tickets", "list"): _tickets_list, ("tickets", "show"): _tickets_show,
         ("spool", "list"): _spool_list, ("spool", "show"): _spool_show, ("spool", "replay"): _spool_replay,
         ("store", "rotate-key"): _rotate_key,
+        ("relay", "queue"): _relay_store, ("relay", "retry"): _relay_store,
         ("pipeline", "status"): _pipeline, ("pipeline", "pause"): _pipeline, ("pipeline", "resume"): _pipeline,
     }
     return asyncio.run(_with_store(cfg, args, handlers[(args.command, args.action)]))
@@ -217,3 +230,8 @@ async def _rotate_key(store: Store, args: argparse.Namespace) -> int:
     counts = await store.rotate_key()
     print(f"re-encrypted with the first key: {counts}")
     return EX_OK
+
+
+async def _relay_store(store: Store, args: argparse.Namespace) -> int:
+    from relay.cli import dispatch_store
+    return await dispatch_store(store, args)

@@ -77,6 +77,9 @@ class MailboxConfig:
     queue: str = "default"
     auth: dict[str, Any] = field(default_factory=dict)  # raw per-mailbox auth overrides (validated by gateway.auth)
     pipeline: dict[str, Any] = field(default_factory=dict)  # raw per-mailbox stage policy overrides
+    acknowledge: bool = True   # acknowledgements on, once a smarthost is configured
+    language: str | None = None  # notification templates' language for this mailbox (default [relay] language)
+    name: str = ""             # display name used in notifications' From/Reply-To
 
     def addresses(self) -> tuple[str, ...]:
         return (self.address, *self.aliases)
@@ -133,6 +136,7 @@ class Config:
     policy: Any = None          # gateway.pipeline.policy.PipelinePolicy: the stage policies of [pipeline]
     mailbox_policies: dict[str, Any] = field(default_factory=dict)  # mailbox address -> PipelinePolicy
     twoway: Any = None          # gateway.twoway_config.TwoWayConfig: threading, agents, queues, commands, ...
+    relay: Any = None           # relay.config.RelayConfig: outbound notifications (None-like when no smarthost)
     source: str | None = None  # the file it came from
 
     def sqlite_path(self) -> Path:
@@ -355,6 +359,9 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
             queue=mt.get("queue", "default", _nonempty_str),
             auth=mt.get("auth", {}, _dict),
             pipeline=mt.get("pipeline", {}, _dict),
+            acknowledge=mt.get("acknowledge", True, _bool),
+            language=mt.get("language", None, _path_or_none),
+            name=mt.get("name", "", _str),
         )
         for j, addr in enumerate(mb.addresses()):
             if not addr:
@@ -416,6 +423,21 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
 
     auth = root.get("auth", {}, _dict)
 
+    relay_table = root.get("relay", {}, _dict)
+    relay_cfg = None
+    try:
+        from dataclasses import replace as _replace
+
+        from relay.config import RelayConfigError, parse_relay_config
+        try:
+            relay_cfg = parse_relay_config(relay_table, "relay")
+            relay_cfg = _replace(relay_cfg, hostname=relay_cfg.hostname or smtp.hostname,
+                                 loop_marker=smtp.loop_marker)
+        except RelayConfigError as exc:
+            errors.extend(ConfigError(e.key, e.message, file) for e in (exc.errors or [exc]))
+    except ImportError:  # relay package not installed
+        pass
+
     from .twoway_config import TWOWAY_TABLES, TwoWayConfig, parse_twoway
     root.used.update(TWOWAY_TABLES)
     try:
@@ -427,7 +449,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
     root.finish()
     cfg = Config(smtp=smtp, store=store, mailboxes=tuple(mailboxes), dns=dns, metrics=metrics,
                  pipeline=pipeline, log=log, retention=retention, auth=auth, policy=policy,
-                 mailbox_policies=mailbox_policies, twoway=twoway, source=file)
+                 mailbox_policies=mailbox_policies, twoway=twoway, relay=relay_cfg, source=file)
     errors.extend(_validate_auth(cfg, file))
     if errors:
         raise ConfigErrors(errors)

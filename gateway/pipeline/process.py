@@ -20,7 +20,7 @@ import multiprocessing.connection
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..config import Config
 from ..metrics import Metrics
@@ -43,6 +43,9 @@ class ReportingSink:
     def consecutive_failures(self, n: int) -> None:
         self.pending["consecutive"] = n
 
+    def notifications_queued(self, n: int) -> None:
+        self.pending["notified"] = self.pending.get("notified", 0) + n
+
     def outcome(self, state: str, latency: float | None) -> None:
         self.pending["outcomes"].append((state, latency))
 
@@ -55,7 +58,7 @@ class ReportingSink:
 
     def flush(self) -> None:
         if self.pending["outcomes"] or self.pending["errors"] or self.pending["batches"] or \
-                "consecutive" in self.pending:
+                "consecutive" in self.pending or "notified" in self.pending:
             try:
                 self.conn.send(self.pending)
             except OSError:
@@ -119,10 +122,11 @@ class _Child:
 class WorkerPool:
     """Starts ``n`` worker processes, wakes them, collects their reports, restarts the dead."""
 
-    def __init__(self, cfg: Config, store: Store, metrics: Metrics, n: int) -> None:
+    def __init__(self, cfg: Config, store: Store, metrics: Metrics, n: int,
+                 on_notify: "Callable[[], None] | None" = None) -> None:
         self.cfg = cfg
         self.store = store
-        self.sink = MetricsSink(metrics)
+        self.sink = MetricsSink(metrics, on_notify)
         self.n = n
         self.children: list[_Child] = []
         self._generation = 0
@@ -177,6 +181,8 @@ class WorkerPool:
                     self.sink.batch(seconds)
                 if "consecutive" in report:
                     self.sink.consecutive_failures(report["consecutive"])
+                if report.get("notified"):
+                    self.sink.notifications_queued(report["notified"])
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(child.report_r.fileno())
 

@@ -14,7 +14,7 @@ import logging
 import time
 import traceback
 from dataclasses import replace
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from ..config import Config
 from ..metrics import Metrics
@@ -36,13 +36,19 @@ class StatsSink(Protocol):
     def error(self) -> None: ...
     def batch(self, seconds: float) -> None: ...
     def consecutive_failures(self, n: int) -> None: ...
+    def notifications_queued(self, n: int) -> None: ...
 
 
 class MetricsSink:
     """Reports straight into a :class:`Metrics` (in-process worker, or the parent applying reports)."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, on_notify: "Callable[[], None] | None" = None) -> None:
         self.metrics = metrics
+        self.on_notify = on_notify  # wakes the relay worker
+
+    def notifications_queued(self, n: int) -> None:
+        if self.on_notify is not None:
+            self.on_notify()
 
     def outcome(self, state: str, latency: float | None) -> None:
         self.metrics.outcomes.labels(state=state).inc()
@@ -73,6 +79,8 @@ class Worker:
         self.owner = owner
         self.executor = executor
         self.stages: list[Stage] = build_pipeline(cfg, tuple(stage_names) if stage_names else None)
+        from .notify_hook import make_hook
+        self.hook = make_hook(cfg)  # acknowledgements / agent replies, queued in the delivery transaction
         self.ctx = Context(cfg=cfg, recipients=RecipientMap(cfg.mailboxes))
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -194,7 +202,8 @@ class Worker:
                 t = verdict.ticket
                 return Delivery(sid, "note" if t.note else "ticket", queue=t.queue, mailbox=t.mailbox,
                                 article=t.article, thread=t.thread, ticket_fields=t.fields,
-                                participants=t.participants, updates=t.updates, ticket_history=t.history, **common)
+                                participants=t.participants, updates=t.updates, ticket_history=t.history,
+                                headers=msg.parsed.headers, **common)
             raise ValueError(f"stage {stage.name} returned an invalid verdict {verdict.action!r}")
         return Delivery(sid, "quarantine", reason="no stage reached a final verdict", history=tuple(history),
                         contact_updates=tuple(contact_updates))
@@ -202,7 +211,10 @@ class Worker:
     async def _deliver(self, deliveries: list[Delivery]) -> None:
         now = time.time()
         try:
-            results = await self.store.deliver(deliveries, now)
+            before = self.hook.queued if self.hook is not None else 0
+            results = await self.store.deliver(deliveries, now, on_delivered=self.hook)
+            if self.hook is not None and self.hook.queued > before:
+                self.stats.notifications_queued(self.hook.queued - before)
         except Exception:
             if len(deliveries) == 1:
                 d = deliveries[0]

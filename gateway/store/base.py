@@ -156,6 +156,7 @@ class Delivery:
     contact_updates: tuple[tuple[str, bool, str], ...] = ()  # (email, undeliverable, reason)
     history: tuple[dict[str, Any], ...] = ()              # the stage decisions for the spool entry
     traceback: str = ""                                   # quarantine after an exception (never logged)
+    headers: tuple[tuple[str, str], ...] = ()             # the inbound headers (acknowledgement decisions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +198,12 @@ class Store(abc.ABC):
     async def spool_retry(self, spool_id: str, error: str, next_attempt_at: float) -> None: ...
 
     @abc.abstractmethod
-    async def deliver(self, deliveries: list[Delivery], now: float) -> list[DeliveryResult]:
-        """Apply final verdicts in one transaction; idempotent per spool id and Message-ID."""
+    async def deliver(self, deliveries: list[Delivery], now: float,
+                      on_delivered: Any = None) -> list[DeliveryResult]:
+        """Apply final verdicts in one transaction; idempotent per spool id and Message-ID.
+
+        ``on_delivered(conn, delivery, result)`` runs inside the same transaction after each one:
+        notifications it queues commit (or roll back) together with the ticket change."""
 
     @abc.abstractmethod
     async def spool_get(self, spool_id: str) -> SpoolEntry | None: ...

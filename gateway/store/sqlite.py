@@ -166,10 +166,17 @@ class SqliteStore(Store):
         return counts
 
     # -- delivery (the one transaction that ends a message's life) --------------
-    async def deliver(self, deliveries: list[Delivery], now: float) -> list[DeliveryResult]:
+    async def deliver(self, deliveries: list[Delivery], now: float,
+                      on_delivered: Any = None) -> list[DeliveryResult]:
         def fn(conn: sqlite3.Connection) -> list[DeliveryResult]:
             tx = DeliverTx(conn, now, self.ticket_prefix, self.ticket_start, self.cipher)
-            return [tx.run(d) for d in deliveries]
+            results = []
+            for d in deliveries:
+                r = tx.run(d)
+                if on_delivered is not None:
+                    on_delivered(conn, d, r)
+                results.append(r)
+            return results
         return await self.transaction(fn)
 
     # -- tickets ---------------------------------------------------------------

@@ -1,0 +1,79 @@
+"""Notifications queued in the same transaction as the ticket change that causes them.
+
+Called by the store for every delivery (inside its transaction): a new ticket gets an
+acknowledgement (rate-limited, never to automatic or undeliverable senders); an agent's
+public reply on a ticket is relayed to the requester and the ticket's other participants.
+Internal notes and automatic mail never leave.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from typing import Any
+
+from ..config import Config, MailboxConfig
+from ..store.base import ARTICLE_ADDED, TICKET_CREATED, Delivery, DeliveryResult
+
+log = logging.getLogger(__name__)
+
+
+class NotifyHook:
+    def __init__(self, cfg: Config) -> None:
+        from relay.notify import Notifier
+        self.cfg = cfg
+        self.notifier = Notifier(cfg.relay, hostname=cfg.smtp.hostname)
+        self.mailboxes: dict[str, MailboxConfig] = {mb.address: mb for mb in cfg.mailboxes}
+        self.own = {a.lower() for mb in cfg.mailboxes for a in mb.addresses()}
+        self.queued = 0  # notifications queued by this hook (the relay worker is woken when > 0)
+
+    def __call__(self, conn: sqlite3.Connection, d: Delivery, r: DeliveryResult) -> None:
+        if d.kind != "ticket" or d.article is None or r.ticket_id is None or r.reason == "already delivered":
+            return
+        mb = self.mailboxes.get(d.mailbox) or (self.cfg.mailboxes[0] if self.cfg.mailboxes else None)
+        if mb is None:
+            return
+        from relay.notify import MailboxInfo, TicketInfo, acknowledge
+        from relay.queue import enqueue
+        row = conn.execute("SELECT t.subject, t.status, t.queue, t.assignee, c.email, c.name FROM tickets t"
+                           " JOIN contacts c ON c.id=t.requester_id WHERE t.id=?", (r.ticket_id,)).fetchone()
+        ticket = TicketInfo(r.ticket_id, r.ticket_number or "", row[0], status=row[1], queue=row[2],
+                            assignee=row[3], requester=row[4], requester_name=row[5])
+        mailbox = MailboxInfo(mb.address, mb.name, mb.language, mb.acknowledge)
+        art = d.article
+        try:
+            if r.state == TICKET_CREATED and not d.thread.sender_is_agent:
+                spool = conn.execute("SELECT mail_from FROM spool WHERE id=?", (d.spool_id,)).fetchone()
+                decision, mail_id = acknowledge(
+                    conn, self.notifier, ticket=ticket, mailbox=mailbox, sender=art.from_addr,
+                    headers=d.headers, mail_from=spool[0] if spool else None,
+                    inbound_message_id=art.message_id or None, key=d.spool_id, own_addresses=self.own,
+                    suspicious="suspicious" in d.ticket_fields.flags)
+                if mail_id is not None:
+                    self.queued += 1
+                conn.execute("INSERT INTO ticket_history (ticket_id, at, actor, action, detail) VALUES"
+                             " (?, ?, 'system', 'acknowledgement', ?)",
+                             (r.ticket_id, time.time(), json.dumps({"queued": mail_id is not None,
+                                                                    "why": getattr(decision, "reason", "")})))
+            elif r.state == ARTICLE_ADDED and d.thread.sender_is_agent and art.visibility == "public":
+                to = [row[4]]
+                cc = [p for (p,) in conn.execute(
+                    "SELECT c.email FROM participants p JOIN contacts c ON c.id=p.contact_id WHERE p.ticket_id=?"
+                    " AND p.role='cc' AND c.undeliverable=0", (r.ticket_id,)) if p not in to and p not in self.own]
+                n = self.notifier.agent_reply(ticket=ticket, mailbox=mailbox, to=to, cc=cc,
+                                              body_text=art.new_text or art.body_text, article_id=r.article_id,
+                                              agent_name=art.from_name, in_reply_to=art.message_id or None)
+                if n is not None:
+                    enqueue(conn, n)
+                    self.queued += 1
+        except ValueError as exc:  # e.g. a header value refused (injection attempt): record, don't fail
+            log.warning("notification for %s not queued: %s", r.ticket_number, exc, extra={"trace_id": d.spool_id})
+
+
+def make_hook(cfg: Config) -> Any:
+    """The hook when outbound mail is configured, else None."""
+    relay = getattr(cfg, "relay", None)
+    if relay is None or not relay.enabled:
+        return None
+    return NotifyHook(cfg)

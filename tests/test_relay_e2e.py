@@ -1,0 +1,107 @@
+"""Relay end to end: ticket -> acknowledgement through a real smarthost sink; agent replies; loops stop."""
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import time
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from .conftest import free_port, simple_message
+from .test_pipeline import send
+
+
+class Sink:
+    """An aiosmtpd smarthost that keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 2.0.0 OK"
+
+
+@pytest.fixture
+def sink():
+    s = Sink()
+    s.port = free_port()
+    c = Controller(s, hostname="127.0.0.1", port=s.port)
+    c.start()
+    yield s
+    c.stop()
+
+
+async def wait_for(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def relay_cfg(port: int) -> dict:
+    return {"relay": {"from": "Support <support@example.test>", "retry": "1s, 2s*3",
+                      "smarthost": [{"name": "sink", "host": "127.0.0.1", "port": port, "tls": "none",
+                                     "auth": "none", "timeout": "5s"}]},
+            "agent": [{"address": "ann@agents.test", "name": "Ann"}]}
+
+
+async def test_acknowledgement_and_agent_reply_reach_the_smarthost(start_gateway, dns_server, sink):
+    dns_server.set_zone({"agents.test": [("TXT", "v=spf1 ip4:127.0.0.1 -all")],
+                         "_dmarc.agents.test": [("TXT", "v=DMARC1; p=reject")]})
+    gw = await start_gateway(**relay_cfg(sink.port))
+    sid = await send(gw.port, simple_message(message_id="q1@customer.test"))
+    e = await gw.wait_done(sid)
+    await wait_for(lambda: len(sink.messages) == 1)
+    mail_from, rcpts, raw = sink.messages[0]
+    ack = email.message_from_bytes(raw, policy=email.policy.default)
+    assert rcpts == ["alice@customer.test"]
+    assert ack["Auto-Submitted"] == "auto-replied" and ack["X-Ticketmx-Loop"] == "mx.example.test"
+    assert "[HD-1000]" in ack["Subject"] and ack["In-Reply-To"] == "<q1@customer.test>"
+    # the customer answers the acknowledgement: it threads by our Message-ID
+    reply = simple_message(subject=f"Re: {ack['Subject']}", message_id="q2@customer.test",
+                           extra=f"In-Reply-To: {ack['Message-ID']}\r\n")
+    assert (await gw.wait_done(await send(gw.port, reply))).state == "article_added"
+    assert len(sink.messages) == 1  # no acknowledgement for a reply
+    # an agent answers: relayed to the requester, the internal note is not
+    agent = simple_message(subject="Re: [HD-1000] Printer on fire", sender="ann@agents.test",
+                           message_id="a1@agents.test", body="Please unplug it.\r\n")
+    assert (await gw.wait_done(await send(gw.port, agent, sender="ann@agents.test"))).state == "article_added"
+    await wait_for(lambda: len(sink.messages) == 2)
+    out = email.message_from_bytes(sink.messages[1][2], policy=email.policy.default)
+    assert sink.messages[1][1] == ["alice@customer.test"] and "Please unplug it." in out.get_body(("plain",)).get_content()
+    note = simple_message(subject="[HD-1000] note", sender="ann@agents.test", message_id="a2@agents.test",
+                          to="support+comment@example.test", body="internal only\r\n")
+    await gw.wait_done(await send(gw.port, note, rcpts=("support+comment@example.test",), sender="ann@agents.test"))
+    await asyncio.sleep(1.5)
+    assert len(sink.messages) == 2
+    assert e.state == "ticket_created"
+
+
+async def test_no_acknowledgement_to_automatic_or_noreply_senders(start_gateway, sink):
+    gw = await start_gateway(**relay_cfg(sink.port))
+    await gw.wait_done(await send(gw.port, simple_message(sender="no-reply@shop.test", message_id="n1@shop.test"),
+                                  sender="no-reply@shop.test"))
+    await gw.wait_done(await send(gw.port, simple_message(message_id="n2@customer.test",
+                                                          extra="Precedence: bulk\r\n")))
+    await asyncio.sleep(1.5)
+    assert sink.messages == []
+
+
+async def test_autoresponder_loop_stops_by_itself(start_gateway, sink):
+    """A careless autoresponder (no Auto-Submitted) answers every acknowledgement with a new mail."""
+    gw = await start_gateway(**relay_cfg(sink.port))
+    sent = 0
+    for i in range(30):
+        await gw.wait_done(await send(gw.port, simple_message(sender="robot@customer.test",
+                                                              subject=f"Thanks for your mail {i}",
+                                                              message_id=f"robot{i}@customer.test"),
+                                      sender="robot@customer.test"))
+        sent += 1
+    await asyncio.sleep(1.5)
+    acks = [m for m in sink.messages if m[1] == ["robot@customer.test"]]
+    assert 1 <= len(acks) <= 10  # the first rate tier (10 per 10 minutes) caps it
