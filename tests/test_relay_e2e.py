@@ -105,3 +105,35 @@ async def test_autoresponder_loop_stops_by_itself(start_gateway, sink):
     await asyncio.sleep(1.5)
     acks = [m for m in sink.messages if m[1] == ["robot@customer.test"]]
     assert 1 <= len(acks) <= 10  # the first rate tier (10 per 10 minutes) caps it
+
+
+async def test_command_result_to_agent_status_change_to_requester_and_stripped_notice(
+        start_gateway, dns_server, sink):
+    from email.message import EmailMessage
+    dns_server.set_zone({"agents.test": [("TXT", "v=spf1 ip4:127.0.0.1 -all")],
+                         "_dmarc.agents.test": [("TXT", "v=DMARC1; p=reject")]})
+    gw = await start_gateway(**relay_cfg(sink.port))
+    msg = EmailMessage()
+    msg["From"] = "Alice <alice@customer.test>"
+    msg["To"] = "support@example.test"
+    msg["Subject"] = "with a program"
+    msg["Message-ID"] = "<s1@customer.test>"
+    msg.set_content("see attached")
+    msg.add_attachment(b"MZ\x90\x00" + b"\x00" * 100, maintype="application", subtype="octet-stream",
+                       filename="setup.exe")
+    await gw.wait_done(await send(gw.port, msg.as_bytes()))
+    await wait_for(lambda: len(sink.messages) == 2)  # the acknowledgement and the stripped notice
+    subjects = sorted(email.message_from_bytes(m[2], policy=email.policy.default)["Subject"] for m in sink.messages)
+    assert any("Attachments removed" in s for s in subjects)
+    cmd = simple_message(subject="Re: [HD-1000] with a program", sender="ann@agents.test", message_id="k@agents.test",
+                         body="Done.\r\n$Status=Closed$\r\n$Colour=Red$\r\n")
+    await gw.wait_done(await send(gw.port, cmd, sender="ann@agents.test"))
+    await wait_for(lambda: len(sink.messages) == 5)  # + reply to Alice, result to Ann, status change to Alice
+    by_rcpt: dict[str, list[str]] = {}
+    for _f, rcpts, raw in sink.messages[2:]:
+        by_rcpt.setdefault(rcpts[0], []).append(email.message_from_bytes(raw, policy=email.policy.default)["Subject"])
+    assert any("Result of your email commands" in s for s in by_rcpt["ann@agents.test"])
+    assert any("is now closed" in s for s in by_rcpt["alice@customer.test"])
+    result = next(email.message_from_bytes(raw, policy=email.policy.default) for _f, r, raw in sink.messages
+                  if r == ["ann@agents.test"])
+    assert "Colour" in result.get_body(("plain",)).get_content()  # the refused command and why

@@ -67,8 +67,64 @@ class NotifyHook:
                 if n is not None:
                     enqueue(conn, n)
                     self.queued += 1
+            if d.thread.sender_is_agent:
+                self._commands(conn, d, r, ticket, mailbox)
+            elif art.stripped:
+                self._stripped(conn, d, ticket, mailbox)
         except ValueError as exc:  # e.g. a header value refused (injection attempt): record, don't fail
             log.warning("notification for %s not queued: %s", r.ticket_number, exc, extra={"trace_id": d.spool_id})
+
+
+    def _commands(self, conn: sqlite3.Connection, d: Delivery, r: DeliveryResult, ticket: Any, mailbox: Any) -> None:
+        """The result of an agent's email commands goes back to the agent, once; a status change they
+        made is announced to the requester (unless the reply itself already went out)."""
+        from relay.queue import enqueue
+        result = next((h["detail"].get("text", "") for h in d.ticket_history if h.get("action") == "command_result"),
+                      "")
+        if result:
+            n = self.notifier.build("commands", ticket=ticket, mailbox=mailbox, to=[d.article.from_addr],
+                                    context={"result_text": result, "agent_name": d.article.from_name},
+                                    dedupe_key=f"commands:{d.spool_id}", lazy=True)
+            enqueue(conn, n)
+            self.queued += 1
+        new = d.updates.get("status")
+        if new:
+            row = conn.execute("SELECT detail FROM ticket_history WHERE ticket_id=? AND action='command'"
+                               " ORDER BY id DESC LIMIT 1", (r.ticket_id,)).fetchone()
+            old = json.loads(row[0]).get("old_status", "") if row else ""
+            if old != new and ticket.requester and not self._undeliverable(conn, ticket.requester):
+                enqueue(conn, self.notifier.status_change(ticket=ticket, mailbox=mailbox, to=[ticket.requester],
+                                                          old=old, new=new))
+                self.queued += 1
+
+    def _stripped(self, conn: sqlite3.Connection, d: Delivery, ticket: Any, mailbox: Any) -> None:
+        """Tell the sender once which attachments were removed — never an automatic sender, and within
+        the acknowledgement rate limits."""
+        from relay.notify import ack_history, record_ack, should_acknowledge
+        from relay.queue import enqueue
+        art, now = d.article, time.time()
+        limits = self.notifier.cfg.ack_limits
+        horizon = max((w for _, w in limits), default=0.0)
+        spool = conn.execute("SELECT mail_from FROM spool WHERE id=?", (d.spool_id,)).fetchone()
+        decision = should_acknowledge(art.from_addr, d.headers, mail_from=spool[0] if spool else None,
+                                      undeliverable=self._undeliverable(conn, art.from_addr),
+                                      recent=ack_history(conn, art.from_addr, now - horizon), now=now,
+                                      limits=limits, own_addresses=self.own,
+                                      loop_marker=self.notifier.cfg.loop_marker)
+        if not decision:
+            return
+        n = self.notifier.build("stripped", ticket=ticket, mailbox=mailbox, to=[art.from_addr],
+                                context={"stripped": [{"filename": s.filename, "reason": s.reason}
+                                                      for s in art.stripped]},
+                                in_reply_to=art.message_id or None, dedupe_key=f"stripped:{d.spool_id}", lazy=True)
+        enqueue(conn, n)
+        record_ack(conn, art.from_addr, now)
+        self.queued += 1
+
+    @staticmethod
+    def _undeliverable(conn: sqlite3.Connection, email: str) -> bool:
+        row = conn.execute("SELECT undeliverable FROM contacts WHERE email=?", (email,)).fetchone()
+        return bool(row and row[0])
 
 
 def make_hook(cfg: Config) -> Any:

@@ -182,6 +182,8 @@ class TicketStage:
             ours = {a.lower() for mb in ctx.cfg.mailboxes for a in mb.addresses()}
             participants += [(c, "", "cc") for c in p.cc if c.lower() not in ours and c.lower() != addr]
         cmd = f.get("commands") or {}
+        if cmd.get("result_text"):
+            history.append({"actor": "system", "action": "command_result", "detail": {"text": cmd["result_text"]}})
         if cmd.get("refused") or cmd.get("ignored"):
             history.append({"actor": addr, "action": "command_refused",
                             "detail": {"refused": cmd.get("refused", []), "ignored": cmd.get("ignored", "")}})

@@ -230,6 +230,7 @@ class DeliverTx:
         return article_id
 
     def apply_updates(self, ticket_id: int, actor: str, updates: dict[str, Any]) -> None:
+        old_status = self.conn.execute("SELECT status FROM tickets WHERE id=?", (ticket_id,)).fetchone()[0]
         for key in SETTABLE:
             if key in updates:
                 self.conn.execute(f"UPDATE tickets SET {key}=? WHERE id=?", (updates[key], ticket_id))
@@ -241,7 +242,7 @@ class DeliverTx:
             row = self.conn.execute("SELECT tags FROM tickets WHERE id=?", (ticket_id,)).fetchone()
             tags = list(dict.fromkeys(json.loads(row[0]) + list(updates["tags"])))
             self.conn.execute("UPDATE tickets SET tags=? WHERE id=?", (json.dumps(tags), ticket_id))
-        self.history(ticket_id, actor, "command", {"applied": updates})
+        self.history(ticket_id, actor, "command", {"applied": updates, "old_status": old_status})
 
     def history(self, ticket_id: int, actor: str, action: str, detail: dict[str, Any]) -> None:
         self.conn.execute("INSERT INTO ticket_history (ticket_id, at, actor, action, detail) VALUES (?,?,?,?,?)",
