@@ -264,3 +264,61 @@ async def test_rate_limits_per_sender_and_per_ip(start_gateway):
         await client.mail("third@customer.test")
     assert exc.value.code == 450 and "address" in exc.value.message
     await client.quit()
+
+
+async def _raw_session(port: int, payload: bytes) -> list[bytes]:
+    """Send ``payload`` in one write after EHLO (pipelined) and collect reply lines until QUIT's 221."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await reader.readline()
+    writer.write(b"EHLO c.test\r\n")
+    while (await reader.readline())[3:4] == b"-":
+        pass
+    writer.write(payload)
+    lines = []
+    while True:
+        line = await asyncio.wait_for(reader.readline(), 10)
+        lines.append(line)
+        if not line or line.startswith(b"221"):
+            break
+    writer.close()
+    return lines
+
+
+async def test_data_dot_stuffing_pipelining_and_split_terminator(gateway):
+    txn = b"MAIL FROM:<a@customer.test>\r\nRCPT TO:<support@example.test>\r\nDATA\r\n"
+    body = (b"From: a@customer.test\r\nSubject: dots\r\n\r\n..leading dot\r\n...two\r\n.\r\n")
+    # two transactions and QUIT in one write: the second starts right after the first's terminator
+    second = b"From: a@customer.test\r\nSubject: x\r\n\r\nsecond\r\n.\r\n"
+    lines = await _raw_session(gateway.port, txn + body + txn + second + b"QUIT\r\n")
+    queued = [ln for ln in lines if b"queued as" in ln]
+    assert len(queued) == 2, lines
+    first = await gateway.store.spool_get(queued[0].split(b"queued as ")[1].strip().decode())
+    assert first.raw.endswith(b"\r\n.leading dot\r\n..two\r\n")  # one dot removed per line (RFC 5321 4.5.2)
+    # the terminator split over two TCP writes
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    await reader.readline()
+    writer.write(b"EHLO c.test\r\n" + txn)
+    while not (await reader.readline()).startswith(b"354"):
+        pass
+    writer.write(b"From: a@customer.test\r\nSubject: split\r\n\r\nbody\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(b".")
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(b"\r\n")
+    line = await asyncio.wait_for(reader.readline(), 10)
+    assert line.startswith(b"250 2.0.0"), line
+    writer.close()
+
+
+async def test_empty_message_and_size_limit_on_stream_keep_the_session(gateway):
+    txn = b"MAIL FROM:<a@customer.test>\r\nRCPT TO:<support@example.test>\r\nDATA\r\n"
+    big = b"From: a@customer.test\r\n\r\n" + (b"y" * 998 + b"\r\n") * 1100 + b".\r\n"  # > 1 MiB limit
+    ok = b"From: a@customer.test\r\nSubject: ok\r\n\r\nok\r\n.\r\n"
+    lines = await _raw_session(gateway.port, txn + b".\r\n" + txn + big + txn + ok + b"QUIT\r\n")
+    finals = [ln[:9] for ln in lines if ln[:3] in (b"250", b"550", b"552") and b"Sender" not in ln
+              and b"Recipient" not in ln]
+    # the empty message has no From: refused by authentication (RFC 7489 6.6.1); the big one 552;
+    # the session survives both and the third is queued
+    assert finals == [b"550 5.7.1", b"552 5.3.4", b"250 2.0.0"], lines
