@@ -227,7 +227,10 @@ def test_event_loop_stays_responsive_during_large_message(dns_server):
         v = await check(dns_server, raw, peer_ip=OK_IP)
         stop = True
         await t
-        return v, max(lags) if lags else 0.0
-    v, worst = run(go())
+        return v, lags
+    v, lags = run(go())
     assert v.auth["dkim"][0]["result"] == "pass"
-    assert worst < 0.25, f"event loop stalled {worst * 1000:.0f} ms"
+    # Not a timing test (a loaded CI machine stretches every figure): the hashing ran off the loop,
+    # so the loop kept ticking through it instead of stalling once for the whole body.
+    assert len(lags) >= 5, f"the event loop ticked only {len(lags)} times during the check"
+    assert max(lags) < 2.0, f"event loop stalled {max(lags) * 1000:.0f} ms"
