@@ -886,6 +886,19 @@ def split_html(html: str, *, sender: str = "", cut_markers: Sequence[str] = ()) 
     return _split_text(text, sender, cut_markers, pieces, first)
 
 
+# Every HTML structure split_html recognises contains one of these (lower-cased); the words of the
+# header-block and "reply above" markers are covered because split_html needs them in the text too.
+_HTML_QUOTE_HINTS = ("blockquote", "gmail_quote", "yahoo_quoted", "moz-cite-prefix", "divrplyfwdmsg",
+                     "olk_src_body_section", "appendonsend", "<hr", "border-top", "\u2063")
+
+
+def _may_quote_html(html: str | None) -> bool:
+    if not html:
+        return False
+    low = html.lower()
+    return any(k in low for k in _HTML_QUOTE_HINTS)
+
+
 def split_reply(text: str, html: str | None = None, *, sender: str = "",
                 cut_markers: Sequence[str] = ()) -> ReplyParts:
     """Split a message body into new text, quoted history and signature.
@@ -900,6 +913,8 @@ def split_reply(text: str, html: str | None = None, *, sender: str = "",
     parts = split_text(text, sender=sender, cut_markers=cut_markers) if text.strip() else None
     if parts is not None and (parts.marker or not html):
         return parts
+    if parts is not None and not _may_quote_html(html):
+        return parts  # nothing in the HTML that split_html would act on: skip rendering it again
     if html and html.strip():
         hparts = split_html(html, sender=sender, cut_markers=cut_markers)
         # HTML structure alone never turns a text that shows no quote into nothing at all
