@@ -104,7 +104,8 @@ class Gateway:
         self._depth_task = asyncio.get_running_loop().create_task(self._refresh_depth(), name="spool-depth")
         self._retention_task = asyncio.get_running_loop().create_task(self._retention(), name="retention")
         self._ready = True
-        log.info("ticketmx ready (%d mailboxes, store %s)", len(self.cfg.mailboxes), self.cfg.store.url)
+        from .store.postgres import redact_url
+        log.info("ticketmx ready (%d mailboxes, store %s)", len(self.cfg.mailboxes), redact_url(self.cfg.store.url))
 
     async def stop(self, grace: float | None = None) -> None:
         if self._stopped:
@@ -174,10 +175,18 @@ class Gateway:
         return True
 
     async def _retention(self) -> None:
-        """Purge old raw mail, quarantined mail and closed tickets per [retention] (single node)."""
+        """Purge old raw mail, quarantined mail and closed tickets per [retention]; with several nodes
+        on one database only the holder of the "retention" lease purges (run once across nodes)."""
+        import os
+        import socket
+        owner = f"{socket.gethostname()}:{os.getpid()}"
         while True:
             r = self.cfg.retention
             try:
+                lease = getattr(self.store, "lease", None)
+                if lease is not None and not await lease("retention", owner, r.interval * 2 + 60):
+                    await asyncio.sleep(r.interval)
+                    continue
                 counts = await self.store.purge(time.time(), r.raw_days, r.quarantine_days, r.closed_ticket_days)
                 if any(counts.values()):
                     log.info("retention purge: %s", counts)

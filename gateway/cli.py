@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _with_store(cfg: Config, args: argparse.Namespace,
                       fn: Callable[[Store, argparse.Namespace], Awaitable[int]]) -> int:
-    path = cfg.sqlite_path()
-    if not path.exists():
+    path = None if cfg.store.is_postgres else cfg.sqlite_path()
+    if path is not None and not path.exists():
         print(f"ticketmx: no store at {path} ([store] url = {cfg.store.url!r}); has the gateway run?",
               file=sys.stderr)
         return EX_FAIL

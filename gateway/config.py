@@ -68,6 +68,13 @@ class StoreConfig:
     ticket_prefix: str = "HD-"
     ticket_start: int = 1000
     encryption_key_file: str | None = None   # Fernet keys, one per line (first encrypts): encryption at rest
+    pool_min: int = 1                        # PostgreSQL: connections each process keeps open
+    pool_max: int = 10                       # PostgreSQL: connections each process may open
+    claim_lease: float = 60.0                # PostgreSQL: a dead node's claims are taken over after this
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url.startswith(("postgresql://", "postgres://"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,8 +282,13 @@ def _store_url(v: Any) -> str:
         sqlite_path_from_url(s)
         return s
     if s.startswith(("postgresql://", "postgres://")):
-        raise ValueError("the PostgreSQL store is not available in this version (use sqlite:...)")
-    raise ValueError("expected sqlite:///absolute/path.db or sqlite:relative/path.db")
+        from urllib.parse import urlsplit
+        parts = urlsplit(s)  # host may be a list (h1:5432,h2:5432) for PostgreSQL's own failover
+        if not parts.netloc.rpartition("@")[2] or not parts.path.strip("/"):
+            raise ValueError("expected postgresql://user[:password]@host[:port]/database")
+        return s
+    raise ValueError("expected sqlite:///absolute/path.db, sqlite:relative/path.db or "
+                     "postgresql://user@host:port/database")
 
 
 def _log_level(v: Any) -> str:
@@ -333,7 +345,14 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         ticket_prefix=t.get("ticket_prefix", d2.ticket_prefix, _str),
         ticket_start=t.get("ticket_start", d2.ticket_start, _int_range(1)),
         encryption_key_file=t.get("encryption_key_file", None, _path_or_none),
+        pool_min=t.get("pool_min", d2.pool_min, _int_range(0, 1000)),
+        pool_max=t.get("pool_max", d2.pool_max, _int_range(1, 1000)),
+        claim_lease=t.get("claim_lease", d2.claim_lease, parse_duration),
     )
+    if store.pool_min > store.pool_max:
+        t.error("pool_min", "must be <= pool_max")
+    if store.claim_lease < 1:
+        t.error("claim_lease", "must be >= 1s")
     if store.encryption_key_file:
         try:
             from .store.crypto import Cipher
@@ -435,6 +454,9 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
                                  loop_marker=smtp.loop_marker)
         except RelayConfigError as exc:
             errors.extend(ConfigError(e.key, e.message, file) for e in (exc.errors or [exc]))
+        if relay_cfg is not None and relay_cfg.enabled and store.is_postgres:
+            errors.append(ConfigError("relay", "outbound notifications are not available with a PostgreSQL "
+                                               "store yet (the relay queue is SQLite-only)", file))
     except ImportError:  # relay package not installed
         pass
 

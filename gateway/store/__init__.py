@@ -8,6 +8,11 @@ from .base import Store
 def open_store(cfg: Config) -> Store:
     """The store named by ``[store] url`` (not yet opened)."""
     from .crypto import Cipher
+    st = cfg.store
+    cipher = Cipher.from_file(st.encryption_key_file)
+    if st.is_postgres:
+        from .postgres import PostgresStore
+        return PostgresStore(st.url, st.ticket_prefix, st.ticket_start, cipher, pool_min=st.pool_min,
+                             pool_max=st.pool_max, claim_lease=st.claim_lease)
     from .sqlite import SqliteStore
-    return SqliteStore(cfg.sqlite_path(), cfg.store.ticket_prefix, cfg.store.ticket_start,
-                       Cipher.from_file(cfg.store.encryption_key_file))
+    return SqliteStore(cfg.sqlite_path(), st.ticket_prefix, st.ticket_start, cipher)

@@ -1,0 +1,438 @@
+"""PostgreSQL store (asyncpg): several gateway nodes sharing one database.
+
+Same contract and the same JSON shapes as :class:`gateway.store.sqlite.SqliteStore` (both render rows
+with :mod:`gateway.store.render`); what several nodes need on top:
+
+* **Spool claims** are ``SELECT … FOR UPDATE SKIP LOCKED`` in one ``UPDATE … RETURNING``: any node's
+  workers process any node's accepted mail, and two workers never claim the same entry. A claim is a
+  **lease**: ``claimed_until`` (the database's clock) is renewed by a heartbeat of this store while the
+  process lives; an entry whose lease ran out (its node died or hung) is claimable again by any node,
+  with ``attempts + 1``, so a message that kills every node that touches it is still quarantined after
+  ``max_attempts``. ``spool_recover(owner)`` releases one owner's claims (a worker process that died);
+  ``spool_recover(None)`` — called at start — releases only EXPIRED leases: the other nodes' live claims
+  are theirs.
+* **Idempotency across nodes** (the same Message-ID reaching two nodes, a lease taken over from a slow
+  node): :mod:`gateway.store.postgres_deliver` serialises deliveries sharing a key with transaction-level
+  advisory locks, then decides exactly as SQLite does. Deadlocks and serialisation failures between
+  batches of different nodes are retried (the transaction is a pure function of the database state).
+* **Ticket numbers** come from a sequence (the tickets' identity column).
+* **Run-once jobs** (retention, SLA): :meth:`lease` — a row per job in ``leases``, taken when free or
+  expired, renewed by its holder.
+* **Durability**: a commit returns after PostgreSQL flushed its WAL (``synchronous_commit`` on, the
+  default; with synchronous standbys, after they have it too), so "no 250 before the commit" holds.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+
+from . import base
+from .base import PROCESSING, QUARANTINED, QUEUED, Delivery, DeliveryResult, SpoolEntry, Store
+from .crypto import Cipher
+from .pg_migrations import load_migrations
+from .postgres_deliver import PgDeliverTx, delivery_lock_keys, take_locks
+from .render import article_dict, iso, spool_from_row, ticket_dict
+
+log = logging.getLogger(__name__)
+
+MIGRATION_LOCK = 0x7469636B65746D78  # "ticketmx": one node migrates at a time
+DB_NOW = "extract(epoch FROM clock_timestamp())::float8"
+RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.UniqueViolationError)
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str, ticket_prefix: str = "HD-", ticket_start: int = 1000,
+                 cipher: Cipher | None = None, pool_min: int = 1, pool_max: int = 10,
+                 claim_lease: float = 60.0, claim_max_hold: float = 900.0) -> None:
+        self.url = url
+        self.cipher = cipher or Cipher()
+        self.ticket_prefix = ticket_prefix
+        self.ticket_start = ticket_start
+        self.pool_min = pool_min
+        self.pool_max = max(pool_max, pool_min, 1)
+        self.claim_lease = float(claim_lease)
+        self.claim_max_hold = float(claim_max_hold)  # stop renewing a claim held this long (a stuck batch)
+        # Claims made with an empty owner (the in-process worker) need a name unique across nodes.
+        self.node_owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._pool: asyncpg.Pool | None = None
+        self._claimed: dict[str, tuple[str, float]] = {}  # spool id -> (owner, monotonic claim time)
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.url, min_size=min(self.pool_min, self.pool_max), max_size=self.pool_max,
+            server_settings={"application_name": "ticketmx", "jit": "off"})
+        try:
+            async with self._pool.acquire() as conn:
+                await self._migrate(conn)
+        except BaseException:
+            await self._pool.close()
+            self._pool = None
+            raise
+        self._heartbeat = asyncio.get_running_loop().create_task(self._renew_claims(), name="pg-claim-heartbeat")
+
+    async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            try:
+                await self._heartbeat
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._heartbeat = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "store not open"
+        return self._pool
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)  # nodes starting together
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                               " name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
+            applied = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, name, sql in load_migrations():
+                if version not in applied:
+                    await conn.execute(sql)
+                    await conn.execute(f"INSERT INTO schema_migrations (version, name, applied_at)"
+                                       f" VALUES ($1, $2, {DB_NOW})", version, name)
+                    log.info("store: applied PostgreSQL migration %s", name)
+
+    async def schema_versions(self) -> list[int]:
+        return [r[0] for r in await self.pool.fetch("SELECT version FROM schema_migrations ORDER BY version")]
+
+    async def _renew_claims(self) -> None:
+        """Heartbeat: keep the leases of the entries this process is working on.
+
+        A claim held longer than ``claim_max_hold`` (a batch stuck, or claims orphaned by an error
+        between claim and outcome) is no longer renewed: its lease runs out and any node retries it."""
+        interval = max(0.2, self.claim_lease / 4)
+        while True:
+            await asyncio.sleep(interval)
+            horizon = time.monotonic() - self.claim_max_hold
+            live = {k: o for k, (o, at) in self._claimed.items() if at >= horizon}
+            if not live:
+                continue
+            ids = list(live)
+            owners = sorted(set(live.values()))
+            try:
+                await self.pool.execute(f"UPDATE spool SET claimed_until={DB_NOW} + $1 WHERE id = ANY($2::text[])"
+                                        " AND state=$3 AND claimed_by = ANY($4::text[])",
+                                        self.claim_lease, ids, PROCESSING, owners)
+            except Exception:
+                log.warning("could not renew spool claim leases", exc_info=True)
+
+    # -- spool -----------------------------------------------------------------
+    async def spool_insert(self, entries: list[SpoolEntry]) -> None:
+        if not entries:
+            return
+        rows = [(e.id, e.received_at, e.mail_from, json.dumps(list(e.rcpt_tos)), json.dumps(list(e.mailboxes)),
+                 e.peer_ip, e.helo, json.dumps(e.tls) if e.tls else None, e.message_id, len(e.raw),
+                 self.cipher.enc_bytes(e.raw), e.auth_header, json.dumps(e.auth) if e.auth is not None else None,
+                 json.dumps(list(e.flags))) for e in entries]
+        cols = list(zip(*rows))
+        async with self.pool.acquire() as conn:
+            # One statement, one round trip, one commit (= one WAL flush) for the whole group.
+            await conn.execute(
+                "INSERT INTO spool (id, received_at, mail_from, rcpt_tos, mailboxes, peer_ip, helo, tls,"
+                " message_id, size, raw, auth_header, auth, flags) SELECT * FROM unnest($1::text[],"
+                " $2::float8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],"
+                " $9::text[], $10::bigint[], $11::bytea[], $12::text[], $13::text[], $14::text[])",
+                *[list(c) for c in cols])
+
+    async def spool_recover(self, owner: str | None = None) -> int:
+        if owner is None:
+            # At start: never touch live claims of the other nodes — only leases that ran out.
+            sql = (f"UPDATE spool SET state=$1, claimed_by='', claimed_until=0 WHERE state=$2"
+                   f" AND claimed_until < {DB_NOW}")
+            status = await self.pool.execute(sql, QUEUED, PROCESSING)
+        else:
+            status = await self.pool.execute("UPDATE spool SET state=$1, claimed_by='', claimed_until=0"
+                                             " WHERE state=$2 AND claimed_by=$3", QUEUED, PROCESSING, owner)
+            for sid in [k for k, (o, _at) in self._claimed.items() if o == owner]:
+                del self._claimed[sid]
+        return _count(status)
+
+    async def spool_claim(self, limit: int, now: float, owner: str = "") -> list[SpoolEntry]:
+        owner = owner or self.node_owner
+        rows = await self.pool.fetch(
+            "WITH c AS (SELECT id FROM spool WHERE state IN ('queued', 'processing')"
+            f" AND ((state='queued' AND next_attempt_at<=$1) OR (state='processing' AND claimed_until < {DB_NOW}))"
+            " ORDER BY received_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            f" UPDATE spool s SET state='processing', attempts=s.attempts+1, claimed_by=$3,"
+            f" claimed_until={DB_NOW} + $4 FROM c WHERE s.id=c.id RETURNING s.*",
+            now, limit, owner, self.claim_lease)
+        entries = sorted((spool_from_row(r, self.cipher) for r in rows), key=lambda e: (e.received_at, e.id))
+        at = time.monotonic()
+        for e in entries:
+            self._claimed[e.id] = (owner, at)
+        return entries
+
+    async def spool_retry(self, spool_id: str, error: str, next_attempt_at: float) -> None:
+        claim = self._claimed.pop(spool_id, None)
+        if claim is None:
+            await self.pool.execute("UPDATE spool SET state=$1, last_error=$2, next_attempt_at=$3, claimed_by='',"
+                                    " claimed_until=0 WHERE id=$4 AND state=$5",
+                                    QUEUED, error, next_attempt_at, spool_id, PROCESSING)
+        else:  # only while the claim is still ours (not taken over after our lease ran out)
+            await self.pool.execute("UPDATE spool SET state=$1, last_error=$2, next_attempt_at=$3, claimed_by='',"
+                                    " claimed_until=0 WHERE id=$4 AND state=$5 AND claimed_by=$6",
+                                    QUEUED, error, next_attempt_at, spool_id, PROCESSING, claim[0])
+
+    async def spool_get(self, spool_id: str) -> SpoolEntry | None:
+        row = await self.pool.fetchrow("SELECT * FROM spool WHERE id=$1", spool_id)
+        return spool_from_row(row, self.cipher) if row is not None else None
+
+    async def spool_list(self, state: str | None = None, limit: int | None = None) -> list[SpoolEntry]:
+        sql = "SELECT * FROM spool"
+        params: list[Any] = []
+        if state:
+            params.append(state)
+            sql += " WHERE state=$1"
+        sql += " ORDER BY received_at, id"
+        if limit is not None:
+            params.append(limit)
+            sql += f" LIMIT ${len(params)}"
+        return [spool_from_row(r, self.cipher) for r in await self.pool.fetch(sql, *params)]
+
+    async def spool_replay(self, spool_id: str) -> bool:
+        status = await self.pool.execute(
+            "UPDATE spool SET state=$1, attempts=0, next_attempt_at=0, reason='', finished_at=NULL"
+            " WHERE id=$2 AND state NOT IN ($3, $4)", QUEUED, spool_id, QUEUED, PROCESSING)
+        return _count(status) == 1
+
+    async def spool_replay_quarantined(self) -> list[str]:
+        rows = await self.pool.fetch(
+            "UPDATE spool SET state=$1, attempts=0, next_attempt_at=0, reason='', finished_at=NULL"
+            " WHERE state=$2 RETURNING id, received_at", QUEUED, QUARANTINED)
+        return [r["id"] for r in sorted(rows, key=lambda r: (r["received_at"], r["id"]))]
+
+    async def spool_counts(self) -> dict[str, int]:
+        counts = {s: 0 for s in base.ALL_STATES}
+        for row in await self.pool.fetch("SELECT state, COUNT(*) FROM spool GROUP BY state"):
+            counts[row[0]] = row[1]
+        return counts
+
+    # -- delivery (the one transaction that ends a message's life) --------------
+    async def deliver(self, deliveries: list[Delivery], now: float,
+                      on_delivered: Any = None) -> list[DeliveryResult]:
+        """One transaction for the batch (see the module doc); ``on_delivered`` as in :class:`Store`.
+
+        The hook runs inside the transaction with the asyncpg connection. SQLite's hook
+        (``hook(sqlite3_conn, d, r)``, writing the SQLite relay queue) cannot: a hook for this store
+        provides ``hook.postgres`` — ``async (asyncpg_conn, d, r)`` — or the delivery fails loudly
+        (retried, then quarantined and replayable) rather than dropping notifications silently."""
+        hook = None
+        if on_delivered is not None:
+            hook = getattr(on_delivered, "postgres", None)
+            if hook is None:
+                raise NotImplementedError("notifications (on_delivered) need a PostgreSQL-capable hook "
+                                          "(hook.postgres): the relay queue is SQLite-only so far")
+        keys = delivery_lock_keys(deliveries)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self.pool.acquire() as conn:
+                    async with conn.transaction():
+                        await take_locks(conn, keys)
+                        tx = PgDeliverTx(conn, now, self.ticket_prefix, self.ticket_start, self.cipher)
+                        results = []
+                        for d in deliveries:
+                            r = await tx.run(d)
+                            if hook is not None:
+                                await tx.flush()  # the hook sees the spool entry ended
+                                await hook(conn, d, r)
+                            results.append(r)
+                        await tx.flush()
+                break
+            except RETRYABLE as exc:
+                # Two nodes' batches crossed (row locks on the same tickets) or raced on a unique key:
+                # the transaction rolled back whole; deciding again on the new state is safe.
+                if attempt >= 5:
+                    raise
+                log.info("deliver: %s, retrying (attempt %d)", type(exc).__name__, attempt + 1)
+                await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)
+        for d in deliveries:
+            self._claimed.pop(d.spool_id, None)
+        return results
+
+    # -- tickets ---------------------------------------------------------------
+    _TICKET_SQL = ("SELECT t.*, c.email AS requester, c.name AS requester_name FROM tickets t"
+                   " JOIN contacts c ON c.id=t.requester_id")
+
+    async def tickets_list(self, limit: int | None = None) -> list[dict[str, Any]]:
+        sql = self._TICKET_SQL + " ORDER BY t.id"
+        if limit is not None:
+            return [ticket_dict(r) for r in await self.pool.fetch(sql + " LIMIT $1", limit)]
+        return [ticket_dict(r) for r in await self.pool.fetch(sql)]
+
+    async def ticket_get(self, ref: str) -> dict[str, Any] | None:
+        async with self.pool.acquire() as conn:
+            # One snapshot for the ticket and all its parts (other nodes keep writing meanwhile).
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                if ref.isdigit():
+                    if int(ref) >= 2**63:
+                        return None
+                    row = await conn.fetchrow(self._TICKET_SQL + " WHERE t.id=$1", int(ref))
+                else:
+                    row = await conn.fetchrow(self._TICKET_SQL + " WHERE t.number=$1", ref)
+                if row is None:
+                    return None
+                ticket = ticket_dict(row)
+                tid = ticket["id"]
+                arts = await conn.fetch("SELECT * FROM articles WHERE ticket_id=$1 ORDER BY id", tid)
+                atts = await conn.fetch("SELECT at.* FROM attachments at JOIN articles a ON a.id=at.article_id"
+                                        " WHERE a.ticket_id=$1 ORDER BY at.id", tid)
+                stripped = await conn.fetch("SELECT s.* FROM stripped_attachments s JOIN articles a"
+                                            " ON a.id=s.article_id WHERE a.ticket_id=$1 ORDER BY s.id", tid)
+                auth = await conn.fetch("SELECT s.id, s.auth_header, s.auth FROM spool s JOIN articles a"
+                                        " ON a.spool_id=s.id WHERE a.ticket_id=$1", tid)
+                parts = await conn.fetch("SELECT c.email, c.name, c.undeliverable, p.role FROM participants p"
+                                         " JOIN contacts c ON c.id=p.contact_id WHERE p.ticket_id=$1"
+                                         ' ORDER BY p.role COLLATE "C" DESC, c.email COLLATE "C"', tid)
+                hist = await conn.fetch("SELECT * FROM ticket_history WHERE ticket_id=$1 ORDER BY id", tid)
+        by_spool = {r["id"]: r for r in auth}
+        ticket["articles"] = [article_dict(a, [x for x in atts if x["article_id"] == a["id"]],
+                                           [x for x in stripped if x["article_id"] == a["id"]],
+                                           by_spool.get(a["spool_id"]), self.cipher) for a in arts]
+        ticket["participants"] = [
+            {"email": r["email"], "name": r["name"], "role": r["role"], "undeliverable": bool(r["undeliverable"])}
+            for r in parts]
+        ticket["history"] = [
+            {"at": iso(r["at"]), "actor": r["actor"], "action": r["action"], "detail": json.loads(r["detail"])}
+            for r in hist]
+        return ticket
+
+    async def contact_get(self, email: str) -> dict[str, Any] | None:
+        r = await self.pool.fetchrow("SELECT * FROM contacts WHERE email=$1", email)
+        if r is None:
+            return None
+        return {"email": r["email"], "name": r["name"], "undeliverable": bool(r["undeliverable"]),
+                "undeliverable_reason": r["undeliverable_reason"]}
+
+    async def control_get(self, key: str) -> str | None:
+        return await self.pool.fetchval("SELECT value FROM control WHERE key=$1", key)
+
+    async def control_set(self, key: str, value: str | None) -> None:
+        if value is None:
+            await self.pool.execute("DELETE FROM control WHERE key=$1", key)
+        else:
+            await self.pool.execute("INSERT INTO control (key, value, updated_at) VALUES ($1,$2,$3)"
+                                    " ON CONFLICT (key) DO UPDATE SET value=excluded.value,"
+                                    " updated_at=excluded.updated_at", key, value, time.time())
+
+    # -- run once across nodes ---------------------------------------------------
+    async def lease(self, name: str, owner: str, ttl: float) -> bool:
+        """Take (or renew) the job ``name`` for ``owner`` for ``ttl`` seconds; False while another owner
+        holds an unexpired lease. A holder that keeps calling before ``ttl`` runs out keeps the job."""
+        got = await self.pool.fetchval(
+            f"INSERT INTO leases (name, owner, acquired_at, expires_at) VALUES ($1, $2, {DB_NOW}, {DB_NOW} + $3)"
+            " ON CONFLICT (name) DO UPDATE SET owner=excluded.owner, expires_at=excluded.expires_at,"
+            " acquired_at=CASE WHEN leases.owner=excluded.owner THEN leases.acquired_at ELSE excluded.acquired_at END"
+            f" WHERE leases.owner=excluded.owner OR leases.expires_at < {DB_NOW} RETURNING owner",
+            name, owner, float(ttl))
+        return got is not None
+
+    async def lease_release(self, name: str, owner: str) -> bool:
+        """Give the job up now (clean shutdown) so another node need not wait for the lease to run out."""
+        return _count(await self.pool.execute("DELETE FROM leases WHERE name=$1 AND owner=$2", name, owner)) == 1
+
+    # -- retention, keys ---------------------------------------------------------
+    async def purge(self, now: float, raw_days: float, quarantine_days: float,
+                    closed_ticket_days: float) -> dict[str, int]:
+        day = 86400.0
+        out = {"raw": 0, "quarantined": 0, "tickets": 0}
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                if raw_days > 0:
+                    out["raw"] = _count(await conn.execute(
+                        "UPDATE spool SET raw=''::bytea WHERE state IN ('ticket_created','article_added',"
+                        "'suppressed') AND finished_at < $1 AND octet_length(raw) > 0", now - raw_days * day))
+                if quarantine_days > 0:
+                    out["quarantined"] = _count(await conn.execute(
+                        "DELETE FROM spool WHERE state='quarantined' AND received_at < $1",
+                        now - quarantine_days * day))
+                if closed_ticket_days > 0:
+                    ids = [r[0] for r in await conn.fetch(
+                        "SELECT id FROM tickets WHERE status='closed' AND closed_at < $1 ORDER BY id FOR UPDATE",
+                        now - closed_ticket_days * day)]
+                    if ids:
+                        arts = "(SELECT id FROM articles WHERE ticket_id = ANY($1::bigint[]))"
+                        await conn.execute(f"DELETE FROM attachments WHERE article_id IN {arts}", ids)
+                        await conn.execute(f"DELETE FROM stripped_attachments WHERE article_id IN {arts}", ids)
+                        for table in ("message_ids", "participants", "ticket_history", "articles"):
+                            await conn.execute(f"DELETE FROM {table} WHERE ticket_id = ANY($1::bigint[])", ids)
+                        await conn.execute("UPDATE tickets SET linked_ticket_id=NULL"
+                                           " WHERE linked_ticket_id = ANY($1::bigint[])", ids)
+                        await conn.execute("UPDATE spool SET ticket_id=NULL, article_id=NULL, raw=''::bytea"
+                                           " WHERE ticket_id = ANY($1::bigint[])", ids)
+                        await conn.execute("DELETE FROM tickets WHERE id = ANY($1::bigint[])", ids)
+                        await conn.execute("DELETE FROM blobs b WHERE NOT EXISTS"
+                                           " (SELECT 1 FROM attachments a WHERE a.sha256=b.sha256)")
+                    out["tickets"] = len(ids)
+        return out
+
+    async def blob_get(self, sha256: str) -> bytes | None:
+        data = await self.pool.fetchval("SELECT data FROM blobs WHERE sha256=$1", sha256)
+        return self.cipher.dec_bytes(bytes(data)) if data is not None else None
+
+    async def rotate_key(self) -> dict[str, int]:
+        """Re-encrypt every stored value with the first key (encrypts plaintext rows too), in one transaction."""
+        c = self.cipher
+        out = {"spool": 0, "articles": 0, "blobs": 0}
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                async for r in conn.cursor("SELECT id, raw FROM spool ORDER BY id FOR UPDATE", prefetch=200):
+                    await conn.execute("UPDATE spool SET raw=$1 WHERE id=$2", c.rotate_bytes(bytes(r[1])), r[0])
+                    out["spool"] += 1
+                async for r in conn.cursor("SELECT id, body_text, body_html, new_text FROM articles ORDER BY id"
+                                           " FOR UPDATE", prefetch=200):
+                    await conn.execute("UPDATE articles SET body_text=$1, body_html=$2, new_text=$3 WHERE id=$4",
+                                       c.rotate_text(r[1]), c.rotate_text(r[2]), c.rotate_text(r[3]), r[0])
+                    out["articles"] += 1
+                async for r in conn.cursor("SELECT sha256, data FROM blobs ORDER BY sha256 FOR UPDATE",
+                                           prefetch=50):
+                    await conn.execute("UPDATE blobs SET data=$1 WHERE sha256=$2", c.rotate_bytes(bytes(r[1])), r[0])
+                    out["blobs"] += 1
+        return out
+
+
+def _count(status: str) -> int:
+    """Rows affected, from asyncpg's command tag (``UPDATE 3``, ``DELETE 0``, ``INSERT 0 1``)."""
+    try:
+        return int(status.rsplit(" ", 1)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs (``postgresql://ticketmx:***@db:5432/ticketmx``)."""
+    from urllib.parse import urlsplit, urlunsplit
+    if not is_postgres_url(url):
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+__all__ = ["PostgresStore", "is_postgres_url", "redact_url"]
