@@ -58,6 +58,9 @@ class SmtpConfig:
     max_received_headers: int = 30
     loop_marker: str = "X-Ticketmx-Loop"
     shutdown_grace: float = 30.0
+    proxy_protocol: bool = False          # expect a PROXY v1/v2 header (a TCP load balancer in front)
+    trusted_proxies: tuple[Any, ...] = () # CIDRs allowed to send PROXY headers (anyone else: closed)
+    proxy_timeout: float = 5.0
     rate_per_ip: Rate | None = None       # accepted messages per client IP, e.g. "100/1m"
     rate_per_sender: Rate | None = None   # accepted messages per MAIL FROM address, e.g. "20/10m"
 
@@ -254,6 +257,10 @@ def _listen_list(v: Any) -> tuple[tuple[str, int], ...]:
     return tuple(parse_hostport(x) for x in items)
 
 
+def _networks(v: Any) -> tuple[Any, ...]:
+    return tuple(ipaddress.ip_network(x, strict=False) for x in _str_list(v))
+
+
 def _nameservers(v: Any) -> tuple[tuple[str, int], ...]:
     out = []
     for item in _str_list(v):
@@ -323,6 +330,9 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         max_received_headers=t.get("max_received_headers", d.max_received_headers, _int_range(1, 1000)),
         loop_marker=t.get("loop_marker", d.loop_marker, _nonempty_str),
         shutdown_grace=t.get("shutdown_grace", d.shutdown_grace, parse_duration),
+        proxy_protocol=t.get("proxy_protocol", False, _bool),
+        trusted_proxies=t.get("trusted_proxies", (), _networks),
+        proxy_timeout=t.get("proxy_timeout", 5.0, parse_duration),
         rate_per_ip=t.get("rate_per_ip", None, parse_rate),
         rate_per_sender=t.get("rate_per_sender", None, parse_rate),
     )
@@ -332,6 +342,10 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         path = getattr(smtp, name)
         if path and not os.path.isfile(path):
             t.error(name, f"file not found: {path}")
+    if smtp.proxy_protocol and not smtp.trusted_proxies:
+        t.error("trusted_proxies", "required with proxy_protocol = true (the load balancers' addresses)")
+    if smtp.proxy_protocol and smtp.proxy_timeout < 3:
+        t.error("proxy_timeout", "must be at least 3s")
     if smtp.max_message_size <= 0:
         t.error("max_message_size", "must be > 0")
     if smtp.idle_timeout <= 0:

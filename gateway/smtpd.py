@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
 import logging
 import re
 import ssl
@@ -191,6 +192,8 @@ class TicketmxSMTP(SMTP):
             return replies.SHUTTING_DOWN
         if self.state.active > self.state.cfg.smtp.max_sessions:
             return replies.TOO_MANY_SESSIONS
+        if self.state.cfg.smtp.proxy_protocol:
+            return None  # every connection comes from the load balancer: it limits per client
         if self._counted_ip and self.state.per_ip[self._counted_ip] > self.state.cfg.smtp.max_sessions_per_ip:
             return replies.TOO_MANY_SESSIONS_IP
         return None
@@ -232,6 +235,19 @@ class Handler:
         responses = [r for r in responses if not r.startswith("250-AUTH")]
         responses += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", last]
         return responses
+
+    async def handle_PROXY(self, server: SMTP, session: Session, envelope: Envelope, proxy_data: Any) -> bool:
+        """Accept a PROXY header only from a trusted load balancer; the client address it names is
+        then the peer for SPF, Received, limits and logs."""
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        try:
+            ok = any(ipaddress.ip_address(peer) in net for net in self.cfg.smtp.trusted_proxies)
+        except ValueError:
+            ok = False
+        if not ok:
+            log.warning("PROXY header from untrusted %s refused", peer)
+            self.metrics.sessions_refused.labels(reason="untrusted_proxy").inc()
+        return ok
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
@@ -328,6 +344,9 @@ class Handler:
 
 
 def _peer_ip(session: Session) -> str:
+    proxy = getattr(session, "proxy_data", None)
+    if proxy is not None and getattr(proxy, "src_addr", None) is not None:
+        return str(proxy.src_addr)  # behind a trusted load balancer: the real client
     peer = session.peer
     return peer[0] if isinstance(peer, tuple) else str(peer or "")
 
@@ -367,6 +386,7 @@ class SmtpListener:
         return TicketmxSMTP(
             self.handler, self.state, data_size_limit=smtp.max_message_size, enable_SMTPUTF8=True,
             hostname=smtp.hostname, ident="ticketmx", tls_context=self.tls_context, timeout=smtp.idle_timeout,
+            proxy_protocol_timeout=smtp.proxy_timeout if smtp.proxy_protocol else None,
             loop=asyncio.get_running_loop())
 
     async def start(self) -> None:

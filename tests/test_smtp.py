@@ -322,3 +322,27 @@ async def test_empty_message_and_size_limit_on_stream_keep_the_session(gateway):
     # the empty message has no From: refused by authentication (RFC 7489 6.6.1); the big one 552;
     # the session survives both and the third is queued
     assert finals == [b"550 5.7.1", b"552 5.3.4", b"250 2.0.0"], lines
+
+
+async def test_proxy_protocol_from_trusted_balancer_only(start_gateway):
+    gw = await start_gateway(smtp={"proxy_protocol": True, "trusted_proxies": ["127.0.0.0/8"]})
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 25\r\n")
+    assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"220 ")
+    writer.write(b"EHLO c.test\r\nMAIL FROM:<a@customer.test>\r\nRCPT TO:<support@example.test>\r\nDATA\r\n")
+    while not (await reader.readline()).startswith(b"354"):
+        pass
+    writer.write(b"From: a@customer.test\r\nSubject: via lb\r\n\r\nhi\r\n.\r\n")
+    line = await asyncio.wait_for(reader.readline(), 5)
+    assert b"queued as" in line, line
+    writer.close()
+    entry = await gw.store.spool_get(line.split(b"queued as ")[1].strip().decode())
+    assert entry.peer_ip == "203.0.113.7" and b"[203.0.113.7]" in entry.raw[:300]
+
+
+async def test_proxy_header_from_untrusted_source_is_refused(start_gateway):
+    gw = await start_gateway(smtp={"proxy_protocol": True, "trusted_proxies": ["10.9.9.0/24"]})
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 25\r\n")
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed without a greeting
+    writer.close()
