@@ -109,7 +109,7 @@ class MetricsConfig:
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
     processes: int = 1
-    batch_size: int = 64
+    batch_size: int = 16
     max_attempts: int = 3
     retry_delay: float = 5.0
     poll_interval: float = 1.0
