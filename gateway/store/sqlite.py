@@ -55,20 +55,30 @@ class SqliteStore(Store):
                 await conn.close()
         self._r = self._w = None
 
-    async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` as one transaction on the writer thread (BEGIN IMMEDIATE … COMMIT)."""
+    async def transaction(self, fn: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
+        """Run ``fn`` as one transaction on the writer thread (BEGIN IMMEDIATE … COMMIT).
+
+        ``durable=False`` skips the fsync of this commit (synchronous=NORMAL): only for bookkeeping
+        that a power loss may undo harmlessly (claims: recovery puts entries back in the queue). The
+        next durable commit fsyncs the WAL, these frames included."""
         assert self._w is not None, "store not open"
 
         def tx() -> T:
             conn = self._w._conn  # the sqlite3 connection owned by aiosqlite's thread
-            conn.execute("BEGIN IMMEDIATE")
+            if not durable:
+                conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return result
+            finally:
+                if not durable:
+                    conn.execute("PRAGMA synchronous=FULL")
 
         async with self._wlock:
             return await self._w._execute(tx)
@@ -120,7 +130,7 @@ class SqliteStore(Store):
             finally:
                 conn.row_factory = None
             return sorted((spool_from_row(r, self.cipher) for r in rows), key=lambda e: (e.received_at, e.id))
-        return await self.transaction(fn)
+        return await self.transaction(fn, durable=False)
 
     async def spool_retry(self, spool_id: str, error: str, next_attempt_at: float) -> None:
         def fn(conn: sqlite3.Connection) -> None:
