@@ -47,6 +47,7 @@ class Gateway:
         self._stopped = False
         self._depth_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
+        self._sla_task: asyncio.Task[None] | None = None
         self.resolver = None  # one DNS resolver (and cache) for the whole SMTP process
         self.resolver_cfg = None
         self.metrics.watch_resolver(lambda: self.resolver)
@@ -103,6 +104,9 @@ class Gateway:
         await self.listener.start()
         self._depth_task = asyncio.get_running_loop().create_task(self._refresh_depth(), name="spool-depth")
         self._retention_task = asyncio.get_running_loop().create_task(self._retention(), name="retention")
+        if self.relay is not None and self.cfg.twoway and any(q.first_response or q.resolution
+                                                              for q in self.cfg.twoway.queues):
+            self._sla_task = asyncio.get_running_loop().create_task(self._sla(), name="sla")
         self._ready = True
         from .store.postgres import redact_url
         log.info("ticketmx ready (%d mailboxes, store %s)", len(self.cfg.mailboxes), redact_url(self.cfg.store.url))
@@ -122,7 +126,7 @@ class Gateway:
             await self.pool.close(timeout=max(5.0, self.cfg.smtp.shutdown_grace))
         if self.relay is not None:
             await self.relay.close(grace=min(10.0, self.cfg.smtp.shutdown_grace))
-        for task in (self._depth_task, self._retention_task):
+        for task in (self._depth_task, self._retention_task, self._sla_task):
             if task is not None:
                 task.cancel()
         if self.metrics_server is not None:
@@ -193,6 +197,23 @@ class Gateway:
             except Exception:
                 log.exception("retention purge failed")
             await asyncio.sleep(r.interval)
+
+    async def _sla(self, interval: float = 30.0) -> None:
+        """Escalate tickets past their queue's first-response / resolution targets (relay configured)."""
+        from relay.notify import Notifier
+
+        from .sla import run_once
+        notifier = Notifier(self.cfg.relay, hostname=self.cfg.smtp.hostname)
+        while True:
+            try:
+                n = await run_once(self.store, self.cfg, notifier)
+                if n:
+                    log.info("SLA: %d escalation(s) queued", n)
+                    if self.relay is not None:
+                        self.relay.wake()
+            except Exception:
+                log.exception("SLA escalation run failed")
+            await asyncio.sleep(interval)
 
     async def _refresh_depth(self) -> None:
         while True:

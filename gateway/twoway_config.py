@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .units import parse_duration
 
 AGENT_PERMISSIONS = ("reply", "note", "commands", "forward")
 
@@ -26,6 +27,9 @@ class QueueConfig:
     name: str
     reopen_days: float | None = None   # None: [threading] reopen_days
     email_updates: bool = True         # replies by email become public articles (else internal notes)
+    first_response: float | None = None  # SLA: seconds until an agent's first public answer
+    resolution: float | None = None      # SLA: seconds until resolved/closed
+    escalation: tuple[str, ...] = ()     # who is told at level 1, 2, … (agent, then manager, …)
 
 
 @dataclass(frozen=True)
@@ -136,10 +140,23 @@ def parse_twoway(data: dict[str, Any]) -> TwoWayConfig:
         key = f"queue[{i}]"
         if not isinstance(q, dict) or "name" not in q:
             raise ConfigError(f"{key}.name", "required")
-        _check_keys(q, key, {"name", "reopen_days", "email_updates"})
+        _check_keys(q, key, {"name", "reopen_days", "email_updates", "first_response", "resolution", "escalation"})
+        sla: dict[str, Any] = {}
+        for target in ("first_response", "resolution"):
+            if target in q:
+                try:
+                    sla[target] = parse_duration(q[target])
+                except ValueError as exc:
+                    raise ConfigError(f"{key}.{target}", str(exc)) from None
+        esc = q.get("escalation", [])
+        if not isinstance(esc, list) or any(not isinstance(a, str) or "@" not in a for a in esc):
+            raise ConfigError(f"{key}.escalation", "expected a list of addresses (level 1, level 2, …)")
+        if sla and not esc:
+            raise ConfigError(f"{key}.escalation", "required with first_response / resolution targets")
         queues.append(QueueConfig(_str(q["name"], f"{key}.name"),
                                   _num(q["reopen_days"], f"{key}.reopen_days") if "reopen_days" in q else None,
-                                  _bool(q.get("email_updates", True), f"{key}.email_updates")))
+                                  _bool(q.get("email_updates", True), f"{key}.email_updates"),
+                                  escalation=tuple(a.strip().lower() for a in esc), **sla))
     cfg["queues"] = tuple(queues)
 
     c = data.get("commands", {})

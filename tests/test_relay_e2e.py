@@ -137,3 +137,30 @@ async def test_command_result_to_agent_status_change_to_requester_and_stripped_n
     result = next(email.message_from_bytes(raw, policy=email.policy.default) for _f, r, raw in sink.messages
                   if r == ["ann@agents.test"])
     assert "Colour" in result.get_body(("plain",)).get_content()  # the refused command and why
+
+
+async def test_sla_escalation_levels_first_response(start_gateway, dns_server, sink):
+    """Past the first-response target the team is told (level 1), past twice the target the manager
+    (level 2); an agent's public answer stops further escalation."""
+    from gateway.sla import run_once
+    from relay.notify import Notifier
+    cfg = relay_cfg(sink.port)
+    cfg["queue"] = [{"name": "IT", "first_response": "1h",
+                     "escalation": ["team@example.test", "manager@example.test"]}]
+    gw = await start_gateway(**cfg)
+    e = await gw.wait_done(await send(gw.port, simple_message(message_id="sla@customer.test")))
+    ticket = await gw.store.ticket_get(str(e.ticket_id))
+    notifier = Notifier(gw.gw.cfg.relay, hostname="mx.example.test")
+    t0 = time.time()
+    assert await run_once(gw.store, gw.gw.cfg, notifier, now=t0 + 1800) == 0          # within the target
+    assert await run_once(gw.store, gw.gw.cfg, notifier, now=t0 + 3700) == 1          # level 1
+    assert await run_once(gw.store, gw.gw.cfg, notifier, now=t0 + 3800) == 0          # once per level
+    assert await run_once(gw.store, gw.gw.cfg, notifier, now=t0 + 7300) == 1          # level 2
+    assert await run_once(gw.store, gw.gw.cfg, notifier, now=t0 + 99999) == 0         # no level 3
+    gw.gw.relay.wake()
+    await wait_for(lambda: {m[1][0] for m in sink.messages} >= {"team@example.test", "manager@example.test"})
+    esc = [email.message_from_bytes(m[2], policy=email.policy.default) for m in sink.messages
+           if m[1][0] == "manager@example.test"][0]
+    assert ticket["number"] in esc["Subject"] and esc["Auto-Submitted"] == "auto-generated"
+    history = (await gw.store.ticket_get(ticket["number"]))["history"]
+    assert [h["detail"]["level"] for h in history if h["action"] == "escalated"] == [1, 2]

@@ -163,6 +163,9 @@ class PgDeliverTx:
                                " ELSE status END WHERE id=$2", self.now, ticket_id)
             if not d.thread.sender_is_agent:
                 await self.participant(ticket_id, contact_id, "cc")  # a verified-token sender joins the thread
+            elif art.visibility == "public":  # the first public agent answer meets the first-response SLA
+                await conn.execute("UPDATE tickets SET first_response_at=COALESCE(first_response_at, $1)"
+                                   " WHERE id=$2", self.now, ticket_id)
             state = ARTICLE_ADDED
         for email, name, role in d.participants:
             await self.participant(ticket_id, await self.contact(email, name), role)

@@ -111,6 +111,9 @@ class DeliverTx:
                          " ELSE status END WHERE id=?", (self.now, ticket_id))
             if not d.thread.sender_is_agent:
                 self.participant(ticket_id, contact_id, "cc")  # a verified-token sender joins the thread
+            elif art.visibility == "public":  # the first public agent answer meets the first-response SLA
+                conn.execute("UPDATE tickets SET first_response_at=COALESCE(first_response_at, ?) WHERE id=?",
+                             (self.now, ticket_id))
             state = ARTICLE_ADDED
         for email, name, role in d.participants:
             self.participant(ticket_id, self.contact(email, name), role)

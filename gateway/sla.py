@@ -1,0 +1,58 @@
+"""SLA escalation: first-response and resolution targets per queue, multi-level.
+
+A ticket of a queue with a target that is still open past created_at + target × level gets an
+escalation mail to that level's address (level 1: the team/agent, level 2: a manager, …), once
+per level (the level is stored on the ticket and the relay de-duplicates per ticket/target/level).
+Runs in the SMTP process on a timer, under the store's lease when several nodes share a store.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from typing import Any
+
+from .config import Config
+
+log = logging.getLogger(__name__)
+OPEN = ("new", "open", "pending")
+TARGETS = (("first_response", "sla_first_level", "first_response_at IS NULL"),
+           ("resolution", "sla_resolution_level", "closed_at IS NULL"))
+
+
+def escalate(conn: sqlite3.Connection, cfg: Config, notifier: Any, now: float) -> int:
+    """Queue the escalations due at ``now`` inside the caller's transaction; returns how many."""
+    from relay.notify import MailboxInfo, TicketInfo
+    from relay.queue import enqueue
+    mailboxes = {mb.address: mb for mb in cfg.mailboxes}
+    sent = 0
+    for q in (cfg.twoway.queues if cfg.twoway else ()):
+        for target, column, pending in TARGETS:
+            seconds = getattr(q, target)
+            if not seconds or not q.escalation:
+                continue
+            rows = conn.execute(
+                f"SELECT t.id, t.number, t.subject, t.status, t.queue, t.assignee, t.mailbox, t.created_at,"
+                f" t.{column}, c.email, c.name FROM tickets t JOIN contacts c ON c.id=t.requester_id"
+                f" WHERE t.queue=? AND t.status IN ('new','open','pending') AND {pending}"
+                f" AND t.{column} < ? AND t.created_at + ? * (t.{column} + 1) <= ?",
+                (q.name, len(q.escalation), seconds, now)).fetchall()
+            for tid, number, subject, status, queue, assignee, mbox, created, level, req, req_name in rows:
+                level += 1
+                mb = mailboxes.get(mbox)
+                ticket = TicketInfo(tid, number, subject, status=status, queue=queue, assignee=assignee,
+                                    requester=req, requester_name=req_name, sla_due=created + seconds * level)
+                mailbox = MailboxInfo(mbox, mb.name if mb else "", mb.language if mb else None)
+                enqueue(conn, notifier.escalation(ticket=ticket, mailbox=mailbox, to=[q.escalation[level - 1]],
+                                                  level=level, target=target, now=now))
+                conn.execute(f"UPDATE tickets SET {column}=? WHERE id=?", (level, tid))
+                conn.execute("INSERT INTO ticket_history (ticket_id, at, actor, action, detail) VALUES"
+                             " (?, ?, 'system', 'escalated', json_object('target', ?, 'level', ?, 'to', ?))",
+                             (tid, now, target, level, q.escalation[level - 1]))
+                sent += 1
+    return sent
+
+
+async def run_once(store: Any, cfg: Config, notifier: Any, now: float | None = None) -> int:
+    now = time.time() if now is None else now
+    return await store.transaction(lambda conn: escalate(conn, cfg, notifier, now))
