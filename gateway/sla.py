@@ -3,7 +3,7 @@
 A ticket of a queue with a target that is still open past created_at + target × level gets an
 escalation mail to that level's address (level 1: the team/agent, level 2: a manager, …), once
 per level (the level is stored on the ticket and the relay de-duplicates per ticket/target/level).
-Runs in the SMTP process on a timer, under the store's lease when several nodes share a store.
+Runs in the SMTP process on a timer (the relay, and so this, needs the single-node SQLite store).
 """
 from __future__ import annotations
 
