@@ -251,6 +251,11 @@ class Handler:
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
+        if isinstance(server, TicketmxSMTP) and server.state.draining:
+            # Shutting down: no new transaction, even on a busy connection (RFC 5321 4.2.1: 421 and close).
+            if server.transport is not None:
+                asyncio.get_running_loop().call_soon(server.transport.close)
+            return str(replies.SHUTTING_DOWN)
         ip = _peer_ip(session)
         sender = address.lower()
         for limiter, key, reply in ((self.rate_ip, ip, replies.RATE_LIMITED_IP),
