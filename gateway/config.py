@@ -191,9 +191,12 @@ class _Table:
         value = self.data[name]
         try:
             return convert(value) if convert else value
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OSError) as exc:  # OSError: a converter that reads a file
             self.error(name, str(exc))
             return default
+
+    def has(self, name: str) -> bool:
+        return name in self.data
 
     def sub(self, name: str) -> "_Table":
         self.used.add(name)

@@ -20,6 +20,7 @@ from email.utils import parseaddr
 from typing import Any, Callable, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from gateway.config import _str, _Table
 from gateway.errors import ConfigError
 from gateway.units import parse_duration
 
@@ -141,46 +142,11 @@ class RelayConfig:
 
 # -- the table reader ---------------------------------------------------------------------------
 
-class _T:
+class _T(_Table):
+    """gateway.config's table reader (unknown keys and bad values name the dotted key), fileless."""
+
     def __init__(self, data: Any, prefix: str, errors: list[ConfigError]) -> None:
-        self.prefix, self.errors = prefix, errors
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            errors.append(ConfigError(prefix, "expected a table"))
-            data = {}
-        self.data: dict[str, Any] = data
-        self.used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if name else self.prefix
-
-    def error(self, name: str, message: str) -> None:
-        self.errors.append(ConfigError(self.key(name), message))
-
-    def has(self, name: str) -> bool:
-        return name in self.data
-
-    def get(self, name: str, default: T, convert: Callable[[Any], T] | None = None) -> T:
-        self.used.add(name)
-        if name not in self.data:
-            return default
-        try:
-            return convert(self.data[name]) if convert else self.data[name]
-        except (ValueError, TypeError, OSError) as exc:
-            self.error(name, str(exc))
-            return default
-
-    def finish(self) -> None:
-        for name in self.data:
-            if name not in self.used:
-                self.error(name, "unknown key")
-
-
-def _str(v: Any) -> str:
-    if not isinstance(v, str):
-        raise TypeError(f"expected a string, got {type(v).__name__}")
-    return v
+        super().__init__(data, prefix, errors, None)
 
 
 def _nonempty(v: Any) -> str:
