@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 from urllib.parse import urlencode, urlsplit
 
+from gateway.http11 import read_response
+
 from .config import OAuthConfig
 
 REFRESH_MARGIN = 300.0
@@ -81,39 +83,10 @@ async def _post(url: str, fields: dict[str, str], ssl_context: ssl.SSLContext | 
                       "Accept: application/json\r\nContent-Type: application/x-www-form-urlencoded\r\n"
                       f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body)
         await writer.drain()
-        status_line = await reader.readline()
-        parts = status_line.decode("latin-1").split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-            raise OAuthError("token endpoint sent no HTTP status line")
-        status = int(parts[1])
-        headers: dict[str, str] = {}
-        while True:
-            line = await reader.readline()
-            if line in (b"\r\n", b"\n", b""):
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            chunks = []
-            total = 0
-            while True:
-                size_line = await reader.readline()
-                size = int(size_line.split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    break
-                total += size
-                if total > MAX_BODY:
-                    raise OAuthError("token endpoint response too large")
-                chunks.append(await reader.readexactly(size))
-                await reader.readline()
-            data = b"".join(chunks)
-        elif "content-length" in headers:
-            n = int(headers["content-length"])
-            if n > MAX_BODY:
-                raise OAuthError("token endpoint response too large")
-            data = await reader.readexactly(n)
-        else:
-            data = await reader.read(MAX_BODY)
+        try:
+            status, headers, data = await read_response(reader, MAX_BODY)
+        except ValueError as exc:
+            raise OAuthError(f"token endpoint: {exc}") from None
         return HttpResponse(status, headers, data)
     finally:
         writer.close()

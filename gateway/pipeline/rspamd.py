@@ -34,6 +34,7 @@ from gateway.checks import CONTINUE as CHECK_CONTINUE
 from gateway.checks import DEFER, REJECT, CheckResult, DataContext
 from gateway.pipeline.policy import RspamdPolicy, policy_for
 from gateway.pipeline.stages import CONTINUE, DROP, QUARANTINE, Context, Inbound, Verdict
+from gateway.http11 import read_response
 from gateway.replies import Reply
 
 __all__ = ["RspamdError", "RspamdResult", "RspamdClient", "RspamdCheck", "RspamdStage", "decide",
@@ -145,36 +146,8 @@ class RspamdClient:
         try:
             writer.write(request)
             await writer.drain()
-            status_line = await reader.readline()
-            parts = status_line.decode("latin-1").split(None, 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-                raise ValueError(f"bad status line {status_line[:80]!r}")
-            status = int(parts[1])
-            headers: dict[str, str] = {}
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b"\n", b""):
-                    break
-                name, _, value = line.decode("latin-1").partition(":")
-                headers[name.strip().lower()] = value.strip()
-            if "chunked" in headers.get("transfer-encoding", "").lower():
-                body = bytearray()
-                while True:
-                    size_line = await reader.readline()
-                    size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-                    if size == 0:
-                        break
-                    if len(body) + size > _MAX_RESPONSE:
-                        raise ValueError("reply too large")
-                    body += await reader.readexactly(size)
-                    await reader.readline()
-                return status, bytes(body)
-            if "content-length" in headers:
-                length = int(headers["content-length"])
-                if length > _MAX_RESPONSE:
-                    raise ValueError("reply too large")
-                return status, await reader.readexactly(length)
-            return status, await reader.read(_MAX_RESPONSE)
+            status, _headers, body = await read_response(reader, _MAX_RESPONSE)
+            return status, body
         finally:
             writer.close()
             try:
