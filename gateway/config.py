@@ -90,6 +90,7 @@ class MailboxConfig:
     acknowledge: bool = True   # acknowledgements on, once a smarthost is configured
     language: str | None = None  # notification templates' language for this mailbox (default [relay] language)
     name: str = ""             # display name used in notifications' From/Reply-To
+    template: Any = None       # gateway.pipeline.template.TicketTemplate (fields, attach_original)
 
     def addresses(self) -> tuple[str, ...]:
         return (self.address, *self.aliases)
@@ -398,6 +399,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
             acknowledge=mt.get("acknowledge", True, _bool),
             language=mt.get("language", None, _path_or_none),
             name=mt.get("name", "", _str),
+            template=mt.get("template", None, lambda v, _p=mt.prefix: _template(v, f"{_p}.template")),
         )
         for j, addr in enumerate(mb.addresses()):
             if not addr:
@@ -493,6 +495,14 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
     if errors:
         raise ConfigErrors(errors)
     return cfg
+
+
+def _template(v: Any, prefix: str) -> Any:
+    from .pipeline.template import parse_template
+    try:
+        return parse_template(v, prefix)
+    except ConfigError as exc:
+        raise ValueError(f"{exc.key}: {exc.message}") from None
 
 
 def _stage_list(v: Any) -> tuple[str, ...]:

@@ -147,3 +147,32 @@ async def test_card_numbers_are_redacted_in_stored_text(gw):
     art = (await gw.store.ticket_get(str(e.ticket_id)))["articles"][0]
     assert "4111 1111 1111 1111" not in art["body_text"] and "[card redacted]" in art["body_text"]
     assert b"4111 1111 1111 1111" in (await gw.store.spool_get(e.id)).raw  # the original stays in the spool
+
+
+async def test_mailbox_ticket_template_maps_fields_and_attaches_the_original(start_gateway):
+    template = {"attach_original": True, "fields": [
+        {"name": "customer_id", "source": "header:X-Customer-Id", "type": "int", "required": True},
+        {"name": "urgency", "source": "importance", "type": "choice", "choices": ["low", "normal", "high"]},
+        {"name": "channel", "type": "str", "default": "email"},
+    ]}
+    gw = await start_gateway(mailbox=[{"address": "support@example.test", "queue": "IT", "template": template}])
+    ok = simple_message(message_id="tpl1@customer.test", extra="X-Customer-Id: 4711\r\nImportance: high\r\n")
+    e = await gw.wait_done(await send(gw.port, ok))
+    t = await gw.store.ticket_get(str(e.ticket_id))
+    assert t["fields"] == {"customer_id": 4711, "urgency": "high", "channel": "email"}
+    original = [a for a in t["articles"][0]["attachments"] if a["filename"] == "original.eml"]
+    assert original and original[0]["content_type"] == "message/rfc822"
+    missing = simple_message(message_id="tpl2@customer.test")
+    e = await gw.wait_done(await send(gw.port, missing))
+    assert e.state == "quarantined" and "customer_id" in e.reason
+
+
+def test_ticket_template_config_errors_name_the_key(tmp_path):
+    from .test_config_cli import write
+    from gateway.config import load_config
+    from gateway.errors import ConfigErrors
+    path = write(tmp_path, '[[mailbox]]\naddress = "a@x.test"\n[mailbox.template]\n'
+                           'fields = [{ name = "n", type = "float" }]\n')
+    with pytest.raises(ConfigErrors) as exc:
+        load_config(path)
+    assert "mailbox[0].template.fields[0].type" in str(exc.value)

@@ -6,7 +6,7 @@ returns a :class:`Verdict`: continue, drop (suppress with reason), quarantine
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ..config import Config, MailboxConfig
@@ -175,8 +175,22 @@ class TicketStage:
             queue = rt["queue"]
         priority = rt.get("priority") or ("high" if rt.get("importance") == "high" else
                                           "low" if rt.get("importance") == "low" else None)
+        custom = dict(rt.get("fields", {}))
+        template = primary.template
+        if template is not None and template.fields:
+            from .template import fill
+            values, error = fill(template, p)
+            if error:
+                return Verdict(QUARANTINE, error)
+            custom = {**values, **custom}  # routing rules win over the template's mapping
+        if template is not None and template.attach_original:
+            import hashlib
+            raw = e.raw
+            attachments = (*attachments, AttachmentDraft("original.eml", "message/rfc822",
+                                                         hashlib.sha256(raw).hexdigest(), raw))
+            article = replace(article, attachments=attachments)
         fields = TicketFields(priority=priority, category=rt.get("category"), assignee=rt.get("assignee"),
-                              tags=tuple(rt.get("tags", ())), fields=dict(rt.get("fields", {})),
+                              tags=tuple(rt.get("tags", ())), fields=custom,
                               flags=tuple(dict.fromkeys(flags)))
         if tw is not None and tw.cc_participants and not automatic:
             ours = {a.lower() for mb in ctx.cfg.mailboxes for a in mb.addresses()}
