@@ -116,6 +116,7 @@ class PipelineConfig:
     poll_interval: float = 1.0
     stages: tuple[str, ...] = ()    # stage order by name; () = the recommended order
     pause_after_failures: int = 0   # this many consecutive failing messages pause processing (0 = never)
+    admin_address: str = ""         # told by mail when processing pauses (needs a smarthost)
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,6 +435,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         retry_delay=t.get("retry_delay", d3.retry_delay, parse_duration),
         poll_interval=t.get("poll_interval", d3.poll_interval, parse_duration),
         pause_after_failures=t.get("pause_after_failures", d3.pause_after_failures, _int_range(0)),
+        admin_address=t.get("admin_address", "", lambda v: _mail_address(v) if v else ""),
         stages=t.get("stages", d3.stages, _stage_list),
     )
     own_keys = set(t.used)

@@ -44,9 +44,9 @@ from jinja2.sandbox import SandboxedEnvironment
 from .config import RelayConfig
 from .queue import Notification, enqueue
 
-EVENTS = ("ack", "reply", "status", "escalation", "test", "commands", "stripped")
+EVENTS = ("ack", "reply", "status", "escalation", "test", "commands", "stripped", "paused")
 AUTO_SUBMITTED = {"ack": "auto-replied", "status": "auto-generated", "escalation": "auto-generated",
-                  "commands": "auto-replied", "stripped": "auto-replied",
+                  "commands": "auto-replied", "stripped": "auto-replied", "paused": "auto-generated",
                   "test": "auto-generated"}
 NON_CRITICAL = frozenset({"status"})  # a contact may opt out of these
 WIRE = email.policy.compat32.clone(linesep="\r\n")

@@ -164,3 +164,26 @@ async def test_sla_escalation_levels_first_response(start_gateway, dns_server, s
     assert ticket["number"] in esc["Subject"] and esc["Auto-Submitted"] == "auto-generated"
     history = (await gw.store.ticket_get(ticket["number"]))["history"]
     assert [h["detail"]["level"] for h in history if h["action"] == "escalated"] == [1, 2]
+
+
+async def test_admin_is_told_when_processing_pauses(start_gateway, sink, monkeypatch):
+    from gateway.pipeline import stages as stages_mod
+    from gateway.pipeline.worker import MetricsSink, Worker
+
+    from .test_pipeline import ExplodingStage
+    monkeypatch.setitem(stages_mod.STAGES, "explode", ExplodingStage)
+    cfg = relay_cfg(sink.port)
+    cfg["pipeline"] = {"pause_after_failures": 2, "max_attempts": 1, "admin_address": "ops@example.test"}
+    gateway = await start_gateway(**cfg)
+    gw = gateway.gw
+    await gw.worker.close()
+    gw.worker = Worker(gw.cfg, gw.store, MetricsSink(gw.metrics, gw.relay.wake), gw.executor,
+                       stage_names=("explode", "ticket"))
+    gw.spool.on_commit = gw.worker.wake
+    gw.worker.start()
+    for i in range(2):
+        await gateway.wait_done(await send(gateway.port, simple_message(message_id=f"pz{i}@customer.test")))
+    await wait_for(lambda: any(m[1] == ["ops@example.test"] for m in sink.messages))
+    note = next(email.message_from_bytes(m[2], policy=email.policy.default) for m in sink.messages
+                if m[1] == ["ops@example.test"])
+    assert "paused" in note["Subject"] and "stage exploded on purpose" in note.get_body(("plain",)).get_content()

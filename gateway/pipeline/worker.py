@@ -169,6 +169,8 @@ class Worker:
                                                         f"last: {type(exc).__name__}: {exc}"[:500])
                 log.error("pipeline paused after %d consecutive failures; resume with `ticketmx pipeline "
                           "resume`", self.consecutive_failures)
+                await self._tell_admin(f"{self.consecutive_failures} consecutive failures, last: "
+                                       f"{type(exc).__name__}: {exc}"[:300])
             error = f"{type(exc).__name__}: {exc}"[:500]
             trace = traceback.format_exc()[-20000:]  # kept with the quarantined entry, never logged
             log.warning("pipeline error on %s (attempt %d/%d): %s", entry.id, entry.attempts, max_attempts,
@@ -178,6 +180,25 @@ class Worker:
                                 traceback=trace)
             await self.store.spool_retry(entry.id, error, time.time() + self.cfg.pipeline.retry_delay)
             return None
+
+    async def _tell_admin(self, reason: str) -> None:
+        """Optional admin notification when processing pauses (``[pipeline] admin_address``)."""
+        admin = self.cfg.pipeline.admin_address
+        if not admin or self.hook is None or not hasattr(self.store, "transaction"):
+            return
+        from relay.notify import MailboxInfo, TicketInfo
+        from relay.queue import enqueue
+        mb = self.cfg.mailboxes[0] if self.cfg.mailboxes else None
+        n = self.hook.notifier.build(
+            "paused", ticket=TicketInfo(None, "pipeline", "paused"),
+            mailbox=MailboxInfo(mb.address if mb else self.cfg.relay.from_address, mb.name if mb else ""),
+            to=[admin], context={"reason": reason, "hostname": self.cfg.smtp.hostname},
+            dedupe_key=f"paused:{int(time.time() // 3600)}")  # at most one an hour
+        try:
+            await self.store.transaction(lambda conn: enqueue(conn, n))
+            self.stats.notifications_queued(1)
+        except Exception:
+            log.exception("could not queue the admin notification")
 
     async def _run_stages(self, msg: Inbound) -> Delivery:
         history: list[dict[str, str]] = []
