@@ -438,6 +438,18 @@ def _join_quoted(lines: list[str], marks: list[str], pieces: Sequence[str]) -> s
     return "\n".join(out).strip()
 
 
+def _cannot_quote(text: str, cut_markers: Sequence[str]) -> bool:
+    """True when no line can start quoted history: every marker split_text knows needs a '>', a ':'
+    (attributions, header blocks), a rule of '-', '_', '=' or '*', our HTML marker character or a
+    "reply above this line" phrase."""
+    if cut_markers or "\u2063" in text or ">" in text or ":" in text or "：" in text:
+        return False
+    if any(r in text for r in ("--", "__", "==", "**", "–", "—")):
+        return False
+    low = text.lower()
+    return not any(k in low for k in _REPLY_ABOVE_KEYS)
+
+
 def split_text(text: str, *, sender: str = "", cut_markers: Sequence[str] = ()) -> ReplyParts:
     """Split a plain-text body (see the module doc). ``sender``: the sender's name and/or
     address (e.g. ``"Ann Lee <ann@example.test>"``), used to recognise a signature that
@@ -455,7 +467,10 @@ def _split_text(text: str, sender: str, cut_markers: Sequence[str], pieces: Sequ
         body = text.strip()
         return ReplyParts(new_text=body, quoted="", signature="", reply=body)
     lines = text.split("\n")
-    marks, marker = _mark(lines, cut_markers)
+    if _cannot_quote(text, cut_markers):  # the common short note: skip the per-line analysis
+        marks, marker = ["r"] * len(lines), ""
+    else:
+        marks, marker = _mark(lines, cut_markers)
     reply = _join_reply(lines, marks)
     quoted = _join_quoted(lines, marks, pieces) if marker else ""
     new_text, signature = extract_signature(reply, sender)

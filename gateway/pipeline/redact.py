@@ -31,6 +31,7 @@ __all__ = ["RedactionRule", "redact", "luhn_ok", "CARD_RULE", "DEFAULT_RULES", "
 # Luhn is the card ("4111 1111 1111 1111 123" keeps the trailing "123").
 # The digit comes first and the "not preceded by a digit, '-' or 'digit space'" tests look back from
 # it: the engine then fails fast at every non-digit position (2-7x faster than leading lookbehinds).
+_DIGIT_RUN = re.compile(r"\d[\d -]{11,}\d")  # cheap: a character-class scan, no lookarounds
 _CARD = re.compile(r"\d(?<![\d-]\d)(?<!\d \d)(?:[ -]?\d){12,}(?!\d)")
 # Card numbers start with 2-6 (Mastercard 2/5, Amex/Diners/JCB 3, Visa 4, Discover/UnionPay/
 # Maestro 6): a cheap cut of the ~10% of other 13-19 digit numbers that pass Luhn by chance.
@@ -99,9 +100,8 @@ def redact(text: str, rules: Sequence[RedactionRule] = DEFAULT_RULES) -> tuple[s
     enough_digits: bool | None = None
     for rule in rules:
         if rule.luhn:
-            if enough_digits is None:  # a card number has >= 13 digits: most mails can skip the scan
-                enough_digits = sum(ch.isdigit() for ch in text) >= 13 if len(text) < 512 else \
-                    len(re.findall(r"\d", text)) >= 13
+            if enough_digits is None:  # a card number is a run of >= 13 digits: most mails have none
+                enough_digits = _DIGIT_RUN.search(text) is not None
             if not enough_digits:
                 counts[rule.name] = counts.get(rule.name, 0)
                 continue
