@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,25 +37,9 @@ from relay.dkim import keygen  # noqa: E402
 from relay.notify import MailboxInfo, Notifier, TicketInfo, acknowledge  # noqa: E402
 from relay.queue import RelayQueue  # noqa: E402
 from relay.worker import RelayWorker  # noqa: E402
+from bench.ingest import free_port, wait_port  # noqa: E402  (one copy of the port helpers)
 
 MB = MailboxInfo("support@example.test", "IT Support")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"port {port} never opened")
 
 
 AIOSMTPD_SINK = """
