@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import ipaddress
 import logging
 import re
 import ssl
 import time
 from collections import Counter as _Counter
-from typing import Any, Callable
+from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
@@ -22,6 +21,7 @@ from . import replies
 from .checks import CONTINUE, DataCheck, DataContext, header_end
 from .config import Config
 from .metrics import Metrics
+from .netaddr import ip_in_networks
 from .ratelimit import SlidingWindow
 from .recipients import RecipientMap
 from .replies import Reply, with_enhanced
@@ -240,10 +240,7 @@ class Handler:
         """Accept a PROXY header only from a trusted load balancer; the client address it names is
         then the peer for SPF, Received, limits and logs."""
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
-        try:
-            ok = any(ipaddress.ip_address(peer) in net for net in self.cfg.smtp.trusted_proxies)
-        except ValueError:
-            ok = False
+        ok = ip_in_networks(peer, self.cfg.smtp.trusted_proxies)
         if not ok:
             log.warning("PROXY header from untrusted %s refused", peer)
             self.metrics.sessions_refused.labels(reason="untrusted_proxy").inc()

@@ -51,6 +51,7 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from gateway.netaddr import ip_in_networks
 from gateway.errors import ConfigError
 
 from .dns import to_ascii_domain
@@ -78,13 +79,7 @@ class AuthPolicy:
     trusted_arc_sealers: tuple[str, ...] = ()
 
     def is_trusted_relay(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        return any(addr.version == n.version and addr in n for n in self.trusted_relays)
+        return ip_in_networks(ip, self.trusted_relays)
 
     def is_trusted_sealer(self, domain: str) -> bool:
         d = domain.lower().rstrip(".")

@@ -6,7 +6,7 @@ mutated afterwards: stages decide, they do not edit.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from ..netaddr import ip_in_networks
 from gateway.errors import ConfigError
 from gateway.units import parse_duration, parse_size
 
@@ -142,13 +143,7 @@ class SpamPolicy:
     max_body_chars: int = 256 * 1024                # rules see at most this much of body/html
 
     def is_trusted_relay(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        return any(addr.version == n.version and addr in n for n in self.trusted_relays)
+        return ip_in_networks(ip, self.trusted_relays)
 
 
 @dataclass(frozen=True)
