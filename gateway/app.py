@@ -236,6 +236,8 @@ async def serve(cfg: Config, config_path: str | None) -> int:
     loop.add_signal_handler(signal.SIGHUP, lambda: (_sd_notify("RELOADING=1"), gw.reload(config_path),
                                                     _sd_notify("READY=1")))
     await gw.start()
+    from .eventloop import name as loop_name
+    log.info("ready (event loop: %s)", loop_name())
     _sd_notify("READY=1")
     watchdog = loop.create_task(_watchdog(), name="watchdog")
     await stop.wait()

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(cfg.log.level, cfg.log.json)
         from .app import serve
         try:
-            return asyncio.run(serve(cfg, args.config))
+            from .eventloop import run
+            return run(serve(cfg, args.config), cfg.smtp.event_loop)
         except OSError as exc:
             print(f"ticketmx: cannot start: {exc}", file=sys.stderr)
             return EX_FAIL

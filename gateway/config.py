@@ -63,6 +63,7 @@ class SmtpConfig:
     proxy_timeout: float = 5.0
     rate_per_ip: Rate | None = None       # accepted messages per client IP, e.g. "100/1m"
     rate_per_sender: Rate | None = None   # accepted messages per MAIL FROM address, e.g. "20/10m"
+    event_loop: str = "auto"              # "auto" (uvloop when importable), "uvloop" or "asyncio"
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +311,17 @@ def _log_level(v: Any) -> str:
     return s
 
 
+def _event_loop(v: Any) -> str:
+    s = _str(v).lower()
+    if s not in {"auto", "uvloop", "asyncio"}:
+        raise ValueError("expected \"auto\", \"uvloop\" or \"asyncio\"")
+    if s == "uvloop":
+        import importlib.util
+        if importlib.util.find_spec("uvloop") is None:
+            raise ValueError("uvloop is not installed (pip install uvloop, or use \"auto\")")
+    return s
+
+
 def _path_or_none(v: Any) -> str | None:
     s = _str(v)
     return s or None
@@ -340,6 +352,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         proxy_timeout=t.get("proxy_timeout", 5.0, parse_duration),
         rate_per_ip=t.get("rate_per_ip", None, parse_rate),
         rate_per_sender=t.get("rate_per_sender", None, parse_rate),
+        event_loop=t.get("event_loop", d.event_loop, _event_loop),
     )
     if bool(smtp.tls_cert) != bool(smtp.tls_key):
         t.error("tls_key" if smtp.tls_cert else "tls_cert", "tls_cert and tls_key must be set together")

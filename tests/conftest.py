@@ -46,6 +46,15 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def pytest_asyncio_loop_factories(config, item):
+    """In-process gateways run on the loop production uses ([smtp] event_loop = "auto": uvloop);
+    TICKETMX_TEST_LOOP=asyncio runs the suite on asyncio's own loop instead."""
+    if os.environ.get("TICKETMX_TEST_LOOP", "uvloop") == "uvloop":
+        import uvloop
+        return {"uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
+
+
 @pytest.fixture(scope="session")
 def dns_server():
     """A real DNS server on 127.0.0.1 for every gateway the tests start (empty zone unless a test sets one)."""

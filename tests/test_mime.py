@@ -445,3 +445,26 @@ def test_random_mutations_of_a_real_message_never_raise() -> None:
             data[rng.randrange(len(data))] = rng.randrange(256)
         cut = rng.randrange(len(data))
         check_invariants(parse_message(bytes(data[:cut])))
+
+
+def test_header_cache_gives_the_same_parse_and_stays_bounded() -> None:
+    """The parser's header cache (speed) must not change any result, nor keep huge values."""
+    import email.policy
+
+    from gateway.pipeline import mime
+    long_to = ", ".join(f"user{i}@example.test" for i in range(200))
+    raw = (f"From: A <a@example.test>\r\nTo: {long_to}\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n"
+           "--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n--b\r\n"
+           "Content-Type: text/html; charset=utf-8\r\n\r\n<p>hello</p>\r\n--b--\r\n").encode()
+    first, second = parse_message(raw), parse_message(raw)
+    assert first == second
+    assert first.subject == "café" and len(first.to) == 200
+    registry = mime._POLICY.header_factory
+    assert all(len(v) <= 2000 for (_, v) in registry._cache)
+    saved = mime._POLICY
+    try:
+        mime._POLICY = email.policy.default
+        assert parse_message(raw) == first
+    finally:
+        mime._POLICY = saved

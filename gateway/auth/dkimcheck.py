@@ -39,6 +39,7 @@ import dkim
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from . import fastcanon
 from .dns import DnsTempError, Resolver
 from .headers import header_fields
 
@@ -99,6 +100,7 @@ def _install_fast_rsa() -> None:
 
 
 _install_fast_rsa()
+fastcanon.install()
 
 _LABEL = re.compile(rb"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 _B64 = re.compile(rb"^[A-Za-z0-9+/\s]*=*\s*$")

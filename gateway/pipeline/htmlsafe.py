@@ -92,7 +92,26 @@ def url_scheme(url: str) -> str:
     return ""
 
 
+_STYLE_CACHE: dict[str, str | None] = {}
+
+
 def _clean_style(value: str) -> str | None:
+    """The vetted declarations of one style attribute. Mail repeats the same few style strings
+    hundreds of times (every paragraph of an HTML signature template), so results are cached:
+    on a 50 KB HTML body this was two thirds of the sanitiser's time."""
+    try:
+        return _STYLE_CACHE[value]
+    except KeyError:
+        pass
+    out = _vet_style(value)
+    if len(value) <= 1000:
+        if len(_STYLE_CACHE) >= 4096:
+            _STYLE_CACHE.clear()
+        _STYLE_CACHE[value] = out
+    return out
+
+
+def _vet_style(value: str) -> str | None:
     if any(c in value for c in _STYLE_BAD_CHARS):
         return None
     kept = []

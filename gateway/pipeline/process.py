@@ -72,7 +72,8 @@ def child_main(cfg: Config, owner: str, wake: multiprocessing.connection.Connect
     from ..logsetup import setup_logging
     setup_logging(cfg.log.level, cfg.log.json)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us in order
-    asyncio.run(_child(cfg, owner, wake, report))
+    from ..eventloop import run
+    run(_child(cfg, owner, wake, report), cfg.smtp.event_loop)
 
 
 async def _child(cfg: Config, owner: str, wake: multiprocessing.connection.Connection,

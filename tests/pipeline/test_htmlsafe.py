@@ -288,3 +288,14 @@ def test_audit_itself_catches_the_raw_payloads() -> None:
     execute in a browser's parser, e.g. CSS escapes or unterminated tags)."""
     flagged = sum(1 for p in PAYLOADS if audit(p))
     assert flagged >= 0.9 * len(PAYLOADS)
+
+
+def test_style_cache_agrees_with_the_vetting() -> None:
+    """Cached style results are the vetted ones, for good and bad values alike, on repeat."""
+    from gateway.pipeline import htmlsafe
+    for value in ("margin:0", "color: red; position: fixed", "background:url(http://x)", "width:expression(1)",
+                  "font-weight:bold;color:rgb(1,2,3)", "x" * 1500):
+        for _ in range(2):
+            assert htmlsafe._clean_style(value) == htmlsafe._vet_style(value)
+    assert htmlsafe._clean_style("background:url(http://x)") is None
+    assert "x" * 1500 not in htmlsafe._STYLE_CACHE
