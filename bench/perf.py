@@ -391,7 +391,11 @@ class Ticketmx(Target):
         self.config = self.tmp / "bench.toml"
         self.config.write_text(text)
         self.log = self.tmp / "serve.log"
-        self.proc = procs.start([sys.executable, "-m", "gateway", "serve", "--config", str(self.config)],
+        # BENCH_CPROFILE=FILE: run the SMTP process under cProfile (written when it stops; the pipeline
+        # worker processes are not profiled). Sees inside uvloop callbacks, which py-spy cannot.
+        prof = os.environ.get("BENCH_CPROFILE")
+        pre = ["-m", "cProfile", "-o", prof] if prof else []
+        self.proc = procs.start([sys.executable, *pre, "-m", "gateway", "serve", "--config", str(self.config)],
                                 cwd=ROOT, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
         try:
             ingest.wait_port(self.port, timeout=60)

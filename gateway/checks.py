@@ -28,6 +28,12 @@ class DataContext:
     mailboxes: list[Any]          # MailboxConfig of each accepted recipient, in RCPT order
     raw: bytes
     header_end: int               # offset of the blank line ending the header section (len(raw) if none)
+    prepended: list[bytes] = field(default_factory=list)  # header fields checks put on top, topmost first
+
+    def message(self) -> bytes:
+        """The message as it would be spooled now: prepended fields, then ``raw``. Builds a copy:
+        for checks that must hand the whole message on (rspamd), not for reading headers."""
+        return b"".join([*self.prepended, self.raw]) if self.prepended else self.raw
 
 
 @dataclass(slots=True)
@@ -39,6 +45,8 @@ class CheckResult:
     auth: dict[str, Any] | None = None
     flags: list[str] = field(default_factory=list)
     raw: bytes | None = None      # a check may return a rewritten message (e.g. forged headers removed)
+    prepend: bytes = b""          # complete header field(s) to put on top, e.g. Authentication-Results.
+                                  # Kept apart from raw so a large message is not copied once per check.
 
 
 class DataCheck(Protocol):

@@ -108,9 +108,15 @@ class MetricsConfig:
     listen: tuple[str, int] | None = ("127.0.0.1", 9101)
 
 
+def _auto_processes() -> int:
+    """``[pipeline] processes = "auto"``: one pipeline worker per CPU, 1 to 4 (the SMTP process
+    uses a core of its own under load; more than 4 writers only queue for SQLite's write lock)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
-    processes: int = 1
+    processes: int = field(default_factory=_auto_processes)  # "auto" resolved at load
     batch_size: int = 16
     max_attempts: int = 3
     retry_delay: float = 5.0
@@ -311,6 +317,14 @@ def _log_level(v: Any) -> str:
     return s
 
 
+def _processes(v: Any) -> int:
+    if isinstance(v, str):
+        if v.strip().lower() == "auto":
+            return _auto_processes()
+        raise ValueError('expected an integer from 0 to 64 or "auto"')
+    return _int_range(0, 64)(v)
+
+
 def _event_loop(v: Any) -> str:
     s = _str(v).lower()
     if s not in {"auto", "uvloop", "asyncio"}:
@@ -442,7 +456,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
     t = root.sub("pipeline")
     d3 = PipelineConfig()
     pipeline = PipelineConfig(
-        processes=t.get("processes", d3.processes, _int_range(0, 64)),
+        processes=t.get("processes", d3.processes, _processes),
         batch_size=t.get("batch_size", d3.batch_size, _int_range(1, 10000)),
         max_attempts=t.get("max_attempts", d3.max_attempts, _int_range(1, 100)),
         retry_delay=t.get("retry_delay", d3.retry_delay, parse_duration),

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
-from . import replies
+from . import replies, smtp_fastinit
 from .checks import CONTINUE, DataCheck, DataContext, header_end
 from .config import Config
 from .metrics import Metrics
@@ -27,6 +27,8 @@ from .recipients import RecipientMap
 from .replies import Reply, with_enhanced
 from .spool import SpoolWriter, new_spool_id
 from .store.base import SpoolEntry
+
+smtp_fastinit.install()
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("ticketmx.audit")
@@ -59,30 +61,36 @@ class TicketmxSMTP(SMTP):
         super().__init__(handler, **kwargs)
         self.state = state
         self._greeted = False
-        self._in_ehlo = False
+        self._ehlo_lines: list[str] | None = None  # collecting the lines of an EHLO/HELO reply
         self._counted_ip: str | None = None
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
             if not self._greeted:
                 self._greeted = True  # the 220 greeting carries no enhanced code (RFC 2034)
-            elif not self._in_ehlo:
+            elif self._ehlo_lines is not None:
+                self._ehlo_lines.append(status)  # sent as one write when EHLO/HELO is done
+                return
+            else:
                 status = with_enhanced(status)
         await super().push(status)
 
-    async def smtp_EHLO(self, hostname: str) -> None:
-        self._in_ehlo = True
+    async def _greeting_reply(self, method: Any, hostname: str) -> None:
+        """EHLO/HELO: aiosmtpd pushes each line of the reply with its own write and drain; collect
+        them and send the whole multi-line reply in one write (one segment for the client too)."""
+        self._ehlo_lines = []
         try:
-            await super().smtp_EHLO(hostname)
+            await method(hostname)
         finally:
-            self._in_ehlo = False
+            lines, self._ehlo_lines = self._ehlo_lines, None
+        if lines:
+            await super().push("\r\n".join(lines))
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        await self._greeting_reply(super().smtp_EHLO, hostname)
 
     async def smtp_HELO(self, hostname: str) -> None:
-        self._in_ehlo = True
-        try:
-            await super().smtp_HELO(hostname)
-        finally:
-            self._in_ehlo = False
+        await self._greeting_reply(super().smtp_HELO, hostname)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """Fast path for ``<local@domain>``; anything unusual goes to aiosmtpd's full RFC 5322 parser.
@@ -138,7 +146,8 @@ class TicketmxSMTP(SMTP):
         leftover = bytes(buf[idx + 5:])
         if leftover:  # pipelined commands after the message: hand them back to the command loop
             reader._buffer[:0] = leftover  # type: ignore[attr-defined]
-        body = bytes(buf[2:idx + 2])
+        with memoryview(buf) as view:
+            body = bytes(view[2:idx + 2])  # one copy (a bytearray slice would make two)
         del buf
         if too_much or (limit and len(body) > limit):
             self._set_post_data_state()
@@ -304,6 +313,8 @@ class Handler:
             if result.raw is not None:
                 ctx.raw = result.raw
                 ctx.header_end = header_end(ctx.raw)
+            if result.prepend:
+                ctx.prepended.insert(0, result.prepend)
             added_headers += result.headers
             flags += result.flags
             if result.auth_header is not None:
@@ -312,7 +323,7 @@ class Handler:
         tls = _tls_info(session)
         prefix = "".join(f"{name}: {value}\r\n" for name, value in added_headers)
         prefix = _received(self.cfg.smtp.hostname, ctx, spool_id, tls) + prefix
-        final_raw = prefix.encode("utf-8") + ctx.raw
+        final_raw = b"".join([prefix.encode("utf-8"), *ctx.prepended, ctx.raw])  # the one copy of the message
         m = _MESSAGE_ID.search(ctx.raw, 0, ctx.header_end + 2)
         entry = SpoolEntry(
             id=spool_id, received_at=time.time(), mail_from=ctx.mail_from, rcpt_tos=tuple(ctx.rcpt_tos),

@@ -63,6 +63,8 @@ listen = "127.0.0.1:9101"
     ("[[mailbox]]\naddress = \"a@x.test\"\n[[mailbox]]\naddress = \"b@x.test\"\naliases = [\"A@x.test\"]\n",
      "mailbox[1].aliases", "already used"),
     ("[store]\nurl = \"mysql://x\"\n", "store.url", "expected sqlite"),
+    ("[pipeline]\nprocesses = \"many\"\n", "pipeline.processes", "or \"auto\""),
+    ("[smtp]\nevent_loop = \"trio\"\n", "smtp.event_loop", "expected \"auto\""),
     ("[smtp]\ntls_cert = \"/nonexistent.pem\"\ntls_key = \"/nonexistent.key\"\n", "smtp.tls_cert", "not found"),
 ])
 def test_bad_values_name_the_key_and_file(tmp_path, text, key, fragment):
@@ -120,3 +122,13 @@ def test_pipeline_pause_resume_cli(tmp_path):
     assert json.loads(run_cli("pipeline", "pause", "--json", "--config", path).stdout)["paused"] is True
     assert run_cli("pipeline", "status", "--config", path).stdout.startswith("paused: paused by an operator")
     assert json.loads(run_cli("pipeline", "resume", "--json", "--config", path).stdout)["paused"] is False
+
+
+def test_auto_processes_and_event_loop(tmp_path):
+    """"auto" worker processes: one per CPU available to us, 1 to 4; event_loop keeps its value."""
+    import os
+    cfg = load_config(write(tmp_path, "[pipeline]\nprocesses = \"auto\"\n[smtp]\nevent_loop = \"asyncio\"\n"))
+    cpus = len(os.sched_getaffinity(0))
+    assert cfg.pipeline.processes == max(1, min(4, cpus))
+    assert cfg.smtp.event_loop == "asyncio"
+    assert load_config(write(tmp_path, "[pipeline]\nprocesses = 0\n")).pipeline.processes == 0

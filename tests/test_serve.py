@@ -174,15 +174,17 @@ def test_kill_9_mid_load_loses_nothing_and_duplicates_nothing(serve):
 def test_pipeline_worker_process_killed_is_restarted_and_work_completes(serve):
     """kill -9 of the pipeline worker process: its claims are released and a new worker finishes the job."""
     import re
-    srv = serve().start()
+    srv = serve(pipeline={"poll_interval": "200ms", "processes": 2}).start()
 
     def worker_pids() -> list[int]:
         return [int(p) for p in re.findall(r"pipeline worker \S+ started \(pid (\d+)\)", srv.log.read_text())]
 
     deadline = time.monotonic() + 20
-    while not worker_pids() and time.monotonic() < deadline:
+    while len(worker_pids()) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    (first,) = worker_pids()
+    initial = worker_pids()
+    assert len(initial) == 2
+    first = initial[0]
     os.kill(first, signal.SIGKILL)
 
     async def send_some() -> list[str]:
@@ -199,8 +201,11 @@ def test_pipeline_worker_process_killed_is_restarted_and_work_completes(serve):
     ids = asyncio.run(send_some())
     entries = {e["id"]: e for e in srv.wait_all_done(timeout=30)}
     assert all(entries[i]["state"] == "ticket_created" for i in ids)
+    deadline = time.monotonic() + 20
+    while len(worker_pids()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
     pids = worker_pids()
-    assert len(pids) == 2 and pids[1] != first
+    assert len(pids) == 3 and pids[2] not in initial  # one replacement, the other worker untouched
     assert "died (exit code -9)" in srv.log.read_text()
     assert srv.stop() == 0
 

@@ -99,14 +99,17 @@ def _received_hop(value: str) -> tuple[str | None, str | None]:
         return None, helo
 
 
+_NOT_IN_COMMENT = re.compile(r"[^\x20-\x7e]|[()\\;]")   # non-printable-ASCII, or comment syntax
+_NOT_IN_REASON = re.compile(r"[^\x20-\x7e]|[\"\\@]")
+_SPACES = re.compile(r"\s+")
+
+
 def _clean_comment(s: str, limit: int = 120) -> str:
-    s = "".join(c if 32 <= ord(c) < 127 and c not in "()\\;" else " " for c in s)
-    return re.sub(r"\s+", " ", s).strip()[:limit]
+    return _SPACES.sub(" ", _NOT_IN_COMMENT.sub(" ", s)).strip()[:limit]
 
 
 def _clean_reason(s: str, limit: int = 120) -> str:
-    s = "".join(c if 32 <= ord(c) < 127 and c not in "\"\\@" else " " for c in s)
-    return re.sub(r"\s+", " ", s).strip()[:limit]
+    return _SPACES.sub(" ", _NOT_IN_REASON.sub(" ", s)).strip()[:limit]
 
 
 _DOM = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?$")

@@ -180,7 +180,8 @@ def strip_forged_authres(raw: bytes, hostname: str) -> bytes:
     return b"".join(out)
 
 
-def _line_ending(raw: bytes) -> bytes:
+def line_ending(raw: bytes) -> bytes:
+    """The message's own line ending: CRLF unless its first line ends in a bare LF."""
     j = raw.find(b"\n")
     if j > 0 and raw[j - 1:j] == b"\r":
         return b"\r\n"
@@ -189,19 +190,25 @@ def _line_ending(raw: bytes) -> bytes:
     return b"\r\n"
 
 
+_AR_SPECIAL = re.compile(r'[\\"();]')
+
+
 def _split_top_level(value: str) -> list[str]:
-    """Split an A-R value after each top-level ';' (outside comments and quoted strings)."""
+    """Split an A-R value after each top-level ';' (outside comments and quoted strings).
+    Only the characters that matter are visited (a regex finds them), not every character."""
     parts: list[str] = []
     depth = 0
     quoted = False
     start = 0
-    i = 0
-    while i < len(value):
+    escaped_until = -1
+    for m in _AR_SPECIAL.finditer(value):
+        i = m.start()
+        if i < escaped_until:
+            continue
         c = value[i]
         if c == "\\":
-            i += 2
-            continue
-        if quoted:
+            escaped_until = i + 2
+        elif quoted:
             if c == '"':
                 quoted = False
         elif c == '"':
@@ -213,7 +220,6 @@ def _split_top_level(value: str) -> list[str]:
         elif c == ";" and depth == 0:
             parts.append(value[start:i + 1])
             start = i + 1
-        i += 1
     parts.append(value[start:])
     return [p.strip() for p in parts if p.strip()]
 
@@ -233,4 +239,4 @@ def prepend_header(raw: bytes, name: str, value: str) -> bytes:
     own line ending (CRLF unless the message uses bare LF)."""
     if not re.fullmatch(r"[!-9;-~]+", name):
         raise ValueError(f"invalid header field name {name!r}")
-    return fold_header(name, value, _line_ending(raw)) + raw
+    return fold_header(name, value, line_ending(raw)) + raw

@@ -15,7 +15,7 @@ from ..replies import Reply
 from .authenticator import Authenticator
 from .config import AuthPolicy, parse_auth_policy
 from .dns import Resolver
-from .headers import prepend_header, strip_forged_authres
+from .headers import fold_header, line_ending, strip_forged_authres
 
 
 class AuthCheck:
@@ -52,14 +52,15 @@ class AuthCheck:
             code, enhanced, text = verdict.reply
             return CheckResult(REJECT if verdict.action == "reject" else DEFER,
                                Reply(code, enhanced, text, _bounded_reason(text)))
-        raw = prepend_header(strip_forged_authres(ctx.raw, self.hostname), "Authentication-Results",
-                             verdict.header_value)
+        raw = strip_forged_authres(ctx.raw, self.hostname)  # the same object when nothing is removed
+        field = fold_header("Authentication-Results", verdict.header_value, line_ending(raw))
         flags = []
         if verdict.suspicious:
             flags.append("suspicious")
         if not verdict.may_act:
             flags.append("may_not_act")
-        return CheckResult(CONTINUE, raw=raw, auth_header=verdict.header_value, auth=verdict.auth, flags=flags)
+        return CheckResult(CONTINUE, raw=raw if raw is not ctx.raw else None, prepend=field,
+                           auth_header=verdict.header_value, auth=verdict.auth, flags=flags)
 
 
 

@@ -197,7 +197,7 @@ class RspamdCheck:
         first = pols[0]
         try:
             result = await _client(first, self._clients).check(
-                ctx.raw, ip=ctx.peer_ip, helo=ctx.helo, mail_from=ctx.mail_from, rcpts=list(ctx.rcpt_tos))
+                ctx.message(), ip=ctx.peer_ip, helo=ctx.helo, mail_from=ctx.mail_from, rcpts=list(ctx.rcpt_tos))
         except RspamdError:
             if any(p.on_error == "tempfail" for p in pols):
                 return CheckResult(DEFER, SCAN_TEMPFAIL)

@@ -53,3 +53,52 @@ def test_header_fields_tolerates_garbage():
     names = [f.name for f in header_fields(raw)]
     assert names == [b"From", b"X"]
     assert header_fields(raw)[0].value == b" a@b cont"
+
+
+def _split_reference(value: str) -> list[str]:
+    """The straightforward character-by-character splitter the fast one must agree with."""
+    parts, depth, quoted, start, i = [], 0, False, 0, 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\":
+            i += 2
+            continue
+        if quoted:
+            quoted = c != '"'
+        elif c == '"':
+            quoted = True
+        elif c == "(":
+            depth += 1
+        elif c == ")" and depth:
+            depth -= 1
+        elif c == ";" and depth == 0:
+            parts.append(value[start:i + 1])
+            start = i + 1
+        i += 1
+    parts.append(value[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def test_split_top_level_agrees_with_the_reference() -> None:
+    import random
+
+    from gateway.auth.headers import _split_top_level
+    rng = random.Random(3)
+    alphabet = list('ab ;();"\\\\x=.')
+    for _ in range(5000):
+        value = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+        assert _split_top_level(value) == _split_reference(value), value
+
+
+def test_clean_comment_and_reason() -> None:
+    import random
+
+    from gateway.auth.authenticator import _clean_comment, _clean_reason
+    rng = random.Random(4)
+    alphabet = list('ab (;)\\"@\t\n\x00é€ ')
+    for _ in range(3000):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 30)))
+        ref_c = " ".join("".join(c if 32 <= ord(c) < 127 and c not in "()\\;" else " " for c in s).split())
+        ref_r = " ".join("".join(c if 32 <= ord(c) < 127 and c not in "\"\\@" else " " for c in s).split())
+        assert _clean_comment(s) == ref_c[:120]
+        assert _clean_reason(s) == ref_r[:120]

@@ -1,0 +1,83 @@
+"""Cheaper per-connection setup for aiosmtpd's ``SMTP.__init__``.
+
+aiosmtpd builds three lookup tables for every new connection: AUTH mechanisms through
+``inspect.getmembers`` on the protocol and the handler, the handler's ``handle_*`` hooks and
+its own ``smtp_*`` methods through ``dir()``, plus ``inspect.signature`` of ``handle_EHLO``.
+That is about 250 us of CPU per connection (measured: ``python bench/perf.py --workload conn``
+profiles), the same answer every time for the same classes.
+
+:func:`install` gives aiosmtpd's module a ``dir`` and an ``inspect`` that remember the
+answers per class (the members are still looked up on the new instance, so bound methods
+are the new connection's). Only ``aiosmtpd.smtp``'s globals are touched; Python's own
+``dir``/``inspect`` are unchanged everywhere else. ``tests/test_smtp_fastinit.py`` checks
+that the tables come out identical.
+"""
+from __future__ import annotations
+
+import inspect as _inspect
+from typing import Any, Callable
+
+import aiosmtpd.smtp as _smtp
+
+_NAME_PREFIXES = ("auth_", "handle_", "smtp_")
+
+
+class _CachingInspect:
+    """``inspect`` for aiosmtpd: ``getmembers`` limited to ``auth_*`` names (all aiosmtpd asks
+    for) and ``signature`` remembered per function; every other name is ``inspect``'s own."""
+
+    def __init__(self) -> None:
+        self._members: dict[type, tuple[str, ...]] = {}
+        self._signatures: dict[Any, _inspect.Signature] = {}
+
+    def getmembers(self, obj: Any, predicate: Callable[[Any], bool] | None = None) -> list[tuple[str, Any]]:
+        if (predicate is not None or isinstance(obj, type)
+                or any(k.startswith("auth_") for k in getattr(obj, "__dict__", ()))):
+            return _inspect.getmembers(obj, predicate)  # unusual: the full answer
+        names = self._members.get(type(obj))
+        if names is None:
+            names = tuple(n for n, _ in _inspect.getmembers(obj) if n.startswith("auth_"))  # sorted
+            if len(self._members) < 256:
+                self._members[type(obj)] = names
+        return [(n, getattr(obj, n)) for n in names]
+
+    def signature(self, fn: Any, *args: Any, **kwargs: Any) -> _inspect.Signature:
+        if args or kwargs:
+            return _inspect.signature(fn, *args, **kwargs)
+        key = getattr(fn, "__func__", fn)
+        sig = self._signatures.get(key)
+        if sig is None:
+            sig = _inspect.signature(fn)
+            if len(self._signatures) < 256:
+                self._signatures[key] = sig
+        return sig
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_inspect, name)
+
+
+_DIR_CACHE: dict[type, list[str]] = {}
+
+
+def _caching_dir(*args: Any) -> list[str]:
+    """``dir(obj)`` remembered per class when the instance adds no hook/method names of its own."""
+    if len(args) != 1:
+        return dir(*args)
+    obj = args[0]
+    cls = type(obj)
+    names = _DIR_CACHE.get(cls)
+    own = getattr(obj, "__dict__", None)
+    if own and any(k.startswith(_NAME_PREFIXES) for k in own):
+        return dir(obj)  # instance-level hooks: never cached
+    if names is None:
+        names = dir(obj)
+        if len(_DIR_CACHE) < 256:
+            _DIR_CACHE[cls] = names
+    return list(names)
+
+
+def install() -> None:
+    """Idempotent."""
+    if not isinstance(getattr(_smtp, "inspect", None), _CachingInspect):
+        _smtp.inspect = _CachingInspect()  # type: ignore[attr-defined]
+    _smtp.dir = _caching_dir  # type: ignore[attr-defined]  # shadows the builtin in that module only
