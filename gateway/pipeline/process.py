@@ -73,6 +73,15 @@ def child_main(cfg: Config, owner: str, wake: multiprocessing.connection.Connect
     setup_logging(cfg.log.level, cfg.log.json)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us in order
     from ..eventloop import run
+    prof_dir = os.environ.get("TICKETMX_WORKER_CPROFILE")  # profiling aid (bench/perf.py, docs/perf.md)
+    if prof_dir:
+        import cProfile
+        with cProfile.Profile() as prof:
+            try:
+                run(_child(cfg, owner, wake, report), cfg.smtp.event_loop)
+            finally:
+                prof.dump_stats(os.path.join(prof_dir, f"worker-{os.getpid()}.prof"))
+        return
     run(_child(cfg, owner, wake, report), cfg.smtp.event_loop)
 
 

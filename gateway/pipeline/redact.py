@@ -94,6 +94,15 @@ def _card_sub(rule: RedactionRule, counter: list[int]) -> Callable[[re.Match[str
     return sub
 
 
+def _may_hold_card(text: str) -> bool:
+    """False when ``text`` cannot hold a card number. ASCII text with fewer than 13 digits in all
+    is settled by ten ``str.count`` passes (C, memory speed); the regex scan (about 10 ns per
+    character: 0.3 ms for a 36 KB body) runs only when it could match."""
+    if text.isascii() and sum(text.count(d) for d in "0123456789") < 13:
+        return False
+    return _DIGIT_RUN.search(text) is not None
+
+
 def redact(text: str, rules: Sequence[RedactionRule] = DEFAULT_RULES) -> tuple[str, dict[str, int]]:
     """(redacted text, replacements per rule name) — rules that matched nothing count 0."""
     counts: dict[str, int] = {}
@@ -101,7 +110,7 @@ def redact(text: str, rules: Sequence[RedactionRule] = DEFAULT_RULES) -> tuple[s
     for rule in rules:
         if rule.luhn:
             if enough_digits is None:  # a card number is a run of >= 13 digits: most mails have none
-                enough_digits = _DIGIT_RUN.search(text) is not None
+                enough_digits = _may_hold_card(text)
             if not enough_digits:
                 counts[rule.name] = counts.get(rule.name, 0)
                 continue
