@@ -69,10 +69,28 @@ def split_message(raw: bytes) -> tuple[bytes, bytes]:
     return raw[:end], raw[end:]
 
 
+_LAST_FIELDS: tuple[bytes | None, tuple[HeaderField, ...]] = (None, ())
+
+
 def header_fields(raw: bytes) -> list[HeaderField]:
     """The header fields of a message, in order. Lines that are neither a field nor a
     continuation (garbage before the first field, say) are kept attached to the previous
-    field, or ignored when there is none; nothing raises."""
+    field, or ignored when there is none; nothing raises.
+
+    The SMTP-time checks ask this of the same message three times (DKIM plan, header values,
+    forged A-R removal): the last answer is kept for the same ``bytes`` object (immutable, so
+    the same object means the same content); messages over 1 MiB are not kept."""
+    global _LAST_FIELDS
+    last_raw, last = _LAST_FIELDS
+    if raw is last_raw and type(raw) is bytes:
+        return list(last)
+    fields = _header_fields(raw)
+    if type(raw) is bytes and len(raw) <= 1 << 20:  # never keeps a large message alive
+        _LAST_FIELDS = (raw, tuple(fields))
+    return fields
+
+
+def _header_fields(raw: bytes) -> list[HeaderField]:
     end = _header_end(raw)
     fields: list[HeaderField] = []
     i = 0
