@@ -7,11 +7,9 @@ importable). Everything else in ticketmx is plain asyncio and runs on either.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any, Callable, Coroutine, TypeVar
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
