@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from .replies import LOOP_DETECTED, TOO_MANY_HOPS, Reply
 
@@ -29,11 +29,25 @@ class DataContext:
     raw: bytes
     header_end: int               # offset of the blank line ending the header section (len(raw) if none)
     prepended: list[bytes] = field(default_factory=list)  # header fields checks put on top, topmost first
+    # A large message (over [smtp] spill_threshold): ``raw`` is only its header section, the body
+    # is in this anonymous temporary file (``body_size`` bytes from offset 0). Read it in chunks.
+    body: IO[bytes] | None = None
+    body_size: int = 0
+
+    @property
+    def size(self) -> int:
+        """Size of the message as received (header section and body)."""
+        return len(self.raw) + self.body_size
 
     def message(self) -> bytes:
-        """The message as it would be spooled now: prepended fields, then ``raw``. Builds a copy:
-        for checks that must hand the whole message on (rspamd), not for reading headers."""
-        return b"".join([*self.prepended, self.raw]) if self.prepended else self.raw
+        """The message as it would be spooled now: prepended fields, then ``raw`` (and the body of a
+        large message). Builds a copy: for checks that must hand the whole message on (rspamd,
+        below its size limit), not for reading headers."""
+        parts = [*self.prepended, self.raw]
+        if self.body is not None:
+            self.body.seek(0)
+            parts.append(self.body.read(self.body_size))
+        return b"".join(parts) if len(parts) > 1 else self.raw
 
 
 @dataclass(slots=True)

@@ -179,6 +179,8 @@ async def _spool_show(store: Store, args: argparse.Namespace) -> int:
         return EX_FAIL
     if args.raw:
         sys.stdout.buffer.write(entry.raw)
+        async for chunk in store.spool_body_chunks(entry):  # a large message: streamed, not joined
+            sys.stdout.buffer.write(chunk)
         return EX_OK
     d = spool_dict(entry)
     if entry.ticket_id is not None:

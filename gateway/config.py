@@ -64,6 +64,8 @@ class SmtpConfig:
     rate_per_ip: Rate | None = None       # accepted messages per client IP, e.g. "100/1m"
     rate_per_sender: Rate | None = None   # accepted messages per MAIL FROM address, e.g. "20/10m"
     event_loop: str = "auto"              # "auto" (uvloop when importable), "uvloop" or "asyncio"
+    spill_threshold: int = 1024 * 1024    # DATA larger than this streams to a temporary file (bytes)
+    spill_dir: str | None = None          # where those files live (unlinked at once); default: the system's
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +369,13 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         rate_per_ip=t.get("rate_per_ip", None, parse_rate),
         rate_per_sender=t.get("rate_per_sender", None, parse_rate),
         event_loop=t.get("event_loop", d.event_loop, _event_loop),
+        spill_threshold=t.get("spill_threshold", d.spill_threshold, parse_size),
+        spill_dir=t.get("spill_dir", None, _path_or_none),
     )
+    if smtp.spill_threshold < 64 * 1024:
+        t.error("spill_threshold", "must be at least 64 KiB")
+    if smtp.spill_dir and not os.path.isdir(smtp.spill_dir):
+        t.error("spill_dir", f"not a directory: {smtp.spill_dir}")
     if bool(smtp.tls_cert) != bool(smtp.tls_key):
         t.error("tls_key" if smtp.tls_cert else "tls_cert", "tls_cert and tls_key must be set together")
     for name in ("tls_cert", "tls_key"):

@@ -25,6 +25,7 @@ from .netaddr import ip_in_networks
 from .ratelimit import SlidingWindow
 from .recipients import RecipientMap
 from .replies import Reply, with_enhanced
+from .spill import DataSpill
 from .spool import SpoolWriter, new_spool_id
 from .store.base import SpoolEntry
 
@@ -108,7 +109,11 @@ class TicketmxSMTP(SMTP):
         """DATA read in 64 KiB chunks instead of aiosmtpd's line by line (a 50 KB message is ~700
         lines: most of the SMTP process's time on large mail went there). Same replies, same size
         limit on the stream (the excess is discarded, never buffered), dot-unstuffing as RFC 5321
-        4.5.2. Lines longer than 1000 octets are accepted (be liberal: MIME parsing copes)."""
+        4.5.2. Lines longer than 1000 octets are accepted (be liberal: MIME parsing copes).
+
+        A message larger than ``[smtp] spill_threshold`` keeps only its header section in memory:
+        the body streams into an anonymous temporary file (:class:`DataSpill`), so a 50 MB message
+        costs the process a few MiB, not several copies of 50 MB."""
         reader = self._reader
         if not hasattr(reader, "_buffer"):  # not the CPython StreamReader we know: the safe path
             return await super().smtp_DATA(arg)
@@ -122,46 +127,76 @@ class TicketmxSMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        limit = self.data_size_limit or 0
-        buf = bytearray(b"\r\n")  # a virtual CRLF, so a terminator on the very first line is found
-        too_much = False
-        scan = 0
-        while True:
-            idx = buf.find(b"\r\n.\r\n", scan)
-            if idx >= 0:
-                break
-            chunk = await reader.read(65536)
-            if not chunk:  # the client went away mid-DATA
-                if self.transport is not None:
-                    self.transport.close()
+        smtp_cfg = self.state.cfg.smtp
+        spill: DataSpill | None = None
+        try:
+            limit = self.data_size_limit or 0
+            buf = bytearray(b"\r\n")  # a virtual CRLF, so a terminator on the very first line is found
+            consumed = 0  # bytes of the stream already moved from buf to the spill (the virtual CRLF too)
+            too_much = False
+            may_spill = True
+            scan = 0
+            while True:
+                idx = buf.find(b"\r\n.\r\n", scan)
+                if idx >= 0:
+                    break
+                chunk = await reader.read(65536)
+                if not chunk:  # the client went away mid-DATA
+                    if self.transport is not None:
+                        self.transport.close()
+                    return
+                self._reset_timeout()
+                scan = max(0, len(buf) - 4)
+                buf += chunk
+                if limit and not too_much and consumed + len(buf) - 2 > limit + 5:
+                    too_much = True  # from here on only look for the end: keep nothing but a tail
+                    if spill is not None:
+                        spill.close()
+                        spill = None
+                if too_much:
+                    if len(buf) > 65536:
+                        del buf[:-8]
+                        scan = 0
+                    continue
+                if spill is None and may_spill and len(buf) > smtp_cfg.spill_threshold:
+                    spill = await DataSpill.start(buf, smtp_cfg.spill_dir)
+                    may_spill = spill is not None  # no header section end in sight: stay in memory
+                    consumed = spill.consumed if spill is not None else 0
+                    scan = 0
+                elif spill is not None and len(buf) >= DataSpill.FLUSH_AT:
+                    await spill.flush(buf)
+                    consumed = spill.consumed
+                    scan = 0
+            leftover = bytes(buf[idx + 5:])
+            if leftover:  # pipelined commands after the message: hand them back to the command loop
+                reader._buffer[:0] = leftover  # type: ignore[attr-defined]
+            if spill is not None:
+                del buf[idx + 2:]
+                await spill.flush(buf, final=True)
+                body = spill.head
+            else:
+                with memoryview(buf) as view:
+                    body = bytes(view[2:idx + 2])  # one copy (a bytearray slice would make two)
+            del buf
+            size = len(body) + (spill.size if spill is not None else 0)
+            if too_much or (limit and size > limit):
+                self._set_post_data_state()
+                await self.push(str(replies.MESSAGE_TOO_BIG))
                 return
-            self._reset_timeout()
-            scan = max(0, len(buf) - 4)
-            buf += chunk
-            if limit and not too_much and len(buf) - 2 > limit + 5:
-                too_much = True  # from here on only look for the end: keep nothing but a tail
-            if too_much and len(buf) > 65536:
-                del buf[:-8]
-                scan = 0
-        leftover = bytes(buf[idx + 5:])
-        if leftover:  # pipelined commands after the message: hand them back to the command loop
-            reader._buffer[:0] = leftover  # type: ignore[attr-defined]
-        with memoryview(buf) as view:
-            body = bytes(view[2:idx + 2])  # one copy (a bytearray slice would make two)
-        del buf
-        if too_much or (limit and len(body) > limit):
+            if spill is None:
+                if body.startswith(b".."):
+                    body = body[1:]
+                if b"\r\n.." in body:
+                    body = body.replace(b"\r\n..", b"\r\n.")
+            self.envelope.content = body
+            self.envelope.original_content = body
+            self.envelope.ticketmx_body = spill  # type: ignore[attr-defined]
+            status = await self._call_handler_hook("DATA")
             self._set_post_data_state()
-            await self.push(str(replies.MESSAGE_TOO_BIG))
-            return
-        if body.startswith(b".."):
-            body = body[1:]
-        if b"\r\n.." in body:
-            body = body.replace(b"\r\n..", b"\r\n.")
-        self.envelope.content = body
-        self.envelope.original_content = body
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
+            await self.push("250 OK" if status is MISSING else status)
+        finally:
+            if spill is not None:
+                spill.close()  # the spool has its own copy by now (or the message was refused)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None
@@ -296,10 +331,12 @@ class Handler:
         raw: bytes = envelope.original_content or b""
         peer_ip = _peer_ip(session)
         mail_from = "" if envelope.mail_from in (None, "<>") else envelope.mail_from  # null sender is ""
+        spill: DataSpill | None = getattr(envelope, "ticketmx_body", None)
         ctx = DataContext(peer_ip=peer_ip, helo=session.host_name or "", mail_from=mail_from,
                           rcpt_tos=list(envelope.rcpt_tos),
                           mailboxes=list(getattr(envelope, "ticketmx_mailboxes", [])), raw=raw,
-                          header_end=header_end(raw))
+                          header_end=header_end(raw), body=spill.file if spill is not None else None,
+                          body_size=spill.size if spill is not None else 0)
         added_headers: list[tuple[str, str]] = []
         flags: list[str] = []
         auth_header: str | None = None
@@ -329,7 +366,7 @@ class Handler:
             id=spool_id, received_at=time.time(), mail_from=ctx.mail_from, rcpt_tos=tuple(ctx.rcpt_tos),
             mailboxes=tuple(mb.address for mb in ctx.mailboxes), peer_ip=peer_ip, helo=ctx.helo, tls=tls,
             message_id=m.group(1).decode("utf-8", "replace").strip() if m else "", raw=final_raw,
-            auth_header=auth_header, auth=auth, flags=tuple(flags))
+            auth_header=auth_header, auth=auth, flags=tuple(flags), body=ctx.body, body_size=ctx.body_size)
         try:
             await self.spool.commit(entry)
         except Exception:
@@ -340,10 +377,10 @@ class Handler:
         if self.rate_sender is not None:
             self.rate_sender.hit((envelope.mail_from or "").lower())
         self.metrics.accepted.inc()
-        self.metrics.accepted_bytes.inc(len(final_raw))
+        self.metrics.accepted_bytes.inc(entry.size)
         self.metrics.accept_latency.observe(time.perf_counter() - started)
         log.info("accepted %s from=<%s> rcpts=%d size=%d", spool_id, ctx.mail_from, len(ctx.rcpt_tos),
-                 len(final_raw), extra={"trace_id": spool_id})
+                 entry.size, extra={"trace_id": spool_id})
         headers_level = logging.getLevelName(self.cfg.log.headers_level)
         if audit_log.isEnabledFor(headers_level):  # the raw header section, for audit
             head = final_raw[:header_end(final_raw)].decode("utf-8", "replace")

@@ -28,6 +28,7 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
+from typing import IO
 
 import authres
 import authres.arc
@@ -188,24 +189,33 @@ class Authenticator:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ crypto
-    async def _crypto(self, raw: bytes, p: dkimcheck.Plan, check_arc: bool) -> dict:
+    async def _crypto(self, raw: bytes, p: dkimcheck.Plan, check_arc: bool,
+                      body: IO[bytes] | None = None, body_size: int = 0) -> dict:
         if not p.sigs and not check_arc:
             return {"sigs": [], "arc": None, "missing": []}  # unsigned mail: nothing to hash or verify
         keys: dict = {}
-        await dkimcheck.fetch_keys(self.resolver, p.key_names(), keys)
+        hashes = None
+        if body is not None:  # a large message: body hashes from its file, off the loop, in one pass
+            loop = asyncio.get_running_loop()
+            _, hashes = await asyncio.gather(
+                dkimcheck.fetch_keys(self.resolver, p.key_names(), keys),
+                loop.run_in_executor(None, dkimcheck.file_body_hashes, raw, body, body_size))
+        else:
+            await dkimcheck.fetch_keys(self.resolver, p.key_names(), keys)
         n_crypto = sum(1 for s in p.sigs if s.key_name) + (2 * len(p.arc_keys) if check_arc else 0)
         for _ in range(4):
-            if len(raw) <= self.inline_max_bytes and n_crypto <= 4:
+            if hashes is None and len(raw) <= self.inline_max_bytes and n_crypto <= 4:
                 res = dkimcheck.verify_sync(raw, p.sigs, keys, check_arc)
             else:
-                res = await self._in_executor(raw, p, keys, check_arc)
+                res = await self._in_executor(raw, p, keys, check_arc, hashes)
             missing = [m for m in res["missing"] if m not in keys]
             if not missing:
                 return res
             await dkimcheck.fetch_keys(self.resolver, missing, keys)
         return res
 
-    async def _in_executor(self, raw: bytes, p: dkimcheck.Plan, keys: dict, check_arc: bool) -> dict:
+    async def _in_executor(self, raw: bytes, p: dkimcheck.Plan, keys: dict, check_arc: bool,
+                           hashes: dict | None = None) -> dict:
         loop = asyncio.get_running_loop()
         try:
             if len(raw) > self.large_message_bytes:
@@ -213,17 +223,19 @@ class Authenticator:
                     self._large_sem = asyncio.Semaphore(self._large_concurrency)
                 async with self._large_sem:
                     return await loop.run_in_executor(self.executor, dkimcheck.verify_sync, raw, p.sigs, keys,
-                                                      check_arc)
-            return await loop.run_in_executor(self.executor, dkimcheck.verify_sync, raw, p.sigs, keys, check_arc)
+                                                      check_arc, hashes)
+            return await loop.run_in_executor(self.executor, dkimcheck.verify_sync, raw, p.sigs, keys, check_arc,
+                                              hashes)
         except (RuntimeError, concurrent.futures.BrokenExecutor) as e:
             # executor shut down or broken (a crashed worker process): verify with the default
             # thread pool rather than turn an infrastructure fault into an auth result
             log.warning("auth executor unusable (%r); using the loop's default executor", e)
-            return await loop.run_in_executor(None, dkimcheck.verify_sync, raw, p.sigs, keys, check_arc)
+            return await loop.run_in_executor(None, dkimcheck.verify_sync, raw, p.sigs, keys, check_arc, hashes)
 
     # ------------------------------------------------------------------ check
     async def check(self, *, peer_ip: str, helo: str, mail_from: str, raw: bytes,
-                    policy: AuthPolicy) -> AuthVerdict:
+                    policy: AuthPolicy, body: IO[bytes] | None = None, body_size: int = 0) -> AuthVerdict:
+        """``body``: a large message's body in a file (``raw`` is then its header section only)."""
         t0 = time.perf_counter()
         sender = _normalise_sender(mail_from)
         helo = (helo or "").strip()
@@ -275,7 +287,7 @@ class Authenticator:
             return dict(zip(from_info.domains, found))
 
         spf_mf, spf_h, crypto, discoveries = await asyncio.gather(
-            spf_mailfrom(), spf_helo(), self._crypto(raw, p, check_arc), dmarc_discovery())
+            spf_mailfrom(), spf_helo(), self._crypto(raw, p, check_arc, body, body_size), dmarc_discovery())
 
         sigs: list[dkimcheck.SigPlan] = crypto["sigs"]
         arc = crypto["arc"] or {"result": "none", "reason": "", "instances": 0, "sets": []}

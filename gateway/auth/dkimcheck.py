@@ -34,12 +34,14 @@ import binascii
 import logging
 import re
 from dataclasses import dataclass, field
+from typing import IO
 
 import dkim
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from . import fastcanon
+from ..fileio import read_chunks
+from . import bodyhash, fastcanon
 from .dns import DnsTempError, Resolver
 from .headers import header_fields
 
@@ -346,15 +348,92 @@ def _classify_key(txt) -> tuple[str | None, str, int | None]:
     return None, "", bits
 
 
-def verify_sync(raw: bytes, sigs: list[SigPlan], keys: dict, check_arc: bool) -> dict:
-    """CPU part. Returns {"sigs": [SigPlan...], "arc": {...} | None, "missing": [names]}."""
+def _body_key(sig: dict, default_c: bytes) -> tuple[bytes, bytes, int | None] | None:
+    """(body canonicalisation, a=, l=) of a signature: what its body hash depends on."""
+    try:
+        canon = CanonicalizationPolicy.from_c_value(sig.get(b"c", default_c)).body_algorithm.name
+        length = int(sig[b"l"]) if b"l" in sig else None
+    except (InvalidCanonicalizationPolicyError, ValueError, TypeError):
+        return None
+    a = sig.get(b"a")
+    if a not in dkim.HASH_ALGORITHMS or (length is not None and length < 0):
+        return None
+    return canon, a, length
+
+
+def body_hash_wants(raw: bytes) -> list[tuple[bytes, bytes, int | None]]:
+    """Every body hash the DKIM-Signature and ARC-Message-Signature fields of ``raw`` ask for."""
+    wants = []
+    for f in header_fields(raw):
+        lname = f.name.lower()
+        if lname not in (b"dkim-signature", b"arc-message-signature"):
+            continue
+        try:
+            tags = parse_tag_value(f.value)
+        except InvalidTagValueList:
+            continue
+        key = _body_key(tags, b"simple/simple" if lname == b"dkim-signature" else b"relaxed/relaxed")
+        if key is not None:
+            wants.append(key)
+    return list(dict.fromkeys(wants))
+
+
+def file_body_hashes(raw: bytes, body: IO[bytes], body_size: int) -> dict:
+    """Body hashes for a large message whose body is in a file: one pass, one chunk in memory."""
+    wants = body_hash_wants(raw)
+    if not wants:
+        return {}
+    return bodyhash.body_hashes(read_chunks(body, body_size), wants)
+
+
+class _BodyFromHashes:
+    """dkimpy verification with the body hash checked against one computed beforehand (streamed
+    from a file) instead of canonicalising ``self.body``; the header hash and the signature are
+    checked by dkimpy as usual. Used with a message of headers only."""
+
+    body_hashes: dict = {}
+
+    def verify_sig_process(self, sig, include_headers, sig_header, dnsfunc):  # noqa: ANN001 - dkimpy's
+        if b"bh" in sig:
+            key = _body_key(sig, b"simple/simple")
+            got = self.body_hashes.get(key) if key is not None else None
+            if got is None:
+                raise dkim.ValidationError("body hash not computed for this signature")
+            try:
+                bh = base64.b64decode(re.sub(rb"\s+", b"", sig[b"bh"]))
+            except (TypeError, binascii.Error) as e:
+                raise dkim.MessageFormatError(str(e)) from e
+            if got[0] != bh:
+                raise dkim.ValidationError("body hash mismatch (streamed body)")
+            sig = {k: v for k, v in sig.items() if k != b"bh"}
+        return super().verify_sig_process(sig, include_headers, sig_header, dnsfunc)  # type: ignore[misc]
+
+
+class _StreamedDKIM(_BodyFromHashes, dkim.DKIM):
+    pass
+
+
+class _StreamedARC(_BodyFromHashes, dkim.ARC):
+    pass
+
+
+def verify_sync(raw: bytes, sigs: list[SigPlan], keys: dict, check_arc: bool,
+                body_hashes: dict | None = None) -> dict:
+    """CPU part. Returns {"sigs": [SigPlan...], "arc": {...} | None, "missing": [names]}.
+
+    ``body_hashes`` (from :func:`file_body_hashes`): ``raw`` is only the header section of a large
+    message and the body hashes were computed from its file."""
     missing: list[bytes] = []
     dnsfunc = _dnsfunc(keys, missing)
     out_sigs: list[SigPlan] = []
     d_obj = None
     msg_error = None
     try:
-        d_obj = dkim.DKIM(raw, logger=_quiet, minkey=MIN_KEY_BITS)
+        if body_hashes is not None:
+            d_obj = _StreamedDKIM(raw, logger=_quiet, minkey=MIN_KEY_BITS)
+            d_obj.body_hashes = body_hashes
+        else:
+            d_obj = dkim.DKIM(raw, logger=_quiet, minkey=MIN_KEY_BITS)
     except Exception as e:  # noqa: BLE001 - MessageFormatError and anything odd
         msg_error = f"message format: {e}"
     for sp in sigs:
@@ -411,30 +490,37 @@ def verify_sync(raw: bytes, sigs: list[SigPlan], keys: dict, check_arc: bool) ->
                 sp.result, sp.reason = "policy", pre_policy + f" ({sp.reason or sp.result})"
             continue
         if sp.result == "pass" and sp.l is not None:
-            body_len = _canon_body_len(d_obj, raw, sp.index)
+            body_len = _canon_body_len(d_obj, raw, sp.index, body_hashes)
             if body_len is not None and sp.l < body_len:
                 sp.result, sp.reason = "policy", f"l={sp.l} covers only part of the {body_len}-byte body"
     arc = None
     if check_arc:
-        arc = _verify_arc(raw, dnsfunc)
+        arc = _verify_arc(raw, dnsfunc, body_hashes)
     return {"sigs": out_sigs, "arc": arc, "missing": list(dict.fromkeys(missing))}
 
 
-def _canon_body_len(d_obj, raw: bytes, idx: int) -> int | None:
+def _canon_body_len(d_obj, raw: bytes, idx: int, body_hashes: dict | None = None) -> int | None:
     try:
         sigheaders = [(x, y) for x, y in d_obj.headers if x.lower() == b"dkim-signature"]
         tags = parse_tag_value(sigheaders[idx][1])
+        if body_hashes is not None:
+            got = body_hashes.get(_body_key(tags, b"simple/simple"))
+            return got[1] if got is not None else None
         pol = CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
         return len(pol.canonicalize_body(d_obj.body))
     except Exception:  # noqa: BLE001
         return None
 
 
-def _verify_arc(raw: bytes, dnsfunc) -> dict:
+def _verify_arc(raw: bytes, dnsfunc, body_hashes: dict | None = None) -> dict:
     """RFC 8617 5.2 chain validation through dkimpy, with our own handling of the edges."""
     out: dict = {"result": "none", "reason": "", "instances": 0, "sets": []}
     try:
-        a = dkim.ARC(raw, logger=_quiet, minkey=MIN_KEY_BITS)
+        if body_hashes is not None:
+            a = _StreamedARC(raw, logger=_quiet, minkey=MIN_KEY_BITS)
+            a.body_hashes = body_hashes
+        else:
+            a = dkim.ARC(raw, logger=_quiet, minkey=MIN_KEY_BITS)
         cv, results, reason = a.verify(dnsfunc=dnsfunc)
     except _TempKey as e:
         out.update(result="temperror", reason=f"key lookup: {e}")

@@ -47,7 +47,8 @@ class AuthCheck:
 
     async def run(self, ctx: DataContext) -> CheckResult:
         verdict = await self.authenticator.check(peer_ip=ctx.peer_ip, helo=ctx.helo, mail_from=ctx.mail_from,
-                                                 raw=ctx.raw, policy=self.policy_for(ctx))
+                                                 raw=ctx.raw, policy=self.policy_for(ctx), body=ctx.body,
+                                                 body_size=ctx.body_size)
         if verdict.action in ("reject", "defer") and verdict.reply is not None:
             code, enhanced, text = verdict.reply
             return CheckResult(REJECT if verdict.action == "reject" else DEFER,

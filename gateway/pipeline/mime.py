@@ -35,12 +35,14 @@ import html as html_lib
 import io
 import re
 from collections.abc import Iterable
+from typing import Any
 from email.generator import BytesGenerator
 from email.message import Message
 from urllib.parse import unquote_to_bytes
 
 from inscriptis import get_text
 
+from gateway.pipeline.bigmime import is_marker
 from gateway.pipeline.model import Attachment, ParsedMessage
 
 __all__ = ["parse_message"]
@@ -633,9 +635,10 @@ class _Part:
 class _Walker:
     """One recursive pass over the MIME tree collecting body texts and attachments."""
 
-    def __init__(self, ctx: _Ctx) -> None:
+    def __init__(self, ctx: _Ctx, elided: dict[bytes, Any] | None = None) -> None:
         self.ctx = ctx
         self.attachments: list[Attachment] = []
+        self.elided = elided  # marker -> decoded body of the large parts bigmime took out
 
     def walk(self, part: Message, depth: int = 0,
              in_attachment: bool = False) -> tuple[list[str], list[str]]:
@@ -705,7 +708,10 @@ class _Walker:
 
     def _leaf(self, part: Message, info: _Part, attach: bool) -> tuple[list[str], list[str]]:
         ctx = self.ctx
-        data = _transfer_decode(_raw_payload(part), info.cte, part, ctx)
+        payload = _raw_payload(part)
+        data = self._elided(payload)
+        if data is None:
+            data = _transfer_decode(payload, info.cte, part, ctx)
         ctype = info.ctype
         if not attach and (ctype == "text/plain" or ctype == "text/html" or ctype.startswith("multipart/")):
             label = info.type_params.get("charset")
@@ -724,6 +730,13 @@ class _Walker:
             return [text], []
         self._add(data, info, ctx)
         return [], []
+
+    def _elided(self, payload: bytes) -> bytes | None:
+        """The decoded body bigmime took out of this part, if the payload is one of its markers."""
+        if not self.elided or len(payload) > 256 or not is_marker(payload):
+            return None
+        data = self.elided.pop(payload.strip(), None)
+        return bytes(data) if data is not None else None
 
     def _message_attachment(self, part: Message, payload: list, info: _Part) -> None:
         """message/* part: keep the attached message as bytes (re-serialised, see below)."""
@@ -822,10 +835,10 @@ def _build(raw_headers: Iterable[tuple[str, str]], plains: list[str], htmls: lis
     )
 
 
-def _parse(raw: bytes) -> ParsedMessage:
+def _parse(raw: bytes, elided: dict[bytes, Any] | None = None) -> ParsedMessage:
     ctx = _Ctx(raw)
     msg = email.message_from_bytes(raw, policy=_POLICY)
-    walker = _Walker(ctx)
+    walker = _Walker(ctx, elided)
     plains, htmls = walker.walk(msg)
     return _build(msg.raw_items(), plains, htmls, walker.attachments, ctx)
 
@@ -850,14 +863,17 @@ def _salvage(raw: bytes, exc: BaseException) -> ParsedMessage:
     return _build(raw_headers, [text], [], [], ctx)
 
 
-def parse_message(raw: bytes) -> ParsedMessage:
-    """Parse one raw message; never raises (failures end up in ``defects``)."""
+def parse_message(raw: bytes, elided: dict[bytes, Any] | None = None) -> ParsedMessage:
+    """Parse one raw message; never raises (failures end up in ``defects``).
+
+    ``elided``: for a large message, ``raw`` is bigmime's skeleton and this maps its markers to the
+    decoded bodies of the parts it took out (consumed: each body is handed on, not kept twice)."""
     try:
         if isinstance(raw, (bytearray, memoryview)):
             raw = bytes(raw)
         elif not isinstance(raw, bytes):
             raw = str(raw).encode("utf-8", "surrogateescape")
-        return _parse(raw)
+        return _parse(raw, elided)
     except Exception as exc:
         try:
             return _salvage(raw if isinstance(raw, bytes) else b"", exc)

@@ -192,7 +192,7 @@ class RspamdCheck:
 
     async def run(self, ctx: DataContext) -> CheckResult:
         pols = self._policies(ctx)
-        if not pols or len(ctx.raw) > min(p.max_size for p in pols):
+        if not pols or ctx.size > min(p.max_size for p in pols):
             return CheckResult()
         first = pols[0]
         try:
@@ -238,12 +238,12 @@ class RspamdStage:
         info: dict[str, Any]
         if score is not None:
             info = {"score": score, "source": "smtp"}
-        elif len(e.raw) > policy.max_size:
+        elif e.size > policy.max_size:
             return Verdict(data={"rspamd": {"skipped": f"message larger than {policy.max_size} bytes"}})
         else:
             try:
                 result = await _client(policy, self._clients).check(
-                    e.raw, ip=e.peer_ip, helo=e.helo, mail_from=e.mail_from, rcpts=e.rcpt_tos, queue_id=e.id)
+                    await msg.original(), ip=e.peer_ip, helo=e.helo, mail_from=e.mail_from, rcpts=e.rcpt_tos, queue_id=e.id)
             except RspamdError as exc:
                 if policy.on_error == "tempfail":
                     raise

@@ -7,7 +7,7 @@ returns a :class:`Verdict`: continue, drop (suppress with reason), quarantine
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from ..config import Config, MailboxConfig
 from ..recipients import RecipientMap
@@ -33,6 +33,16 @@ class Inbound:
     entry: SpoolEntry
     parsed: ParsedMessage
     findings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # A large (chunked) entry arrives with ``entry.raw`` = the message with its large attachments'
+    # bodies elided (see bigmime); this loads the original from the store, whole, when a stage
+    # really needs it.
+    load_original: Callable[[], Awaitable[bytes]] | None = None
+
+    async def original(self) -> bytes:
+        """The message exactly as spooled (loads a large one from the store: memory-heavy)."""
+        if self.entry.chunked and self.load_original is not None:
+            return await self.load_original()
+        return self.entry.raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +195,7 @@ class TicketStage:
             custom = {**values, **custom}  # routing rules win over the template's mapping
         if template is not None and template.attach_original:
             import hashlib
-            raw = e.raw
+            raw = await msg.original()
             attachments = (*attachments, AttachmentDraft("original.eml", "message/rfc822",
                                                          hashlib.sha256(raw).hexdigest(), raw))
             article = replace(article, attachments=attachments)

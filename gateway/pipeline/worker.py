@@ -20,6 +20,7 @@ from ..config import Config
 from ..metrics import Metrics
 from ..recipients import RecipientMap
 from ..store.base import QUARANTINED, ArticleDraft, Delivery, SpoolEntry, Store, ThreadHints
+from .bigmime import LargePartSplitter
 from .mime import parse_message
 from .stages import CONTINUE, DROP, QUARANTINE, TICKET, Context, Inbound, Stage, build_pipeline
 
@@ -152,9 +153,12 @@ class Worker:
             return Delivery(entry.id, "quarantine", reason=f"failed {entry.attempts - 1} times: "
                             f"{entry.last_error or 'processing crashed'}")
         try:
-            loop = asyncio.get_running_loop()
-            parsed = await loop.run_in_executor(self.executor, parse_message, entry.raw)
-            delivery = await self._run_stages(Inbound(entry, parsed))
+            if entry.chunked:
+                delivery = await self._run_stages(await self._large(entry))
+            else:
+                loop = asyncio.get_running_loop()
+                parsed = await loop.run_in_executor(self.executor, parse_message, entry.raw)
+                delivery = await self._run_stages(Inbound(entry, parsed))
             if self.consecutive_failures:
                 self.consecutive_failures = 0
                 self.stats.consecutive_failures(0)
@@ -180,6 +184,22 @@ class Worker:
                                 traceback=trace)
             await self.store.spool_retry(entry.id, error, time.time() + self.cfg.pipeline.retry_delay)
             return None
+
+    async def _large(self, entry: SpoolEntry) -> Inbound:
+        """A chunked entry, streamed: its chunks go one at a time through the splitter, which decodes
+        large attachments as they pass and leaves a small skeleton for the MIME parser. Memory stays
+        near one copy of the attachments instead of many copies of the whole message."""
+        loop = asyncio.get_running_loop()
+        splitter = LargePartSplitter()
+        await loop.run_in_executor(self.executor, splitter.feed, entry.raw)
+        async for chunk in self.store.spool_body_chunks(entry):
+            await loop.run_in_executor(self.executor, splitter.feed, chunk)
+            del chunk
+        skeleton, elided = await loop.run_in_executor(self.executor, splitter.finish)
+        parsed = await loop.run_in_executor(self.executor, parse_message, skeleton, elided)
+        del elided
+        store = self.store
+        return Inbound(replace(entry, raw=skeleton), parsed, load_original=lambda: store.spool_full_raw(entry))
 
     async def _tell_admin(self, reason: str) -> None:
         """Optional admin notification when processing pauses (``[pipeline] admin_address``)."""

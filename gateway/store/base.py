@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any, AsyncIterator, Iterator
+
+from ..fileio import read_chunks
 
 # Spool states. ``queued`` and ``processing`` are live; the rest are terminal.
 QUEUED = "queued"
@@ -48,10 +50,36 @@ class SpoolEntry:
     article_id: int | None = None
     finished_at: float | None = None
     traceback: str = ""
+    # Large messages (see docs/architecture.md, "Large messages"): ``raw`` holds only our prepended
+    # headers and the message's header section. On the SMTP side the body is in ``body`` (an
+    # anonymous temporary file, read from offset 0); once spooled it is in ``chunks`` rows, read
+    # back one at a time with :meth:`Store.spool_body_chunks`.
+    body: IO[bytes] | None = field(default=None, compare=False, repr=False)
+    body_size: int = 0
+    chunks: int = 0
 
     @property
     def size(self) -> int:
-        return len(self.raw)
+        return len(self.raw) + self.body_size
+
+    @property
+    def chunked(self) -> bool:
+        return self.body is not None or self.chunks > 0
+
+
+SPOOL_CHUNK = 1024 * 1024  # bytes per spool_chunks row
+
+
+def body_file_chunks(entry: SpoolEntry) -> Iterator[bytes]:
+    """A not-yet-spooled entry's body file from the start, one spool chunk at a time."""
+    if entry.body is None:
+        return iter(())
+    return read_chunks(entry.body, entry.body_size, SPOOL_CHUNK)
+
+
+def chunk_count(entry: SpoolEntry) -> int:
+    """How many spool_chunks rows the entry has (or will have once inserted)."""
+    return -(-entry.body_size // SPOOL_CHUNK) if entry.body is not None else entry.chunks
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +212,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def spool_insert(self, entries: list[SpoolEntry]) -> None:
         """Commit entries durably (fsync) before returning: the caller then answers 250."""
+
+    @abc.abstractmethod
+    def spool_body_chunks(self, entry: SpoolEntry) -> AsyncIterator[bytes]:
+        """The body of a chunked entry, one decrypted chunk at a time, in order (nothing for others)."""
+
+    async def spool_full_raw(self, entry: SpoolEntry) -> bytes:
+        """The whole message as one buffer: for the CLI and the few consumers that need it whole
+        (``attach_original``). The pipeline itself streams chunked entries."""
+        if not entry.chunks:
+            return entry.raw
+        parts = [entry.raw]
+        async for chunk in self.spool_body_chunks(entry):
+            parts.append(chunk)
+        return b"".join(parts)
 
     @abc.abstractmethod
     async def spool_recover(self, owner: str | None = None) -> int:

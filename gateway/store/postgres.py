@@ -31,12 +31,13 @@ import random
 import socket
 import time
 import uuid
-from typing import Any
+from typing import Any, AsyncIterator
 
 import asyncpg
 
 from . import base
-from .base import PROCESSING, QUARANTINED, QUEUED, Delivery, DeliveryResult, SpoolEntry, Store
+from .base import (PROCESSING, QUARANTINED, QUEUED, Delivery, DeliveryResult, SpoolEntry, Store,
+                   body_file_chunks, chunk_count)
 from .crypto import Cipher
 from .pg_migrations import load_migrations
 from .postgres_deliver import PgDeliverTx, delivery_lock_keys, take_locks
@@ -139,19 +140,34 @@ class PostgresStore(Store):
     async def spool_insert(self, entries: list[SpoolEntry]) -> None:
         if not entries:
             return
+        enc = self.cipher.enc_bytes
         rows = [(e.id, e.received_at, e.mail_from, json.dumps(list(e.rcpt_tos)), json.dumps(list(e.mailboxes)),
-                 e.peer_ip, e.helo, json.dumps(e.tls) if e.tls else None, e.message_id, len(e.raw),
-                 self.cipher.enc_bytes(e.raw), e.auth_header, json.dumps(e.auth) if e.auth is not None else None,
-                 json.dumps(list(e.flags))) for e in entries]
+                 e.peer_ip, e.helo, json.dumps(e.tls) if e.tls else None, e.message_id, e.size,
+                 enc(e.raw), e.auth_header, json.dumps(e.auth) if e.auth is not None else None,
+                 json.dumps(list(e.flags)), chunk_count(e)) for e in entries]
         cols = list(zip(*rows))
         async with self.pool.acquire() as conn:
-            # One statement, one round trip, one commit (= one WAL flush) for the whole group.
-            await conn.execute(
-                "INSERT INTO spool (id, received_at, mail_from, rcpt_tos, mailboxes, peer_ip, helo, tls,"
-                " message_id, size, raw, auth_header, auth, flags) SELECT * FROM unnest($1::text[],"
-                " $2::float8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],"
-                " $9::text[], $10::bigint[], $11::bytea[], $12::text[], $13::text[], $14::text[])",
-                *[list(c) for c in cols])
+            async with conn.transaction():
+                # One statement, one round trip for the group's rows, one commit (= one WAL flush).
+                await conn.execute(
+                    "INSERT INTO spool (id, received_at, mail_from, rcpt_tos, mailboxes, peer_ip, helo, tls,"
+                    " message_id, size, raw, auth_header, auth, flags, chunks) SELECT * FROM unnest($1::text[],"
+                    " $2::float8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],"
+                    " $9::text[], $10::bigint[], $11::bytea[], $12::text[], $13::text[], $14::text[],"
+                    " $15::int[])", *[list(c) for c in cols])
+                for e in entries:
+                    if e.body is not None:  # a large message: its body from the file, one chunk at a time
+                        for i, chunk in enumerate(body_file_chunks(e)):
+                            await conn.execute("INSERT INTO spool_chunks (spool_id, seq, data) VALUES ($1, $2, $3)",
+                                               e.id, i, enc(chunk))
+
+    async def spool_body_chunks(self, entry: SpoolEntry) -> AsyncIterator[bytes]:
+        for seq in range(entry.chunks):
+            data = await self.pool.fetchval("SELECT data FROM spool_chunks WHERE spool_id=$1 AND seq=$2",
+                                            entry.id, seq)
+            if data is None:
+                raise LookupError(f"spool {entry.id}: chunk {seq} of {entry.chunks} is missing")
+            yield self.cipher.dec_bytes(bytes(data))
 
     async def spool_recover(self, owner: str | None = None) -> int:
         if owner is None:
@@ -359,9 +375,12 @@ class PostgresStore(Store):
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 if raw_days > 0:
-                    out["raw"] = _count(await conn.execute(
-                        "UPDATE spool SET raw=''::bytea WHERE state IN ('ticket_created','article_added',"
-                        "'suppressed') AND finished_at < $1 AND octet_length(raw) > 0", now - raw_days * day))
+                    done = ("state IN ('ticket_created','article_added','suppressed') AND finished_at < $1"
+                            " AND (octet_length(raw) > 0 OR chunks > 0)")
+                    await conn.execute(f"DELETE FROM spool_chunks WHERE spool_id IN (SELECT id FROM spool WHERE"
+                                       f" {done})", now - raw_days * day)
+                    out["raw"] = _count(await conn.execute(f"UPDATE spool SET raw=''::bytea, chunks=0 WHERE {done}",
+                                                           now - raw_days * day))
                 if quarantine_days > 0:
                     out["quarantined"] = _count(await conn.execute(
                         "DELETE FROM spool WHERE state='quarantined' AND received_at < $1",
@@ -378,8 +397,10 @@ class PostgresStore(Store):
                             await conn.execute(f"DELETE FROM {table} WHERE ticket_id = ANY($1::bigint[])", ids)
                         await conn.execute("UPDATE tickets SET linked_ticket_id=NULL"
                                            " WHERE linked_ticket_id = ANY($1::bigint[])", ids)
-                        await conn.execute("UPDATE spool SET ticket_id=NULL, article_id=NULL, raw=''::bytea"
-                                           " WHERE ticket_id = ANY($1::bigint[])", ids)
+                        await conn.execute("DELETE FROM spool_chunks WHERE spool_id IN (SELECT id FROM spool"
+                                           " WHERE ticket_id = ANY($1::bigint[]))", ids)
+                        await conn.execute("UPDATE spool SET ticket_id=NULL, article_id=NULL, raw=''::bytea,"
+                                           " chunks=0 WHERE ticket_id = ANY($1::bigint[])", ids)
                         await conn.execute("DELETE FROM tickets WHERE id = ANY($1::bigint[])", ids)
                         await conn.execute("DELETE FROM blobs b WHERE NOT EXISTS"
                                            " (SELECT 1 FROM attachments a WHERE a.sha256=b.sha256)")
@@ -399,6 +420,10 @@ class PostgresStore(Store):
                 async for r in conn.cursor("SELECT id, raw FROM spool ORDER BY id FOR UPDATE", prefetch=200):
                     await conn.execute("UPDATE spool SET raw=$1 WHERE id=$2", c.rotate_bytes(bytes(r[1])), r[0])
                     out["spool"] += 1
+                async for r in conn.cursor("SELECT spool_id, seq, data FROM spool_chunks ORDER BY spool_id, seq"
+                                           " FOR UPDATE", prefetch=4):
+                    await conn.execute("UPDATE spool_chunks SET data=$1 WHERE spool_id=$2 AND seq=$3",
+                                       c.rotate_bytes(bytes(r[2])), r[0], r[1])
                 async for r in conn.cursor("SELECT id, body_text, body_html, new_text FROM articles ORDER BY id"
                                            " FOR UPDATE", prefetch=200):
                     await conn.execute("UPDATE articles SET body_text=$1, body_html=$2, new_text=$3 WHERE id=$4",

@@ -29,14 +29,27 @@ def _json(value: Any, default: Any) -> Any:
 
 
 def spool_from_row(r: Mapping[str, Any], cipher: Cipher = PLAIN) -> SpoolEntry:
+    raw = cipher.dec_bytes(bytes(r["raw"]))
     return SpoolEntry(
         id=r["id"], received_at=r["received_at"], mail_from=r["mail_from"],
         rcpt_tos=tuple(_json(r["rcpt_tos"], [])), mailboxes=tuple(_json(r["mailboxes"], [])),
         peer_ip=r["peer_ip"], helo=r["helo"], tls=_json(r["tls"], None), message_id=r["message_id"],
-        raw=cipher.dec_bytes(bytes(r["raw"])), auth_header=r["auth_header"], auth=_json(r["auth"], None),
+        raw=raw, auth_header=r["auth_header"], auth=_json(r["auth"], None),
         flags=tuple(_json(r["flags"], [])), state=r["state"], reason=r["reason"], attempts=r["attempts"],
         last_error=r["last_error"], history=tuple(_json(r["history"], [])), ticket_id=r["ticket_id"],
-        article_id=r["article_id"], finished_at=r["finished_at"], traceback=r["traceback"])
+        article_id=r["article_id"], finished_at=r["finished_at"], traceback=r["traceback"],
+        **_chunking(r, len(raw)))
+
+
+def _chunking(r: Mapping[str, Any], raw_len: int) -> dict[str, int]:
+    """A chunked entry's raw is only its head: the rest of ``size`` is in its chunk rows."""
+    try:
+        chunks = r["chunks"] or 0
+    except (KeyError, IndexError):
+        chunks = 0
+    if not chunks:
+        return {}
+    return {"chunks": chunks, "body_size": max(0, r["size"] - raw_len)}
 
 
 def spool_dict(e: SpoolEntry, ticket_number: str | None = None) -> dict[str, Any]:
@@ -46,7 +59,7 @@ def spool_dict(e: SpoolEntry, ticket_number: str | None = None) -> dict[str, Any
         "received_at": iso(e.received_at), "finished_at": iso(e.finished_at),
         "mail_from": e.mail_from, "rcpt_tos": list(e.rcpt_tos), "mailboxes": list(e.mailboxes),
         "message_id": e.message_id, "peer_ip": e.peer_ip, "helo": e.helo, "tls": e.tls,
-        "size": e.size, "attempts": e.attempts, "last_error": e.last_error, "flags": list(e.flags),
+        "size": e.size, "chunks": e.chunks, "attempts": e.attempts, "last_error": e.last_error, "flags": list(e.flags),
         "ticket_id": e.ticket_id, "ticket_number": ticket_number, "article_id": e.article_id,
         "authentication_results": e.auth_header, "auth": e.auth, "history": list(e.history),
         "decisions": [{"stage": h.get("stage"), "verdict": h.get("action"), "reason": h.get("reason", "")}

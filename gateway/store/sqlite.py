@@ -11,12 +11,13 @@ import asyncio
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 import aiosqlite
 
 from . import base
-from .base import PROCESSING, QUARANTINED, QUEUED, Delivery, DeliveryResult, SpoolEntry, Store
+from .base import (PROCESSING, QUARANTINED, QUEUED, Delivery, DeliveryResult, SpoolEntry, Store,
+                   body_file_chunks, chunk_count)
 from .migrations import load_migrations
 from .crypto import Cipher
 from .render import article_dict, iso, spool_from_row, ticket_dict
@@ -98,16 +99,30 @@ class SqliteStore(Store):
 
     # -- spool -----------------------------------------------------------------
     async def spool_insert(self, entries: list[SpoolEntry]) -> None:
+        enc = self.cipher.enc_bytes
         rows = [(e.id, e.received_at, e.mail_from, json.dumps(list(e.rcpt_tos)), json.dumps(list(e.mailboxes)),
-                 e.peer_ip, e.helo, json.dumps(e.tls) if e.tls else None, e.message_id, len(e.raw), self.cipher.enc_bytes(e.raw),
-                 e.auth_header, json.dumps(e.auth) if e.auth is not None else None, json.dumps(list(e.flags)))
+                 e.peer_ip, e.helo, json.dumps(e.tls) if e.tls else None, e.message_id, e.size, enc(e.raw),
+                 e.auth_header, json.dumps(e.auth) if e.auth is not None else None, json.dumps(list(e.flags)),
+                 chunk_count(e))
                 for e in entries]
 
         def fn(conn: sqlite3.Connection) -> None:
             conn.executemany(
                 "INSERT INTO spool (id, received_at, mail_from, rcpt_tos, mailboxes, peer_ip, helo, tls,"
-                " message_id, size, raw, auth_header, auth, flags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                " message_id, size, raw, auth_header, auth, flags, chunks) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows)
+            for e in entries:
+                if e.body is not None:  # a large message: its body from the file, one chunk in memory at a time
+                    conn.executemany("INSERT INTO spool_chunks (spool_id, seq, data) VALUES (?,?,?)",
+                                     ((e.id, i, enc(c)) for i, c in enumerate(body_file_chunks(e))))
         await self.transaction(fn)
+
+    async def spool_body_chunks(self, entry: SpoolEntry) -> AsyncIterator[bytes]:
+        for seq in range(entry.chunks):
+            rows = await self.query("SELECT data FROM spool_chunks WHERE spool_id=? AND seq=?", (entry.id, seq))
+            if not rows:
+                raise LookupError(f"spool {entry.id}: chunk {seq} of {entry.chunks} is missing")
+            yield self.cipher.dec_bytes(bytes(rows[0][0]))
 
     async def spool_recover(self, owner: str | None = None) -> int:
         def fn(conn: sqlite3.Connection) -> int:
@@ -262,9 +277,12 @@ class SqliteStore(Store):
         def fn(conn: sqlite3.Connection) -> dict[str, int]:
             out = {"raw": 0, "quarantined": 0, "tickets": 0}
             if raw_days > 0:
-                out["raw"] = conn.execute(
-                    "UPDATE spool SET raw=x'' WHERE state IN ('ticket_created','article_added','suppressed')"
-                    " AND finished_at < ? AND length(raw) > 0", (now - raw_days * day,)).rowcount
+                done = ("state IN ('ticket_created','article_added','suppressed') AND finished_at < ?"
+                        " AND (length(raw) > 0 OR chunks > 0)")
+                conn.execute(f"DELETE FROM spool_chunks WHERE spool_id IN (SELECT id FROM spool WHERE {done})",
+                             (now - raw_days * day,))
+                out["raw"] = conn.execute(f"UPDATE spool SET raw=x'', chunks=0 WHERE {done}",
+                                          (now - raw_days * day,)).rowcount
             if quarantine_days > 0:
                 out["quarantined"] = conn.execute("DELETE FROM spool WHERE state='quarantined' AND received_at < ?",
                                                   (now - quarantine_days * day,)).rowcount
@@ -278,7 +296,10 @@ class SqliteStore(Store):
                     for table in ("message_ids", "participants", "ticket_history", "articles"):
                         conn.execute(f"DELETE FROM {table} WHERE ticket_id=?", (tid,))
                     conn.execute("UPDATE tickets SET linked_ticket_id=NULL WHERE linked_ticket_id=?", (tid,))
-                    conn.execute("UPDATE spool SET ticket_id=NULL, article_id=NULL, raw=x'' WHERE ticket_id=?", (tid,))
+                    conn.execute("DELETE FROM spool_chunks WHERE spool_id IN (SELECT id FROM spool WHERE ticket_id=?)",
+                                 (tid,))
+                    conn.execute("UPDATE spool SET ticket_id=NULL, article_id=NULL, raw=x'', chunks=0"
+                                 " WHERE ticket_id=?", (tid,))
                     conn.execute("DELETE FROM tickets WHERE id=?", (tid,))
                 out["tickets"] = len(ids)
                 if ids:
@@ -299,6 +320,9 @@ class SqliteStore(Store):
             for sid, raw in conn.execute("SELECT id, raw FROM spool").fetchall():
                 conn.execute("UPDATE spool SET raw=? WHERE id=?", (c.rotate_bytes(bytes(raw)), sid))
                 out["spool"] += 1
+            for sid, seq, data in conn.execute("SELECT spool_id, seq, data FROM spool_chunks").fetchall():
+                conn.execute("UPDATE spool_chunks SET data=? WHERE spool_id=? AND seq=?",
+                             (c.rotate_bytes(bytes(data)), sid, seq))
             for aid, t, h, n in conn.execute("SELECT id, body_text, body_html, new_text FROM articles").fetchall():
                 conn.execute("UPDATE articles SET body_text=?, body_html=?, new_text=? WHERE id=?",
                              (c.rotate_text(t), c.rotate_text(h), c.rotate_text(n), aid))
