@@ -14,21 +14,12 @@ import sqlite3
 import aiosmtplib
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .conftest import queued_id
+from .test_auth_smtp import rsa_key  # noqa: F401 - the module-scoped signing key fixture
+from .test_auth_smtp import send as send_as
 
 SPILL = {"spill_threshold": "64KiB", "max_message_size": "10MiB"}
-
-
-@pytest.fixture(scope="module")
-def rsa_key():
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                            serialization.NoEncryption())
-    pub = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return pem, f"v=DKIM1; k=rsa; p={base64.b64encode(pub).decode()}"
 
 
 def big_message(attachment: bytes, text_lines: int = 3000, seed: int = 1) -> bytes:
@@ -57,16 +48,7 @@ def sign(msg: bytes, pem: bytes, canon: tuple[bytes, bytes]) -> bytes:
 
 
 async def send(port: int, msg: bytes) -> str:
-    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30, start_tls=False)
-    await client.connect()
-    await client.ehlo(hostname="mta.customer.test")
-    await client.mail("alice@customer.test")
-    await client.rcpt("support@example.test")
-    try:
-        _c, text = await client.data(msg)
-    finally:
-        await client.quit()
-    return queued_id(text)
+    return await send_as(port, msg, "alice@customer.test")
 
 
 def zone(txt: str) -> dict:
