@@ -65,6 +65,8 @@ listen = "127.0.0.1:9101"
     ("[store]\nurl = \"mysql://x\"\n", "store.url", "expected sqlite"),
     ("[pipeline]\nprocesses = \"many\"\n", "pipeline.processes", "or \"auto\""),
     ("[smtp]\nevent_loop = \"trio\"\n", "smtp.event_loop", "expected \"auto\""),
+    ("[smtp]\nspill_threshold = \"4KiB\"\n", "smtp.spill_threshold", "at least 64 KiB"),
+    ("[smtp]\nspill_dir = \"/nonexistent/spill\"\n", "smtp.spill_dir", "not a directory"),
     ("[smtp]\ntls_cert = \"/nonexistent.pem\"\ntls_key = \"/nonexistent.key\"\n", "smtp.tls_cert", "not found"),
 ])
 def test_bad_values_name_the_key_and_file(tmp_path, text, key, fragment):
