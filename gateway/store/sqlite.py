@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, TypeVar
 
@@ -24,6 +25,43 @@ from .render import article_dict, iso, spool_from_row, ticket_dict
 from .sqlite_deliver import DeliverTx
 
 T = TypeVar("T")
+
+
+_BUSY_TIMEOUT = 10.0  # seconds a writer waits for the write lock before the transaction fails
+
+
+def _begin_immediate(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, waiting for the write lock in steps of 0.1 to 2 ms.
+
+    Several processes write one database (SMTP processes, pipeline workers). SQLite's own busy
+    handler sleeps 1, 2, 5, 10, 15, 20, 25 ms... between tries, so a writer that finds the lock
+    taken for a 1 ms commit often sleeps far longer than the commit lasted, and the SMTP client waits
+    with it. Only BEGIN waits here: once it holds the lock the transaction needs no other."""
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+        deadline = time.monotonic() + _BUSY_TIMEOUT
+        delay = 0.0001
+        while True:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.002)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT * 1000)}")
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY or "locked" in str(exc)
 
 
 class SqliteStore(Store):
@@ -69,7 +107,7 @@ class SqliteStore(Store):
             if not durable:
                 conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                _begin_immediate(conn)
                 try:
                     result = fn(conn)
                 except BaseException:
