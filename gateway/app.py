@@ -16,6 +16,7 @@ from dataclasses import replace
 from .checks import DataCheck, LoopCheck
 from .config import Config, load_config
 from .errors import ConfigErrors
+from .limits import Limits, LocalLimits
 from .metrics import Metrics, MetricsServer
 from .pipeline.process import WorkerPool
 from .pipeline.stages import build_pipeline
@@ -42,6 +43,8 @@ class Gateway:
         self.pool: WorkerPool | None = None        # pipeline worker processes (the default)
         self.relay = None                          # relay.worker.RelayWorker when a smarthost is configured
         self.listener: SmtpListener | None = None
+        self.limits = Limits(cfg)                  # session counts and rates of every SMTP process
+        self.group = None                          # gateway.smtp_group.SmtpGroup with [smtp] processes > 1
         self.metrics_server: MetricsServer | None = None
         self._ready = False
         self._stopped = False
@@ -49,7 +52,6 @@ class Gateway:
         self._retention_task: asyncio.Task[None] | None = None
         self._sla_task: asyncio.Task[None] | None = None
         self.resolver = None  # one DNS resolver (and cache) for the whole SMTP process
-        self.resolver_cfg = None
         self.metrics.watch_resolver(lambda: self.resolver)
 
     @property
@@ -57,16 +59,9 @@ class Gateway:
         return self._ready
 
     def build_checks(self) -> list[DataCheck]:
-        checks: list[DataCheck] = [LoopCheck(self.cfg.smtp.hostname, self.cfg.smtp.loop_marker,
-                                             self.cfg.smtp.max_received_headers)]
-        from .auth.dns import Resolver
-        from .auth.smtp_check import AuthCheck
-        if self.resolver is None or self.resolver_cfg != self.cfg.dns:
-            self.resolver = Resolver(self.cfg.dns.nameservers, self.cfg.dns.timeout)
-            self.resolver_cfg = self.cfg.dns
-        checks.append(AuthCheck.from_config(self.cfg, self.executor, resolver=self.resolver))
-        from .pipeline.policy import PipelinePolicy, build_data_checks
-        checks += build_data_checks(self.cfg.policy or PipelinePolicy(), self.cfg.mailbox_policies)
+        box = [self.resolver]
+        checks = build_checks(self.cfg, self.executor, box)
+        self.resolver = box[0]
         return checks
 
     async def start(self) -> None:
@@ -99,9 +94,18 @@ class Gateway:
             self.metrics_server = MetricsServer(self.metrics, host, port, lambda: self._ready)
             await self.metrics_server.start()
         handler = Handler(self.cfg, RecipientMap(self.cfg.mailboxes), self.spool, self.metrics,
-                          self.build_checks())
+                          self.build_checks(), LocalLimits(self.limits))
         self.listener = SmtpListener(self.cfg, handler, self.metrics)
-        await self.listener.start()
+        extra = self.cfg.smtp.processes - 1
+        # With several SMTP processes, bind first (port 0 resolved for the others) but accept only once
+        # they all listen: a client connecting early would otherwise always land on this process.
+        await self.listener.start(reuse_port=extra > 0, serve=extra == 0)
+        if extra > 0:
+            from .smtp_group import SmtpGroup
+            self.group = SmtpGroup(self.cfg, extra, self.listener.addresses, self.limits, self.metrics, wake)
+            self.metrics.remote = self.group.snapshots
+            await self.group.start()
+            await self.listener.serve()
         self._depth_task = asyncio.get_running_loop().create_task(self._refresh_depth(), name="spool-depth")
         self._retention_task = asyncio.get_running_loop().create_task(self._retention(), name="retention")
         if self.relay is not None and self.cfg.twoway and any(q.first_response or q.resolution
@@ -116,8 +120,13 @@ class Gateway:
             return
         self._stopped = True
         self._ready = False
+        grace = self.cfg.smtp.shutdown_grace if grace is None else grace
+        closing = []
         if self.listener is not None:
-            await self.listener.close(self.cfg.smtp.shutdown_grace if grace is None else grace)
+            closing.append(self.listener.close(grace))
+        if self.group is not None:
+            closing.append(self.group.close(grace))  # the other SMTP processes drain at the same time
+        await asyncio.gather(*closing)
         if self.spool is not None:
             await self.spool.close()
         if self.worker is not None:
@@ -153,20 +162,18 @@ class Gateway:
         if self.listener is None:
             return False
         for what, old_v, new_v in (("smtp.listen", self.cfg.smtp.listen, new.smtp.listen),
+                                   ("smtp.processes", self.cfg.smtp.processes, new.smtp.processes),
                                    ("store.url", self.cfg.store.url, new.store.url),
                                    ("metrics.listen", self.cfg.metrics.listen, new.metrics.listen)):
             if old_v != new_v:
                 log.warning("reload: %s changed; it takes effect at the next restart", what)
-        new = replace(new, smtp=replace(new.smtp, listen=self.cfg.smtp.listen),
+        new = replace(new, smtp=replace(new.smtp, listen=self.cfg.smtp.listen, processes=self.cfg.smtp.processes),
                       store=self.cfg.store, metrics=self.cfg.metrics)
         self.cfg = new
-        handler = self.listener.handler
-        handler.cfg = new
-        handler.recipients = RecipientMap(new.mailboxes)
-        handler.checks = self.build_checks()
-        self.listener.cfg = new
-        self.listener.state.cfg = new
-        self.listener.tls_context = tls
+        self.limits.configure(new)
+        self.listener.reconfigure(new, self.build_checks(), tls)
+        if self.group is not None:
+            self.group.reload(new)
         if self.worker is not None:
             self.worker.cfg = new
             self.worker.ctx = replace(self.worker.ctx, cfg=new, recipients=RecipientMap(new.mailboxes))
@@ -224,6 +231,22 @@ class Gateway:
             except Exception:
                 log.debug("spool depth refresh failed", exc_info=True)
             await asyncio.sleep(5)
+
+
+def build_checks(cfg: Config, executor: concurrent.futures.Executor | None, resolver: list) -> list[DataCheck]:
+    """The SMTP-time check chain of one SMTP process. ``resolver`` is a one-item box holding that
+    process's DNS resolver (and cache): reused across reloads unless ``[dns]`` changed."""
+    checks: list[DataCheck] = [LoopCheck(cfg.smtp.hostname, cfg.smtp.loop_marker, cfg.smtp.max_received_headers)]
+    from .auth.dns import Resolver
+    from .auth.smtp_check import AuthCheck
+    current = resolver[0]
+    if current is None or getattr(current, "ticketmx_dns_cfg", None) != cfg.dns:
+        current = resolver[0] = Resolver(cfg.dns.nameservers, cfg.dns.timeout)
+        current.ticketmx_dns_cfg = cfg.dns
+    checks.append(AuthCheck.from_config(cfg, executor, resolver=current))
+    from .pipeline.policy import PipelinePolicy, build_data_checks
+    checks += build_data_checks(cfg.policy or PipelinePolicy(), cfg.mailbox_policies)
+    return checks
 
 
 async def serve(cfg: Config, config_path: str | None) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,7 @@ class SmtpConfig:
     event_loop: str = "auto"              # "auto" (uvloop when importable), "uvloop" or "asyncio"
     spill_threshold: int = 1024 * 1024    # DATA larger than this streams to a temporary file (bytes)
     spill_dir: str | None = None          # where those files live (unlinked at once); default: the system's
+    processes: int = 1                    # SMTP processes sharing the listen addresses (SO_REUSEPORT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +329,18 @@ def _processes(v: Any) -> int:
     return _int_range(0, 64)(v)
 
 
+def _smtp_processes(v: Any) -> int:
+    """``[smtp] processes``: an integer from 1 to 64, or "auto" (one per CPU, at most 4)."""
+    if isinstance(v, str):
+        if v.strip().lower() == "auto":
+            return _auto_processes()
+        raise ValueError('expected an integer from 1 to 64 or "auto"')
+    n = _int_range(1, 64)(v)
+    if n > 1 and not hasattr(socket, "SO_REUSEPORT"):
+        raise ValueError("more than 1 needs SO_REUSEPORT, which this system does not have")
+    return n
+
+
 def _event_loop(v: Any) -> str:
     s = _str(v).lower()
     if s not in {"auto", "uvloop", "asyncio"}:
@@ -371,6 +385,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         event_loop=t.get("event_loop", d.event_loop, _event_loop),
         spill_threshold=t.get("spill_threshold", d.spill_threshold, parse_size),
         spill_dir=t.get("spill_dir", None, _path_or_none),
+        processes=t.get("processes", d.processes, _smtp_processes),
     )
     if smtp.spill_threshold < 64 * 1024:
         t.error("spill_threshold", "must be at least 64 KiB")

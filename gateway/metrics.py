@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import Any, Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.samples import Sample
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger(__name__)
 
 disable_created_metrics()  # no *_created series: they double the series count for nothing we use
+
+# One process's samples, picklable: [(family name, type, help, [(sample name, labels, value), ...]), ...]
+Snapshot = list[tuple[str, str, str, list[tuple[str, dict[str, str], float]]]]
+_CUMULATIVE = frozenset({"counter", "histogram", "summary"})  # kept when a process exits; gauges are not
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -52,6 +57,12 @@ class Metrics:
         self.processing_latency = Histogram("ticketmx_pipeline_latency_seconds",
                                             "Receive time to terminal state.", buckets=LATENCY_BUCKETS,
                                             registry=r)
+        self.smtp_processes = Gauge("ticketmx_smtp_processes",
+                                    "SMTP processes listening (the main one plus [smtp] processes - 1).",
+                                    registry=r)
+        self.smtp_processes.set(1)
+        # Other processes' samples to add at scrape time (gateway/smtp_group.py); None: this process only.
+        self.remote: Callable[[], Awaitable[list[Snapshot]]] | None = None
         self.stage_duration = Histogram("ticketmx_pipeline_batch_duration_seconds",
                                         "Wall time of one pipeline batch (parse + stages + commit).",
                                         buckets=LATENCY_BUCKETS, registry=r)
@@ -63,8 +74,66 @@ class Metrics:
     def reject(self, code: int, reason: str) -> None:
         self.rejected.labels(code=str(code), reason=reason).inc()
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, others: list[Snapshot] = ()) -> bytes:  # type: ignore[assignment]
+        if not others:
+            return generate_latest(self.registry)
+        return generate_latest(_Merged(merge(list(self.registry.collect()), others)))  # type: ignore[arg-type]
+
+    async def render_all(self) -> bytes:
+        """This process's metrics plus those of the other SMTP processes, as one exposition."""
+        others = await self.remote() if self.remote is not None else []
+        return self.render(others)
+
+
+def snapshot(metrics: Metrics) -> Snapshot:
+    """This process's samples in a form that pickles (for the main process to add up)."""
+    return [(m.name, m.type, m.documentation, [(s.name, dict(s.labels), s.value) for s in m.samples])
+            for m in metrics.registry.collect()]
+
+
+def retire(kept: Snapshot, last: Snapshot) -> Snapshot:
+    """Fold an exited process's cumulative samples into ``kept`` (its gauges die with it)."""
+    families = [_family(name, typ, doc, samples) for name, typ, doc, samples in kept]
+    merged = merge(families, [[f for f in last if f[1] in _CUMULATIVE]])
+    return [(m.name, m.type, m.documentation, [(s.name, dict(s.labels), s.value) for s in m.samples])
+            for m in merged]
+
+
+def merge(families: list[Metric], others: list[Snapshot]) -> list[Metric]:
+    """Add other processes' samples to ``families``: sum by family, sample name and labels."""
+    index = {m.name: m for m in families}
+    for snap in others:
+        for name, typ, doc, samples in snap:
+            fam = index.get(name)
+            if fam is None:
+                fam = index[name] = _family(name, typ, doc, [])
+                families.append(fam)
+            pos = {(s.name, tuple(sorted(s.labels.items()))): i for i, s in enumerate(fam.samples)}
+            for sname, labels, value in samples:
+                key = (sname, tuple(sorted(labels.items())))
+                i = pos.get(key)
+                if i is None:
+                    pos[key] = len(fam.samples)
+                    fam.samples.append(Sample(sname, dict(labels), value))
+                else:
+                    fam.samples[i] = fam.samples[i]._replace(value=fam.samples[i].value + value)
+    return families
+
+
+def _family(name: str, typ: str, doc: str, samples: list[tuple[str, dict[str, str], float]]) -> Metric:
+    m = Metric(name, doc, typ)
+    m.samples = [Sample(n, dict(labels), v) for n, labels, v in samples]
+    return m
+
+
+class _Merged:
+    """What ``generate_latest`` needs of a registry: ``collect()``."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Any:
+        return iter(self.families)
 
 
 class MetricsServer:
@@ -93,7 +162,7 @@ class MetricsServer:
             parts = request.decode("latin-1").split()
             path = parts[1].split("?")[0] if len(parts) >= 2 else ""
             if path == "/metrics":
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self.metrics.render()
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, await self.metrics.render_all()
             elif path == "/healthz":
                 status, ctype, body = "200 OK", "text/plain", b"ok\n"
             elif path == "/readyz":

@@ -12,7 +12,6 @@ import logging
 import re
 import ssl
 import time
-from collections import Counter as _Counter
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
@@ -22,7 +21,7 @@ from .checks import CONTINUE, DataCheck, DataContext, header_end
 from .config import Config
 from .metrics import Metrics
 from .netaddr import ip_in_networks
-from .ratelimit import SlidingWindow
+from .limits import Limits, LimitsClient, LocalLimits
 from .recipients import RecipientMap
 from .replies import Reply, with_enhanced
 from .spill import DataSpill
@@ -42,10 +41,11 @@ _MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*(?:\r?\n[ \t]+)?<([^>\r
 class ServerState:
     """Shared by all sessions of one listener: limits, draining flag, live sessions."""
 
-    def __init__(self, cfg: Config, metrics: Metrics) -> None:
+    def __init__(self, cfg: Config, metrics: Metrics, limits: LimitsClient | None = None) -> None:
         self.cfg = cfg
         self.metrics = metrics
-        self.per_ip: _Counter[str] = _Counter()
+        # Session counts and rates across every SMTP process of the gateway (gateway/limits.py).
+        self.limits: LimitsClient = limits if limits is not None else LocalLimits(Limits(cfg))
         self.sessions: set["TicketmxSMTP"] = set()
         self.draining = False
         self.in_data = 0  # sessions between DATA and its reply
@@ -64,6 +64,7 @@ class TicketmxSMTP(SMTP):
         self._greeted = False
         self._ehlo_lines: list[str] | None = None  # collecting the lines of an EHLO/HELO reply
         self._counted_ip: str | None = None
+        self._counted = False  # this session is counted in state.limits (uncounted when it ends)
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
@@ -203,25 +204,30 @@ class TicketmxSMTP(SMTP):
         super().connection_made(transport)
         if first:
             peer = transport.get_extra_info("peername")
-            ip = peer[0] if isinstance(peer, tuple) else str(peer)
-            self._counted_ip = ip
-            self.state.per_ip[ip] += 1
+            self._counted_ip = peer[0] if isinstance(peer, tuple) else str(peer)
             self.state.sessions.add(self)
             self.state.metrics.sessions.inc()
             self.state.metrics.sessions_active.set(self.state.active)
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self.state.limits.close(self._counted_ip)
         if self._counted_ip is not None:
-            ip, self._counted_ip = self._counted_ip, None
-            self.state.per_ip[ip] -= 1
-            if self.state.per_ip[ip] <= 0:
-                del self.state.per_ip[ip]
+            self._counted_ip = None
             self.state.sessions.discard(self)
             self.state.metrics.sessions_active.set(self.state.active)
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
-        refusal = self._refusal()
+        if self._counted_ip is None:
+            return  # the client left before its session started
+        if self.state.draining:
+            refusal: Reply | None = replies.SHUTTING_DOWN
+        else:
+            counting = self.state.limits.open(self._counted_ip)
+            self._counted = True  # counted as soon as it is awaited (no yield before): close() follows
+            refusal = await counting
         if refusal is not None:
             self._greeted = True
             self.state.metrics.sessions_refused.labels(reason=refusal.reason).inc()
@@ -230,17 +236,6 @@ class TicketmxSMTP(SMTP):
                 self.transport.close()
             return
         await super()._handle_client()
-
-    def _refusal(self) -> Reply | None:
-        if self.state.draining:
-            return replies.SHUTTING_DOWN
-        if self.state.active > self.state.cfg.smtp.max_sessions:
-            return replies.TOO_MANY_SESSIONS
-        if self.state.cfg.smtp.proxy_protocol:
-            return None  # every connection comes from the load balancer: it limits per client
-        if self._counted_ip and self.state.per_ip[self._counted_ip] > self.state.cfg.smtp.max_sessions_per_ip:
-            return replies.TOO_MANY_SESSIONS_IP
-        return None
 
     def _timeout_cb(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -262,14 +257,13 @@ class Handler:
     """aiosmtpd handler hooks: recipients, DATA checks, spool commit."""
 
     def __init__(self, cfg: Config, recipients: RecipientMap, spool: SpoolWriter, metrics: Metrics,
-                 checks: list[DataCheck]) -> None:
+                 checks: list[DataCheck], limits: LimitsClient | None = None) -> None:
         self.cfg = cfg
         self.recipients = recipients
         self.spool = spool
         self.metrics = metrics
         self.checks = checks
-        self.rate_ip = SlidingWindow(cfg.smtp.rate_per_ip) if cfg.smtp.rate_per_ip else None
-        self.rate_sender = SlidingWindow(cfg.smtp.rate_per_sender) if cfg.smtp.rate_per_sender else None
+        self.limits: LimitsClient = limits if limits is not None else LocalLimits(Limits(cfg))
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
                           responses: list[str]) -> list[str]:
@@ -297,11 +291,9 @@ class Handler:
             if server.transport is not None:
                 asyncio.get_running_loop().call_soon(server.transport.close)
             return str(replies.SHUTTING_DOWN)
-        ip = _peer_ip(session)
-        sender = address.lower()
-        for limiter, key, reply in ((self.rate_ip, ip, replies.RATE_LIMITED_IP),
-                                    (self.rate_sender, sender, replies.RATE_LIMITED_SENDER)):
-            if limiter is not None and not limiter.allowed(key):
+        if self.limits.rates_on:
+            reply = await self.limits.rate_check(_peer_ip(session), address.lower())
+            if reply is not None:
                 self.metrics.reject(reply.code, reply.reason)
                 return str(reply)
         envelope.mail_from = address  # "<>" for the null reverse-path (aiosmtpd needs it non-empty)
@@ -372,10 +364,8 @@ class Handler:
         except Exception:
             self.metrics.reject(451, replies.SPOOL_FAILED.reason)
             return str(replies.SPOOL_FAILED)
-        if self.rate_ip is not None:
-            self.rate_ip.hit(peer_ip)
-        if self.rate_sender is not None:
-            self.rate_sender.hit((envelope.mail_from or "").lower())
+        if self.limits.rates_on:
+            self.limits.rate_hit(peer_ip, (envelope.mail_from or "").lower())
         self.metrics.accepted.inc()
         self.metrics.accepted_bytes.inc(entry.size)
         self.metrics.accept_latency.observe(time.perf_counter() - started)
@@ -427,7 +417,7 @@ class SmtpListener:
     def __init__(self, cfg: Config, handler: Handler, metrics: Metrics) -> None:
         self.cfg = cfg
         self.handler = handler
-        self.state = ServerState(cfg, metrics)
+        self.state = ServerState(cfg, metrics, handler.limits)
         self.servers: list[asyncio.AbstractServer] = []
         self.tls_context = _tls_context(cfg)
 
@@ -439,12 +429,37 @@ class SmtpListener:
             proxy_protocol_timeout=smtp.proxy_timeout if smtp.proxy_protocol else None,
             loop=asyncio.get_running_loop())
 
-    async def start(self) -> None:
+    async def start(self, listen: "list[tuple[str, int]] | None" = None, reuse_port: bool = False,
+                    serve: bool = True) -> None:
+        """Bind ``listen`` (default: the configured addresses). ``reuse_port``: SO_REUSEPORT, so the
+        other SMTP processes of this gateway can bind the same addresses (the kernel spreads
+        connections over them). ``serve=False``: bound but not yet accepting (see :meth:`serve`)."""
         loop = asyncio.get_running_loop()
-        for host, port in self.cfg.smtp.listen:
-            server = await loop.create_server(self._factory, host, port, reuse_address=True)
+        for host, port in listen if listen is not None else self.cfg.smtp.listen:
+            server = await loop.create_server(self._factory, host, port, reuse_address=True,
+                                              reuse_port=reuse_port or None, start_serving=serve)
             self.servers.append(server)
             log.info("SMTP listening on %s:%d", host, port)
+
+    async def serve(self) -> None:
+        """Start accepting on addresses bound with ``start(serve=False)``."""
+        for server in self.servers:
+            await server.start_serving()
+
+    def reconfigure(self, cfg: Config, checks: list[DataCheck], tls: ssl.SSLContext | None | bool = False) -> None:
+        """Apply a validated new config to the next command or session (SIGHUP); ``tls=False``: load
+        the certificate named in ``cfg`` here."""
+        self.cfg = cfg
+        self.state.cfg = cfg
+        self.handler.cfg = cfg
+        self.handler.recipients = RecipientMap(cfg.mailboxes)
+        self.handler.checks = checks
+        self.tls_context = _tls_context(cfg) if tls is False else tls  # type: ignore[assignment]
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every bound socket's (address, port): what the other SMTP processes bind (port 0 resolved)."""
+        return [tuple(sock.getsockname()[:2]) for s in self.servers for sock in s.sockets]  # type: ignore[misc]
 
     @property
     def ports(self) -> list[int]:

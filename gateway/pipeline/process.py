@@ -70,6 +70,8 @@ def child_main(cfg: Config, owner: str, wake: multiprocessing.connection.Connect
                report: multiprocessing.connection.Connection) -> None:
     """Entry point of a worker process."""
     from ..logsetup import setup_logging
+    from ..proctitle import set_name
+    set_name("ticketmx-worker")
     setup_logging(cfg.log.level, cfg.log.json)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us in order
     from ..eventloop import run
