@@ -160,6 +160,12 @@ def _name(pid: int) -> str:
     except OSError:
         return "?"
     joined = " ".join(argv)
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        comm = ""
+    if comm.startswith("ticketmx-smtp"):
+        return "smtp process"  # [smtp] processes > 1: the extra SMTP processes (gateway/smtp_group.py)
     if "multiprocessing.spawn" in joined or "multiprocessing-fork" in joined:
         return "pipeline worker"
     if "multiprocessing.resource_tracker" in joined:
@@ -855,7 +861,9 @@ class Bench:
         return Load(*a, pipelining=self.args.pipelining, **kw)
 
     def new_ticketmx(self, tag: str, extra: dict | None = None) -> Ticketmx:
-        return Ticketmx(self.procs, self.dns.port, tag, extra)
+        settings = dict(self.args.set)
+        settings.update(extra or {})
+        return Ticketmx(self.procs, self.dns.port, tag, settings)
 
     # ---- one throughput measurement
     def drive(self, target: Target, workload: str, n: int, c: int) -> dict[str, Any]:
@@ -1259,7 +1267,18 @@ def main() -> None:
     ap.add_argument("--profile-seconds", type=int, default=10)
     ap.add_argument("--profile-workload", choices=tuple(WORKLOADS), default="reuse")
     ap.add_argument("--json", action="store_true", help="also print one JSON line with every figure")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=TOML",
+                    help="override a key of the example config for ticketmx, e.g. --set smtp.processes=2"
+                         " or --set 'pipeline.processes=\"auto\"' (repeatable)")
     args = ap.parse_args()
+    overrides = []
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not (eq and dot and section and name and value):
+            ap.error(f"--set {item!r}: expected SECTION.KEY=VALUE (a TOML value)")
+        overrides.append(((section.strip(), name.strip()), value.strip()))
+    args.set = overrides
 
     def split(v: str, allowed: tuple[str, ...], what: str) -> list[str]:
         items = [] if v in ("", "none") else [x.strip() for x in v.split(",") if x.strip()]
