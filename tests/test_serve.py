@@ -129,9 +129,19 @@ def test_swaks_to_serve_process_makes_ticket_and_cli_json_contract(serve, tmp_pa
     assert srv.stop() == 0
 
 
-def test_kill_9_mid_load_loses_nothing_and_duplicates_nothing(serve):
-    """Every 250'd message is a ticket exactly once after a SIGKILL and a restart."""
-    srv = serve().start()
+@pytest.mark.parametrize("smtp_processes", [1, 2])
+def test_kill_9_mid_load_loses_nothing_and_duplicates_nothing(serve, smtp_processes):
+    """Every 250'd message is a ticket exactly once after a SIGKILL and a restart. With two SMTP
+    processes the orphaned one sees its control pipe close, drains and exits by itself."""
+    srv = serve()
+    if smtp_processes > 1:
+        text = srv.config.read_text().replace("[smtp]\n", f"[smtp]\nprocesses = {smtp_processes}\n", 1)
+        srv.config.write_text(text)
+    srv.start()
+    deadline = time.monotonic() + 20  # at least one pipeline worker, plus the extra SMTP processes (named
+    while len(children := _children(srv.proc.pid)) < smtp_processes:  # once their interpreter is up)
+        assert time.monotonic() < deadline, children
+        time.sleep(0.05)
     accepted: dict[str, str] = {}  # message-id -> spool id from the 250
     total, sessions = 400, 8
 
@@ -157,6 +167,10 @@ def test_kill_9_mid_load_loses_nothing_and_duplicates_nothing(serve):
     asyncio.run(load_then_kill())
     srv.proc.wait(timeout=10)
     assert 120 <= len(accepted) < total
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in children):  # workers and SMTP processes: none outlives its parent
+        assert time.monotonic() < deadline, f"orphans still running: {[p for p in children if _alive(p)]}"
+        time.sleep(0.1)
     srv.start()
     entries = srv.wait_all_done()
     by_id = {e["id"]: e for e in entries}
@@ -169,6 +183,30 @@ def test_kill_9_mid_load_loses_nothing_and_duplicates_nothing(serve):
     assert set(accepted) <= ticketed
     assert all(e["state"] in ("ticket_created", "suppressed") for e in entries)
     assert srv.stop() == 0
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` that are ticketmx workers or SMTP processes (not the resource tracker)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and comm.startswith("ticketmx-"):
+            out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def test_pipeline_worker_process_killed_is_restarted_and_work_completes(serve):
@@ -210,8 +248,13 @@ def test_pipeline_worker_process_killed_is_restarted_and_work_completes(serve):
     assert srv.stop() == 0
 
 
-def test_sighup_reloads_mailboxes_and_refuses_a_bad_config(serve):
-    srv = serve().start()
+@pytest.mark.parametrize("smtp_processes", [1, 2])
+def test_sighup_reloads_mailboxes_and_refuses_a_bad_config(serve, smtp_processes):
+    srv = serve()
+    if smtp_processes > 1:
+        text = srv.config.read_text().replace("[smtp]\n", f"[smtp]\nprocesses = {smtp_processes}\n", 1)
+        srv.config.write_text(text)
+    srv.start()
 
     def rcpt_code(addr: str) -> int:
         import smtplib
