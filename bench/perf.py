@@ -830,6 +830,8 @@ class Bench:
             parts.append(f"--pipelining {a.pipelining}")
         if a.quick and "n" not in opts:
             parts.append("--quick")
+        for (section, key), value in a.set:
+            parts.append(shlex.quote(f"--set={section}.{key}={value}"))
         return " ".join(parts)
 
     def row(self, label: str, value: str, command: str) -> None:

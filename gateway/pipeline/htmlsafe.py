@@ -140,7 +140,12 @@ _COUNTER = _Counter()
 
 
 def _make_filter(allow_remote: bool, allow_data_images: bool):
+    cache, miss = _STYLE_CACHE, object()
+
     def attribute_filter(element: str, attribute: str, value: str) -> str | None:
+        if attribute == "style":  # the hot case (hundreds per message): one dict lookup when seen before
+            hit = cache.get(value, miss)
+            return _clean_style(value) if hit is miss else hit
         attribute = attribute.lower()
         if attribute.startswith("on"):
             return None
