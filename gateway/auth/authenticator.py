@@ -40,7 +40,7 @@ from .dmarc import (Discovery, DmarcDomainResult, FromInfo, OrgDomains, aligned,
                     evaluate_domain, parse_from)
 from .dns import Resolver
 from .headers import header_values, prepend_header, strip_forged_authres
-from .spfcheck import SpfResult, check_spf
+from .spfcheck import SpfCache, SpfResult, check_spf
 
 __all__ = ["Authenticator", "AuthVerdict", "stamp"]
 
@@ -183,6 +183,7 @@ class Authenticator:
         self._large_sem: asyncio.Semaphore | None = None
         self._large_concurrency = max(1, large_concurrency)
         self.spf_timeout = spf_timeout
+        self.spf_cache = SpfCache()  # repeated (IP, sender, HELO): no second pyspf evaluation
 
     def close(self) -> None:
         if self._own_executor:
@@ -268,7 +269,7 @@ class Authenticator:
                 return SpfResult("none", "mailfrom", sender.rsplit("@", 1)[-1].lower(), sender, peer_ip, helo,
                                  reason="client is a trusted relay and no untrusted hop was found")
             return await check_spf(self.resolver, ip=spf_ip, sender=sender, helo=origin_helo or helo,
-                                   receiver=self.hostname, timeout=self.spf_timeout)
+                                   receiver=self.hostname, timeout=self.spf_timeout, cache=self.spf_cache)
 
         async def spf_helo() -> SpfResult | None:
             if sender and not policy.check_helo:
@@ -277,7 +278,7 @@ class Authenticator:
                 return SpfResult("none", "helo", helo.lower(), "", peer_ip, helo,
                                  reason="client is a trusted relay and no untrusted hop was found")
             return await check_spf(self.resolver, ip=spf_ip, sender="", helo=origin_helo,
-                                   receiver=self.hostname, timeout=self.spf_timeout)
+                                   receiver=self.hostname, timeout=self.spf_timeout, cache=self.spf_cache)
 
         async def dmarc_discovery() -> dict[str, Discovery]:
             if from_info.error:

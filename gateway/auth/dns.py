@@ -179,6 +179,11 @@ class Resolver:
         while len(self._cache) > self._max_entries:
             self._cache.popitem(last=False)
 
+    def cached(self, key: tuple[str, str]) -> DnsAnswer | None:
+        """The fresh cached answer for ``(name, TYPE)`` as the cache keys it (lower case, no final
+        dot, A-label), without counting a query: for callers that check an answer is still current."""
+        return self._cache_get(key)
+
     # ------------------------------------------------------------------ queries
     def peek(self, name: str, rdtype: str) -> DnsAnswer | None:
         """The fresh cached answer, if any, without awaiting (for synchronous callers)."""
