@@ -172,6 +172,7 @@ class Plan:
     arc_present: bool = False
     arc_keys: list[bytes] = field(default_factory=list)
     arc_error: str | None = None
+    body_keys: list = field(default_factory=list)  # (canon, a=, l=) of each DKIM-Signature's body hash
 
     def key_names(self) -> list[bytes]:
         names = [s.key_name for s in self.sigs if s.result is None and s.key_name]
@@ -191,7 +192,9 @@ def plan(raw: bytes, *, check_arc: bool = True) -> Plan:
             if len(p.sigs) > MAX_SIGNATURES:
                 sp.result, sp.reason = "permerror", f"more than {MAX_SIGNATURES} signatures; not evaluated"
                 continue
-            _plan_sig(sp, f.value)
+            key = _plan_sig(sp, f.value)
+            if key is not None and key not in p.body_keys:
+                p.body_keys.append(key)
         elif check_arc and lname in (b"arc-seal", b"arc-message-signature"):
             p.arc_present = True
             try:
@@ -208,15 +211,21 @@ def plan(raw: bytes, *, check_arc: bool = True) -> Plan:
     return p
 
 
-def _plan_sig(sp: SigPlan, value: bytes) -> None:
+def _plan_sig(sp: SigPlan, value: bytes) -> tuple[bytes, bytes, int | None] | None:
+    """Fill ``sp`` from the signature's tags; returns what its body hash depends on (or None)."""
     try:
         tags = parse_tag_value(value)
     except InvalidTagValueList as e:
         sp.result, sp.reason = "permerror", f"malformed tag list: {e}"
-        return
+        return None
     except Exception as e:  # noqa: BLE001 - anything a hostile header triggers
         sp.result, sp.reason = "permerror", f"malformed signature: {e!r}"
-        return
+        return None
+    _fill_sig(sp, tags)
+    return _body_key(tags, b"simple/simple") if b"bh" in tags else None
+
+
+def _fill_sig(sp: SigPlan, tags: dict) -> None:
     d, s = tags.get(b"d"), tags.get(b"s")
     sp.d = _s(d.strip().lower()) if d is not None else None
     sp.s = _s(s.strip()) if s is not None else None
@@ -417,12 +426,33 @@ class _StreamedARC(_BodyFromHashes, dkim.ARC):
     pass
 
 
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+
+
+def split_for_dkim(raw: bytes) -> tuple[bytes, bytes]:
+    """(header section with its blank line, body) split where dkimpy's ``rfc822_parse`` splits: at the
+    first empty line, CRLF or bare LF. No blank line: all header, empty body (as dkimpy)."""
+    if raw.startswith(b"\r\n") or raw.startswith(b"\n"):
+        end = 2 if raw.startswith(b"\r\n") else 1
+        return raw[:end], raw[end:]
+    m = _BLANK_LINE.search(raw)
+    if m is None:
+        return raw, b""
+    return raw[:m.end()], raw[m.end():]
+
+
 def verify_sync(raw: bytes, sigs: list[SigPlan], keys: dict, check_arc: bool,
-                body_hashes: dict | None = None) -> dict:
+                body_hashes: dict | None = None, body_keys: list | None = None) -> dict:
     """CPU part. Returns {"sigs": [SigPlan...], "arc": {...} | None, "missing": [names]}.
 
     ``body_hashes`` (from :func:`file_body_hashes`): ``raw`` is only the header section of a large
-    message and the body hashes were computed from its file."""
+    message and the body hashes were computed from its file. ``body_keys`` (``Plan.body_keys``, no
+    ARC to check): the body hashes are computed here in one pass (``bodyhash``) and dkimpy gets the
+    header section only, which spares it splitting the body into lines and joining them again."""
+    if body_hashes is None and body_keys is not None and not check_arc:
+        head, body = split_for_dkim(raw)
+        body_hashes = bodyhash.body_hashes((body,), body_keys)
+        raw = head
     missing: list[bytes] = []
     dnsfunc = _dnsfunc(keys, missing)
     out_sigs: list[SigPlan] = []
