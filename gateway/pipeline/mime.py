@@ -42,7 +42,7 @@ from urllib.parse import unquote_to_bytes
 
 from inscriptis import get_text
 
-from gateway.pipeline.bigmime import is_marker
+from gateway.pipeline.bigmime import is_marker, split_large_parts
 from gateway.pipeline.model import Attachment, ParsedMessage
 
 __all__ = ["parse_message"]
@@ -863,16 +863,36 @@ def _salvage(raw: bytes, exc: BaseException) -> ParsedMessage:
     return _build(raw_headers, [text], [], [], ctx)
 
 
+# From this size the email package's feed parser is handed a skeleton: bigmime takes every leaf body of
+# at least SPLIT_PART bytes out first (bytes.find over the boundaries instead of a Python loop over every
+# line; text parts too), and _Walker gets the bodies back decoded. A 60 KB text + HTML + attachment
+# message: 1.61 -> 1.05 ms. Below it the split costs more than it saves (4 KB: 120 -> 164 µs).
+SPLIT_MIN = 24 * 1024
+SPLIT_PART = 2048
+
+
 def parse_message(raw: bytes, elided: dict[bytes, Any] | None = None) -> ParsedMessage:
     """Parse one raw message; never raises (failures end up in ``defects``).
 
     ``elided``: for a large message, ``raw`` is bigmime's skeleton and this maps its markers to the
-    decoded bodies of the parts it took out (consumed: each body is handed on, not kept twice)."""
+    decoded bodies of the parts it took out (consumed: each body is handed on, not kept twice).
+    Without it, a message of ``SPLIT_MIN`` bytes or more is split that way here (same result, tested
+    on the corpus: ``tests/pipeline/test_split_parse.py``)."""
     try:
         if isinstance(raw, (bytearray, memoryview)):
             raw = bytes(raw)
         elif not isinstance(raw, bytes):
             raw = str(raw).encode("utf-8", "surrogateescape")
+        if elided is None and len(raw) >= SPLIT_MIN:
+            try:
+                skeleton, parts = split_large_parts((raw,), SPLIT_PART, text_parts=True)
+            except Exception:  # the splitter is an optimisation: on any doubt, the plain parse
+                skeleton, parts = raw, {}
+            if parts:
+                try:
+                    return _parse(skeleton, parts)
+                except Exception:  # noqa: BLE001 - then exactly as without the split
+                    pass
         return _parse(raw, elided)
     except Exception as exc:
         try:
