@@ -69,7 +69,8 @@ def split_message(raw: bytes) -> tuple[bytes, bytes]:
     return raw[:end], raw[end:]
 
 
-_LAST_FIELDS: tuple[bytes | None, tuple[HeaderField, ...]] = (None, ())
+_RECENT_FIELDS: dict[int, tuple[bytes, tuple[HeaderField, ...]]] = {}
+_RECENT_MAX = 16
 
 
 def header_fields(raw: bytes) -> list[HeaderField]:
@@ -78,15 +79,20 @@ def header_fields(raw: bytes) -> list[HeaderField]:
     field, or ignored when there is none; nothing raises.
 
     The SMTP-time checks ask this of the same message three times (DKIM plan, header values,
-    forged A-R removal): the last answer is kept for the same ``bytes`` object (immutable, so
-    the same object means the same content); messages over 1 MiB are not kept."""
-    global _LAST_FIELDS
-    last_raw, last = _LAST_FIELDS
-    if raw is last_raw and type(raw) is bytes:
-        return list(last)
+    forged A-R removal), and concurrent sessions interleave on the loop: the answers for the
+    last 16 ``bytes`` objects are kept (immutable, so the same object means the same content;
+    the entry holds the object, so its id cannot be reused meanwhile); messages over 256 KiB are
+    not kept, so at most 4 MiB stay alive here."""
+    if type(raw) is not bytes:
+        return _header_fields(raw)
+    hit = _RECENT_FIELDS.get(id(raw))
+    if hit is not None and hit[0] is raw:
+        return list(hit[1])
     fields = _header_fields(raw)
-    if type(raw) is bytes and len(raw) <= 1 << 20:  # never keeps a large message alive
-        _LAST_FIELDS = (raw, tuple(fields))
+    if len(raw) <= 256 * 1024:  # never keeps a large message alive
+        if len(_RECENT_FIELDS) >= _RECENT_MAX:
+            del _RECENT_FIELDS[next(iter(_RECENT_FIELDS))]  # the oldest
+        _RECENT_FIELDS[id(raw)] = (raw, tuple(fields))
     return fields
 
 

@@ -102,3 +102,19 @@ def test_clean_comment_and_reason() -> None:
         ref_r = " ".join("".join(c if 32 <= ord(c) < 127 and c not in "\"\\@" else " " for c in s).split())
         assert _clean_comment(s) == ref_c[:120]
         assert _clean_reason(s) == ref_r[:120]
+
+
+def test_header_fields_cache_with_interleaved_messages() -> None:
+    """Concurrent sessions ask for several messages in turn: each gets its own fields, always fresh
+    lists (a caller may change its list), and more messages than the cache holds still parse right."""
+    from gateway.auth.headers import _RECENT_MAX, header_fields
+    msgs = [f"From: a{i}@example.org\r\nSubject: s{i}\r\n\r\nbody {i}\r\n".encode() for i in range(_RECENT_MAX + 5)]
+    for _ in range(3):
+        for i, raw in enumerate(msgs):
+            fields = header_fields(raw)
+            assert [f.name for f in fields] == [b"From", b"Subject"]
+            assert fields[0].value.strip() == f"a{i}@example.org".encode()
+            fields.clear()
+            assert len(header_fields(raw)) == 2
+    big = b"From: x@example.org\r\n\r\n" + b"x" * (300 * 1024)
+    assert [f.name for f in header_fields(big)] == [b"From"]
