@@ -127,8 +127,36 @@ def _install_key_cache() -> None:
     dkim.parse_public_key = cached
 
 
+def _install_tag_cache() -> None:
+    """A signer's key record is parsed as a tag list three times per message (our key check,
+    dkimpy's key evaluation, the key cache) and is the same bytes for every message of that
+    signer: remember the parse per value (bounded, small values only). Failures are not cached,
+    so they raise exactly as before; each caller gets its own copy of the dict."""
+    global parse_tag_value
+    orig = getattr(dkim, "parse_tag_value", None)
+    if orig is None or getattr(orig, "_ticketmx_cached", False):
+        return
+    cache: dict[bytes, dict] = {}
+
+    def cached(value, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - dkimpy's signature
+        if args or kwargs or type(value) is not bytes or len(value) > 4096:
+            return orig(value, *args, **kwargs)
+        hit = cache.get(value)
+        if hit is None:
+            hit = orig(value)
+            if len(cache) >= 256:
+                cache.clear()
+            cache[value] = hit
+        return dict(hit)
+
+    cached._ticketmx_cached = True  # type: ignore[attr-defined]
+    dkim.parse_tag_value = cached
+    parse_tag_value = cached
+
+
 _install_fast_rsa()
 _install_key_cache()
+_install_tag_cache()
 fastcanon.install()
 
 _LABEL = re.compile(rb"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")

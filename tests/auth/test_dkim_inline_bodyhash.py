@@ -82,3 +82,21 @@ def test_two_signatures_with_different_canonicalisations() -> None:
     assert inline == full == [("pass", ""), ("pass", "")]
     full, inline = _both(raw.replace(b"Hello  there", b"Hello there"), txt)  # relaxed still passes
     assert inline == full and [r for r, _ in full] == ["pass", "fail"]
+
+
+def test_tag_list_cache_is_transparent() -> None:
+    """dkimpy's parse_tag_value, remembered per value: equal results, a fresh dict per call, and a
+    malformed list raises every time (never cached)."""
+    import dkim.util
+    from dkim.util import InvalidTagValueList
+    cached = dkim.parse_tag_value
+    assert getattr(cached, "_ticketmx_cached", False) and dkimcheck.parse_tag_value is cached
+    orig = dkim.util.parse_tag_value
+    for value in (b"v=DKIM1; k=rsa; p=MIIB", b" v=1; a=rsa-sha256;\r\n d=example.org; s=x; b=abc\r\n", b"a=1"):
+        first, again = cached(value), cached(value)
+        assert first == again == orig(value) and first is not again
+        first[b"p"] = b"changed"
+        assert cached(value) == orig(value)
+    for _ in range(2):
+        with pytest.raises(InvalidTagValueList):
+            cached(b"a=1; a=2")  # duplicate tag
