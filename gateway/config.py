@@ -125,6 +125,7 @@ class PipelineConfig:
     max_attempts: int = 3
     retry_delay: float = 5.0
     poll_interval: float = 1.0
+    batch_wait: float = 0.005       # after a wake-up or a short batch, wait this long for more mail to batch
     stages: tuple[str, ...] = ()    # stage order by name; () = the recommended order
     pause_after_failures: int = 0   # this many consecutive failing messages pause processing (0 = never)
     admin_address: str = ""         # told by mail when processing pauses (needs a smarthost)
@@ -484,10 +485,13 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         max_attempts=t.get("max_attempts", d3.max_attempts, _int_range(1, 100)),
         retry_delay=t.get("retry_delay", d3.retry_delay, parse_duration),
         poll_interval=t.get("poll_interval", d3.poll_interval, parse_duration),
+        batch_wait=t.get("batch_wait", d3.batch_wait, parse_duration),
         pause_after_failures=t.get("pause_after_failures", d3.pause_after_failures, _int_range(0)),
         admin_address=t.get("admin_address", "", lambda v: _mail_address(v) if v else ""),
         stages=t.get("stages", d3.stages, _stage_list),
     )
+    if not 0 <= pipeline.batch_wait <= 1:
+        t.error("batch_wait", "must be between 0 and 1s (it delays every ticket by up to this much)")
     own_keys = set(t.used)
     t.used.update(t.data)  # the stage sub-tables are validated by the pipeline policy parser below
     t.finish()

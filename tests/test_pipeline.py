@@ -233,3 +233,37 @@ async def test_encryption_at_rest_and_key_rotation(start_gateway, tmp_path):
     gateway.store.cipher = Cipher([new_key.encode()])
     assert "hunter2" in (await gateway.store.ticket_get("HD-1000"))["articles"][0]["body_text"]
     assert b"hunter2" in (await gateway.store.spool_get(sid)).raw
+
+
+async def test_batch_wait_gathers_mail_arriving_together_into_one_batch(start_gateway):
+    """Six messages committed one by one within the wait: at most three claims, not six (each batch
+    costs a claim and a delivery transaction). Every message still becomes a ticket."""
+    gw = await start_gateway(pipeline={"batch_wait": "300ms"})
+    claims: list[int] = []
+    store = gw.store
+    orig = store.spool_claim
+
+    async def counting(*a, **kw):
+        got = await orig(*a, **kw)
+        if got:
+            claims.append(len(got))
+        return got
+    store.spool_claim = counting  # type: ignore[method-assign]
+    sids = []
+    for i in range(6):  # one commit (and one wake-up) each, 20 ms apart
+        sids.append(await send(gw.port, simple_message(subject=f"b{i}", message_id=f"b{i}@customer.test")))
+        await asyncio.sleep(0.02)
+    for sid in sids:
+        assert (await gw.wait_done(sid)).state == "ticket_created"
+    assert sum(claims) == 6 and len(claims) <= 3, claims
+
+
+def test_batch_wait_config(tmp_path):
+    from gateway.errors import ConfigErrors
+
+    from .conftest import make_config
+    assert make_config(tmp_path).pipeline.batch_wait == 0.005
+    assert make_config(tmp_path, pipeline={"batch_wait": "0s"}).pipeline.batch_wait == 0
+    with pytest.raises(ConfigErrors) as exc:
+        make_config(tmp_path, pipeline={"batch_wait": "2s"})
+    assert "pipeline.batch_wait" in str(exc.value)
