@@ -60,7 +60,11 @@ _DIR_CACHE: dict[type, list[str]] = {}
 
 
 def _caching_dir(*args: Any) -> list[str]:
-    """``dir(obj)`` remembered per class when the instance adds no hook/method names of its own."""
+    """``dir(obj)`` remembered per class when the instance adds no hook/method names of its own.
+
+    Only the names aiosmtpd filters for (``handle_*``, ``smtp_*``; both of its ``dir`` calls keep
+    only one prefix) are kept: its comprehensions then look at ~20 names per connection instead of
+    ~130 (about 20 µs per connection)."""
     if len(args) != 1:
         return dir(*args)
     obj = args[0]
@@ -70,7 +74,7 @@ def _caching_dir(*args: Any) -> list[str]:
     if own and any(k.startswith(_NAME_PREFIXES) for k in own):
         return dir(obj)  # instance-level hooks: never cached
     if names is None:
-        names = dir(obj)
+        names = [n for n in dir(obj) if n.startswith(_NAME_PREFIXES)]
         if len(_DIR_CACHE) < 256:
             _DIR_CACHE[cls] = names
     return list(names)
