@@ -40,7 +40,7 @@ from .dmarc import (Discovery, DmarcDomainResult, FromInfo, OrgDomains, aligned,
                     evaluate_domain, parse_from)
 from .dns import Resolver
 from .headers import header_values, prepend_header, strip_forged_authres
-from .spfcheck import SpfCache, SpfResult, check_spf
+from .spfcheck import SpfCache, SpfResult, check_spf, helo_is_domain
 
 __all__ = ["Authenticator", "AuthVerdict", "stamp"]
 
@@ -216,6 +216,28 @@ class Authenticator:
             await dkimcheck.fetch_keys(self.resolver, missing, keys)
         return res
 
+    def _answers_cached(self, p: dkimcheck.Plan, from_info, spf_ip: str, sender: str, mf_helo: str,
+                        origin_helo: str, relay: dict | None, policy: AuthPolicy) -> bool:
+        """True when SPF (both identities), the DKIM/ARC keys and the DMARC records need no DNS
+        question: SPF results are in the SPF cache, the other answers in the resolver's cache."""
+        if relay is None or relay["origin_ip"] is not None:
+            cache, resolver, me = self.spf_cache, self.resolver, self.hostname
+            if sender and cache.get(resolver, (spf_ip, sender, mf_helo, me, None)) is None:
+                return False
+            if (not sender or policy.check_helo) and helo_is_domain(origin_helo) and \
+                    cache.get(resolver, (spf_ip, "", origin_helo, me, None)) is None:
+                return False
+        cached = self.resolver.cached
+        for name in p.key_names():
+            if cached((name.decode("ascii", "replace").rstrip(".").lower(), "TXT")) is None:
+                return False
+        if not from_info.error:
+            for d in from_info.domains:
+                for dom in {d, self.org(d)}:
+                    if cached((f"_dmarc.{dom}".lower().rstrip("."), "TXT")) is None:
+                        return False
+        return True
+
     async def _in_executor(self, raw: bytes, p: dkimcheck.Plan, keys: dict, check_arc: bool,
                            hashes: dict | None = None) -> dict:
         loop = asyncio.get_running_loop()
@@ -285,12 +307,25 @@ class Authenticator:
         async def dmarc_discovery() -> dict[str, Discovery]:
             if from_info.error:
                 return {}
+            if len(from_info.domains) == 1:
+                d = from_info.domains[0]
+                return {d: await discover_policy(self.resolver, d, self.org)}
             found = await asyncio.gather(*(discover_policy(self.resolver, d, self.org)
                                            for d in from_info.domains))
             return dict(zip(from_info.domains, found))
 
-        spf_mf, spf_h, crypto, discoveries = await asyncio.gather(
-            spf_mailfrom(), spf_helo(), self._crypto(raw, p, check_arc, body, body_size), dmarc_discovery())
+        if body is None and self._answers_cached(p, from_info, spf_ip, sender, origin_helo or helo,
+                                                 origin_helo, relay, policy):
+            # Every DNS answer is at hand: nothing below suspends, so awaiting one after the other
+            # costs no task, no gather and no extra loop iteration (about 45 µs per message).
+            # Were a prediction wrong, this is still correct, only the lookups would not overlap.
+            spf_mf = await spf_mailfrom()
+            spf_h = await spf_helo()
+            crypto = await self._crypto(raw, p, check_arc, body, body_size)
+            discoveries = await dmarc_discovery()
+        else:
+            spf_mf, spf_h, crypto, discoveries = await asyncio.gather(
+                spf_mailfrom(), spf_helo(), self._crypto(raw, p, check_arc, body, body_size), dmarc_discovery())
 
         sigs: list[dkimcheck.SigPlan] = crypto["sigs"]
         arc = crypto["arc"] or {"result": "none", "reason": "", "instances": 0, "sets": []}

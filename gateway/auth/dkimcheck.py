@@ -341,7 +341,11 @@ async def fetch_keys(resolver: Resolver, names: list[bytes], keys: dict) -> None
             return
         keys[name] = txts[0] if txts else None
 
-    await asyncio.gather(*(one(n) for n in names if n not in keys))
+    todo = [n for n in names if n not in keys]
+    if len(todo) == 1:
+        await one(todo[0])  # the usual case: no task for a single (often cached) answer
+    elif todo:
+        await asyncio.gather(*(one(n) for n in todo))
 
 
 class _MissingKey(Exception):

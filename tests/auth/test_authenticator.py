@@ -247,3 +247,44 @@ def test_event_loop_stays_responsive_during_large_message(dns_server):
     assert CountingPool.submitted >= 1, "the hashing of a 4.6 MB body did not go to the executor"
     # a loose bound only (a loaded CI machine stretches every figure): the loop kept running
     assert lags and max(lags) < 2.0, f"event loop stalled {max(lags) * 1000:.0f} ms"
+
+
+def test_all_answers_cached_path_gives_the_cold_path_verdict(dns_server):
+    """Once every DNS answer is cached the checks run one after the other (no tasks); the verdicts
+    are exactly those the concurrent path gave, for passing, failing and unsigned mail alike."""
+    raws = {
+        "signed": sign(message(), "example.org"),
+        "tampered": sign(message(), "example.org").replace(b"this is a test", b"this is a tesT"),
+        "unsigned": message(),
+        "no dmarc": message(frm="Bob <bob@nodmarc.example>"),
+    }
+
+    async def go() -> None:
+        auth = Authenticator(Resolver(dns_server.nameservers, timeout=1.0), "mx.support.test")
+        try:
+            for name, raw in raws.items():
+                for peer, mail_from in ((OK_IP, "alice@example.org"), (BAD_IP, "alice@example.org"), (OK_IP, "")):
+                    from gateway.auth import dkimcheck
+                    from gateway.auth.dmarc import parse_from
+                    kw = dict(peer_ip=peer, helo="mail.example.org", mail_from=mail_from, raw=raw,
+                              policy=AuthPolicy())
+                    cold = await auth.check(**kw)
+                    p, info = dkimcheck.plan(raw), parse_from(raw)
+                    sender = mail_from.lower()
+                    assert auth._answers_cached(p, info, peer, sender, "mail.example.org", "mail.example.org",
+                                                None, AuthPolicy()), name
+                    warm = await auth.check(**kw)
+                    assert (warm.action, warm.reply, warm.header_value, _timeless(warm.auth)) == \
+                        (cold.action, cold.reply, cold.header_value, _timeless(cold.auth)), name
+                    auth.resolver.cache_clear()
+                    auth.spf_cache = type(auth.spf_cache)()
+                    assert not auth._answers_cached(p, info, peer, sender, "mail.example.org", "mail.example.org",
+                                                    None, AuthPolicy()), name
+        finally:
+            auth.close()
+    run(go())
+
+
+def _timeless(auth: dict) -> dict:
+    """The structured results without timing fields (they differ between any two runs)."""
+    return {k: v for k, v in auth.items() if k != "elapsed_us"}
