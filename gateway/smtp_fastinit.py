@@ -7,7 +7,8 @@ That is about 250 us of CPU per connection (measured: ``python bench/perf.py --w
 profiles), the same answer every time for the same classes.
 
 :func:`install` gives aiosmtpd's module a ``dir`` and an ``inspect`` that remember the
-answers per class (the members are still looked up on the new instance, so bound methods
+answers per class, and a ``sanitized_log`` that skips its work when the logger would drop the
+record (the members are still looked up on the new instance, so bound methods
 are the new connection's). Only ``aiosmtpd.smtp``'s globals are touched; Python's own
 ``dir``/``inspect`` are unchanged everywhere else. ``tests/test_smtp_fastinit.py`` checks
 that the tables come out identical.
@@ -15,6 +16,7 @@ that the tables come out identical.
 from __future__ import annotations
 
 import inspect as _inspect
+import logging
 from typing import Any, Callable
 
 import aiosmtpd.smtp as _smtp
@@ -80,8 +82,27 @@ def _caching_dir(*args: Any) -> list[str]:
     return list(names)
 
 
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50, "exception": 40}
+
+
+def _lazy_sanitized_log(func: Callable[..., None], msg: Any, *args: Any, **kwargs: Any) -> None:
+    """aiosmtpd's ``sanitized_log`` (called twice for every command line) scrubs AUTH secrets from
+    the arguments before it calls ``func``, even when ``func``'s logger drops the record anyway, as
+    ours does ("mail.log" is at WARNING). Ask the logger first; when it would log, do exactly what
+    aiosmtpd does."""
+    logger = getattr(func, "__self__", None)
+    level = _LEVELS.get(getattr(func, "__name__", ""))
+    if level is not None and isinstance(logger, logging.Logger) and not logger.isEnabledFor(level):
+        return
+    _ORIGINAL_SANITIZED_LOG(func, msg, *args, **kwargs)
+
+
+_ORIGINAL_SANITIZED_LOG = _smtp.sanitized_log
+
+
 def install() -> None:
     """Idempotent."""
+    _smtp.sanitized_log = _lazy_sanitized_log  # type: ignore[attr-defined]  # aiosmtpd.smtp's global only
     if not isinstance(getattr(_smtp, "inspect", None), _CachingInspect):
         _smtp.inspect = _CachingInspect()  # type: ignore[attr-defined]
     _smtp.dir = _caching_dir  # type: ignore[attr-defined]  # shadows the builtin in that module only

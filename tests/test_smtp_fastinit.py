@@ -50,3 +50,32 @@ async def test_instance_level_hooks_are_not_cached() -> None:
     s2 = smtp_mod.SMTP(h2, hostname="h.test")
     assert "RCPT" in s2._handle_hooks
     assert "RCPT" not in smtp_mod.SMTP(h1, hostname="h.test")._handle_hooks
+
+
+def test_sanitized_log_is_skipped_only_when_the_logger_would_drop_it(caplog: pytest.LogCaptureFixture) -> None:
+    """Enabled: the record is logged with AUTH secrets scrubbed, as by aiosmtpd's own function.
+    Disabled: nothing is formatted or logged."""
+    import logging
+    smtp_fastinit.install()
+    assert smtp_mod.sanitized_log is smtp_fastinit._lazy_sanitized_log
+    logger = logging.getLogger("mail.log")
+    old = logger.level
+    try:
+        logger.setLevel(logging.DEBUG)
+        with caplog.at_level(logging.DEBUG, logger="mail.log"):
+            smtp_mod.sanitized_log(logger.info, "%r >> %r", ("1.2.3.4", 25), b"AUTH PLAIN c2VjcmV0\r\n")
+        assert "c2VjcmV0" not in caplog.text and "AUTH PLAIN ********" in caplog.text
+        caplog.clear()
+        logger.setLevel(logging.WARNING)
+        calls = []
+
+        class Loud:
+            def __repr__(self) -> str:
+                calls.append(1)
+                return "loud"
+        smtp_mod.sanitized_log(logger.info, "%r", Loud())
+        assert not caplog.records and not calls
+        smtp_mod.sanitized_log(logger.warning, "%r", Loud())  # enabled level: logged
+        assert calls and "loud" in caplog.text
+    finally:
+        logger.setLevel(old)
