@@ -101,62 +101,44 @@ def _install_fast_rsa() -> None:
     dkim.RSASSA_PKCS1_v1_5_verify = fast
 
 
-def _install_key_cache() -> None:
-    """dkimpy re-parses the ASN.1 of a signer's RSA public key on every message (~0.1 ms, four
-    parser passes). The key record is the same for every message of a signer: remember the parse
-    per key bytes (bounded). Failures are not cached, so they raise exactly as before; the cached
-    dict is copied out so nothing dkimpy does to it can leak into the next message."""
-    orig = getattr(dkim, "parse_public_key", None)
-    if orig is None or getattr(orig, "_ticketmx_cached", False):
-        return
+def _remember_dicts(orig, max_entries: int, max_len: int):  # noqa: ANN001, ANN202 - wraps dkimpy functions
+    """``orig(bytes) -> dict`` remembered per input (bounded; inputs over ``max_len`` bytes and
+    other argument forms are passed through). Failures are not cached, so they raise exactly as
+    before; each caller gets its own copy of the dict, so nothing dkimpy does to one can leak into
+    the next message."""
     cache: dict[bytes, dict] = {}
 
-    def cached(data):  # noqa: ANN001 - dkimpy's signature
-        if not isinstance(data, (bytes, bytearray)):
-            return orig(data)
+    def cached(data, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - dkimpy's signatures
+        if args or kwargs or not isinstance(data, (bytes, bytearray)) or len(data) > max_len:
+            return orig(data, *args, **kwargs)
         key = bytes(data)
         hit = cache.get(key)
         if hit is None:
             hit = orig(key)
-            if len(cache) >= 512:
+            if len(cache) >= max_entries:
                 cache.clear()
             cache[key] = hit
         return dict(hit)
 
     cached._ticketmx_cached = True  # type: ignore[attr-defined]
-    dkim.parse_public_key = cached
+    return cached
 
 
-def _install_tag_cache() -> None:
-    """A signer's key record is parsed as a tag list three times per message (our key check,
-    dkimpy's key evaluation, the key cache) and is the same bytes for every message of that
-    signer: remember the parse per value (bounded, small values only). Failures are not cached,
-    so they raise exactly as before; each caller gets its own copy of the dict."""
+def _install_key_cache() -> None:
+    """dkimpy re-parses the ASN.1 of a signer's RSA public key on every message (~0.1 ms, four
+    parser passes), and a signer's key record is parsed as a tag list three times per message
+    (our key check, dkimpy's key evaluation, the key cache). Both inputs are the same bytes for
+    every message of a signer: remember the parses (:func:`_remember_dicts`)."""
     global parse_tag_value
-    orig = getattr(dkim, "parse_tag_value", None)
-    if orig is None or getattr(orig, "_ticketmx_cached", False):
-        return
-    cache: dict[bytes, dict] = {}
-
-    def cached(value, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - dkimpy's signature
-        if args or kwargs or type(value) is not bytes or len(value) > 4096:
-            return orig(value, *args, **kwargs)
-        hit = cache.get(value)
-        if hit is None:
-            hit = orig(value)
-            if len(cache) >= 256:
-                cache.clear()
-            cache[value] = hit
-        return dict(hit)
-
-    cached._ticketmx_cached = True  # type: ignore[attr-defined]
-    dkim.parse_tag_value = cached
-    parse_tag_value = cached
+    for name, entries, max_len in (("parse_public_key", 512, 1 << 16), ("parse_tag_value", 256, 4096)):
+        fn = getattr(dkim, name, None)
+        if fn is not None and not getattr(fn, "_ticketmx_cached", False):
+            setattr(dkim, name, _remember_dicts(fn, entries, max_len))
+    parse_tag_value = getattr(dkim, "parse_tag_value", parse_tag_value)
 
 
 _install_fast_rsa()
 _install_key_cache()
-_install_tag_cache()
 fastcanon.install()
 
 _LABEL = re.compile(rb"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
