@@ -218,14 +218,15 @@ class Authenticator:
 
     def _answers_cached(self, p: dkimcheck.Plan, from_info, spf_ip: str, sender: str, mf_helo: str,
                         origin_helo: str, relay: dict | None, policy: AuthPolicy) -> bool:
-        """True when SPF (both identities), the DKIM/ARC keys and the DMARC records need no DNS
-        question: SPF results are in the SPF cache, the other answers in the resolver's cache."""
+        """True when SPF (both identities), the DKIM/ARC keys and the DMARC records most likely need
+        no DNS question: SPF results are kept in the SPF cache (their freshness is checked once, by
+        check_spf itself), the other answers are in the resolver's cache."""
         if relay is None or relay["origin_ip"] is not None:
-            cache, resolver, me = self.spf_cache, self.resolver, self.hostname
-            if sender and cache.get(resolver, (spf_ip, sender, mf_helo, me, None)) is None:
+            cache, me = self.spf_cache, self.hostname
+            if sender and SpfCache.key(spf_ip, sender, mf_helo, me) not in cache:
                 return False
             if (not sender or policy.check_helo) and helo_is_domain(origin_helo) and \
-                    cache.get(resolver, (spf_ip, "", origin_helo, me, None)) is None:
+                    SpfCache.key(spf_ip, "", origin_helo, me) not in cache:
                 return False
         cached = self.resolver.cached
         for name in p.key_names():

@@ -174,6 +174,15 @@ class SpfCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key: tuple) -> bool:
+        """A result is kept for ``key`` (not checked for freshness: :meth:`get` does that)."""
+        return key in self._entries
+
+    @staticmethod
+    def key(ip: str, sender: str, helo: str, receiver: str, default_explanation: str | None = None) -> tuple:
+        """Every input of check_host(): what a kept result is looked up by."""
+        return (ip, sender, helo, receiver, default_explanation)
+
     def get(self, resolver: Resolver, key: tuple) -> SpfResult | None:
         hit = self._entries.get(key)
         if hit is None:
@@ -237,7 +246,7 @@ async def check_spf(
         eff_sender = sender
     if identity == "helo" and syntax_filter and not helo_is_domain(helo):
         return SpfResult("none", identity, "", "", ip, helo, reason="HELO name is not a domain name")
-    key = (ip, sender, helo, receiver, default_explanation)
+    key = SpfCache.key(ip, sender, helo, receiver, default_explanation)
     if cache is not None:
         hit = cache.get(resolver, key)
         if hit is not None:
