@@ -130,9 +130,9 @@ class Worker:
                     await asyncio.wait_for(self._wake.wait(), self.cfg.pipeline.poll_interval)
                 except asyncio.TimeoutError:
                     continue
-            await self._gather()
+            await self._let_batch_fill()
 
-    async def _gather(self) -> None:
+    async def _let_batch_fill(self) -> None:
         """Woken by a commit, or the last batch was short: let more mail arrive before claiming.
 
         Each batch costs two transactions (claim, deliver; the second with an fsync) whatever its
