@@ -41,7 +41,7 @@ from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizatio
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from ..fileio import read_chunks
-from . import bodyhash, fastcanon
+from . import bodyhash, dkimfast, fastcanon
 from .dns import DnsTempError, Resolver
 from .headers import header_fields
 
@@ -130,6 +130,8 @@ def _install_key_cache() -> None:
     (our key check, dkimpy's key evaluation, the key cache). Both inputs are the same bytes for
     every message of a signer: remember the parses (:func:`_remember_dicts`)."""
     global parse_tag_value
+    if not getattr(dkim.parse_tag_value, "_ticketmx_cached", False):
+        dkim.parse_tag_value = dkimfast.parse_tag_value  # same dicts and exceptions, no regex per tag
     for name, entries, max_len in (("parse_public_key", 512, 1 << 16), ("parse_tag_value", 256, 4096)):
         fn = getattr(dkim, name, None)
         if fn is not None and not getattr(fn, "_ticketmx_cached", False):
@@ -170,6 +172,7 @@ class SigPlan:
     result: str | None = None  # set when decided without crypto
     reason: str = ""
     key_bits: int | None = None
+    tags: dict | None = None  # the tag list as planned (validated when result is None); not reported
 
     def as_dict(self) -> dict:
         return {"d": self.d, "s": self.s, "a": self.a, "i": self.i, "b": self.b, "l": self.l,
@@ -232,6 +235,8 @@ def _plan_sig(sp: SigPlan, value: bytes) -> tuple[bytes, bytes, int | None] | No
         sp.result, sp.reason = "permerror", f"malformed signature: {e!r}"
         return None
     _fill_sig(sp, tags)
+    if sp.result is None:
+        sp.tags = tags
     return _body_key(tags, b"simple/simple") if b"bh" in tags else None
 
 
@@ -363,7 +368,7 @@ def _classify_key(txt) -> tuple[str | None, str, int | None]:
     if tags.get(b"p", None) is not None and not tags[b"p"].strip():
         return "fail", "key revoked (empty p=)", None
     try:
-        _pk, bits, _kt, _tls = dkim.evaluate_pk(b"key", txt)
+        _pk, bits, _kt, _tls = dkimfast.evaluate_key(txt)  # dkim.evaluate_pk, remembered per record
     except dkim.KeyFormatError as e:
         return "permerror", f"unusable key: {e}", None
     except Exception as e:  # noqa: BLE001
@@ -417,6 +422,11 @@ class _BodyFromHashes:
     body_hashes: dict = {}
 
     def verify_sig_process(self, sig, include_headers, sig_header, dnsfunc):  # noqa: ANN001 - dkimpy's
+        # dkimpy's own first checks, kept ahead of the body hash as dkimpy orders them
+        if self.tlsrpt == "strict" and not self.seqtlsrpt:
+            raise dkim.ValidationError("Message is tlsrpt and Service Type is not tlsrpt")
+        if not self.tlsrpt and self.seqtlsrpt:
+            raise dkim.ValidationError("Message is not tlsrpt and Service Type is tlsrpt")
         if b"bh" in sig:
             key = _body_key(sig, b"simple/simple")
             got = self.body_hashes.get(key) if key is not None else None
@@ -441,6 +451,7 @@ class _StreamedARC(_BodyFromHashes, dkim.ARC):
 
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")
+FAST_VERIFY = True  # dkimfast for the everyday signature (tests turn it off to compare with dkimpy)
 
 
 def split_for_dkim(raw: bytes) -> tuple[bytes, bytes]:
@@ -470,16 +481,27 @@ def verify_sync(raw: bytes, sigs: list[SigPlan], keys: dict, check_arc: bool,
     missing: list[bytes] = []
     dnsfunc = _dnsfunc(keys, missing)
     out_sigs: list[SigPlan] = []
+    # The everyday signature is checked by dkimfast (dkimpy's steps without its overhead); dkimpy's
+    # own object is built only when a signature needs it, or when the header section is unusual.
+    fields = dkimfast.parse_header_section(raw) if body_hashes is not None and FAST_VERIFY else None
     d_obj = None
     msg_error = None
-    try:
-        if body_hashes is not None:
-            d_obj = _StreamedDKIM(raw, logger=_quiet, minkey=MIN_KEY_BITS)
-            d_obj.body_hashes = body_hashes
-        else:
-            d_obj = dkim.DKIM(raw, logger=_quiet, minkey=MIN_KEY_BITS)
-    except Exception as e:  # noqa: BLE001 - MessageFormatError and anything odd
-        msg_error = f"message format: {e}"
+
+    def dkimpy():  # noqa: ANN202
+        nonlocal d_obj, msg_error
+        if d_obj is None and msg_error is None:
+            try:
+                if body_hashes is not None:
+                    d_obj = _StreamedDKIM(raw, logger=_quiet, minkey=MIN_KEY_BITS)
+                    d_obj.body_hashes = body_hashes
+                else:
+                    d_obj = dkim.DKIM(raw, logger=_quiet, minkey=MIN_KEY_BITS)
+            except Exception as e:  # noqa: BLE001 - MessageFormatError and anything odd
+                msg_error = f"message format: {e}"
+        return d_obj
+
+    if fields is None:
+        dkimpy()
     for sp in sigs:
         sp = SigPlan(**sp.__dict__)
         out_sigs.append(sp)
@@ -501,7 +523,16 @@ def verify_sync(raw: bytes, sigs: list[SigPlan], keys: dict, check_arc: bool,
             sp.result, sp.reason = bad, why
             continue
         try:
-            ok = d_obj.verify(idx=sp.index, dnsfunc=dnsfunc)
+            ok = None
+            if fields is not None and sp.tags is not None and not pre_policy:
+                ok = dkimfast.verify(fields, sp.index, sp.tags, sp.key_name, txt, body_hashes,
+                                     _body_key(sp.tags, b"simple/simple"), MIN_KEY_BITS)
+            if ok is None:
+                obj = dkimpy()
+                if obj is None:
+                    sp.result, sp.reason = "permerror", msg_error or "message format"
+                    continue
+                ok = obj.verify(idx=sp.index, dnsfunc=dnsfunc)
             if ok:
                 sp.result, sp.reason = "pass", ""
             else:
@@ -534,7 +565,8 @@ def verify_sync(raw: bytes, sigs: list[SigPlan], keys: dict, check_arc: bool,
                 sp.result, sp.reason = "policy", pre_policy + f" ({sp.reason or sp.result})"
             continue
         if sp.result == "pass" and sp.l is not None:
-            body_len = _canon_body_len(d_obj, raw, sp.index, body_hashes)
+            body_len = _canon_body_len(fields if fields is not None else dkimpy().headers, sp.index,
+                                       d_obj, body_hashes)
             if body_len is not None and sp.l < body_len:
                 sp.result, sp.reason = "policy", f"l={sp.l} covers only part of the {body_len}-byte body"
     arc = None
@@ -543,9 +575,9 @@ def verify_sync(raw: bytes, sigs: list[SigPlan], keys: dict, check_arc: bool,
     return {"sigs": out_sigs, "arc": arc, "missing": list(dict.fromkeys(missing))}
 
 
-def _canon_body_len(d_obj, raw: bytes, idx: int, body_hashes: dict | None = None) -> int | None:
+def _canon_body_len(headers, idx: int, d_obj, body_hashes: dict | None = None) -> int | None:  # noqa: ANN001
     try:
-        sigheaders = [(x, y) for x, y in d_obj.headers if x.lower() == b"dkim-signature"]
+        sigheaders = [(x, y) for x, y in headers if x.lower() == b"dkim-signature"]
         tags = parse_tag_value(sigheaders[idx][1])
         if body_hashes is not None:
             got = body_hashes.get(_body_key(tags, b"simple/simple"))
