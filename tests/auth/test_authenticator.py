@@ -288,3 +288,21 @@ def test_all_answers_cached_path_gives_the_cold_path_verdict(dns_server):
 def _timeless(auth: dict) -> dict:
     """The structured results without timing fields (they differ between any two runs)."""
     return {k: v for k, v in auth.items() if k != "elapsed_us"}
+
+
+def test_remembered_result_texts_give_the_same_header(dns_server):
+    """SPF and DMARC results rendered once by authres are reused for the same inputs; the header is
+    the one built from scratch, and different inputs never share a text."""
+    from gateway.auth import authenticator as mod
+    cases = [dict(raw=sign(message(frm="alice@example.org"), "example.org", key=PEM)),
+             dict(raw=message(frm="alice@nodmarc.example"), peer_ip=BAD_IP, mail_from="alice@nodmarc.example"),
+             dict(raw=message(frm="alice@example.org"), peer_ip=BAD_IP, helo="other.example")]
+    fresh = []
+    for kw in cases:
+        mod._RENDERED.clear()
+        fresh.append(run(check(dns_server, **kw)).header_value)
+    assert len(set(fresh)) == 3
+    for _ in range(2):
+        again = [run(check(dns_server, **kw)).header_value for kw in cases]  # from the remembered texts
+        assert again == fresh
+    assert mod._RENDERED
