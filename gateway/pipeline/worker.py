@@ -252,10 +252,11 @@ class Worker:
             history.append({"stage": stage.name, "action": verdict.action, "reason": verdict.reason})
             if verdict.data:
                 msg.findings[stage.name] = verdict.data
-            contact_updates += verdict.contact_updates
-            common = {"reason": verdict.reason, "history": tuple(history), "contact_updates": tuple(contact_updates)}
+            if verdict.contact_updates:
+                contact_updates += verdict.contact_updates
             if verdict.action == CONTINUE:
                 continue
+            common = {"reason": verdict.reason, "history": tuple(history), "contact_updates": tuple(contact_updates)}
             if verdict.action == DROP:
                 if stage.name == "bounce" and "bounce" in verdict.data:
                     return _bounce_delivery(sid, msg, verdict.data["bounce"], common)
