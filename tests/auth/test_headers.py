@@ -118,3 +118,55 @@ def test_header_fields_cache_with_interleaved_messages() -> None:
             assert len(header_fields(raw)) == 2
     big = b"From: x@example.org\r\n\r\n" + b"x" * (300 * 1024)
     assert [f.name for f in header_fields(big)] == [b"From"]
+
+
+def _reference_fields(raw: bytes) -> list[tuple[bytes, bytes, int, int]]:
+    """The line-by-line splitter header_fields replaced (kept here as the specification)."""
+    import re
+    name_re = re.compile(rb"([!-9;-~]+)[ \t]*:")
+    if raw.startswith(b"\r\n") or raw.startswith(b"\n"):
+        end = 0
+    else:
+        end, i = len(raw), 0
+        while i < len(raw):
+            j = raw.find(b"\n", i)
+            if j < 0:
+                break
+            if raw.startswith(b"\r\n", j + 1) or raw.startswith(b"\n", j + 1):
+                end = j + 1
+                break
+            i = j + 1
+    out, i, cur, cur_name = [], 0, -1, b""
+    while i < end:
+        j = raw.find(b"\n", i, end)
+        line_end = end if j < 0 else j + 1
+        if raw[i:i + 1] in (b" ", b"\t") or cur >= 0 and not name_re.match(raw, i):
+            i = line_end
+            continue
+        m = name_re.match(raw, i)
+        if cur >= 0:
+            out.append((cur_name, raw[cur:i], cur, i))
+            cur = -1
+        if m:
+            cur_name, cur = m.group(1), i
+        i = line_end
+    if cur >= 0:
+        out.append((cur_name, raw[cur:end], cur, end))
+    return out
+
+
+def test_header_fields_match_the_line_by_line_splitter() -> None:
+    import random
+
+    from gateway.auth import headers as mod
+    rng = random.Random(5322)
+    pieces = [b"From: a@example.org", b"Subject:x", b"X-A \t: y", b" cont", b"\tcont", b"junk line", b"",
+              b"Bad Name: z", b":colon", b"To:", b"\r", b"K:v\r"]
+    for _ in range(5000):
+        sep = rng.choice([b"\r\n", b"\n"])
+        lines = [rng.choice(pieces) for _ in range(rng.randrange(0, 9))]
+        raw = sep.join(lines) + rng.choice([b"", sep, sep + sep + b"body", sep + b"\n" + b"x"])
+        mod._RECENT_FIELDS.clear()
+        got = [(f.name, f.raw, f.start, f.end) for f in mod.header_fields(raw)]
+        assert got == _reference_fields(raw), raw
+        assert mod._header_end(raw) == len(mod.split_message(raw)[0])
