@@ -217,7 +217,8 @@ async def test_encryption_at_rest_and_key_rotation(start_gateway, tmp_path):
     db = gateway.gw.cfg.sqlite_path()
     conn = sqlite3.connect(db)
     dump = b"".join(bytes(r[0]) if isinstance(r[0], bytes) else r[0].encode()
-                    for q in ("SELECT raw FROM spool", "SELECT body_text FROM articles", "SELECT data FROM blobs")
+                    for q in ("SELECT raw FROM spool", "SELECT raw FROM spool_raw", "SELECT body_text FROM articles",
+                              "SELECT data FROM blobs")
                     for r in conn.execute(q))
     conn.close()
     assert b"hunter2" not in dump and b"TOPSECRETBLOB" not in dump  # nothing readable on disk

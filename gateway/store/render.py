@@ -28,8 +28,10 @@ def _json(value: Any, default: Any) -> Any:
     return json.loads(value)
 
 
-def spool_from_row(r: Mapping[str, Any], cipher: Cipher = PLAIN) -> SpoolEntry:
-    raw = cipher.dec_bytes(bytes(r["raw"]))
+def spool_from_row(r: Mapping[str, Any], cipher: Cipher = PLAIN, raw_stored: bytes | None = None) -> SpoolEntry:
+    """``raw_stored``: the stored message bytes when they are kept outside the row (SQLite's
+    ``spool_raw``); otherwise the row's ``raw`` column."""
+    raw = cipher.dec_bytes(bytes(r["raw"] if raw_stored is None else raw_stored))
     return SpoolEntry(
         id=r["id"], received_at=r["received_at"], mail_from=r["mail_from"],
         rcpt_tos=tuple(_json(r["rcpt_tos"], [])), mailboxes=tuple(_json(r["mailboxes"], [])),

@@ -27,6 +27,8 @@ from .sqlite_deliver import DeliverTx
 T = TypeVar("T")
 
 
+# A spool row with its message bytes (kept in spool_raw since migration 0009; a purged entry has none).
+_SPOOL_ROWS = "SELECT s.*, r.raw AS raw_stored FROM spool s LEFT JOIN spool_raw r ON r.spool_id = s.id"
 _BUSY_TIMEOUT = 10.0  # seconds a writer waits for the write lock before the transaction fails
 
 
@@ -139,16 +141,19 @@ class SqliteStore(Store):
     async def spool_insert(self, entries: list[SpoolEntry]) -> None:
         enc = self.cipher.enc_bytes
         rows = [(e.id, e.received_at, e.mail_from, json.dumps(list(e.rcpt_tos)), json.dumps(list(e.mailboxes)),
-                 e.peer_ip, e.helo, json.dumps(e.tls) if e.tls else None, e.message_id, e.size, enc(e.raw),
+                 e.peer_ip, e.helo, json.dumps(e.tls) if e.tls else None, e.message_id, e.size,
                  e.auth_header, json.dumps(e.auth) if e.auth is not None else None, json.dumps(list(e.flags)),
                  chunk_count(e))
                 for e in entries]
+        raws = [(e.id, enc(e.raw)) for e in entries]
 
         def fn(conn: sqlite3.Connection) -> None:
             conn.executemany(
                 "INSERT INTO spool (id, received_at, mail_from, rcpt_tos, mailboxes, peer_ip, helo, tls,"
-                " message_id, size, raw, auth_header, auth, flags, chunks) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " message_id, size, raw, auth_header, auth, flags, chunks) VALUES (?,?,?,?,?,?,?,?,?,?,x'',?,?,?,?)",
                 rows)
+            # the bytes outside the row, so that state changes rewrite a small row (migration 0009)
+            conn.executemany("INSERT INTO spool_raw (spool_id, raw) VALUES (?,?)", raws)
             for e in entries:
                 if e.body is not None:  # a large message: its body from the file, one chunk in memory at a time
                     conn.executemany("INSERT INTO spool_chunks (spool_id, seq, data) VALUES (?,?,?)",
@@ -182,7 +187,10 @@ class SqliteStore(Store):
                     (PROCESSING, owner, QUEUED, now, limit)).fetchall()
             finally:
                 conn.row_factory = None
-            return sorted((spool_from_row(r, self.cipher) for r in rows), key=lambda e: (e.received_at, e.id))
+            raws = dict(conn.execute(f"SELECT spool_id, raw FROM spool_raw WHERE spool_id IN"
+                                     f" ({','.join('?' * len(rows))})", [r["id"] for r in rows])) if rows else {}
+            return sorted((spool_from_row(r, self.cipher, raws.get(r["id"])) for r in rows),
+                          key=lambda e: (e.received_at, e.id))
         return await self.transaction(fn, durable=False)
 
     async def spool_retry(self, spool_id: str, error: str, next_attempt_at: float) -> None:
@@ -192,20 +200,20 @@ class SqliteStore(Store):
         await self.transaction(fn)
 
     async def spool_get(self, spool_id: str) -> SpoolEntry | None:
-        rows = await self.query("SELECT * FROM spool WHERE id=?", (spool_id,))
-        return spool_from_row(rows[0], self.cipher) if rows else None
+        rows = await self.query(_SPOOL_ROWS + " WHERE s.id=?", (spool_id,))
+        return spool_from_row(rows[0], self.cipher, rows[0]["raw_stored"]) if rows else None
 
     async def spool_list(self, state: str | None = None, limit: int | None = None) -> list[SpoolEntry]:
-        sql = "SELECT * FROM spool"
+        sql = _SPOOL_ROWS
         params: tuple[Any, ...] = ()
         if state:
-            sql += " WHERE state=?"
+            sql += " WHERE s.state=?"
             params = (state,)
-        sql += " ORDER BY received_at, id"
+        sql += " ORDER BY s.received_at, s.id"
         if limit is not None:
             sql += " LIMIT ?"
             params += (limit,)
-        return [spool_from_row(r, self.cipher) for r in await self.query(sql, params)]
+        return [spool_from_row(r, self.cipher, r["raw_stored"]) for r in await self.query(sql, params)]
 
     async def spool_replay(self, spool_id: str) -> bool:
         def fn(conn: sqlite3.Connection) -> bool:
@@ -316,11 +324,12 @@ class SqliteStore(Store):
             out = {"raw": 0, "quarantined": 0, "tickets": 0}
             if raw_days > 0:
                 done = ("state IN ('ticket_created','article_added','suppressed') AND finished_at < ?"
-                        " AND (length(raw) > 0 OR chunks > 0)")
-                conn.execute(f"DELETE FROM spool_chunks WHERE spool_id IN (SELECT id FROM spool WHERE {done})",
-                             (now - raw_days * day,))
-                out["raw"] = conn.execute(f"UPDATE spool SET raw=x'', chunks=0 WHERE {done}",
-                                          (now - raw_days * day,)).rowcount
+                        " AND (length(raw) > 0 OR chunks > 0 OR id IN (SELECT spool_id FROM spool_raw))")
+                ids = [(r[0],) for r in conn.execute(f"SELECT id FROM spool WHERE {done}", (now - raw_days * day,))]
+                conn.executemany("DELETE FROM spool_chunks WHERE spool_id=?", ids)
+                conn.executemany("DELETE FROM spool_raw WHERE spool_id=?", ids)
+                conn.executemany("UPDATE spool SET raw=x'', chunks=0 WHERE id=?", ids)
+                out["raw"] = len(ids)
             if quarantine_days > 0:
                 out["quarantined"] = conn.execute("DELETE FROM spool WHERE state='quarantined' AND received_at < ?",
                                                   (now - quarantine_days * day,)).rowcount
@@ -334,8 +343,9 @@ class SqliteStore(Store):
                     for table in ("message_ids", "participants", "ticket_history", "articles"):
                         conn.execute(f"DELETE FROM {table} WHERE ticket_id=?", (tid,))
                     conn.execute("UPDATE tickets SET linked_ticket_id=NULL WHERE linked_ticket_id=?", (tid,))
-                    conn.execute("DELETE FROM spool_chunks WHERE spool_id IN (SELECT id FROM spool WHERE ticket_id=?)",
-                                 (tid,))
+                    for table in ("spool_chunks", "spool_raw"):
+                        conn.execute(f"DELETE FROM {table} WHERE spool_id IN (SELECT id FROM spool WHERE ticket_id=?)",
+                                     (tid,))
                     conn.execute("UPDATE spool SET ticket_id=NULL, article_id=NULL, raw=x'', chunks=0"
                                  " WHERE ticket_id=?", (tid,))
                     conn.execute("DELETE FROM tickets WHERE id=?", (tid,))
@@ -355,9 +365,9 @@ class SqliteStore(Store):
 
         def fn(conn: sqlite3.Connection) -> dict[str, int]:
             out = {"spool": 0, "articles": 0, "blobs": 0}
-            for sid, raw in conn.execute("SELECT id, raw FROM spool").fetchall():
-                conn.execute("UPDATE spool SET raw=? WHERE id=?", (c.rotate_bytes(bytes(raw)), sid))
-                out["spool"] += 1
+            for sid, raw in conn.execute("SELECT spool_id, raw FROM spool_raw").fetchall():
+                conn.execute("UPDATE spool_raw SET raw=? WHERE spool_id=?", (c.rotate_bytes(bytes(raw)), sid))
+            out["spool"] = conn.execute("SELECT COUNT(*) FROM spool").fetchone()[0]  # every entry, as before
             for sid, seq, data in conn.execute("SELECT spool_id, seq, data FROM spool_chunks").fetchall():
                 conn.execute("UPDATE spool_chunks SET data=? WHERE spool_id=? AND seq=?",
                              (c.rotate_bytes(bytes(data)), sid, seq))

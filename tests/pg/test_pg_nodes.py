@@ -50,6 +50,11 @@ async def test_concurrent_open_migrates_once(pg_url):
         await asyncio.gather(*(s.close() for s in stores))
 
 
+# SQLite storage details PostgreSQL does without, with the reason.
+SQLITE_ONLY = {"spool_raw": "the message bytes out of the spool row (migration 0009); PostgreSQL stores a "
+                            "large raw out of line (TOAST) and keeps it when other columns change"}
+
+
 async def test_postgres_schema_has_every_sqlite_column(pg_url, tmp_path: Path):
     """Same tables and columns as SQLite after the migrations both have (PostgreSQL may have more)."""
     pg_versions = {v for v, _n, _sql in pg_migrations()}
@@ -71,6 +76,8 @@ async def test_postgres_schema_has_every_sqlite_column(pg_url, tmp_path: Path):
     for r in rows:
         pg.setdefault(r[0], set()).add(r[1])
     for table, cols in lite.items():
+        if table in SQLITE_ONLY:
+            continue
         assert table in pg, f"table {table} missing in PostgreSQL"
         assert cols <= pg[table], f"{table}: columns missing in PostgreSQL: {sorted(cols - pg[table])}"
 
