@@ -672,3 +672,25 @@ def test_corpus_attachment_is_elided() -> None:
     skeleton, parts = split_large_parts([raw[i:i + 100] for i in range(0, len(raw), 100)], 1024)
     assert check(raw, skeleton, parts, 1024) >= 1
     assert len(skeleton) < len(raw) - 1000
+
+
+def test_email_boundary_is_what_the_feed_parser_reads() -> None:
+    """``_email_boundary`` sets the one header line the way the feed parser does; on random
+    Content-Type values it reads the boundary a full ``message_from_bytes`` parse reads."""
+    import email
+    import random
+
+    from gateway.pipeline import bigmime
+    from gateway.pipeline.mime import _POLICY
+    rng = random.Random(2046)
+    atoms = [b"multipart/mixed", b"multipart/alternative", b";", b" ", b"\t", b"boundary=", b"boundary*=",
+             b"boundary*0=", b"boundary*1=", b'"', b"abc", b"=_Part_1", b"----=_NextPart_000", b"(c)", b"\\",
+             b"utf-8''%41", b"x=y", b"'", b"==", b"a b"]
+    for _ in range(3000):
+        value = b"".join(rng.choice(atoms) for _ in range(rng.randrange(1, 10)))
+        try:
+            found = email.message_from_bytes(b"Content-Type: " + value + b"\n\n", policy=_POLICY).get_boundary()
+            want = found.encode("ascii") if found is not None else None
+        except Exception:  # noqa: BLE001 - the reference gives up: so must we
+            want = None
+        assert bigmime._email_boundary(value) == want, value
