@@ -202,13 +202,23 @@ class TypeInfo:
     effective: str                # detected, else from the extension, else the declared type
 
 
-def detect_type(content: bytes, name: str, declared: str) -> TypeInfo:
-    kind = None
-    if content:
-        try:
-            kind = filetype.guess(content[:8192])
-        except Exception:          # pragma: no cover - filetype is defensive, be more so
-            kind = None
+_UNSNIFFED = object()
+
+
+def _sniff(content: bytes) -> Any:
+    """filetype's guess from the content (None when it does not recognise it)."""
+    if not content:
+        return None
+    try:
+        return filetype.guess(content[:8192])
+    except Exception:          # pragma: no cover - filetype is defensive, be more so
+        return None
+
+
+def detect_type(content: bytes, name: str, declared: str, sniffed: Any = _UNSNIFFED) -> TypeInfo:
+    """``sniffed``: ``_sniff(content)`` when the caller has it already (it depends on the content
+    only; the name and the declared type matter only when the content is not recognised)."""
+    kind = _sniff(content) if sniffed is _UNSNIFFED else sniffed
     if kind is not None:
         return TypeInfo(kind.mime, kind.extension, kind.mime)
     ext = extension(name)
@@ -288,7 +298,7 @@ class _Budget:
 
 
 def _judge(content: bytes, name: str, declared: str, policy: AttachmentPolicy, budget: _Budget,
-           body_image: bool = False) -> tuple[str | None, TypeInfo]:
+           body_image: bool = False, sniffed: Any = _UNSNIFFED) -> tuple[str | None, TypeInfo]:
     """The reason to strip this part, or None to keep it (and count it against the budget).
 
     ``body_image``: an inline part the HTML shows via ``cid:``; if its content really is an
@@ -296,7 +306,7 @@ def _judge(content: bytes, name: str, declared: str, policy: AttachmentPolicy, b
     (size, deny lists and contradictions still do).
     """
     size = len(content)
-    info = detect_type(content, name, declared)
+    info = detect_type(content, name, declared, sniffed)
     body_image = body_image and bool(info.detected and info.detected.startswith("image/"))
     ext = extension(name)
     if size == 0 and policy.strip_empty:
@@ -339,7 +349,8 @@ def analyse_attachments(parsed: ParsedMessage, policy: AttachmentPolicy) -> dict
     out: dict[str, Any] = {"kept": kept, "stripped": stripped}
     budget = _Budget()
     used: set[str] = set()
-    html = parsed.body_html.lower() if parsed.body_html else ""
+    # lower-cased once, and only when a part has a Content-ID the HTML might show
+    html = parsed.body_html.lower() if parsed.body_html and any(a.content_id for a in parsed.attachments) else ""
 
     def unique(name: str) -> str:
         if name.lower() not in used:
@@ -360,11 +371,12 @@ def analyse_attachments(parsed: ParsedMessage, policy: AttachmentPolicy) -> dict
             if res is not None and (res.files or res.body_text or res.body_html):
                 names = []
                 for fname, data in res.files:
-                    info0 = detect_type(data, fname, "")
+                    sniffed = _sniff(data)
+                    info0 = detect_type(data, fname, "", sniffed)
                     safe, _problems = safe_filename(fname, policy.max_filename_length,
                                                     f"attachment-{i + 1}-{len(names) + 1}"
                                                     + (f".{info0.detected_ext}" if info0.detected_ext else ""))
-                    why, info = _judge(data, safe, "", policy, budget)
+                    why, info = _judge(data, safe, "", policy, budget, sniffed=sniffed)
                     digest = hashlib.sha256(data).hexdigest()
                     if why:
                         stripped.append({"index": None, "parent": i, "filename": safe, "original": _escaped(fname),
@@ -379,10 +391,11 @@ def analyse_attachments(parsed: ParsedMessage, policy: AttachmentPolicy) -> dict
                 if res.body_text or res.body_html:
                     out["tnef_body"] = {"text": res.body_text, "html": res.body_html}
                 continue
-        info0 = detect_type(att.content, att.filename, att.content_type)
+        sniffed = _sniff(att.content)  # once: both type checks below read the same content
+        info0 = detect_type(att.content, att.filename, att.content_type, sniffed)
         safe, _problems = safe_filename(att.filename, policy.max_filename_length, _fallback_name(i, att, info0))
         body_image = bool(att.content_id) and f"cid:{att.content_id.lower()}" in html
-        why, info = _judge(att.content, safe, att.content_type, policy, budget, body_image)
+        why, info = _judge(att.content, safe, att.content_type, policy, budget, body_image, sniffed)
         if why:
             stripped.append({"index": i, "filename": safe, "original": _escaped(att.filename), "reason": why,
                              "sha256": att.sha256, "size": att.size, "detected": info.detected})
