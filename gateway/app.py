@@ -66,6 +66,9 @@ class Gateway:
 
     async def start(self) -> None:
         await self.store.open()
+        # The SMTP spool writer's commits (each one a 250 waiting) never carry a WAL checkpoint:
+        # this process runs them in the background instead (docs/architecture.md, Durability).
+        await self.store.defer_checkpoints(run_here=True)
         from .pipeline.twoway import ensure_thread_key
         await ensure_thread_key(self.store)  # before any worker starts: one key for all of them
         recovered = await self.store.spool_recover()

@@ -163,6 +163,7 @@ async def _child(cfg: Config, slot: int, listen: Listen, conn: multiprocessing.c
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     store = open_store(cfg)
     await store.open()
+    await store.defer_checkpoints(run_here=False)  # the main process checkpoints for every SMTP process
     executor = make_executor()
     metrics = Metrics()
     metrics.smtp_processes.set(0)  # the main process counts the listening processes

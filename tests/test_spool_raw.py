@@ -75,3 +75,22 @@ def test_an_older_database_moves_its_bytes(tmp_path) -> None:
     assert conn.execute("SELECT length(raw) FROM spool").fetchone()[0] == 0
     assert conn.execute("SELECT raw FROM spool_raw WHERE spool_id='old1'").fetchone()[0] == RAW
     conn.close()
+
+
+def test_checkpoints_leave_the_commits_and_run_in_the_background(tmp_path) -> None:
+    """defer_checkpoints: the writer's commits no longer copy the WAL into the database (with
+    ``run_here=False`` the data stays in the WAL however large it grows), and the background task
+    of ``run_here=True`` does copy it."""
+    async def fill(db, run_here: bool) -> int:
+        store = SqliteStore(db)
+        await store.open()
+        await store.defer_checkpoints(run_here=run_here, interval=0.05)
+        base = db.stat().st_size
+        for i in range(20):  # ~1,300 WAL pages: past SQLite's automatic threshold of 1,000
+            await store.spool_insert([_entry(f"{db.stem}-{i}-{k}") for k in range(4)])
+        await asyncio.sleep(0.5)
+        grown = db.stat().st_size - base
+        await store.close()
+        return grown
+    assert asyncio.run(fill(tmp_path / "deferred.db", run_here=False)) < 1 << 20  # nothing copied
+    assert asyncio.run(fill(tmp_path / "background.db", run_here=True)) > 4 << 20  # copied by the task

@@ -208,6 +208,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    async def defer_checkpoints(self, run_here: bool, interval: float = 0.2) -> None:
+        """Keep the write-ahead log's checkpoints out of this process's commits (SQLite, see there);
+        nothing to do for a store without one."""
+
     # -- spool -----------------------------------------------------------------
     @abc.abstractmethod
     async def spool_insert(self, entries: list[SpoolEntry]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ from .sqlite_deliver import DeliverTx
 
 T = TypeVar("T")
 
+
+log = logging.getLogger(__name__)
 
 # A spool row with its message bytes (kept in spool_raw since migration 0009; a purged entry has none).
 _SPOOL_ROWS = "SELECT s.*, r.raw AS raw_stored FROM spool s LEFT JOIN spool_raw r ON r.spool_id = s.id"
@@ -76,6 +79,7 @@ class SqliteStore(Store):
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
         self._wlock = asyncio.Lock()
+        self._checkpointer: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
     async def open(self) -> None:
@@ -90,7 +94,38 @@ class SqliteStore(Store):
         self._r.row_factory = sqlite3.Row
         await self._r.execute("PRAGMA busy_timeout=10000")
 
+    async def defer_checkpoints(self, run_here: bool, interval: float = 0.2) -> None:
+        """Keep WAL checkpoints out of this connection's commits.
+
+        SQLite checkpoints automatically inside the commit that takes the WAL past 1,000 pages: that
+        commit also copies the WAL into the database file and fsyncs it. When the commit is the SMTP
+        spool writer's, every session waiting for its 250 waits for the copy too (p99 EOD->250 25-31
+        -> 20-23 ms, docs/perf.md). With ``run_here`` a task of this process runs a PASSIVE checkpoint
+        (it never blocks a writer) on the reader connection's thread every ``interval`` seconds; the
+        gateway's main process does, and its extra SMTP processes leave it to that one."""
+        assert self._w is not None
+        await self._w.execute("PRAGMA wal_autocheckpoint=0")
+        if run_here and self._checkpointer is None:
+            self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoints(interval),
+                                                                        name="wal-checkpoints")
+
+    async def _checkpoints(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if self._r is not None:
+                    await self._r.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # a checkpoint that cannot run now runs at the next tick
+                log.debug("WAL checkpoint skipped: %s", exc)
+
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            try:
+                await self._checkpointer
+            except asyncio.CancelledError:
+                pass
+            self._checkpointer = None
         for conn in (self._r, self._w):
             if conn is not None:
                 await conn.close()
