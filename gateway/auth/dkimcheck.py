@@ -145,6 +145,9 @@ fastcanon.install()
 
 _LABEL = re.compile(rb"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 _B64 = re.compile(rb"^[A-Za-z0-9+/\s]*=*\s*$")
+_WSP = re.compile(rb"\s+")
+_DIGITS = re.compile(rb"\d{1,76}")
+_H_SPLIT = re.compile(rb"\s*:\s*")
 
 
 def _valid_dns_name(b: bytes) -> bool:
@@ -248,7 +251,7 @@ def _fill_sig(sp: SigPlan, tags: dict) -> None:
     sp.i = _s(tags.get(b"i")) if tags.get(b"i") is not None else None
     b = tags.get(b"b")
     if b is not None:
-        sp.b = _s(re.sub(rb"\s+", b"", b)[:12])
+        sp.b = _s(_WSP.sub(b"", b)[:12])
     for k in (b"v", b"a", b"b", b"bh", b"d", b"h", b"s"):
         if k not in tags:
             sp.result, sp.reason = "permerror", f"missing {k.decode()}= tag"
@@ -266,7 +269,7 @@ def _fill_sig(sp: SigPlan, tags: dict) -> None:
         sp.result, sp.reason = "permerror", "s= is not a valid selector"
         return
     for k in (b"b", b"bh"):
-        raw_b64 = re.sub(rb"\s+", b"", tags[k])
+        raw_b64 = _WSP.sub(b"", tags[k])
         if not raw_b64 or not _B64.match(raw_b64) or len(raw_b64) % 4:
             sp.result, sp.reason = "permerror", f"{k.decode()}= is not valid base64"
             return
@@ -276,11 +279,11 @@ def _fill_sig(sp: SigPlan, tags: dict) -> None:
             sp.result, sp.reason = "permerror", f"{k.decode()}= is not valid base64"
             return
     if b"l" in tags:
-        if not re.fullmatch(rb"\d{1,76}", tags[b"l"].strip()):
+        if not _DIGITS.fullmatch(tags[b"l"].strip()):
             sp.result, sp.reason = "permerror", "l= is not a decimal integer"
             return
         sp.l = int(tags[b"l"].strip())
-    h = [x.strip().lower() for x in re.split(rb"\s*:\s*", tags[b"h"].strip())]
+    h = [x.strip().lower() for x in _H_SPLIT.split(tags[b"h"].strip())]
     if b"from" not in h:
         sp.result, sp.reason = "permerror", "From is not signed (RFC 6376 5.4)"
         return

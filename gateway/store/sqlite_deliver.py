@@ -126,8 +126,10 @@ class DeliverTx:
         for h in d.ticket_history:
             self.history(ticket_id, h.get("actor", "system"), h.get("action", "note"), h.get("detail", {}))
         result = self.finish(d, state, d.reason, ticket_id, article_id, number)
+        # a new ticket's requester is the contact looked up (or added) by art.from_addr just above
+        requester = art.from_addr if state == TICKET_CREATED else self.requester(ticket_id)
         return DeliveryResult(result.spool_id, result.state, result.reason, ticket_id, article_id, number,
-                              requester=self.requester(ticket_id), reopened=reopened)
+                              requester=requester, reopened=reopened)
 
     # -- pieces ----------------------------------------------------------------------------------
     def contact(self, email: str, name: str) -> int:
