@@ -72,7 +72,8 @@ class DataCheck(Protocol):
 def header_end(raw: bytes) -> int:
     """Offset of the end of the header section (tolerates bare LF)."""
     i = raw.find(b"\r\n\r\n")
-    j = raw.find(b"\n\n")
+    # only a bare-LF blank line before it could come first: do not scan a CRLF message's whole body
+    j = raw.find(b"\n\n", 0, i + 1 if i >= 0 else len(raw))
     candidates = [x for x in (i, j) if x >= 0]
     return min(candidates) if candidates else len(raw)
 

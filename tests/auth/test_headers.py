@@ -170,3 +170,17 @@ def test_header_fields_match_the_line_by_line_splitter() -> None:
         got = [(f.name, f.raw, f.start, f.end) for f in mod.header_fields(raw)]
         assert got == _reference_fields(raw), raw
         assert mod._header_end(raw) == len(mod.split_message(raw)[0])
+
+
+def test_checks_header_end_is_the_first_blank_line_of_either_kind() -> None:
+    """gateway.checks.header_end bounds its bare-LF search by the CRLF blank line it found; the
+    answer stays the earliest of the two (tested against searching the whole message for both)."""
+    import random
+
+    from gateway.checks import header_end
+    rng = random.Random(2822)
+    for _ in range(50000):
+        raw = b"".join(rng.choice([b"a", b"\r", b"\n", b"\r\n", b"\n\n", b"\r\n\r\n", b":"])
+                       for _ in range(rng.randrange(0, 12)))
+        found = [x for x in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if x >= 0]
+        assert header_end(raw) == (min(found) if found else len(raw)), raw
