@@ -125,7 +125,7 @@ class PipelineConfig:
     max_attempts: int = 3
     retry_delay: float = 5.0
     poll_interval: float = 1.0
-    batch_wait: float = 0.005       # after a wake-up or a short batch, wait this long for more mail to batch
+    batch_wait: float = 0.02        # after a wake-up or a short batch, wait this long for more mail to batch
     stages: tuple[str, ...] = ()    # stage order by name; () = the recommended order
     pause_after_failures: int = 0   # this many consecutive failing messages pause processing (0 = never)
     admin_address: str = ""         # told by mail when processing pauses (needs a smarthost)

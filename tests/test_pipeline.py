@@ -263,7 +263,7 @@ def test_batch_wait_config(tmp_path):
     from gateway.errors import ConfigErrors
 
     from .conftest import make_config
-    assert make_config(tmp_path).pipeline.batch_wait == 0.005
+    assert make_config(tmp_path).pipeline.batch_wait == 0.02
     assert make_config(tmp_path, pipeline={"batch_wait": "0s"}).pipeline.batch_wait == 0
     with pytest.raises(ConfigErrors) as exc:
         make_config(tmp_path, pipeline={"batch_wait": "2s"})

@@ -138,7 +138,9 @@ class Worker:
         Each batch costs two transactions (claim, deliver; the second with an fsync) whatever its
         size. Claiming at every wake-up gave one-message batches under load (a worker claimed as
         soon as the SMTP side committed one message), so those costs were paid per message.
-        ``[pipeline] batch_wait`` (5 ms) lets a batch fill up; a ticket waits at most that much longer."""
+        ``[pipeline] batch_wait`` (20 ms) lets a batch fill up; a ticket waits at most that much longer.
+        Fewer, larger delivery transactions also leave the store's write lock to the SMTP side's spool
+        commits more often: with 5 ms, p99 EOD->250 was 27-35 ms at half load, with 20 ms 12-22 ms."""
         wait = self.cfg.pipeline.batch_wait
         if wait > 0 and not self._stopping:
             await asyncio.sleep(wait)
