@@ -453,6 +453,16 @@ class _StreamedARC(_BodyFromHashes, dkim.ARC):
     pass
 
 
+def _dkimpy_object(streamed, plain, raw: bytes, body_hashes: dict | None):  # noqa: ANN001, ANN202 - dkimpy classes
+    """dkimpy's DKIM or ARC object for ``raw``; with ``body_hashes`` (``raw`` is then the header section)
+    the streamed variant, which checks bh= against them."""
+    if body_hashes is not None:
+        obj = streamed(raw, logger=_quiet, minkey=MIN_KEY_BITS)
+        obj.body_hashes = body_hashes
+        return obj
+    return plain(raw, logger=_quiet, minkey=MIN_KEY_BITS)
+
+
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 FAST_VERIFY = True  # dkimfast for the everyday signature (tests turn it off to compare with dkimpy)
 
@@ -494,11 +504,7 @@ def verify_sync(raw: bytes, sigs: list[SigPlan], keys: dict, check_arc: bool,
         nonlocal d_obj, msg_error
         if d_obj is None and msg_error is None:
             try:
-                if body_hashes is not None:
-                    d_obj = _StreamedDKIM(raw, logger=_quiet, minkey=MIN_KEY_BITS)
-                    d_obj.body_hashes = body_hashes
-                else:
-                    d_obj = dkim.DKIM(raw, logger=_quiet, minkey=MIN_KEY_BITS)
+                d_obj = _dkimpy_object(_StreamedDKIM, dkim.DKIM, raw, body_hashes)
             except Exception as e:  # noqa: BLE001 - MessageFormatError and anything odd
                 msg_error = f"message format: {e}"
         return d_obj
@@ -595,11 +601,7 @@ def _verify_arc(raw: bytes, dnsfunc, body_hashes: dict | None = None) -> dict:
     """RFC 8617 5.2 chain validation through dkimpy, with our own handling of the edges."""
     out: dict = {"result": "none", "reason": "", "instances": 0, "sets": []}
     try:
-        if body_hashes is not None:
-            a = _StreamedARC(raw, logger=_quiet, minkey=MIN_KEY_BITS)
-            a.body_hashes = body_hashes
-        else:
-            a = dkim.ARC(raw, logger=_quiet, minkey=MIN_KEY_BITS)
+        a = _dkimpy_object(_StreamedARC, dkim.ARC, raw, body_hashes)
         cv, results, reason = a.verify(dnsfunc=dnsfunc)
     except _TempKey as e:
         out.update(result="temperror", reason=f"key lookup: {e}")
