@@ -468,3 +468,24 @@ def test_header_cache_gives_the_same_parse_and_stays_bounded() -> None:
         assert parse_message(raw) == first
     finally:
         mime._POLICY = saved
+
+
+def test_header_lookups_use_an_index_that_replace_never_copies():
+    """ParsedMessage.header/header_all answer from an index built on first use: case-insensitive, every
+    value in order; a dataclasses.replace() copy with other headers answers from its own headers; the
+    index plays no part in equality or pickling."""
+    import dataclasses
+    import pickle
+
+    from gateway.pipeline.model import ParsedMessage
+    p = ParsedMessage("s", "", "", 0, (), (), (), "", (), (), "", "", "",
+                      headers=(("From", "a@example.org"), ("X-Tag", "1"), ("x-tag", "2")))
+    assert p.header("X-TAG") == "1" and p.header_all("x-Tag") == ["1", "2"]
+    assert p.header("Missing") is None and p.header_all("Missing") == []
+    p.header_all("x-tag").append("3")  # a caller's list is its own
+    assert p.header_all("x-tag") == ["1", "2"]
+    q = dataclasses.replace(p, headers=(("X-Tag", "9"),))
+    assert q.header_all("x-tag") == ["9"] and p.header_all("x-tag") == ["1", "2"]
+    r = pickle.loads(pickle.dumps(p))
+    assert r == p and r.header("from") == "a@example.org"
+    assert p == dataclasses.replace(p)  # the built index does not make copies unequal

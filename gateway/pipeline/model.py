@@ -6,7 +6,7 @@ mutated afterwards: stages decide, they do not edit.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,15 +45,23 @@ class ParsedMessage:
     attachments: tuple[Attachment, ...] = ()
     headers: tuple[tuple[str, str], ...] = ()   # every header (name, decoded value), in order
     defects: tuple[str, ...] = ()        # parser defects and fallbacks taken (for the audit trail)
+    # headers by lower-cased name, built on first use: the stages ask ~20 header questions per message,
+    # each a scan of every header before. Not an init field, so dataclasses.replace() never copies it.
+    _by_name: dict[str, list[str]] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _index(self) -> dict[str, list[str]]:
+        index = self._by_name
+        if index is None:
+            index = {}
+            for key, value in self.headers:
+                index.setdefault(key.lower(), []).append(value)
+            object.__setattr__(self, "_by_name", index)  # frozen: a cache, not a change of the message
+        return index
 
     def header(self, name: str) -> str | None:
         """First value of header ``name`` (case-insensitive), or None."""
-        lname = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lname:
-                return value
-        return None
+        values = self._index().get(name.lower())
+        return values[0] if values else None
 
     def header_all(self, name: str) -> list[str]:
-        lname = name.lower()
-        return [v for k, v in self.headers if k.lower() == lname]
+        return list(self._index().get(name.lower(), ()))
