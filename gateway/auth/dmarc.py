@@ -184,6 +184,24 @@ class Discovery:
     reason: str = ""
 
 
+_PARSED: dict[str, "DmarcRecord | None"] = {}
+
+
+def _parsed_record(txt: str) -> DmarcRecord | None:
+    """parse_dmarc_record, remembered per record text (bounded): a busy MX sees the same few
+    records on every message, and DmarcRecord is immutable, so one parse serves them all."""
+    try:
+        return _PARSED[txt]
+    except KeyError:
+        pass
+    rec = parse_dmarc_record(txt)
+    if len(txt) <= 2048:
+        if len(_PARSED) >= 1024:
+            _PARSED.clear()
+        _PARSED[txt] = rec
+    return rec
+
+
 async def _records_at(resolver: Resolver, domain: str) -> list[str]:
     txts = await resolver.txt(f"_dmarc.{domain}")
     return [t for t in txts if is_dmarc_record(t)]
@@ -201,7 +219,7 @@ async def discover_policy(resolver: Resolver, from_domain: str, org: OrgDomains)
         if len(recs) > 1:
             return Discovery("none", reason=f"{len(recs)} DMARC records at _dmarc.{dom}")
         if len(recs) == 1:
-            rec = parse_dmarc_record(recs[0])
+            rec = _parsed_record(recs[0])
             if rec is None:
                 return Discovery("none", reason=f"unusable DMARC record at _dmarc.{dom} (no valid p=)")
             return Discovery("found", rec, dom)

@@ -135,8 +135,24 @@ _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za
                         r"[A-Za-z0-9-]{1,63}\.?$")
 
 
+_HELO_SEEN: dict[str, bool] = {}
+
+
 def helo_is_domain(helo: str) -> bool:
-    """True for a plausible FQDN (at least two labels, no address literal)."""
+    """True for a plausible FQDN (at least two labels, no address literal).
+
+    Asked twice per message with the session's one HELO name; the answer is remembered (bounded)
+    because the ``ipaddress`` attempt alone costs about 10 µs."""
+    hit = _HELO_SEEN.get(helo)
+    if hit is None:
+        hit = _helo_is_domain(helo)
+        if len(_HELO_SEEN) >= 4096:
+            _HELO_SEEN.clear()
+        _HELO_SEEN[helo] = hit
+    return hit
+
+
+def _helo_is_domain(helo: str) -> bool:
     if not helo or helo.startswith("["):
         return False
     try:
