@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 # A spool row with its message bytes (kept in spool_raw since migration 0009; a purged entry has none).
 _SPOOL_ROWS = "SELECT s.*, r.raw AS raw_stored FROM spool s LEFT JOIN spool_raw r ON r.spool_id = s.id"
+# The oldest due queued entries, walked in order on the spool_queue index (migration 0010): no sort of
+# the whole queue per claim, however long the backlog.
+_CLAIM = ("UPDATE spool SET state=?, attempts=attempts+1, claimed_by=? WHERE id IN ("
+          " SELECT id FROM spool WHERE state=? AND next_attempt_at<=? ORDER BY received_at, id LIMIT ?)"
+          " RETURNING *")
 _BUSY_TIMEOUT = 10.0  # seconds a writer waits for the write lock before the transaction fails
 
 
@@ -215,11 +220,7 @@ class SqliteStore(Store):
         def fn(conn: sqlite3.Connection) -> list[SpoolEntry]:
             conn.row_factory = sqlite3.Row
             try:
-                rows = conn.execute(
-                    "UPDATE spool SET state=?, attempts=attempts+1, claimed_by=? WHERE id IN ("
-                    " SELECT id FROM spool WHERE state=? AND next_attempt_at<=?"
-                    " ORDER BY received_at, id LIMIT ?) RETURNING *",
-                    (PROCESSING, owner, QUEUED, now, limit)).fetchall()
+                rows = conn.execute(_CLAIM, (PROCESSING, owner, QUEUED, now, limit)).fetchall()
             finally:
                 conn.row_factory = None
             raws = dict(conn.execute(f"SELECT spool_id, raw FROM spool_raw WHERE spool_id IN"

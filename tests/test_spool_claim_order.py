@@ -1,0 +1,78 @@
+"""A claim takes the oldest due queued entries in order by walking an index (migration 0010), so its
+cost does not grow with the backlog; deferred entries are skipped until they are due."""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+
+from gateway.store.base import SpoolEntry
+from gateway.store.migrations import load_migrations
+from gateway.store.sqlite import _CLAIM, SqliteStore
+
+T0 = 1_700_000_000.0
+
+
+def _entry(sid: str, at: float) -> SpoolEntry:
+    return SpoolEntry(id=sid, received_at=at, mail_from="a@example.org", rcpt_tos=("s@example.test",),
+                      mailboxes=("s@example.test",), peer_ip="192.0.2.1", helo="h", tls=None, message_id="",
+                      raw=b"From: a@example.org\r\n\r\nx\r\n")
+
+
+def test_the_claim_walks_the_queue_index_without_sorting(tmp_path) -> None:
+    async def go() -> None:
+        store = SqliteStore(tmp_path / "s.db")
+        await store.open()
+        await store.close()
+    asyncio.run(go())
+    conn = sqlite3.connect(tmp_path / "s.db")
+    plan = " | ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + _CLAIM,
+                                                 ("processing", "w", "queued", T0, 16)))
+    conn.close()
+    assert "spool_queue" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_oldest_due_first_and_deferred_entries_wait(tmp_path) -> None:
+    async def go() -> None:
+        store = SqliteStore(tmp_path / "s.db")
+        await store.open()
+        await store.spool_insert([_entry(f"e{i:03d}", T0 + i) for i in range(40)])
+        conn = sqlite3.connect(tmp_path / "s.db")
+        conn.execute("UPDATE spool SET next_attempt_at=? WHERE id IN ('e000', 'e005')", (T0 + 3600,))
+        conn.commit()
+        conn.close()
+        first = await store.spool_claim(10, T0 + 100, owner="t")
+        assert [e.id for e in first] == [f"e{i:03d}" for i in range(1, 12) if i != 5]
+        rest = await store.spool_claim(100, T0 + 100, owner="t")
+        assert [e.id for e in rest] == [f"e{i:03d}" for i in range(12, 40)]
+        assert await store.spool_claim(10, T0 + 100, owner="t") == []
+        due = await store.spool_claim(10, T0 + 3600, owner="t")
+        assert [e.id for e in due] == ["e000", "e005"]
+        await store.close()
+    asyncio.run(go())
+
+
+def test_an_older_database_gets_the_new_index(tmp_path) -> None:
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    for version, sql in load_migrations():
+        if version > 9:
+            break
+        for statement in sql.split(";\n"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute("PRAGMA user_version=9")
+    conn.commit()
+    conn.close()
+
+    async def go() -> None:
+        store = SqliteStore(db)
+        await store.open()
+        await store.spool_insert([_entry("a", T0), _entry("b", T0 - 1)])
+        assert [e.id for e in await store.spool_claim(10, T0 + 1, owner="t")] == ["b", "a"]
+        await store.close()
+    asyncio.run(go())
+    conn = sqlite3.connect(db)
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='spool'")}
+    assert "spool_queue" in names and "spool_state" not in names, names
+    conn.close()
