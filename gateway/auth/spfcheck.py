@@ -175,8 +175,8 @@ class SpfCache:
     connection, and a big sender's few outbound IPs. Evaluating a cached record with pyspf costs
     about 150 µs per identity, two identities per message. The key holds every input of
     check_host() (the local-part too, for %{l} macros), and the check of the answers makes a hit
-    exactly what a new evaluation would give. One difference: an exp= explanation using the %{t}
-    macro keeps the time of its first evaluation. Results that saw a DNS temporary error are not kept.
+    exactly what a new evaluation would give. Results that saw a DNS temporary error are not kept, nor
+    those whose explanation may use the %{t} macro (the current time).
     """
 
     def __init__(self, max_entries: int = 10_000, max_age: float = 300.0,
@@ -214,6 +214,8 @@ class SpfCache:
     def put(self, resolver: Resolver, key: tuple, result: SpfResult, memo: dict) -> None:
         if result.result == "temperror" or any(isinstance(a, _Temp) for a in memo.values()):
             return
+        if _uses_time_macro(key[4], memo):
+            return  # an explanation with %{t} reads the clock: a kept copy would carry an old time
         deps = tuple(memo.items())
         if any(resolver.cached(k) is not ans for k, ans in deps):
             return  # an answer the resolver does not keep (TTL 0, invalid name): nothing to vouch for it
@@ -221,6 +223,18 @@ class SpfCache:
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+
+def _uses_time_macro(default_explanation: str | None, memo: dict) -> bool:
+    """Whether an explanation this evaluation may have expanded contains the %{t} macro (RFC 7208
+    7.3: allowed only in exp= text, so any TXT answer carrying it can only be an explanation)."""
+    if default_explanation is not None and "%{t" in default_explanation.lower():
+        return True
+    for (_name, qtype), ans in memo.items():
+        if qtype == "TXT" and isinstance(ans, DnsAnswer):
+            if any(b"%{t" in b"".join(record).lower() for record in ans.records):
+                return True
+    return False
 
 
 async def _fetch(resolver: Resolver, memo: dict, key: tuple[str, str]) -> None:

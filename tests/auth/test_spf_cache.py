@@ -104,3 +104,20 @@ async def test_bounded_in_size_and_age(world):
     clock.now += 11  # older than max_age: evaluated again even though the DNS answer is still cached
     await _check(resolver, small, ip="192.0.2.5")
     assert small.hits == 1
+
+
+async def test_an_explanation_with_the_time_macro_is_not_kept(world):
+    """RFC 7208 7.3: %{t} is the current time, so a kept result would repeat an old timestamp."""
+    srv, resolver, clock, cache = world
+    srv.set_zone({"example.org": [("TXT", "v=spf1 -all exp=why.example.org")],
+                  "why.example.org": [("TXT", "refused at %{t} for %{i}")]})
+    first = await _check(resolver, cache)
+    assert first.result == "fail" and "refused at " in first.reason
+    assert len(cache) == 0
+    again = await _check(resolver, cache)
+    assert again.result == "fail" and cache.hits == 0
+    # an explanation without the clock is kept as before
+    srv.set_zone({"example.net": [("TXT", "v=spf1 -all exp=why.example.net")],
+                  "why.example.net": [("TXT", "refused for %{i}")]})
+    assert (await _check(resolver, cache, sender="bob@example.net")).result == "fail"
+    assert len(cache) == 1
