@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 
 from gateway.store.base import SpoolEntry
-from gateway.store.migrations import load_migrations
 from gateway.store.sqlite import _CLAIM, SqliteStore
+
+from .sqlite_schema import database_at_version
 
 T0 = 1_700_000_000.0
 
@@ -54,14 +54,7 @@ def test_oldest_due_first_and_deferred_entries_wait(tmp_path) -> None:
 
 def test_an_older_database_gets_the_new_index(tmp_path) -> None:
     db = tmp_path / "old.db"
-    conn = sqlite3.connect(db)
-    for version, sql in load_migrations():
-        if version > 9:
-            break
-        for statement in sql.split(";\n"):
-            if statement.strip():
-                conn.execute(statement)
-    conn.execute("PRAGMA user_version=9")
+    conn = database_at_version(db, 9)
     conn.commit()
     conn.close()
 

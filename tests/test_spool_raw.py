@@ -8,8 +8,9 @@ import sqlite3
 import time
 
 from gateway.store.base import Delivery, SpoolEntry
-from gateway.store.migrations import load_migrations
 from gateway.store.sqlite import SqliteStore
+
+from .sqlite_schema import database_at_version
 
 RAW = b"From: a@example.org\r\nSubject: x\r\n\r\n" + b"body line\r\n" * 6000  # 66 KB: overflow pages
 
@@ -48,14 +49,7 @@ def test_bytes_live_outside_the_row_and_come_back(tmp_path) -> None:
 
 def test_an_older_database_moves_its_bytes(tmp_path) -> None:
     db = tmp_path / "old.db"
-    conn = sqlite3.connect(db)
-    for version, sql in load_migrations():
-        if version > 8:
-            break
-        for statement in sql.split(";\n"):
-            if statement.strip():
-                conn.execute(statement)
-    conn.execute("PRAGMA user_version=8")
+    conn = database_at_version(db, 8)
     conn.execute("INSERT INTO spool (id, received_at, mail_from, rcpt_tos, mailboxes, peer_ip, helo, message_id,"
                  " size, raw) VALUES ('old1', 1.0, 'a@example.org', '[]', '[]', '192.0.2.1', 'h', '', ?, ?)",
                  (len(RAW), RAW))
