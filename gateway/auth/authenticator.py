@@ -530,22 +530,7 @@ class Authenticator:
                 lambda: authres.SPFAuthenticationResult(result=spf_h.result, result_comment=_spf_comment(host, spf_h),
                                                         **({"smtp_helo": helo} if ok_helo else {}))))
         for s in sigs:
-            kw = {}
-            if _safe_domain(s.d):
-                kw["header_d"] = s.d
-            if s.s and _safe_domain(s.s):
-                kw["header_s"] = s.s
-            if s.a in ("rsa-sha256", "ed25519-sha256", "rsa-sha1"):
-                kw["header_a"] = s.a
-            props = []
-            if s.b and re.fullmatch(r"[A-Za-z0-9+/=]+", s.b):
-                props.append(authres.AuthenticationResultProperty("header", "b", s.b[:8]))
-            r = authres.DKIMAuthenticationResult(result=s.result or "permerror", properties=props, **kw)
-            if s.reason:
-                r.reason = authres.QuotableValue(_clean_reason(s.reason))
-            if s.key_bits and s.result in ("pass", "policy", "fail"):
-                r.result_comment = f"{s.key_bits}-bit key"
-            results.append(r)
+            results.append(_dkim_result(s))
         if dmarc["result"] == "permerror":
             results.append(authres.dmarc.DMARCAuthenticationResult(
                 result="permerror", result_comment=_clean_comment(dmarc.get("reason") or "")))
@@ -580,6 +565,45 @@ class Authenticator:
             return f"{self.hostname}; none"
         h = authres.AuthenticationResultsHeader(authserv_id=self.hostname, results=results)
         return h.header_value()
+
+
+def _dkim_result_object(s: dkimcheck.SigPlan, b: str | None) -> Any:
+    """The authres result of one DKIM signature (``b``: the header.b value to show, if any)."""
+    kw = {}
+    if _safe_domain(s.d):
+        kw["header_d"] = s.d
+    if s.s and _safe_domain(s.s):
+        kw["header_s"] = s.s
+    if s.a in ("rsa-sha256", "ed25519-sha256", "rsa-sha1"):
+        kw["header_a"] = s.a
+    props = [authres.AuthenticationResultProperty("header", "b", b)] if b is not None else []
+    r = authres.DKIMAuthenticationResult(result=s.result or "permerror", properties=props, **kw)
+    if s.reason:
+        r.reason = authres.QuotableValue(_clean_reason(s.reason))
+    if s.key_bits and s.result in ("pass", "policy", "fail"):
+        r.result_comment = f"{s.key_bits}-bit key"
+    return r
+
+
+_B_SHOWN = re.compile(r"[A-Za-z0-9+/=]+")
+_B_TOKEN = re.compile(r"[A-Za-z0-9+]+")  # base64 characters that need no quoting (RFC 2045 token)
+_B_MARK = "ticketmxBvalue"
+
+
+def _dkim_result(s: dkimcheck.SigPlan) -> str:
+    """``str()`` of :func:`_dkim_result_object`. Every message carries its own signature, so only its
+    header.b differs from the last message of the same signer: the rest is rendered by authres once
+    per (result, reason, key size, d, s, a) with a marker where header.b goes, and the marker is
+    replaced by the value as authres writes it (bare when it is a token, else quoted; base64 holds no
+    character that quoting escapes). ``tests/auth/test_authres_render.py`` compares both ways."""
+    b = s.b[:8] if s.b and _B_SHOWN.fullmatch(s.b) else None
+    if b is None:
+        return str(_dkim_result_object(s, None))
+    template = _rendered(("dkim-b", s.result, s.reason, s.key_bits, s.d, s.s, s.a),
+                         lambda: _dkim_result_object(s, _B_MARK))
+    if template.count(_B_MARK) != 1:
+        return str(_dkim_result_object(s, b))
+    return template.replace(_B_MARK, b if _B_TOKEN.fullmatch(b) else f'"{b}"')
 
 
 _RENDERED: dict[tuple, str] = {}
