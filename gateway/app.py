@@ -51,6 +51,8 @@ class Gateway:
         self._depth_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
         self._sla_task: asyncio.Task[None] | None = None
+        self._relay_metrics = None                 # relay.worker.RelayMetrics, registered once, kept across reloads
+        self._relay_swap: asyncio.Task[None] | None = None
         self.resolver = None  # one DNS resolver (and cache) for the whole SMTP process
         self.metrics.watch_resolver(lambda: self.resolver)
 
@@ -77,11 +79,9 @@ class Gateway:
         if self.executor is None:
             self.executor = make_executor()  # bounded thread pool for CPU-heavy work of this process
         if self.cfg.relay is not None and self.cfg.relay.enabled:
-            from relay.worker import RelayWorker
-            self.relay = RelayWorker(self.cfg.relay, self.store, self.metrics.registry,
-                                     hostname=self.cfg.smtp.hostname)
+            self.relay = self._new_relay(self.cfg)
             await self.relay.start()
-        wake_relay = self.relay.wake if self.relay is not None else None
+        wake_relay = self._wake_relay  # whichever relay worker runs now (a reload may replace it)
         if self.cfg.pipeline.processes > 0:
             self.pool = WorkerPool(self.cfg, self.store, self.metrics, self.cfg.pipeline.processes, wake_relay)
             self.pool.start()
@@ -111,9 +111,7 @@ class Gateway:
             await self.listener.serve()
         self._depth_task = asyncio.get_running_loop().create_task(self._refresh_depth(), name="spool-depth")
         self._retention_task = asyncio.get_running_loop().create_task(self._retention(), name="retention")
-        if self.relay is not None and self.cfg.twoway and any(q.first_response or q.resolution
-                                                              for q in self.cfg.twoway.queues):
-            self._sla_task = asyncio.get_running_loop().create_task(self._sla(), name="sla")
+        self._sync_sla()
         self._ready = True
         from .store.postgres import redact_url
         log.info("ticketmx ready (%d mailboxes, store %s)", len(self.cfg.mailboxes), redact_url(self.cfg.store.url))
@@ -136,6 +134,8 @@ class Gateway:
             await self.worker.close()
         if self.pool is not None:
             await self.pool.close(timeout=max(5.0, self.cfg.smtp.shutdown_grace))
+        if self._relay_swap is not None:
+            await asyncio.gather(self._relay_swap, return_exceptions=True)
         if self.relay is not None:
             await self.relay.close(grace=min(10.0, self.cfg.smtp.shutdown_grace))
         for task in (self._depth_task, self._retention_task, self._sla_task):
@@ -152,8 +152,9 @@ class Gateway:
         """SIGHUP: apply a new config without dropping sessions; a bad one is refused, the old one kept.
 
         Mailboxes, limits, checks and the TLS certificate apply to the next SMTP command or session;
-        pipeline workers are replaced by new ones (each old one finishes its batch first). Listen
-        addresses and the store URL need a restart (logged when they differ).
+        pipeline workers are replaced by new ones (each old one finishes its batch first). A changed
+        ``[relay]`` replaces the relay worker (:meth:`_swap_relay`). Listen addresses and the store URL
+        need a restart (logged when they differ).
         """
         try:
             new = load_config(path)
@@ -172,6 +173,8 @@ class Gateway:
                 log.warning("reload: %s changed; it takes effect at the next restart", what)
         new = replace(new, smtp=replace(new.smtp, listen=self.cfg.smtp.listen, processes=self.cfg.smtp.processes),
                       store=self.cfg.store, metrics=self.cfg.metrics)
+        relay_changed = (new.relay != self.cfg.relay or new.smtp.hostname != self.cfg.smtp.hostname
+                         or _relay_keys(new) != _relay_keys(self.cfg))
         self.cfg = new
         self.limits.configure(new)
         self.listener.reconfigure(new, self.build_checks(), tls)
@@ -184,6 +187,12 @@ class Gateway:
             self.worker._keys_loaded = False
         if self.pool is not None:
             self.pool.replace_all(new)
+        if relay_changed:
+            previous = self._relay_swap
+            self._relay_swap = asyncio.get_running_loop().create_task(self._swap_relay(new, previous),
+                                                                      name="relay-reload")
+        else:
+            self._sync_sla()  # [twoway] queue targets may have changed
         log.info("config reloaded from %s (%d mailboxes)", path or "(embedded defaults)", len(new.mailboxes))
         _sd_notify(f"STATUS=running, config reloaded ({len(new.mailboxes)} mailboxes)")
         return True
@@ -208,14 +217,61 @@ class Gateway:
                 log.exception("retention purge failed")
             await asyncio.sleep(r.interval)
 
+    # -- relay ----------------------------------------------------------------------------------------
+    def _new_relay(self, cfg: Config):  # noqa: ANN202 - relay.worker.RelayWorker, imported lazily
+        from relay.worker import RelayMetrics, RelayWorker
+        if self._relay_metrics is None:
+            self._relay_metrics = RelayMetrics(self.metrics.registry)
+        return RelayWorker(cfg.relay, self.store, hostname=cfg.smtp.hostname, metrics=self._relay_metrics)
+
+    def _wake_relay(self) -> None:
+        """A notification was queued (pipeline, SLA): wake the relay worker running now, if any."""
+        if self.relay is not None:
+            self.relay.wake()
+
+    async def _swap_relay(self, cfg: Config, previous: "asyncio.Task[None] | None") -> None:
+        """Reload with a changed ``[relay]``: start a worker on the new settings, then stop the old one.
+
+        For a moment both run: claims are exclusive and leased, so no notification goes out twice; the
+        old worker lets its deliveries in flight finish (up to ``shutdown_grace``, 10 s at most) and
+        puts back what it had claimed but not started, for the new one to send. Smarthost circuit
+        breakers start closed again, with the new smarthost list."""
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)  # reloads apply in order
+        old = self.relay
+        try:
+            new = None
+            if cfg.relay is not None and cfg.relay.enabled:
+                new = self._new_relay(cfg)
+                await new.start(recover=False)
+            self.relay = new
+            self._sync_sla()
+            log.info("relay reloaded: %s", "smarthosts " + ", ".join(h.name for h in cfg.relay.smarthosts)
+                     if new is not None else "disabled")
+        except Exception:
+            log.exception("relay reload failed; the previous relay worker keeps running")
+            return
+        if old is not None:
+            await old.close(grace=min(10.0, cfg.smtp.shutdown_grace))
+
+    def _sync_sla(self) -> None:
+        """Run the SLA escalation task exactly when a relay runs and a queue has a target."""
+        wanted = self.relay is not None and bool(self.cfg.twoway) and any(
+            q.first_response or q.resolution for q in self.cfg.twoway.queues)
+        if wanted and self._sla_task is None:
+            self._sla_task = asyncio.get_running_loop().create_task(self._sla(), name="sla")
+        elif not wanted and self._sla_task is not None:
+            self._sla_task.cancel()
+            self._sla_task = None
+
     async def _sla(self, interval: float = 30.0) -> None:
         """Escalate tickets past their queue's first-response / resolution targets (relay configured)."""
         from relay.notify import Notifier
 
         from .sla import run_once
-        notifier = Notifier(self.cfg.relay, hostname=self.cfg.smtp.hostname)
         while True:
             try:
+                notifier = Notifier(self.cfg.relay, hostname=self.cfg.smtp.hostname)  # the config of now
                 n = await run_once(self.store, self.cfg, notifier)
                 if n:
                     log.info("SLA: %d escalation(s) queued", n)
@@ -234,6 +290,12 @@ class Gateway:
             except Exception:
                 log.debug("spool depth refresh failed", exc_info=True)
             await asyncio.sleep(5)
+
+
+def _relay_keys(cfg: Config) -> tuple[bytes, ...]:
+    """The relay's DKIM private keys (not part of RelayConfig's equality): a key file rotated under
+    the same name is a relay change too."""
+    return tuple(k.private_key for k in cfg.relay.dkim) if cfg.relay is not None else ()
 
 
 def build_checks(cfg: Config, executor: concurrent.futures.Executor | None, resolver: list) -> list[DataCheck]:

@@ -94,10 +94,13 @@ class RelayWorker:
     def __init__(self, cfg: RelayConfig, store: Any, registry: CollectorRegistry | None = None, *,
                  hostname: str | None = None, owner: str | None = None, pool: SmarthostPool | None = None,
                  signer: DkimSigner | None = None, clock: Callable[[], float] = time.time,
-                 notifier: Notifier | None = None, housekeeping_interval: float = 5.0) -> None:
+                 notifier: Notifier | None = None, housekeeping_interval: float = 5.0,
+                 metrics: RelayMetrics | None = None) -> None:
+        """``metrics``: an existing RelayMetrics (a worker replacing another on reload: Prometheus
+        metrics are registered once per registry); otherwise new ones in ``registry``, if given."""
         self.cfg = cfg
         self.queue = RelayQueue(store)
-        self.metrics = RelayMetrics(registry) if registry is not None else None
+        self.metrics = metrics if metrics is not None else (RelayMetrics(registry) if registry is not None else None)
         self.clock = clock
         self.pool = pool or SmarthostPool(cfg, hostname=hostname, observer=self.metrics, clock=clock)
         self.signer = signer if signer is not None else (DkimSigner(cfg.dkim) if cfg.dkim else None)

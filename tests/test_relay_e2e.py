@@ -187,3 +187,45 @@ async def test_admin_is_told_when_processing_pauses(start_gateway, sink, monkeyp
     note = next(email.message_from_bytes(m[2], policy=email.policy.default) for m in sink.messages
                 if m[1] == ["ops@example.test"])
     assert "paused" in note["Subject"] and "stage exploded on purpose" in note.get_body(("plain",)).get_content()
+
+
+async def test_sighup_reload_moves_notifications_to_the_new_smarthost(start_gateway, dns_server, sink, tmp_path):
+    """A changed [relay] on reload replaces the relay worker: the next acknowledgement goes to the new
+    smarthost; with [relay] removed, none goes out (the ticket is still made)."""
+    from .conftest import BASE_CONFIG, merge, toml_dump
+    second = Sink()
+    second.port = free_port()
+    controller = Controller(second, hostname="127.0.0.1", port=second.port)
+    controller.start()
+    try:
+        gw = await start_gateway(**relay_cfg(sink.port))
+        await gw.wait_done(await send(gw.port, simple_message(message_id="r1@customer.test")))
+        await wait_for(lambda: len(sink.messages) == 1)
+
+        def write(sections: dict) -> str:
+            data = merge(BASE_CONFIG, {"store": {"url": gw.gw.cfg.store.url},
+                                       "dns": {"nameservers": [f"127.0.0.1:{dns_server.port}"], "timeout": "1s"}})
+            path = tmp_path / "reloaded.toml"
+            path.write_text(toml_dump(merge(data, sections)))
+            return str(path)
+
+        old_relay = gw.gw.relay
+        assert gw.gw.reload(write(relay_cfg(second.port)))
+        await wait_for(lambda: gw.gw.relay is not old_relay and gw.gw.relay is not None)
+        await gw.wait_done(await send(gw.port, simple_message(message_id="r2@customer.test",
+                                                              sender="bob@customer.test")))
+        await wait_for(lambda: len(second.messages) == 1)
+        assert second.messages[0][1] == ["bob@customer.test"] and len(sink.messages) == 1
+        assert old_relay._stopping  # the old worker was stopped
+
+        no_relay = relay_cfg(second.port)
+        del no_relay["relay"]
+        assert gw.gw.reload(write(no_relay))
+        await wait_for(lambda: gw.gw.relay is None)
+        e = await gw.wait_done(await send(gw.port, simple_message(message_id="r3@customer.test",
+                                                                  sender="carol@customer.test")))
+        assert e.state == "ticket_created"
+        await asyncio.sleep(1.0)
+        assert len(second.messages) == 1 and len(sink.messages) == 1
+    finally:
+        controller.stop()
