@@ -95,6 +95,28 @@ def load1() -> float:
 
 # --------------------------------------------------------------------------------------------- processes
 
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cpu_budget(rate: float, runs: list[dict]) -> float:
+    """CPU ms per message the server may spend at ``rate`` msgs/s: every core fully used, less what the
+    bench client spends per message (its share of a core at the measured rate, which scales with the rate).
+
+    A server whose measured ms/msg exceeds this cannot reach ``rate`` on this machine, whatever it
+    overlaps or parallelises: it is the arithmetic behind the throughput ratios (docs/perf.md)."""
+    client_ms = statistics.median(r["client_cpu_pct"] * 10 / r["msgs_per_s"] for r in runs if r["msgs_per_s"])
+    return _cores() * 1000 / rate - client_ms
+
+def _budget_verdict(budget: float, measured: float) -> str:
+    if budget <= 0:
+        return "no CPU left for the server at all"
+    if measured <= budget:
+        return "within budget"
+    return f"needs {(1 - budget / measured) * 100:.0f} % less CPU per message"
+
+
 class Interrupted(BaseException):
     """SIGINT/SIGTERM/SIGHUP: unwinds through every try/finally (not an Exception, not a SystemExit)."""
 
@@ -997,6 +1019,13 @@ class Bench:
                 self.results[f"{workload}.cpu_ratio_haraka_ticketmx"] = cpu["haraka"] / cpu["ticketmx"]
                 self.row(f"{workload:<6} CPU/msg haraka/ticketmx", f"{cpu['haraka'] / cpu['ticketmx']:.3f}  (less"
                          " sensitive to other load than the msgs/s ratio)",
+                         self.cmd(workload=workload, targets="haraka,ticketmx", extras="none", n=n, repeat=a.repeat))
+                budget = cpu_budget(goal * self.results[f"{workload}.haraka"]["msgs_per_s"], per["ticketmx"])
+                self.results[f"{workload}.cpu_budget_ms_per_msg"] = budget
+                self.row(f"{workload:<6} CPU budget at target", f"{budget:.3f} ms/msg for the server, against"
+                         f" {cpu['ticketmx']:.3f} measured ({_budget_verdict(budget, cpu['ticketmx'])};"
+                         f" {_cores()} cores at {goal * self.results[f'{workload}.haraka']['msgs_per_s']:.0f}"
+                         " msgs/s, less the client's CPU per message)",
                          self.cmd(workload=workload, targets="haraka,ticketmx", extras="none", n=n, repeat=a.repeat))
 
     def ticketmx_reuse_rate(self) -> float:
