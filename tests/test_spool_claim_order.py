@@ -69,3 +69,23 @@ def test_an_older_database_gets_the_new_index(tmp_path) -> None:
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='spool'")}
     assert "spool_queue" in names and "spool_state" not in names, names
     conn.close()
+
+
+def test_claimed_entries_are_whole_and_the_observer_sees_the_claim(tmp_path) -> None:
+    """The rows become entries after the claim's COMMIT (outside the write lock): they still carry
+    everything the SMTP side stored, and ``on_transaction`` reports the claim with its lock times."""
+    async def go() -> None:
+        store = SqliteStore(tmp_path / "s.db")
+        await store.open()
+        entry = _entry("e000", T0)
+        await store.spool_insert([SpoolEntry(**{**{f: getattr(entry, f) for f in (
+            "id", "received_at", "mail_from", "rcpt_tos", "mailboxes", "peer_ip", "helo", "tls", "message_id",
+            "raw")}, "auth": {"dmarc": {"result": "pass"}}, "auth_header": "mx; spf=pass", "flags": ("x",)})])
+        seen: list[tuple[str, float, float]] = []
+        store.on_transaction = lambda name, waited, held: seen.append((name, waited, held))
+        (got,) = await store.spool_claim(16, T0 + 1, owner="t")
+        assert got.raw == entry.raw and got.auth == {"dmarc": {"result": "pass"}} and got.flags == ("x",)
+        assert got.state == "processing" and got.attempts == 1 and got.rcpt_tos == ("s@example.test",)
+        assert len(seen) == 1 and "spool_claim" in seen[0][0] and seen[0][1] >= 0 and seen[0][2] > 0
+        await store.close()
+    asyncio.run(go())
