@@ -3,7 +3,8 @@
 Runs the real Worker in this process (no SMTP, no DNS) on the example config with a private SQLite store,
 spools N copies of the perf bench's messages (4 KB text, or 50 KB text + HTML + attachment, unique
 Message-IDs), processes them in batches like the service does and prints CPU µs per message for each part
-(thread CPU of this process, so the SQLite thread's work is in "deliver").
+(thread CPU of this process, so the SQLite thread's work is in "deliver"), and the median time the claim
+and delivery transactions held the store's write lock (what the SMTP side's spool commit may wait for).
 
     python bench/bench_pipeline.py                  # both kinds, 1,000 messages each
     python bench/bench_pipeline.py --kind big -n 500
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -98,6 +100,8 @@ async def run(kind: str, n: int, batch: int) -> dict[str, float]:
             spent["deliver (loop)"] += clock() - t
     store.deliver = deliver  # type: ignore[method-assign]
 
+    held: dict[str, list[float]] = defaultdict(list)  # write lock held per transaction, by operation
+    store.on_transaction = lambda name, _waited, h: held[name.split(".")[1]].append(h)
     p0, wall0 = time.process_time(), time.perf_counter()
     done = 0
     while done < n:
@@ -114,6 +118,7 @@ async def run(kind: str, n: int, batch: int) -> dict[str, float]:
     spent["wall"] = wall
     spent["_done"] = done
     spent["_states"] = states  # type: ignore[assignment]
+    spent["_held"] = held  # type: ignore[assignment]
     return spent
 
 
@@ -126,7 +131,7 @@ def main() -> None:
     cmd = "python bench/bench_pipeline.py" + "".join(f" {x}" for x in sys.argv[1:])
     for kind in (("small", "big") if a.kind == "both" else (a.kind,)):
         spent = asyncio.run(run(kind, a.n, a.batch))
-        done, states = spent.pop("_done"), spent.pop("_states")
+        done, states, held = spent.pop("_done"), spent.pop("_states"), spent.pop("_held")
         print(f"# {kind}: {done} messages, batches of {a.batch}, spool states {dict(states)}  # {cmd}")
         wall = spent.pop("wall")
         total = spent.pop("TOTAL process CPU")
@@ -134,6 +139,10 @@ def main() -> None:
             print(f"  {name:<40} {sec / done * 1e6:9.1f} µs/msg")
         print(f"  {'= process CPU (all threads)':<40} {total / done * 1e6:9.1f} µs/msg   "
               f"({done / wall:.0f} msgs/s on one core)")
+        for op in ("spool_claim", "deliver"):  # what the SMTP side's spool commit may wait for
+            if held.get(op):
+                print(f"  {'write lock held per ' + op:<40} {statistics.median(held[op]) * 1e6:9.1f} µs median"
+                      f" of {len(held[op])} transactions")
 
 
 if __name__ == "__main__":

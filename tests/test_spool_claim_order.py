@@ -89,3 +89,32 @@ def test_claimed_entries_are_whole_and_the_observer_sees_the_claim(tmp_path) -> 
         assert len(seen) == 1 and "spool_claim" in seen[0][0] and seen[0][1] >= 0 and seen[0][2] > 0
         await store.close()
     asyncio.run(go())
+
+
+def test_a_claim_that_fails_after_its_commit_puts_the_entries_back(tmp_path) -> None:
+    """The message bytes are read after the claim's COMMIT: when that read fails, the entries go back
+    to the queue as they were (not left ``processing`` until the worker restarts)."""
+    async def go() -> None:
+        store = SqliteStore(tmp_path / "s.db")
+        await store.open()
+        await store.spool_insert([_entry(f"e{i:03d}", T0 + i) for i in range(3)])
+        real_query = store.query
+
+        async def failing(sql: str, params: tuple = ()) -> list:
+            if "spool_raw" in sql:
+                raise sqlite3.OperationalError("disk I/O error")
+            return await real_query(sql, params)
+        store.query = failing  # type: ignore[method-assign]
+        try:
+            await store.spool_claim(16, T0 + 10, owner="t")
+        except sqlite3.OperationalError:
+            pass
+        else:
+            raise AssertionError("the failed read must reach the worker")
+        store.query = real_query  # type: ignore[method-assign]
+        back = await store.spool_list()
+        assert [(e.id, e.state, e.attempts) for e in back] == [(f"e{i:03d}", "queued", 0) for i in range(3)]
+        got = await store.spool_claim(16, T0 + 10, owner="t")
+        assert [(e.id, e.attempts) for e in got] == [(f"e{i:03d}", 1) for i in range(3)]
+        await store.close()
+    asyncio.run(go())

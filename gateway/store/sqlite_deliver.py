@@ -22,8 +22,9 @@ SETTABLE = ("status", "priority", "assignee", "category")
 
 class DeliverTx:
     def __init__(self, conn: sqlite3.Connection, now: float, ticket_prefix: str, ticket_start: int,
-                 cipher: Cipher | None = None) -> None:
+                 cipher: Cipher | None = None, histories: dict[str, str] | None = None) -> None:
         self.conn = conn
+        self.histories = histories or {}  # spool id -> its stage history as JSON, encoded before the lock
         self.cipher = cipher or Cipher()
         self.denied: tuple[int, str] | None = None
         self.now = now
@@ -259,6 +260,7 @@ class DeliverTx:
             "UPDATE spool SET state=?, reason=?, ticket_id=?, article_id=?, finished_at=?, history=?,"
             " claimed_by='', last_error=CASE WHEN ? THEN ? ELSE last_error END,"
             " traceback=CASE WHEN ?<>'' THEN ? ELSE traceback END WHERE id=?",
-            (state, reason, ticket_id, article_id, self.now, json.dumps(list(d.history)),
+            (state, reason, ticket_id, article_id, self.now,
+             self.histories.get(d.spool_id) or json.dumps(list(d.history)),
              state == QUARANTINED, reason, d.traceback, d.traceback, d.spool_id))
         return DeliveryResult(d.spool_id, state, reason, ticket_id, article_id, number)
