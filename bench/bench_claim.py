@@ -26,23 +26,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from gateway.store.sqlite import SqliteStore  # noqa: E402
+from ingest import AUTH_HEADER, AUTH_RESULT  # noqa: E402
 
 T0 = 1_700_000_000.0
 
 
-# What the SMTP side stores for a DKIM-signed message that passed everything (the shape of
-# gateway.auth's result), so that turning a row into an entry costs what it costs in the service.
-AUTH = json.dumps({
-    "spf": {"result": "pass", "identity": "mailfrom", "domain": "customer.test", "sender": "a@customer.test",
-            "client_ip": "127.0.0.1", "helo": "client.customer.test", "reason": "", "mechanism": "ip4:127.0.0.1"},
-    "helo_spf": {"result": "pass", "identity": "helo", "domain": "client.customer.test"},
-    "dkim": [{"result": "pass", "domain": "customer.test", "selector": "bench", "algorithm": "rsa-sha256",
-              "aligned": True, "key_bits": 2048, "b": "abcdefgh", "reason": ""}],
-    "dmarc": {"result": "pass", "policy": "reject", "disposition": "none", "from_domain": "customer.test",
-              "org_domain": "customer.test", "spf_aligned": True, "dkim_aligned": True},
-    "arc": {"result": "none"}, "action": "accept"})
 RAW = b"X" * 4700
 
 
@@ -53,7 +44,7 @@ def fill(db: Path, queued: int, old_index: bool) -> None:
         state = "queued" if i % 6 == 0 else "ticket_created"
         rows.append((f"{i:026x}", T0 + i * 0.001, "a@customer.test", '["help@support.test"]',
                      '["help@support.test"]', "127.0.0.1", "client.customer.test", f"<m{i}@customer.test>",
-                     len(RAW), b"", "Authentication-Results: mx.support.test; spf=pass", AUTH, "[]", state, 0.0))
+                     len(RAW), b"", AUTH_HEADER, json.dumps(AUTH_RESULT), "[]", state, 0.0))
     conn.executemany("INSERT INTO spool (id, received_at, mail_from, rcpt_tos, mailboxes, peer_ip, helo,"
                      " message_id, size, raw, auth_header, auth, flags, state, next_attempt_at)"
                      " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)

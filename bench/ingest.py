@@ -27,6 +27,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# What the SMTP side stores with a DKIM-signed message that passed everything (the shape of
+# gateway.auth's result and its Authentication-Results field), for the benches that spool messages
+# without the SMTP side (bench_claim.py, bench_pipeline.py): so that they carry and parse what the
+# service's rows do.
+AUTH_RESULT = {
+    "spf": {"result": "pass", "identity": "mailfrom", "domain": "customer.test", "sender": "a@customer.test",
+            "client_ip": "127.0.0.1", "helo": "client.customer.test", "reason": "", "mechanism": "ip4:127.0.0.1"},
+    "helo_spf": {"result": "pass", "identity": "helo", "domain": "client.customer.test"},
+    "dkim": [{"result": "pass", "domain": "customer.test", "selector": "bench", "algorithm": "rsa-sha256",
+              "aligned": True, "key_bits": 2048, "b": "abcdefgh", "reason": ""}],
+    "dmarc": {"result": "pass", "policy": "reject", "disposition": "none", "from_domain": "customer.test",
+              "org_domain": "customer.test", "spf_aligned": True, "dkim_aligned": True},
+    "arc": {"result": "none"}, "action": "accept"}
+AUTH_HEADER = ("mx.support.test;\r\n\tspf=pass (domain of a@customer.test designates 127.0.0.1 as permitted"
+               " sender) smtp.mailfrom=a@customer.test;\r\n\tdkim=pass (2048-bit key) header.d=customer.test"
+               " header.s=bench header.b=abcdefgh;\r\n\tdmarc=pass (p=reject) header.from=customer.test")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
