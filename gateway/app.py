@@ -265,12 +265,21 @@ class Gateway:
             self._sla_task = None
 
     async def _sla(self, interval: float = 30.0) -> None:
-        """Escalate tickets past their queue's first-response / resolution targets (relay configured)."""
+        """Escalate tickets past their queue's first-response / resolution targets (relay configured);
+        with several nodes on one database only the holder of the "sla" lease does (run once across nodes)."""
+        import os
+        import socket
+
         from relay.notify import Notifier
 
         from .sla import run_once
+        owner = f"{socket.gethostname()}:{os.getpid()}"
         while True:
             try:
+                lease = getattr(self.store, "lease", None)  # several nodes on one database: one escalates
+                if lease is not None and not await lease("sla", owner, interval * 2 + 60):
+                    await asyncio.sleep(interval)
+                    continue
                 notifier = Notifier(self.cfg.relay, hostname=self.cfg.smtp.hostname)  # the config of now
                 n = await run_once(self.store, self.cfg, notifier)
                 if n:

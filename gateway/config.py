@@ -529,9 +529,6 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
                                  loop_marker=smtp.loop_marker)
         except RelayConfigError as exc:
             errors.extend(ConfigError(e.key, e.message, file) for e in (exc.errors or [exc]))
-        if relay_cfg is not None and relay_cfg.enabled and store.is_postgres:
-            errors.append(ConfigError("relay", "outbound notifications are not available with a PostgreSQL "
-                                               "store yet (the relay queue is SQLite-only)", file))
     except ImportError:  # relay package not installed
         pass
 

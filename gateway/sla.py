@@ -3,10 +3,13 @@
 A ticket of a queue with a target that is still open past created_at + target × level gets an
 escalation mail to that level's address (level 1: the team/agent, level 2: a manager, …), once
 per level (the level is stored on the ticket and the relay de-duplicates per ticket/target/level).
-Runs in the SMTP process on a timer (the relay, and so this, needs the single-node SQLite store).
+Runs in the SMTP process on a timer; with several nodes on one PostgreSQL database only the holder
+of the "sla" lease runs it (gateway/app.py), and the transaction is the store's (on PostgreSQL through
+gateway.store.pg_sync).
 """
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -35,8 +38,9 @@ def escalate(conn: sqlite3.Connection, cfg: Config, notifier: Any, now: float) -
                 f"SELECT t.id, t.number, t.subject, t.status, t.queue, t.assignee, t.mailbox, t.created_at,"
                 f" t.{column}, c.email, c.name FROM tickets t JOIN contacts c ON c.id=t.requester_id"
                 f" WHERE t.queue=? AND t.status IN ('new','open','pending') AND {pending}"
-                f" AND t.{column} < ? AND t.created_at + ? * (t.{column} + 1) <= ?",
-                (q.name, len(q.escalation), seconds, now)).fetchall()
+                f" AND t.{column} < ? AND t.created_at + CAST(? AS DOUBLE PRECISION) * (t.{column} + 1) <= ?"
+                f" ORDER BY t.id",
+                (q.name, len(q.escalation), float(seconds), now)).fetchall()
             for tid, number, subject, status, queue, assignee, mbox, created, level, req, req_name in rows:
                 level += 1
                 mb = mailboxes.get(mbox)
@@ -47,8 +51,9 @@ def escalate(conn: sqlite3.Connection, cfg: Config, notifier: Any, now: float) -
                                                   level=level, target=target, now=now))
                 conn.execute(f"UPDATE tickets SET {column}=? WHERE id=?", (level, tid))
                 conn.execute("INSERT INTO ticket_history (ticket_id, at, actor, action, detail) VALUES"
-                             " (?, ?, 'system', 'escalated', json_object('target', ?, 'level', ?, 'to', ?))",
-                             (tid, now, target, level, q.escalation[level - 1]))
+                             " (?, ?, 'system', 'escalated', ?)",
+                             (tid, now, json.dumps({"target": target, "level": level,
+                                                    "to": q.escalation[level - 1]}, separators=(",", ":"))))
                 sent += 1
     return sent
 

@@ -1,4 +1,5 @@
-"""The durable outbound queue, in the gateway's own SQLite database (migration 0003_relay.sql).
+"""The durable outbound queue, in the gateway's own database (migration 0006_relay.sql; the same
+functions run on PostgreSQL through :mod:`gateway.store.pg_sync`, with row locks where nodes meet).
 
 Life of a notification::
 
@@ -133,40 +134,51 @@ def enqueue(conn: sqlite3.Connection, n: Notification, now: float | None = None)
                          " WHERE id=?", (n.message, render, n.message_id, n.mail_from, n.event, mail_id))
             conn.execute("DELETE FROM relay_recipients WHERE notification_id=?", (mail_id,))
     if mail_id is None:
-        mail_id = conn.execute(
+        mail_id = int(conn.execute(
             "INSERT INTO relay_queue (ticket_id, event, mailbox, mail_from, message, render, message_id, dedupe_key,"
-            " coalesce_key, next_attempt_at, created_at, lifetime_from) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " coalesce_key, next_attempt_at, created_at, lifetime_from) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+            " RETURNING id",
             (n.ticket_id, n.event, n.mailbox, n.mail_from, n.message, render, n.message_id, n.dedupe_key,
-             n.coalesce_key, max(n.not_before, 0.0), now, now)).lastrowid
-    conn.executemany("INSERT OR IGNORE INTO relay_recipients (notification_id, address, kind, updated_at)"
-                     " VALUES (?,?,?,?)", [(mail_id, a, "to", now) for a in rcpts] +
+             n.coalesce_key, float(max(n.not_before, 0.0)), now, now)).fetchone()[0])
+    conn.executemany("INSERT INTO relay_recipients (notification_id, address, kind, updated_at)"
+                     " VALUES (?,?,?,?) ON CONFLICT DO NOTHING", [(mail_id, a, "to", now) for a in rcpts] +
                      [(mail_id, a, "bcc", now) for a in bcc])
-    if n.ticket_id is not None:
-        try:
-            conn.execute("INSERT OR IGNORE INTO message_ids (message_id, ticket_id, article_id) VALUES (?,?,NULL)",
-                         (n.message_id, n.ticket_id))
-        except sqlite3.IntegrityError:  # no such ticket (tests, system mail): nothing to thread onto
-            pass
+    if n.ticket_id is not None:  # only onto a ticket that exists (none for tests and system mail)
+        conn.execute("INSERT INTO message_ids (message_id, ticket_id, article_id) SELECT ?, id, NULL FROM tickets"
+                     " WHERE id=? ON CONFLICT DO NOTHING", (n.message_id, n.ticket_id))
     assert mail_id is not None
     return mail_id
 
 
 # -- synchronous operations (each runs inside one write transaction) ---------------------------
 
+def _postgres(conn: Any) -> bool:
+    """The PostgreSQL face (gateway.store.pg_sync): several nodes share the queue."""
+    return getattr(conn, "dialect", "sqlite") == "postgresql"
+
+
+def _rcpt_order(dialect_of: Any) -> str:
+    """Recipients in the order they were queued: SQLite's rowid, PostgreSQL's ``seq`` (v11)."""
+    return "seq" if getattr(dialect_of, "dialect", "sqlite") == "postgresql" else "rowid"
+
+
 def claim(conn: sqlite3.Connection, owner: str, limit: int, now: float, lease: float) -> list[OutboundMail]:
-    """Take up to ``limit`` due notifications (and ones whose lease expired) for ``owner``."""
+    """Take up to ``limit`` due notifications (and ones whose lease expired) for ``owner``.
+
+    On PostgreSQL the rows are locked with SKIP LOCKED, so nodes claiming at the same moment take
+    different rows (a plain ``id IN (SELECT …)`` would let both update the same ones)."""
     rows = conn.execute(
         "UPDATE relay_queue SET state=?, attempts=attempts+1, lease_owner=?, lease_until=? WHERE id IN ("
         " SELECT id FROM relay_queue WHERE (state IN (?,?) AND next_attempt_at<=?) OR (state=? AND lease_until<?)"
-        " ORDER BY next_attempt_at, id LIMIT ?)"
+        " ORDER BY next_attempt_at, id LIMIT ?" + (" FOR UPDATE SKIP LOCKED" if _postgres(conn) else "") + ")"
         " RETURNING id, event, ticket_id, mailbox, mail_from, message, message_id, attempts, created_at,"
         " lifetime_from, render",
         (SENDING, owner, now + lease, QUEUED, DEFERRED, now, SENDING, now, limit)).fetchall()
     out = []
     for r in sorted(rows, key=lambda r: r[0]):
         pending = tuple(a for (a,) in conn.execute(
-            "SELECT address FROM relay_recipients WHERE notification_id=? AND state IN (?,?) ORDER BY rowid",
-            (r[0], QUEUED, DEFERRED)))
+            "SELECT address FROM relay_recipients WHERE notification_id=? AND state IN (?,?) ORDER BY "
+            + _rcpt_order(conn), (r[0], QUEUED, DEFERRED)))
         out.append(OutboundMail(id=r[0], event=r[1], ticket_id=r[2], mailbox=r[3], mail_from=r[4],
                                 message=bytes(r[5]), message_id=r[6], attempts=r[7], created_at=r[8],
                                 lifetime_from=r[9], pending=pending, render=json.loads(r[10]) if r[10] else None))
@@ -184,8 +196,8 @@ def record(conn: sqlite3.Connection, outcome: AttemptOutcome, now: float, interv
                      (state, r.code, r.reply[:500], r.host, now, mid, r.address, SENT, DEAD))
         if r.status == "perm":
             mark_undeliverable(conn, r.address, f"{r.code} {r.reply}"[:300], now)
-    row = conn.execute("SELECT state, lease_owner, attempts, lifetime_from, sent_at FROM relay_queue WHERE id=?",
-                       (mid,)).fetchone()
+    row = conn.execute("SELECT state, lease_owner, attempts, lifetime_from, sent_at FROM relay_queue WHERE id=?"
+                       + (" FOR UPDATE" if _postgres(conn) else ""), (mid,)).fetchone()  # vs. a takeover
     if row is None:
         return DEAD
     state, lease_owner, attempts, lifetime_from, sent_at = row
@@ -232,10 +244,13 @@ def mark_undeliverable(conn: sqlite3.Connection, address: str, reason: str, now:
 
 
 def release(conn: sqlite3.Connection, now: float, owner: str | None = None) -> int:
-    """Put ``sending`` rows (of ``owner``, or all at start) back as due now; attempts are kept."""
+    """Put ``sending`` rows (of ``owner``, or all at start) back as due now; attempts are kept.
+
+    "All" on PostgreSQL means those whose lease has run out: the others are other nodes' sends."""
     if owner is None:
         return conn.execute("UPDATE relay_queue SET state=?, next_attempt_at=?, lease_owner='', lease_until=0"
-                            " WHERE state=?", (DEFERRED, now, SENDING)).rowcount
+                            " WHERE state=?" + (" AND lease_until<?" if _postgres(conn) else ""),
+                            (DEFERRED, now, SENDING, now) if _postgres(conn) else (DEFERRED, now, SENDING)).rowcount
     return conn.execute("UPDATE relay_queue SET state=?, next_attempt_at=?, lease_owner='', lease_until=0"
                         " WHERE state=? AND lease_owner=?", (DEFERRED, now, SENDING, owner)).rowcount
 
@@ -333,7 +348,7 @@ class RelayQueue:
         rcpts: dict[int, list[dict[str, Any]]] = {}
         for r in await self.store.query(
                 f"SELECT notification_id, address, kind, state, code, reply, host FROM relay_recipients"
-                f" WHERE notification_id IN ({qmarks}) ORDER BY rowid", tuple(r[0] for r in rows)):
+                f" WHERE notification_id IN ({qmarks}) ORDER BY {_rcpt_order(self.store)}", tuple(r[0] for r in rows)):
             rcpts.setdefault(r[0], []).append({"address": r[1], "kind": r[2], "state": r[3], "code": r[4],
                                                "reply": r[5], "host": r[6]})
         out = []

@@ -102,7 +102,16 @@ async def drop_database(admin_url: str, db_url: str) -> None:
     name = urlsplit(db_url).path.lstrip("/")
     conn = await asyncpg.connect(admin_url)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for attempt in range(50):
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+                # FORCE cannot end a backend of another role: an autovacuum worker that has just
+                # started on the database. It finishes within moments.
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.1)
     finally:
         await conn.close()
 

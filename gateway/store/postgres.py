@@ -24,6 +24,7 @@ with :mod:`gateway.store.render`); what several nodes need on top:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ import random
 import socket
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 import asyncpg
 
@@ -40,6 +41,7 @@ from .base import (PROCESSING, QUARANTINED, QUEUED, Delivery, DeliveryResult, Sp
                    body_file_chunks, chunk_count)
 from .crypto import Cipher
 from .pg_migrations import load_migrations
+from .pg_sync import PgSyncConnection, numbered_placeholders
 from .postgres_deliver import PgDeliverTx, delivery_lock_keys, take_locks
 from .render import article_dict, iso, spool_from_row, ticket_dict
 
@@ -47,10 +49,13 @@ log = logging.getLogger(__name__)
 
 MIGRATION_LOCK = 0x7469636B65746D78  # "ticketmx": one node migrates at a time
 DB_NOW = "extract(epoch FROM clock_timestamp())::float8"
+T = TypeVar("T")
 RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.UniqueViolationError)
 
 
 class PostgresStore(Store):
+    dialect = "postgresql"  # for code that must say a few things differently (relay/queue.py)
+
     def __init__(self, url: str, ticket_prefix: str = "HD-", ticket_start: int = 1000,
                  cipher: Cipher | None = None, pool_min: int = 1, pool_max: int = 10,
                  claim_lease: float = 60.0, claim_max_hold: float = 900.0) -> None:
@@ -67,6 +72,7 @@ class PostgresStore(Store):
         self._pool: asyncpg.Pool | None = None
         self._claimed: dict[str, tuple[str, float]] = {}  # spool id -> (owner, monotonic claim time)
         self._heartbeat: asyncio.Task[None] | None = None
+        self._sync: concurrent.futures.ThreadPoolExecutor | None = None  # threads of transaction(fn)
 
     # -- lifecycle -------------------------------------------------------------
     async def open(self) -> None:
@@ -93,11 +99,45 @@ class PostgresStore(Store):
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        if self._sync is not None:
+            self._sync.shutdown(wait=False)
+            self._sync = None
 
     @property
     def pool(self) -> asyncpg.Pool:
         assert self._pool is not None, "store not open"
         return self._pool
+
+    # -- the synchronous face (relay queue, notifications, SLA: relay/queue.py) ---------------------
+    async def run_sync(self, conn: asyncpg.Connection, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(sync_conn, *args)`` on a worker thread, its statements on ``conn`` (in the caller's
+        transaction) through :class:`PgSyncConnection`."""
+        if self._sync is None:
+            self._sync = concurrent.futures.ThreadPoolExecutor(self.pool_max, thread_name_prefix="pg-sync")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._sync, lambda: fn(PgSyncConnection(conn, loop), *args))
+
+    async def transaction(self, fn: Callable[[Any], T], durable: bool = True) -> T:
+        """``fn(conn)`` as one transaction, ``conn`` shaped like ``sqlite3.Connection`` (see
+        :mod:`gateway.store.pg_sync`); the SqliteStore method of the same name, for the code written
+        against it. Rolled back whole and run again on a deadlock or a lost race (up to 5 times).
+        ``durable`` is accepted for the same signature: every PostgreSQL commit is durable."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self.pool.acquire() as conn:
+                    async with conn.transaction():
+                        return await self.run_sync(conn, fn)
+            except RETRYABLE as exc:
+                if attempt >= 5:
+                    raise
+                log.info("transaction: %s, retrying (attempt %d)", type(exc).__name__, attempt + 1)
+                await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)
+
+    async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[asyncpg.Record]:
+        """A read with ``?`` placeholders (as SqliteStore.query): records indexable by position and name."""
+        return list(await self.pool.fetch(numbered_placeholders(sql), *params))
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:
         async with conn.transaction():
@@ -247,16 +287,16 @@ class PostgresStore(Store):
                       on_delivered: Any = None) -> list[DeliveryResult]:
         """One transaction for the batch (see the module doc); ``on_delivered`` as in :class:`Store`.
 
-        The hook runs inside the transaction with the asyncpg connection. SQLite's hook
-        (``hook(sqlite3_conn, d, r)``, writing the SQLite relay queue) cannot: a hook for this store
-        provides ``hook.postgres`` — ``async (asyncpg_conn, d, r)`` — or the delivery fails loudly
-        (retried, then quarantined and replayable) rather than dropping notifications silently."""
+        The hook runs inside the transaction: ``hook.postgres`` — ``async (asyncpg_conn, d, r)`` — when
+        it has one, else the synchronous hook written for sqlite3 (``hook(conn, d, r)``: the
+        notification hook, queuing acknowledgements) through :meth:`run_sync`, so a notification
+        commits with its ticket change or not at all, as on SQLite."""
         hook = None
         if on_delivered is not None:
             hook = getattr(on_delivered, "postgres", None)
-            if hook is None:
-                raise NotImplementedError("notifications (on_delivered) need a PostgreSQL-capable hook "
-                                          "(hook.postgres): the relay queue is SQLite-only so far")
+            if hook is None:  # a synchronous hook written for sqlite3 (NotifyHook): through the bridge
+                async def hook(conn: asyncpg.Connection, d: Delivery, r: DeliveryResult) -> None:
+                    await self.run_sync(conn, on_delivered, d, r)
         keys = delivery_lock_keys(deliveries)
         attempt = 0
         while True:

@@ -177,12 +177,29 @@ def server_ctx(server_cert: trustme.LeafCert) -> ssl.SSLContext:
     return ctx
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "t.db")
+@pytest.fixture(params=("sqlite", "postgres"))
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """The relay's store: SQLite, and PostgreSQL (a fresh database; skips without a server, saying
+    why) — every queue, delivery and notification test runs on both backends."""
+    if request.param == "sqlite":
+        s: Any = SqliteStore(tmp_path / "t.db")
+        await s.open()
+        yield s
+        await s.close()
+        return
+    from ..pg_support import drop_database, fresh_database, server_url
+    server, why = server_url()
+    if server is None:
+        pytest.skip(f"PostgreSQL tests skipped: {why}")
+    from gateway.store.postgres import PostgresStore
+    url = await fresh_database(server)
+    s = PostgresStore(url, pool_min=1, pool_max=4)
     await s.open()
-    yield s
-    await s.close()
+    try:
+        yield s
+    finally:
+        await s.close()
+        await drop_database(server, url)
 
 
 def host(name: str, port: int, **kw: Any) -> dict[str, Any]:

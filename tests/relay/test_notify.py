@@ -214,9 +214,10 @@ async def test_enqueue_commits_with_the_ticket_or_not_at_all(store):
 
 async def test_message_id_recorded_for_threading(store):
     def make_ticket(conn):
-        cid = conn.execute("INSERT INTO contacts (email, created_at) VALUES ('a@x.test', 0)").lastrowid
+        cid = conn.execute("INSERT INTO contacts (email, created_at) VALUES ('a@x.test', 0) RETURNING id"
+                           ).fetchone()[0]
         return conn.execute("INSERT INTO tickets (subject, requester_id, queue, mailbox, created_at, updated_at)"
-                            " VALUES ('s', ?, 'IT', 'support@example.test', 0, 0)", (cid,)).lastrowid
+                            " VALUES ('s', ?, 'IT', 'support@example.test', 0, 0) RETURNING id", (cid,)).fetchone()[0]
     tid = await store.transaction(make_ticket)
     n = Notifier(cfg()).acknowledgement(ticket=TicketInfo(tid, "HD-1000", "s"), mailbox=MB, to="a@x.test")
     await store.transaction(lambda c: enqueue(c, n))
