@@ -2,10 +2,12 @@
 """Relay benchmark: render + enqueue cost, and queue -> smarthost delivery throughput.
 
 Usage:  python bench/bench_relay.py [-n 2000] [--concurrency 16] [--host-concurrency 4] [--dkim rsa|ed25519|none]
+                                   [--store postgresql://USER:PASS@HOST:PORT/DB]
 
 The smarthost is postfix's ``smtp-sink`` (C; it discards, so the figures are the relay's cost) when it is
 installed, else an aiosmtpd sink in a child process. Runs, each on a fresh SQLite database (WAL,
-synchronous=FULL, as in production):
+synchronous=FULL, as in production) or, with ``--store postgresql://…``, on a fresh database of that
+server (created and dropped per run; the role needs CREATEDB; ``scripts/pg-start`` prints such a URL):
 
 1. render: an acknowledgement rendered from the shipped templates (Jinja2 + email), per message;
 2. enqueue: render + ``enqueue`` + the ack counter in one transaction each (as inside the ticket
@@ -79,7 +81,7 @@ def relay_cfg(ports: list[int], args: argparse.Namespace, key: str | None) -> di
     return t
 
 
-async def bench_render_enqueue(n: int, tmp: str, table: dict) -> None:
+async def bench_render_enqueue(n: int, tmp: str, table: dict, stores: "BenchStore") -> None:
     cfg = parse_relay_config(table)
     notifier = Notifier(cfg)
     t0 = time.perf_counter()
@@ -88,8 +90,7 @@ async def bench_render_enqueue(n: int, tmp: str, table: dict) -> None:
                                  to=f"user{i}@customer.test", inbound_message_id=f"m{i}@customer.test", key=str(i))
     dt = time.perf_counter() - t0
     print(f"render:   {n} acknowledgements in {dt:.2f}s = {dt / n * 1e6:.0f} us each")
-    store = SqliteStore(Path(tmp) / "enqueue.db")
-    await store.open()
+    store = await stores.open("enqueue")
     t0 = time.perf_counter()
     for i in range(n):
         await store.transaction(lambda c, i=i: acknowledge(
@@ -102,11 +103,35 @@ async def bench_render_enqueue(n: int, tmp: str, table: dict) -> None:
     await store.close()
 
 
-async def bench_deliver(label: str, n: int, tmp: str, table: dict) -> None:
+class BenchStore:
+    """A fresh store per run: SQLite in the temp dir, or a new database on ``--store``'s server."""
+
+    def __init__(self, server: str | None, tmp: str) -> None:
+        self.server, self.tmp = server, tmp
+        self._dbs: list[str] = []
+
+    async def open(self, label: str):  # noqa: ANN201 - SqliteStore | PostgresStore
+        if not self.server:
+            store = SqliteStore(Path(self.tmp) / f"{label}.db")
+        else:
+            from gateway.store.postgres import PostgresStore
+            from tests.pg_support import fresh_database
+            url = await fresh_database(self.server)
+            self._dbs.append(url)
+            store = PostgresStore(url, pool_min=1, pool_max=8)
+        await store.open()
+        return store
+
+    async def drop_all(self) -> None:
+        from tests.pg_support import drop_database
+        for url in self._dbs:
+            await drop_database(self.server, url)
+
+
+async def bench_deliver(label: str, n: int, tmp: str, table: dict, stores: "BenchStore") -> None:
     cfg = parse_relay_config(table)
     notifier = Notifier(cfg)
-    store = SqliteStore(Path(tmp) / f"{label}.db")
-    await store.open()
+    store = await stores.open(label)
     q = RelayQueue(store)
 
     def fill(conn):
@@ -135,6 +160,7 @@ async def main() -> None:
     p.add_argument("--concurrency", type=int, default=16, help="[relay] concurrency")
     p.add_argument("--host-concurrency", type=int, default=4, help="smarthost concurrency (connections)")
     p.add_argument("--dkim", choices=("none", "rsa", "ed25519"), default="none")
+    p.add_argument("--store", default="", help="postgresql://… server URL (default: SQLite files)")
     args = p.parse_args()
     port = free_port()
     sink, sink_name = start_sink(port)
@@ -144,13 +170,20 @@ async def main() -> None:
         if args.dkim != "none":
             key = str(Path(tmp) / "dkim.key")
             keygen("example.test", "bench", args.dkim, key)
+        shown = " --store postgresql://…" if args.store else ""
         print(f"# python bench/bench_relay.py -n {args.n} --concurrency {args.concurrency} "
-              f"--host-concurrency {args.host_concurrency} --dkim {args.dkim}")
-        print(f"# smarthost: {sink_name}; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
+              f"--host-concurrency {args.host_concurrency} --dkim {args.dkim}{shown}")
+        print(f"# smarthost: {sink_name}; store: {'PostgreSQL' if args.store else 'SQLite'}; {os.cpu_count()} CPUs;"
+              f" Python {sys.version.split()[0]}")
         table = relay_cfg([port], args, key)
-        await bench_render_enqueue(min(args.n, 1000), tmp, table)
-        await bench_deliver("deliver", args.n, tmp, table)
-        await bench_deliver("failover", args.n, tmp, relay_cfg([free_port(), port], args, key))
+        stores = BenchStore(args.store or None, tmp)
+        try:
+            await bench_render_enqueue(min(args.n, 1000), tmp, table, stores)
+            await bench_deliver("deliver", args.n, tmp, table, stores)
+            await bench_deliver("failover", args.n, tmp, relay_cfg([free_port(), port], args, key), stores)
+        finally:
+            if args.store:
+                await stores.drop_all()
     finally:
         sink.terminate()
         sink.wait()

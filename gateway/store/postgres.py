@@ -24,7 +24,6 @@ with :mod:`gateway.store.render`); what several nodes need on top:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ from .base import (PROCESSING, QUARANTINED, QUEUED, Delivery, DeliveryResult, Sp
                    body_file_chunks, chunk_count)
 from .crypto import Cipher
 from .pg_migrations import load_migrations
-from .pg_sync import PgSyncConnection, numbered_placeholders
+from .pg_sync import PgSyncConnection, numbered_placeholders, run_sync
 from .postgres_deliver import PgDeliverTx, delivery_lock_keys, take_locks
 from .render import article_dict, iso, spool_from_row, ticket_dict
 
@@ -72,7 +71,6 @@ class PostgresStore(Store):
         self._pool: asyncpg.Pool | None = None
         self._claimed: dict[str, tuple[str, float]] = {}  # spool id -> (owner, monotonic claim time)
         self._heartbeat: asyncio.Task[None] | None = None
-        self._sync: concurrent.futures.ThreadPoolExecutor | None = None  # threads of transaction(fn)
 
     # -- lifecycle -------------------------------------------------------------
     async def open(self) -> None:
@@ -99,9 +97,6 @@ class PostgresStore(Store):
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
-        if self._sync is not None:
-            self._sync.shutdown(wait=False)
-            self._sync = None
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -110,12 +105,9 @@ class PostgresStore(Store):
 
     # -- the synchronous face (relay queue, notifications, SLA: relay/queue.py) ---------------------
     async def run_sync(self, conn: asyncpg.Connection, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(sync_conn, *args)`` on a worker thread, its statements on ``conn`` (in the caller's
-        transaction) through :class:`PgSyncConnection`."""
-        if self._sync is None:
-            self._sync = concurrent.futures.ThreadPoolExecutor(self.pool_max, thread_name_prefix="pg-sync")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._sync, lambda: fn(PgSyncConnection(conn, loop), *args))
+        """``fn(sync_conn, *args)``, its statements on ``conn`` (in the caller's transaction) through
+        :class:`PgSyncConnection` (:mod:`gateway.store.pg_sync`)."""
+        return await run_sync(fn, PgSyncConnection(conn), *args)
 
     async def transaction(self, fn: Callable[[Any], T], durable: bool = True) -> T:
         """``fn(conn)`` as one transaction, ``conn`` shaped like ``sqlite3.Connection`` (see

@@ -37,3 +37,37 @@ async def test_statements_rows_rowcount_and_whole_rollback(make_store, backend: 
         await store.transaction(fails)
     rows = await store.query("SELECT count(*) FROM relay_ack_log WHERE sender=?", ("c@x.test",))
     assert rows[0][0] == 0
+
+
+async def test_run_sync_awaits_for_the_function_and_throws_its_errors_back_into_it() -> None:
+    """No database: the mechanics of the greenlet hand-over, on the event loop's own thread."""
+    import asyncio
+    import threading
+
+    from gateway.store.pg_sync import run_sync, wait
+
+    async def value(x: int) -> int:
+        await asyncio.sleep(0)
+        return x * 2
+
+    async def fail() -> None:
+        raise LookupError("from the awaited call")
+
+    loop_thread = threading.get_ident()
+
+    def fn(a: int, b: int) -> tuple:
+        got = [wait(value(a)), wait(value(b))]
+        try:
+            wait(fail())
+        except LookupError as exc:
+            got.append(str(exc))
+        return tuple(got), threading.get_ident() == loop_thread
+
+    assert await run_sync(fn, 1, 5) == ((2, 10, "from the awaited call"), True)
+
+    def uncaught() -> None:
+        wait(fail())
+    with pytest.raises(LookupError):
+        await run_sync(uncaught)
+    with pytest.raises(RuntimeError, match="outside run_sync"):
+        wait(value(1))
