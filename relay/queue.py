@@ -255,6 +255,15 @@ def release(conn: sqlite3.Connection, now: float, owner: str | None = None) -> i
                         " WHERE state=? AND lease_owner=?", (DEFERRED, now, SENDING, owner)).rowcount
 
 
+def renew(conn: sqlite3.Connection, owner: str, ids: list[int], until: float) -> int:
+    """Extend ``owner``'s leases on ``ids`` (rows it is still sending) to ``until``; returns how many
+    it still held (a row taken over after the lease ran out is not taken back)."""
+    if not ids:
+        return 0
+    return conn.execute(f"UPDATE relay_queue SET lease_until=? WHERE state=? AND lease_owner=? AND id IN"
+                        f" ({','.join('?' * len(ids))})", (until, SENDING, owner, *ids)).rowcount
+
+
 def retry(conn: sqlite3.Connection, mail_id: int, now: float) -> bool:
     """Queue a dead or deferred notification again (its dead/deferred recipients), due now."""
     row = conn.execute("SELECT state FROM relay_queue WHERE id=?", (mail_id,)).fetchone()
@@ -306,6 +315,9 @@ class RelayQueue:
     async def release(self, owner: str | None = None, now: float | None = None) -> int:
         now = time.time() if now is None else now
         return await self.store.transaction(lambda conn: release(conn, now, owner))
+
+    async def renew(self, owner: str, ids: list[int], until: float) -> int:
+        return await self.store.transaction(lambda conn: renew(conn, owner, ids, until), durable=False)
 
     async def retry(self, mail_id: int, now: float | None = None) -> bool:
         now = time.time() if now is None else now
@@ -395,4 +407,4 @@ def queue_row_json(d: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["Notification", "OutboundMail", "RcptOutcome", "AttemptOutcome", "RelayQueue", "enqueue", "claim",
-           "record", "release", "retry", "retry_dead", "mark_undeliverable", "queue_row_json", "STATES"]
+           "record", "release", "renew", "retry", "retry_dead", "mark_undeliverable", "queue_row_json", "STATES"]

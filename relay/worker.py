@@ -9,9 +9,10 @@ When no smarthost is usable (all in cool-off or in a skip window) nothing is cla
 attempt counters of queued mail are not burnt - and the worker sleeps until the first host is
 usable again.
 
-Crash safety: a row is ``sending`` only under a lease. At start the worker puts every ``sending``
-row back (single-node SQLite: nobody else can be sending); a row whose lease expired is claimable
-again anyway. Hence at-least-once: a crash between the smarthost's 250 to DATA and the commit of
+Crash safety: a row is ``sending`` only under a lease, which the worker renews while it is sending
+that row. At start the worker puts every ``sending`` row back (single-node SQLite: nobody else can be
+sending; on PostgreSQL only rows whose lease ran out); a row whose lease expired is claimable again
+anyway. Hence at-least-once: a crash between the smarthost's 250 to DATA and the commit of
 that result sends that mail again on restart.
 
 Metrics (on the ``CollectorRegistry`` passed in; see docs/relay.md): sent / deferred / failed by
@@ -114,6 +115,8 @@ class RelayWorker:
         self._hk_task: asyncio.Task[None] | None = None
         self._rec_task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._sending: set[int] = set()  # ids claimed and not yet recorded: their leases are renewed
+        self._renew_task: asyncio.Task[None] | None = None
         self._pending: list[tuple[AttemptOutcome, asyncio.Future[str]]] = []
         self._rec_wake = asyncio.Event()
         self.delivered = 0  # attempts recorded (tests, bench)
@@ -128,6 +131,7 @@ class RelayWorker:
         self._rec_task = loop.create_task(self._recorder(), name="relay-recorder")
         self._task = loop.create_task(self._run(), name="relay-worker")
         self._hk_task = loop.create_task(self._housekeeping(), name="relay-housekeeping")
+        self._renew_task = loop.create_task(self._renew_leases(), name="relay-lease-renewal")
 
     def wake(self) -> None:
         """A notification was queued: look now rather than at the next poll."""
@@ -147,9 +151,10 @@ class RelayWorker:
         if self._rec_task is not None:
             self._rec_wake.set()
             await asyncio.gather(self._rec_task, return_exceptions=True)
-        if self._hk_task is not None:
-            self._hk_task.cancel()
-            await asyncio.gather(self._hk_task, return_exceptions=True)
+        for task in (self._hk_task, self._renew_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         try:
             await self.queue.release(self.owner, self.clock())
         except Exception:
@@ -193,6 +198,7 @@ class RelayWorker:
         mails = await self.queue.claim(self.owner, min(free, self.cfg.batch_size), now, self.cfg.lease)
         loop = asyncio.get_running_loop()
         for m in mails:
+            self._sending.add(m.id)
             task = loop.create_task(self._deliver(m), name=f"relay-{m.id}")
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
@@ -211,6 +217,12 @@ class RelayWorker:
         raise TimeoutError("relay queue not drained")
 
     async def _deliver(self, m: OutboundMail) -> None:
+        try:
+            await self._attempt(m)
+        finally:
+            self._sending.discard(m.id)
+
+    async def _attempt(self, m: OutboundMail) -> None:
         started = time.perf_counter()
         try:
             if m.pending:
@@ -282,6 +294,25 @@ class RelayWorker:
                         fut.set_result(state)
             if self._stopping and not self._inflight and not self._pending:
                 return
+
+    async def _renew_leases(self) -> None:
+        """Keep the leases of the notifications being sent (every quarter of ``[relay] lease``).
+
+        A lease is what lets another worker (another node, on PostgreSQL) take a row over when its
+        sender died; renewing it while the sender lives means a slow attempt (smarthosts answering
+        at the edge of their timeouts, one after the other) is never taken over and sent twice, whatever
+        the lease's length."""
+        interval = max(0.05, self.cfg.lease / 4)
+        while True:
+            await asyncio.sleep(interval)
+            ids = sorted(self._sending)
+            if not ids:
+                continue
+            try:
+                await self.queue.renew(self.owner, ids, self.clock() + self.cfg.lease)
+            except Exception:
+                log.warning("relay: could not renew the leases of %d notifications being sent", len(ids),
+                            exc_info=True)
 
     async def _housekeeping(self) -> None:
         while True:

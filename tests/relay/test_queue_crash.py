@@ -124,3 +124,26 @@ concurrency = 4
 
 async def _all_sent(store, n):
     return (await RelayQueue(store).counts())["sent"] == n
+
+
+async def test_a_slow_send_keeps_its_lease_and_is_not_taken_over(store, sinks):
+    """The lease (0.4 s here) is renewed while the attempt lasts (1.2 s at the smarthost): another
+    worker (another node) finds nothing to claim, and the notification goes out once."""
+    p = sinks()
+    p.handler.data_reply = lambda env: time.sleep(1.2)  # the sink's own thread: only the sink waits
+    w = await start_worker(store, relay_table(host("primary", p.port, timeout="5s"), lease="400ms"))
+    q = RelayQueue(store)
+    try:
+        (mid,) = await enqueue_many(store, [note()])
+        w.wake()
+        await wait_for(lambda: w._sending)  # claimed and being sent
+        for _ in range(4):  # well past the lease, several times over
+            await asyncio.sleep(0.25)
+            assert await q.claim("other-node", 10, time.time(), lease=60) == []
+        await wait_for(lambda: len(p.messages) == 1, timeout=5)
+        await w.drain()
+    finally:
+        await w.close()
+    (row,) = await q.list()
+    assert row["id"] == mid and row["state"] == "sent" and row["attempts"] == 1
+    assert len(p.messages) == 1
