@@ -31,7 +31,7 @@ import random
 import socket
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import asyncpg
 
@@ -114,17 +114,23 @@ class PostgresStore(Store):
         :mod:`gateway.store.pg_sync`); the SqliteStore method of the same name, for the code written
         against it. Rolled back whole and run again on a deadlock or a lost race (up to 5 times).
         ``durable`` is accepted for the same signature: every PostgreSQL commit is durable."""
+        return await self._retrying("transaction", lambda conn: self.run_sync(conn, fn))
+
+    async def _retrying(self, what: str, body: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """``body(conn)`` in one transaction; rolled back whole and run again (up to 5 times) when it
+        meets a deadlock, a serialisation failure or a unique violation: two nodes' batches crossed
+        (row locks on the same tickets) or raced on a key, and deciding again on the new state is safe."""
         attempt = 0
         while True:
             attempt += 1
             try:
                 async with self.pool.acquire() as conn:
                     async with conn.transaction():
-                        return await self.run_sync(conn, fn)
+                        return await body(conn)
             except RETRYABLE as exc:
                 if attempt >= 5:
                     raise
-                log.info("transaction: %s, retrying (attempt %d)", type(exc).__name__, attempt + 1)
+                log.info("%s: %s, retrying (attempt %d)", what, type(exc).__name__, attempt + 1)
                 await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)
 
     async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[asyncpg.Record]:
@@ -290,30 +296,20 @@ class PostgresStore(Store):
                 async def hook(conn: asyncpg.Connection, d: Delivery, r: DeliveryResult) -> None:
                     await self.run_sync(conn, on_delivered, d, r)
         keys = delivery_lock_keys(deliveries)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                async with self.pool.acquire() as conn:
-                    async with conn.transaction():
-                        await take_locks(conn, keys)
-                        tx = PgDeliverTx(conn, now, self.ticket_prefix, self.ticket_start, self.cipher)
-                        results = []
-                        for d in deliveries:
-                            r = await tx.run(d)
-                            if hook is not None:
-                                await tx.flush()  # the hook sees the spool entry ended
-                                await hook(conn, d, r)
-                            results.append(r)
-                        await tx.flush()
-                break
-            except RETRYABLE as exc:
-                # Two nodes' batches crossed (row locks on the same tickets) or raced on a unique key:
-                # the transaction rolled back whole; deciding again on the new state is safe.
-                if attempt >= 5:
-                    raise
-                log.info("deliver: %s, retrying (attempt %d)", type(exc).__name__, attempt + 1)
-                await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)
+
+        async def body(conn: asyncpg.Connection) -> list[DeliveryResult]:
+            await take_locks(conn, keys)
+            tx = PgDeliverTx(conn, now, self.ticket_prefix, self.ticket_start, self.cipher)
+            results = []
+            for d in deliveries:
+                r = await tx.run(d)
+                if hook is not None:
+                    await tx.flush()  # the hook sees the spool entry ended
+                    await hook(conn, d, r)
+                results.append(r)
+            await tx.flush()
+            return results
+        results = await self._retrying("deliver", body)
         for d in deliveries:
             self._claimed.pop(d.spool_id, None)
         return results
