@@ -152,14 +152,14 @@ def enqueue(conn: sqlite3.Connection, n: Notification, now: float | None = None)
 
 # -- synchronous operations (each runs inside one write transaction) ---------------------------
 
-def _postgres(conn: Any) -> bool:
-    """The PostgreSQL face (gateway.store.pg_sync): several nodes share the queue."""
-    return getattr(conn, "dialect", "sqlite") == "postgresql"
+def _postgres(conn_or_store: Any) -> bool:
+    """The PostgreSQL face (gateway.store.pg_sync, PostgresStore): several nodes share the queue."""
+    return getattr(conn_or_store, "dialect", "sqlite") == "postgresql"
 
 
-def _rcpt_order(dialect_of: Any) -> str:
+def _rcpt_order(conn_or_store: Any) -> str:
     """Recipients in the order they were queued: SQLite's rowid, PostgreSQL's ``seq`` (v11)."""
-    return "seq" if getattr(dialect_of, "dialect", "sqlite") == "postgresql" else "rowid"
+    return "seq" if _postgres(conn_or_store) else "rowid"
 
 
 def claim(conn: sqlite3.Connection, owner: str, limit: int, now: float, lease: float) -> list[OutboundMail]:
@@ -248,9 +248,11 @@ def release(conn: sqlite3.Connection, now: float, owner: str | None = None) -> i
 
     "All" on PostgreSQL means those whose lease has run out: the others are other nodes' sends."""
     if owner is None:
+        if _postgres(conn):
+            return conn.execute("UPDATE relay_queue SET state=?, next_attempt_at=?, lease_owner='', lease_until=0"
+                                " WHERE state=? AND lease_until<?", (DEFERRED, now, SENDING, now)).rowcount
         return conn.execute("UPDATE relay_queue SET state=?, next_attempt_at=?, lease_owner='', lease_until=0"
-                            " WHERE state=?" + (" AND lease_until<?" if _postgres(conn) else ""),
-                            (DEFERRED, now, SENDING, now) if _postgres(conn) else (DEFERRED, now, SENDING)).rowcount
+                            " WHERE state=?", (DEFERRED, now, SENDING)).rowcount
     return conn.execute("UPDATE relay_queue SET state=?, next_attempt_at=?, lease_owner='', lease_until=0"
                         " WHERE state=? AND lease_owner=?", (DEFERRED, now, SENDING, owner)).rowcount
 
