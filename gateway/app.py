@@ -13,7 +13,7 @@ import signal
 import time
 from dataclasses import replace
 
-from .checks import DataCheck, LoopCheck
+from .checks import DataCheck, HeaderSectionCheck, LoopCheck
 from .config import Config, load_config
 from .errors import ConfigErrors
 from .limits import Limits, LocalLimits
@@ -310,7 +310,8 @@ def _relay_keys(cfg: Config) -> tuple[bytes, ...]:
 def build_checks(cfg: Config, executor: concurrent.futures.Executor | None, resolver: list) -> list[DataCheck]:
     """The SMTP-time check chain of one SMTP process. ``resolver`` is a one-item box holding that
     process's DNS resolver (and cache): reused across reloads unless ``[dns]`` changed."""
-    checks: list[DataCheck] = [LoopCheck(cfg.smtp.hostname, cfg.smtp.loop_marker, cfg.smtp.max_received_headers)]
+    checks: list[DataCheck] = [HeaderSectionCheck(),
+                               LoopCheck(cfg.smtp.hostname, cfg.smtp.loop_marker, cfg.smtp.max_received_headers)]
     from .auth.dns import Resolver
     from .auth.smtp_check import AuthCheck
     current = resolver[0]

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
+from .auth.headers import header_section_problem, normalise_header_section
 from .replies import LOOP_DETECTED, TOO_MANY_HOPS, Reply
 
 CONTINUE = "continue"
@@ -76,6 +77,25 @@ def header_end(raw: bytes) -> int:
     j = raw.find(b"\n\n", 0, i + 1 if i >= 0 else len(raw))
     candidates = [x for x in (i, j) if x >= 0]
     return min(candidates) if candidates else len(raw)
+
+
+class HeaderSectionCheck:
+    """The one reading of the header section (docs/security.md): ``550 5.6.0`` for the byte patterns that
+    readers would split differently (bare CR, NUL, ``From :``, two From fields); a leading mbox ``From ``
+    line is removed and a line that is not a field becomes a continuation line, so what is spooled is read
+    alike by every reader. Runs first: every
+    later check, the spool and the pipeline see only header sections that all readers agree on."""
+
+    name = "header_section"
+
+    async def run(self, ctx: DataContext) -> CheckResult:
+        problem = header_section_problem(ctx.raw)
+        if problem is not None:
+            where = f" (line {problem.line})" if problem.line else ""
+            return CheckResult(REJECT, Reply(550, "5.6.0", f"Message refused: {problem.what}{where}",
+                                             "header_syntax"))
+        raw = normalise_header_section(ctx.raw)
+        return CheckResult(raw=raw) if raw is not ctx.raw else CheckResult()
 
 
 class LoopCheck:

@@ -49,6 +49,9 @@ class TwoWayConfig:
     routing: tuple[Any, ...] = ()      # gateway.pipeline.routing.Rule
     redaction: tuple[Any, ...] | None = None  # None: the built-in card rule
     agent_index: dict[str, AgentConfig] = field(default_factory=dict)
+    # SMTP clients (CIDR) whose mail is trusted to come from the agent its From names without DMARC:
+    # an internal submission path that carries only authenticated staff mail, never the MX front.
+    agent_trusted_networks: tuple[Any, ...] = ()
 
     def agent(self, address: str) -> AgentConfig | None:
         return self.agent_index.get(address.lower())
@@ -84,6 +87,19 @@ def _str(v: Any, key: str, choices: tuple[str, ...] | None = None) -> str:
     return v
 
 
+def _networks(v: Any, key: str) -> tuple[Any, ...]:
+    import ipaddress
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ConfigError(key, "expected a list of CIDR strings, e.g. [\"10.1.2.0/24\"]")
+    out = []
+    for x in v:
+        try:
+            out.append(ipaddress.ip_network(x.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(key, f"{x!r} is not an IP network") from None
+    return tuple(out)
+
+
 def parse_twoway(data: dict[str, Any]) -> TwoWayConfig:
     """Build TwoWayConfig from the top-level tables threading, agent, queue, commands, routing, redaction."""
     from .pipeline.redact import parse_redaction
@@ -95,7 +111,8 @@ def parse_twoway(data: dict[str, Any]) -> TwoWayConfig:
         raise ConfigError("threading", "expected a table")
     _check_keys(t, "threading", {"subject_token", "number_pattern", "mac_length", "keys",
                                  "trust_signed_subject_from_non_participants", "subject_match_days",
-                                 "reopen_days", "non_participant", "cc_participants", "comment_tag"})
+                                 "reopen_days", "non_participant", "cc_participants", "comment_tag",
+                                 "agent_trusted_networks"})
     style = parse_token_style(t, "threading")
     keys = parse_keys(t["keys"], "threading.keys") if t.get("keys") else ()
     cfg: dict[str, Any] = {"style": style, "keys": keys}
@@ -113,6 +130,9 @@ def parse_twoway(data: dict[str, Any]) -> TwoWayConfig:
     if "comment_tag" in t:
         cfg["comment_tag"] = _str(t["comment_tag"], "threading.comment_tag").lower()
 
+    if "agent_trusted_networks" in t:
+        cfg["agent_trusted_networks"] = _networks(t["agent_trusted_networks"], "threading.agent_trusted_networks")
+
     agents = []
     raw_agents = data.get("agent", [])
     if not isinstance(raw_agents, list):
@@ -126,8 +146,12 @@ def parse_twoway(data: dict[str, Any]) -> TwoWayConfig:
         if "@" not in address:
             raise ConfigError(f"{key}.address", f"{address!r} is not an email address")
         perms = a.get("permissions", list(AGENT_PERMISSIONS))
-        if not isinstance(perms, list) or any(p not in AGENT_PERMISSIONS for p in perms):
+        if not isinstance(perms, list) or any(not isinstance(p, str) for p in perms):
             raise ConfigError(f"{key}.permissions", f"expected a list of {', '.join(AGENT_PERMISSIONS)}")
+        unknown = [p for p in perms if p not in AGENT_PERMISSIONS]
+        if unknown:
+            raise ConfigError(f"{key}.permissions", f"unknown permission(s) {', '.join(map(repr, unknown))} "
+                                                    f"(known: {', '.join(AGENT_PERMISSIONS)})")
         agents.append(AgentConfig(address, _str(a.get("name", ""), f"{key}.name"), frozenset(perms)))
     cfg["agents"] = tuple(agents)
     cfg["agent_index"] = {a.address: a for a in agents}

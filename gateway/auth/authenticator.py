@@ -138,6 +138,12 @@ def _safe_mailbox(addr: str) -> str | None:
     return None
 
 
+def from_record(info: FromInfo) -> dict:
+    """What the spool row keeps of the From reading DMARC evaluated: its domains, its addresses (the
+    pipeline's requester is the first one, docs/security.md) and why DMARC could not apply, if so."""
+    return {"domains": list(info.domains), "addresses": list(info.addresses), "error": info.error}
+
+
 def _normalise_sender(mail_from: str) -> str:
     s = (mail_from or "").strip()
     if s.startswith("<") and s.endswith(">"):
@@ -265,9 +271,9 @@ class Authenticator:
         t0 = time.perf_counter()
         sender = _normalise_sender(mail_from)
         helo = (helo or "").strip()
-        if not policy.enabled:
+        if not policy.enabled:  # the From reading is still recorded: the pipeline's requester is this one
             return AuthVerdict("accept", None, False, not policy.require_dmarc_for_actions,
-                               f"{self.hostname}; none", {"disabled": True})
+                               f"{self.hostname}; none", {"disabled": True, "from": from_record(parse_from(raw))})
 
         # --- SPF identity (trusted relays are not the SPF client)
         spf_ip, origin_helo, relay = peer_ip, helo, None
@@ -439,7 +445,7 @@ class Authenticator:
             "dkim": dkim_dicts,
             "dmarc": dmarc,
             "arc": arc,
-            "from": {"domains": list(from_info.domains), "error": from_info.error},
+            "from": from_record(from_info),
             "decision": {"action": action, "suspicious": suspicious, "may_act": may_act, "reasons": reasons,
                          "reply": list(reply) if reply else None},
             "elapsed_us": int((time.perf_counter() - t0) * 1e6),

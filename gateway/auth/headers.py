@@ -17,6 +17,10 @@ __all__ = [
     "prepend_header",
     "fold_header",
     "authserv_id_of",
+    "HeaderSectionProblem",
+    "header_section_problem",
+    "mbox_line_end",
+    "normalise_header_section",
 ]
 
 _FIELD_START = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)  # a field name at the start of a line
@@ -55,6 +59,97 @@ def _header_end(raw: bytes) -> int:
     if lf >= 0:
         return lf + 1
     return crlf + 1 if crlf >= 0 else len(raw)
+
+
+# an mbox separator ("From sender[ date]") as the first line: "From ", a sender without ":" or white space
+_MBOX_LINE = re.compile(rb"From [^ \t:\r\n]+(?:[ \t][^\n]*)?\r?\n")
+_BARE_CR = re.compile(rb"\r(?!\n)")
+# A line of the header section that is neither ``name:`` (no white space before the colon) nor a
+# continuation (starts with SP or HT).
+_NOT_A_FIELD = re.compile(rb"^(?=[^\n])(?![!-9;-~]+:|[ \t])", re.M)
+_OBS_NAME = re.compile(rb"[!-9;-~]+[ \t]+:")
+_FROM_FIELD = re.compile(rb"^from:", re.M | re.I)
+
+
+def mbox_line_end(raw: bytes) -> int:
+    """Length of a leading mbox ``From sender date`` line (0 if none). Every reader ignores it (the email
+    package as the "unix from", dkimpy skips it, :func:`header_fields` drops lines before the first field)."""
+    m = _MBOX_LINE.match(raw)
+    return m.end() if m else 0
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderSectionProblem:
+    """Why a header section is refused: ``what`` for the SMTP reply (no sender bytes in it)."""
+
+    what: str
+    line: int   # 1-based line number in the header section, 0 when not about one line
+
+
+def _head(raw: bytes) -> tuple[int, bytes]:
+    start = mbox_line_end(raw)
+    return start, raw[start:start + _header_end(raw[start:])] if start else raw[:_header_end(raw)]
+
+
+def header_section_problem(raw: bytes) -> HeaderSectionProblem | None:
+    """The one reading of a header section, made strict where readers could disagree.
+
+    The SMTP-time readers (this module, DKIM, DMARC), dkimpy and the pipeline's email parser split the
+    header section differently on exactly these byte patterns, so each is refused instead of being read
+    one way here and another way later (docs/security.md, "One reading"):
+
+    * a NUL byte, or a CR not followed by LF (the email package ends a line there; we do not);
+    * white space between a field name and its colon (``From :``, obsolete syntax: dkimpy skips the
+      line, the email package reads "From " and we read From);
+    * a first line that is a continuation line or not a field at all (nothing to continue);
+    * more than one From field (RFC 5322 3.6: exactly one; readers differ in which one counts).
+
+    Lines that are not fields further down are not refused but made continuation lines by
+    :func:`normalise_header_section`, which every reader then reads alike. A leading mbox ``From `` line
+    is allowed (see :func:`mbox_line_end`). One regex scan each, linear in the size of the header section;
+    the body is never looked at."""
+    _start, head = _head(raw)
+    if b"\0" in head:
+        return HeaderSectionProblem("NUL byte in the header section", _line_of(head, head.find(b"\0")))
+    m = _BARE_CR.search(head)
+    if m is not None:
+        return HeaderSectionProblem("bare CR (a CR not followed by LF) in the header section",
+                                    _line_of(head, m.start()))
+    if head[:1] in (b" ", b"\t"):
+        return HeaderSectionProblem("the header section starts with a continuation line", 1)
+    for m in _NOT_A_FIELD.finditer(head):
+        if _OBS_NAME.match(head, m.start()):
+            return HeaderSectionProblem("white space before the colon of a header field name (obsolete syntax)",
+                                        _line_of(head, m.start()))
+        if m.start() == 0:
+            return HeaderSectionProblem("the header section does not start with a header field", 1)
+    froms = _FROM_FIELD.findall(head)
+    if len(froms) > 1:
+        return HeaderSectionProblem(f"{len(froms)} From header fields (RFC 5322 allows exactly one)", 0)
+    return None
+
+
+def normalise_header_section(raw: bytes) -> bytes:
+    """``raw`` as every reader must see it (call after :func:`header_section_problem` found nothing):
+    without a leading mbox ``From `` line, and with each line that is not a field (a broken fold, a
+    misplaced mbox line) turned into a continuation line by a leading SP. That is how
+    :func:`header_fields` already read such a line (part of the field above it); the email package would
+    instead end the header section there, and dkimpy would refuse the message. Returns ``raw`` itself
+    when nothing changes."""
+    start, head = _head(raw)
+    cuts = [m.start() for m in _NOT_A_FIELD.finditer(head)]
+    if not cuts:
+        return raw[start:] if start else raw
+    out, pos = [], 0
+    for c in cuts:
+        out += [head[pos:c], b" "]
+        pos = c
+    out += [head[pos:], raw[start + len(head):]]
+    return b"".join(out)
+
+
+def _line_of(head: bytes, offset: int) -> int:
+    return head.count(b"\n", 0, offset) + 1
 
 
 def split_message(raw: bytes) -> tuple[bytes, bytes]:

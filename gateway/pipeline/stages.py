@@ -37,6 +37,14 @@ class Inbound:
     # bodies elided (see bigmime); this loads the original from the store, whole, when a stage
     # really needs it.
     load_original: Callable[[], Awaitable[bytes]] | None = None
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def identity(self) -> Identity:
+        """Who sent this message, as authenticated at DATA (computed once per message)."""
+        got = self._memo.get("identity")
+        if got is None:
+            got = self._memo["identity"] = sender_identity(self.entry, self.parsed)
+        return got
 
     async def original(self) -> bytes:
         """The message exactly as spooled (loads a large one from the store: memory-heavy)."""
@@ -89,16 +97,79 @@ class Stage(Protocol):
     async def run(self, msg: Inbound, ctx: Context) -> Verdict: ...
 
 
-def requester(msg: Inbound) -> tuple[str, str]:
-    """(address, display name) of the requester: the From header, else the envelope sender."""
-    p = msg.parsed
-    if p.from_addr:
-        return p.from_addr, p.from_name
-    mail_from = msg.entry.mail_from
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The sender a message acts as. ``source``: "from" (the From address DMARC evaluated at DATA),
+    "mail_from" (only for a message without a From field), or "" (none). ``problem``: why the
+    pipeline's own reading of From disagrees with that one; the identity stage quarantines then."""
+
+    addr: str
+    name: str = ""
+    source: str = ""
+    problem: str = ""
+
+
+NO_FROM_FIELD = "no From header field"   # gateway.auth.dmarc.parse_from's error for a message without From
+
+
+def _norm_addr(addr: str) -> str:
+    local, _, domain = addr.strip().rpartition("@")
+    return f"{local}@{domain.lower()}" if local else addr.strip()
+
+
+def sender_identity(entry: SpoolEntry, parsed: ParsedMessage) -> Identity:
+    """The requester is the From that DMARC evaluated (invariant 8): the addresses the SMTP side read
+    (``auth["from"]``, recorded with every spooled message; re-read with the same function from the same
+    bytes for rows spooled before it was recorded). The parser's reading of From must agree with it;
+    MAIL FROM stands in only when the message has no From field at all."""
+    rec = (entry.auth or {}).get("from")
+    if not isinstance(rec, dict) or "addresses" not in rec:
+        from ..auth.dmarc import parse_from
+        info = parse_from(entry.raw)
+        addresses, error = list(info.addresses), info.error
+    else:
+        addresses, error = [str(a) for a in rec.get("addresses") or ()], rec.get("error")
+    parsed_addr = parsed.from_addr
+    if addresses:
+        addr = _norm_addr(addresses[0])
+        if parsed_addr.lower() != addr.lower():
+            return Identity(addr, "", "from", f"From read two ways: {_shown(addr)} at DATA (what DMARC "
+                                              f"evaluated), {_shown(parsed_addr)} by the MIME parser")
+        return Identity(addr, parsed.from_name, "from")
+    if error and error != NO_FROM_FIELD:
+        return Identity("", "", "", f"From header field cannot be read: {_shown(error)}")
+    if parsed_addr:
+        return Identity("", "", "", f"the MIME parser found a From address ({_shown(parsed_addr)}) "
+                                    "where the SMTP side found no From field")
+    mail_from = entry.mail_from
     if mail_from and "@" in mail_from:
-        local, _, domain = mail_from.rpartition("@")
-        return f"{local}@{domain.lower()}", ""
-    return "", ""
+        return Identity(_norm_addr(mail_from), "", "mail_from")
+    return Identity("")
+
+
+def _shown(text: str) -> str:
+    """A sender-controlled value made safe and short for a reason string."""
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return repr(text[:120] + ("…" if len(text) > 120 else ""))
+
+
+def requester(msg: Inbound) -> tuple[str, str]:
+    """(address, display name) of the requester: the authenticated From (see :func:`sender_identity`)."""
+    ident = msg.identity()
+    return ident.addr, ident.name
+
+
+class IdentityStage:
+    """Quarantine a message whose From the MIME parser reads differently from the SMTP side (which
+    DMARC evaluated), or whose From field names no address. Always runs first (build_pipeline)."""
+
+    name = "identity"
+
+    async def run(self, msg: Inbound, ctx: Context) -> Verdict:
+        ident = msg.identity()
+        if ident.problem:
+            return Verdict(QUARANTINE, f"sender identity: {ident.problem}")
+        return Verdict(data={"addr": ident.addr, "source": ident.source})
 
 
 class SenderStage:
@@ -165,6 +236,9 @@ class TicketStage:
         th = f.get("thread") or {}
         tw = ctx.cfg.twoway
         internal = automatic or bool(th.get("internal"))
+        if th.get("agent_refused"):  # an agent address that may not act (unauthenticated, or a permission)
+            history.append({"actor": requester(msg)[0], "action": "agent_refused",
+                            "detail": {"reason": th["agent_refused"]}})
         article = ArticleDraft(
             from_addr=addr, from_name=name, subject=subject, body_text=body_text,
             body_html=body_html, message_id=p.message_id, to_addrs=p.to, cc_addrs=p.cc, rcpt_tos=e.rcpt_tos,
@@ -259,11 +333,11 @@ def _attachments(p: ParsedMessage, found: dict[str, Any] | None
 
 def _registry() -> dict[str, type]:
     from .twoway import TWOWAY_STAGES
-    return {cls.name: cls for cls in (SenderStage, TicketStage, *TWOWAY_STAGES)}
+    return {cls.name: cls for cls in (IdentityStage, SenderStage, TicketStage, *TWOWAY_STAGES)}
 
 
 STAGES: dict[str, type] = {}
-DEFAULT_ORDER = ("bounce", "automatic", "sender_policy", "spam", "rspamd", "sender", "attachments", "html",
+DEFAULT_ORDER = ("identity", "bounce", "automatic", "sender_policy", "spam", "rspamd", "sender", "attachments", "html",
                  "quotes", "forward", "thread", "route", "commands", "redact", "ticket")
 
 
@@ -277,7 +351,10 @@ def build_pipeline(cfg: Config, names: tuple[str, ...] | None = None) -> list[St
     built = build_stages(cfg.policy or PipelinePolicy(), cfg.mailbox_policies)
     registry = {**_registry(), **STAGES}  # STAGES: plug-ins registered at run time (tests, extensions)
     out: list[Stage] = []
-    for name in names or cfg.pipeline.stages or DEFAULT_ORDER:
+    order = tuple(names or cfg.pipeline.stages or DEFAULT_ORDER)
+    if IdentityStage.name not in order:
+        order = (IdentityStage.name, *order)  # not optional: no stage may act on a sender read two ways
+    for name in order:
         if name in registry:
             out.append(registry[name]())
         elif name in built:

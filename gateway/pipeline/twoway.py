@@ -10,8 +10,9 @@ import base64
 import secrets
 from typing import Any
 
+from ..netaddr import ip_in_networks
 from ..store.base import Store
-from ..twoway_config import TwoWayConfig
+from ..twoway_config import AgentConfig, TwoWayConfig
 from .commands import DEFAULT_FIELDS, format_result, parse_commands
 from .forwards import find_forwarded
 from .importance import importance
@@ -43,15 +44,40 @@ def _tw(ctx: Context) -> TwoWayConfig:
     return ctx.cfg.twoway or TwoWayConfig()
 
 
-def _is_agent_with(ctx: Context, msg: Inbound, permission: str) -> bool:
-    addr, _ = requester(msg)
-    agent = _tw(ctx).agent(addr)
-    return agent is not None and permission in agent.permissions
+def acting_agent(msg: Inbound, ctx: Context) -> tuple[AgentConfig | None, str]:
+    """(the configured agent this message acts as, "") or (None, why it may not act as one).
 
-
-def _dmarc_pass(msg: Inbound) -> bool:
+    An agent acts as an agent only when authenticated (invariant 6): its From — the one DMARC evaluated —
+    passed DMARC (aligned SPF or DKIM, or a trusted ARC sealer's override), or the message came from an
+    SMTP client in ``[threading] agent_trusted_networks``. Mail flagged suspicious never acts. Anyone
+    else writing an agent's address in From is handled as any other sender (a non-participant)."""
+    ident = msg.identity()
+    tw = _tw(ctx)
+    agent = tw.agent(ident.addr) if ident.source == "from" else None
+    if agent is None:
+        return None, ""
+    if "suspicious" in msg.entry.flags:
+        return None, f"{ident.addr} is an agent address, but the mail failed its domain's DMARC policy"
+    if tw.agent_trusted_networks and ip_in_networks(msg.entry.peer_ip, tw.agent_trusted_networks):
+        return agent, ""
     auth = msg.entry.auth or {}
-    return (auth.get("dmarc") or {}).get("result") == "pass"
+    dmarc = auth.get("dmarc") or {}
+    if auth.get("disabled"):
+        return None, (f"{ident.addr} is an agent address, but authentication is disabled and the client is not "
+                      "in [threading] agent_trusted_networks")
+    if dmarc.get("result") == "pass" or (dmarc.get("override") and dmarc.get("result") != "fail"
+                                         and not auth.get("decision", {}).get("suspicious")):
+        domain = ident.addr.rpartition("@")[2].lower()
+        passed = {str(d.get("domain", "")).lower() for d in dmarc.get("domains", []) if d.get("result") == "pass"}
+        if domain in passed or dmarc.get("override"):
+            return agent, ""
+    return None, (f"{ident.addr} is an agent address, but the mail is not authenticated as theirs "
+                  f"(dmarc={dmarc.get('result', 'none')})")
+
+
+def _is_agent_with(ctx: Context, msg: Inbound, permission: str) -> bool:
+    agent, _why = acting_agent(msg, ctx)
+    return agent is not None and permission in agent.permissions
 
 
 class QuotesStage:
@@ -107,16 +133,27 @@ class ThreadStage:
                 number, verified = signed[0], tw.trust_signed_subject
             elif bare:
                 number = bare[0]
-        addr, _ = requester(msg)
-        agent = tw.agent(addr)
+        agent, refused = acting_agent(msg, ctx)
+        perms = agent.permissions if agent is not None else frozenset()
+        # Per action: a public reply needs "reply"; an internal note (the comment address, or any mail of an
+        # agent who may only write notes) needs "note". An agent with neither acts as a plain sender.
         comment = _comment_address(msg, tw)
-        return Verdict(data={
+        internal = "note" in perms and (comment or "reply" not in perms)
+        as_agent = internal or (not comment and "reply" in perms)
+        reason = refused
+        if agent is not None and not as_agent:
+            reason = f"{agent.address} may not reply or write notes by mail (permissions: {sorted(perms)})"
+        elif agent is not None and internal and not comment:
+            reason = f"{agent.address} may write notes but not public replies: kept as an internal note"
+        data = {
             "ticket_ids": ticket_ids, "refs": refs, "number": number, "number_verified": verified,
             "subject_key": subject_key(p.subject, tw.style) if tw.style is not None else "",
-            "subject_days": tw.subject_match_days, "agent": agent is not None,
-            "internal": bool(comment and agent is not None and "note" in agent.permissions),
+            "subject_days": tw.subject_match_days, "agent": as_agent, "internal": bool(as_agent and internal),
             "on_stranger": tw.non_participant,
-        })
+        }
+        if reason:
+            data["agent_refused"] = reason
+        return Verdict(reason=reason, data=data)
 
 
 def _comment_address(msg: Inbound, tw: TwoWayConfig) -> bool:
@@ -160,12 +197,13 @@ class CommandStage:
         if not commands:
             return Verdict()
         addr, _ = requester(msg)
-        if not _is_agent_with(ctx, msg, "commands"):
-            return Verdict(reason="commands ignored: sender is not an agent",
+        agent, refused = acting_agent(msg, ctx)
+        if refused:
+            return Verdict(reason="commands refused: the agent's mail is not authenticated",
+                           data={"ignored": f"{refused}: commands refused"})
+        if agent is None or "commands" not in agent.permissions:
+            return Verdict(reason="commands ignored: sender is not an agent allowed to send commands",
                            data={"ignored": f"{addr} is not an agent allowed to send commands"})
-        if not _dmarc_pass(msg) or "suspicious" in msg.entry.flags:
-            return Verdict(reason="commands refused: DMARC did not pass",
-                           data={"ignored": f"mail from {addr} did not pass DMARC: commands refused"})
         updates: dict[str, Any] = {}
         for fld, value in commands.applied.items():
             key = fld.lower()
