@@ -87,6 +87,8 @@ class Gateway:
             self.pool.start()
             wake = self.pool.wake
         else:
+            log.warning("[pipeline] processes = 0: message_budget is checked between a message's steps only; "
+                        "one step that never ends stalls the pipeline (worker processes bound it: processes >= 1)")
             self.worker = Worker(self.cfg, self.store, MetricsSink(self.metrics, wake_relay), self.executor)
             self.worker.start()
             wake = self.worker.wake
@@ -184,6 +186,8 @@ class Gateway:
             self.worker.cfg = new
             self.worker.ctx = replace(self.worker.ctx, cfg=new, recipients=RecipientMap(new.mailboxes))
             self.worker.stages = build_pipeline(new)
+            self.worker.meter.budget = new.pipeline.message_budget
+            self.worker.meter.step_names = ("parse", *(st.name for st in self.worker.stages))
             self.worker._keys_loaded = False
         if self.pool is not None:
             self.pool.replace_all(new)

@@ -129,6 +129,7 @@ class PipelineConfig:
     stages: tuple[str, ...] = ()    # stage order by name; () = the recommended order
     pause_after_failures: int = 0   # this many consecutive failing messages pause processing (0 = never)
     admin_address: str = ""         # told by mail when processing pauses (needs a smarthost)
+    message_budget: float = 5.0     # busy time one message may cost a worker; over it: quarantined
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,7 +490,10 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         pause_after_failures=t.get("pause_after_failures", d3.pause_after_failures, _int_range(0)),
         admin_address=t.get("admin_address", "", lambda v: _mail_address(v) if v else ""),
         stages=t.get("stages", d3.stages, _stage_list),
+        message_budget=t.get("message_budget", d3.message_budget, parse_duration),
     )
+    if not 0.1 <= pipeline.message_budget <= 3600:
+        t.error("message_budget", "must be between 100ms and 1h (the time one message may keep a worker busy)")
     if not 0 <= pipeline.batch_wait <= 1:
         t.error("batch_wait", "must be between 0 and 1s (it delays every ticket by up to this much)")
     own_keys = set(t.used)

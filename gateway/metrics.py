@@ -52,6 +52,8 @@ class Metrics:
                                        "Pipeline attempts that raised (retried or quarantined).", registry=r)
         self.consecutive_failures = Gauge("ticketmx_pipeline_consecutive_failures",
                                           "Messages that failed in a row (reset by a success).", registry=r)
+        self.budget_exceeded = Counter("ticketmx_pipeline_budget_exceeded_total",
+                                       "Messages quarantined for going over [pipeline] message_budget.", registry=r)
         self.paused = Gauge("ticketmx_pipeline_paused", "1 while processing is paused by repeated failures.",
                             registry=r)
         self.processing_latency = Histogram("ticketmx_pipeline_latency_seconds",

@@ -64,6 +64,7 @@ listen = "127.0.0.1:9101"
      "mailbox[1].aliases", "already used"),
     ("[store]\nurl = \"mysql://x\"\n", "store.url", "expected sqlite"),
     ("[pipeline]\nprocesses = \"many\"\n", "pipeline.processes", "or \"auto\""),
+    ("[pipeline]\nmessage_budget = \"0s\"\n", "pipeline.message_budget", "between 100ms and 1h"),
     ("[smtp]\nevent_loop = \"trio\"\n", "smtp.event_loop", "expected \"auto\""),
     ("[smtp]\nspill_threshold = \"4KiB\"\n", "smtp.spill_threshold", "at least 64 KiB"),
     ("[smtp]\nspill_dir = \"/nonexistent/spill\"\n", "smtp.spill_dir", "not a directory"),

@@ -9,7 +9,10 @@ can share the spool. The parent
 * wakes the children through a pipe after each spool commit (no polling delay),
 * receives their metric reports through another pipe and applies them to its
   Prometheus registry (one /metrics for the whole service),
-* restarts a child that dies, first releasing exactly that child's claims.
+* restarts a child that dies, first releasing exactly that child's claims,
+* kills a child that one message keeps busy longer than ``[pipeline] message_budget``
+  (it reads what each child is busy with from shared memory, :mod:`gateway.pipeline.budget`),
+  quarantines that message and hands the rest of its batch back at once.
 """
 from __future__ import annotations
 
@@ -19,14 +22,16 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..config import Config
 from ..metrics import Metrics
 from ..store import open_store
-from ..store.base import Store
-from .worker import MetricsSink, Worker, make_executor
+from ..store.base import PROCESSING, QUARANTINED, Delivery, Store
+from .budget import REASON, Slots, read_slot
+from .worker import MetricsSink, Worker, _received_at, make_executor
 
 log = logging.getLogger(__name__)
 _CTX = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop and threads
@@ -39,6 +44,9 @@ class ReportingSink:
     def __init__(self, conn: multiprocessing.connection.Connection) -> None:
         self.conn = conn
         self.pending: dict[str, Any] = {"outcomes": [], "errors": 0, "batches": []}
+
+    def budget_exceeded(self) -> None:
+        self.pending["budget"] = self.pending.get("budget", 0) + 1
 
     def consecutive_failures(self, n: int) -> None:
         self.pending["consecutive"] = n
@@ -58,7 +66,7 @@ class ReportingSink:
 
     def flush(self) -> None:
         if self.pending["outcomes"] or self.pending["errors"] or self.pending["batches"] or \
-                "consecutive" in self.pending or "notified" in self.pending:
+                "consecutive" in self.pending or "notified" in self.pending or "budget" in self.pending:
             try:
                 self.conn.send(self.pending)
             except OSError:
@@ -67,34 +75,54 @@ class ReportingSink:
 
 
 def child_main(cfg: Config, owner: str, wake: multiprocessing.connection.Connection,
-               report: multiprocessing.connection.Connection) -> None:
+               report: multiprocessing.connection.Connection, slots: Slots | None = None) -> None:
     """Entry point of a worker process."""
     from ..logsetup import setup_logging
     from ..proctitle import set_name
     set_name("ticketmx-worker")
     setup_logging(cfg.log.level, cfg.log.json)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us in order
+    _guard_orphan(os.getppid(), max(30.0, 2 * cfg.pipeline.message_budget))
     from ..eventloop import run
     prof_dir = os.environ.get("TICKETMX_WORKER_CPROFILE")  # profiling aid (bench/perf.py, docs/perf.md)
     if prof_dir:
         import cProfile
         with cProfile.Profile() as prof:
             try:
-                run(_child(cfg, owner, wake, report), cfg.smtp.event_loop)
+                run(_child(cfg, owner, wake, report, slots), cfg.smtp.event_loop)
             finally:
                 prof.dump_stats(os.path.join(prof_dir, f"worker-{os.getpid()}.prof"))
         return
-    run(_child(cfg, owner, wake, report), cfg.smtp.event_loop)
+    run(_child(cfg, owner, wake, report, slots), cfg.smtp.event_loop)
+
+
+def _guard_orphan(parent: int, grace: float) -> None:
+    """If the supervisor dies, a healthy child drains (its wake pipe closes) and exits; one stuck on
+    a message would spin forever with nobody left to kill it. This thread ends such an orphan after
+    ``grace`` (it wakes once a second; nothing per message)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        time.sleep(grace)
+        log.error("pipeline worker orphaned and still busy after %.0fs; exiting", grace)
+        os._exit(70)
+    threading.Thread(target=watch, name="orphan-guard", daemon=True).start()
 
 
 async def _child(cfg: Config, owner: str, wake: multiprocessing.connection.Connection,
-                 report: multiprocessing.connection.Connection) -> None:
+                 report: multiprocessing.connection.Connection, slots: Slots | None = None) -> None:
     loop = asyncio.get_running_loop()
     store = open_store(cfg)
     await store.open()
     executor = make_executor()
     sink = ReportingSink(report)
-    worker = Worker(cfg, store, sink, executor, owner=owner)
+    worker = Worker(cfg, store, sink, executor, owner=owner, slots=slots)
+    try:
+        report.send({"steps": worker.meter.step_names})  # names for the supervisor's quarantine reason
+    except OSError:
+        pass
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     fd = wake.fileno()
@@ -128,7 +156,11 @@ class _Child:
     proc: Any  # multiprocessing.Process (spawn context)
     wake_w: int
     report_r: multiprocessing.connection.Connection
+    slots: Slots
     closing: bool = field(default=False)
+    steps: tuple[str, ...] = ("parse",)
+    suspects: set[tuple[int, int]] = field(default_factory=set)  # (slot, seq) over budget at the last look
+    killed_for: tuple[str, str, float] | None = None  # (spool id, step, busy seconds): killed over budget
 
 
 class WorkerPool:
@@ -145,23 +177,27 @@ class WorkerPool:
         self._stopping = False
         self._restarts: set[asyncio.Task[None]] = set()
         self._retired: list[_Child] = []  # replaced on reload, still finishing their batch
+        self._settling: set[asyncio.Task[None]] = set()  # after a budget kill: quarantine, release
+        self._watch_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         for slot in range(self.n):
             self._spawn(slot)
+        self._watch_task = asyncio.get_running_loop().create_task(self._watch(), name="pipeline-budget")
 
     def _spawn(self, slot: int) -> None:
         self._generation += 1
         owner = f"{os.uname().nodename}:{os.getpid()}:w{slot}.{self._generation}"
         wake_r, wake_w = _CTX.Pipe(duplex=False)
         report_r, report_w = _CTX.Pipe(duplex=False)
-        proc = _CTX.Process(target=child_main, args=(self.cfg, owner, wake_r, report_w),
+        slots = _CTX.RawValue(Slots)  # what the child is busy with, read by _watch
+        proc = _CTX.Process(target=child_main, args=(self.cfg, owner, wake_r, report_w, slots),
                             name=f"ticketmx-worker-{slot}", daemon=True)
         proc.start()
         wake_r.close()
         report_w.close()
         os.set_blocking(wake_w.fileno(), False)
-        child = _Child(owner, proc, os.dup(wake_w.fileno()), report_r)
+        child = _Child(owner, proc, os.dup(wake_w.fileno()), report_r, slots)
         wake_w.close()
         loop = asyncio.get_running_loop()
         loop.add_reader(report_r.fileno(), self._on_report, child)
@@ -185,12 +221,16 @@ class WorkerPool:
         try:
             while child.report_r.poll():
                 report = child.report_r.recv()
-                for state, latency in report["outcomes"]:
+                if "steps" in report:
+                    child.steps = tuple(report["steps"])
+                for state, latency in report.get("outcomes", ()):
                     self.sink.outcome(state, latency)
-                for _ in range(report["errors"]):
+                for _ in range(report.get("errors", 0)):
                     self.sink.error()
-                for seconds in report["batches"]:
+                for seconds in report.get("batches", ()):
                     self.sink.batch(seconds)
+                for _ in range(report.get("budget", 0)):
+                    self.sink.budget_exceeded()
                 if "consecutive" in report:
                     self.sink.consecutive_failures(report["consecutive"])
                 if report.get("notified"):
@@ -211,6 +251,12 @@ class WorkerPool:
         child.proc.join(0)
         if child in self._retired:
             self._retired.remove(child)
+        if child.killed_for is not None:
+            respawn = not (self._stopping or child.closing)
+            task = loop.create_task(self._after_budget_kill(child, slot, respawn))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+            return
         if self._stopping or child.closing:
             return
         log.error("pipeline worker %s died (exit code %s); releasing its claims and restarting",
@@ -228,6 +274,75 @@ class WorkerPool:
             self._spawn(slot)
             self.wake()
 
+    # -- the message budget --------------------------------------------------------------------------
+    def _tick(self) -> float:
+        """How often the children's busy slots are read: a tenth of the budget, 50 ms to 500 ms."""
+        return min(0.5, max(0.05, self.cfg.pipeline.message_budget / 10))
+
+    async def _watch(self) -> None:
+        """Kill a child that has been busy on one message for longer than the budget.
+
+        A slot is only acted on when it was over budget at two looks in a row with the same
+        sequence number: the child is still inside the very same slice, so the reading is not torn."""
+        while True:
+            await asyncio.sleep(self._tick())
+            now = time.monotonic()
+            for child in self.children + self._retired:
+                if child.killed_for is None and child.wake_w >= 0:
+                    self._check(child, now)
+
+    def _check(self, child: _Child, now: float) -> None:
+        budget = self.cfg.pipeline.message_budget
+        over: set[tuple[int, int]] = set()
+        for index, slot in enumerate((child.slots.loop, child.slots.thread)):
+            busy = read_slot(slot, now)
+            if busy is None or busy.spent <= budget:
+                continue
+            key = (index, busy.seq)
+            over.add(key)
+            if key not in child.suspects:
+                continue  # confirm at the next look
+            step = child.steps[busy.step] if 0 <= busy.step < len(child.steps) else "?"
+            child.killed_for = (busy.entry, step, busy.spent)
+            log.error("pipeline worker %s: %s busy for %.1fs on %s (in %s, budget %gs); killing it",
+                      child.owner, "the event loop" if index == 0 else "the parse thread", busy.spent,
+                      busy.entry, step, budget, extra={"trace_id": busy.entry})
+            if child.proc.is_alive():
+                child.proc.kill()
+            return
+        child.suspects = over
+
+    async def _after_budget_kill(self, child: _Child, slot: int, respawn: bool) -> None:
+        """The child is dead: quarantine the message it was stuck on, then give its other claims back
+        with their attempt refunded (they did nothing wrong), and start a new child at once."""
+        assert child.killed_for is not None
+        sid, step, spent = child.killed_for
+        budget = self.cfg.pipeline.message_budget
+        reason = f"{REASON}: {spent:.1f}s busy, budget {budget:g}s, in {step} (worker killed)"
+        quarantined = False
+        try:
+            entry = await self.store.spool_get(sid)
+            if entry is not None and entry.state == PROCESSING:
+                await self.store.deliver([Delivery(sid, "quarantine", reason=reason, history=(
+                    {"stage": step, "action": "quarantine", "reason": reason},))], time.time())
+                received = _received_at(sid)
+                self.sink.outcome(QUARANTINED, max(0.0, time.time() - received) if received else None)
+                self.sink.budget_exceeded()
+                log.warning("%s -> quarantined (%s)", sid, reason, extra={"trace_id": sid})
+            quarantined = True
+        except Exception:
+            log.exception("could not quarantine %s after its budget kill; its attempt counts", sid)
+        try:
+            # Refund only once the culprit is out of the way: otherwise it must not escape max_attempts.
+            released = await self.store.spool_recover(child.owner, refund=quarantined)
+            if released:
+                log.warning("released %d spool entries claimed by %s", released, child.owner)
+        except Exception:
+            log.exception("could not release the claims of %s", child.owner)
+        if respawn and not self._stopping:
+            self._spawn(slot)
+        self.wake()
+
     def replace_all(self, cfg: Config) -> None:
         """Config reload: start fresh workers with ``cfg``; the old ones finish their batch and exit."""
         self.cfg = cfg
@@ -243,6 +358,8 @@ class WorkerPool:
         self._stopping = True
         for task in list(self._restarts):
             task.cancel()
+        # The budget watch goes on while the children finish their batch: one stuck on a message
+        # is killed at the budget rather than at ``timeout``.
         everyone = self.children + self._retired
         for child in everyone:
             child.closing = True
@@ -258,6 +375,12 @@ class WorkerPool:
                 child.proc.kill()
             child.proc.join(1)
             self._on_report(child)
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            self._watch_task = None
+        await asyncio.sleep(0)  # let _on_exit callbacks of the last children run
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
 
     @property
     def owners(self) -> list[str]:

@@ -21,6 +21,7 @@ from ..metrics import Metrics
 from ..recipients import RecipientMap
 from ..store.base import QUARANTINED, ArticleDraft, Delivery, SpoolEntry, Store, ThreadHints
 from .bigmime import LargePartSplitter
+from .budget import STEP_PARSE, BudgetExceeded, Meter, Slots
 from .mime import parse_message
 from .stages import CONTINUE, DROP, QUARANTINE, TICKET, Context, Inbound, Stage, build_pipeline
 
@@ -38,6 +39,7 @@ class StatsSink(Protocol):
     def batch(self, seconds: float) -> None: ...
     def consecutive_failures(self, n: int) -> None: ...
     def notifications_queued(self, n: int) -> None: ...
+    def budget_exceeded(self) -> None: ...
 
 
 class MetricsSink:
@@ -65,6 +67,9 @@ class MetricsSink:
     def consecutive_failures(self, n: int) -> None:
         self.metrics.consecutive_failures.set(n)
 
+    def budget_exceeded(self) -> None:
+        self.metrics.budget_exceeded.inc()
+
 
 # Messages up to this size are parsed on the worker's loop: 0.12 ms for 4 KB, 1.7 ms for 60 KB. A hop to
 # the parse thread costs more than that for small mail, and while the thread parses it holds the GIL the
@@ -79,13 +84,17 @@ def make_executor() -> concurrent.futures.Executor:
 
 class Worker:
     def __init__(self, cfg: Config, store: Store, stats: StatsSink, executor: concurrent.futures.Executor,
-                 stage_names: Iterable[str] | None = None, owner: str = "") -> None:
+                 stage_names: Iterable[str] | None = None, owner: str = "", slots: Slots | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.stats = stats
         self.owner = owner
         self.executor = executor
         self.stages: list[Stage] = build_pipeline(cfg, tuple(stage_names) if stage_names else None)
+        # Busy time per message ([pipeline] message_budget); ``slots`` is shared with the supervisor,
+        # which kills this process if one message keeps it busy too long (gateway/pipeline/budget.py).
+        self.meter = Meter(cfg.pipeline.message_budget, slots)
+        self.meter.step_names = ("parse", *(st.name for st in self.stages))
         from .notify_hook import make_hook
         self.hook = make_hook(cfg)  # acknowledgements / agent replies, queued in the delivery transaction
         self.ctx = Context(cfg=cfg, recipients=RecipientMap(cfg.mailboxes))
@@ -159,7 +168,7 @@ class Worker:
         if not entries:
             return 0
         deliveries: list[Delivery] = []
-        results = await asyncio.gather(*(self._process(e) for e in entries))
+        results = await asyncio.gather(*(self._within_budget(e) for e in entries))
         for entry, outcome in zip(entries, results):
             if outcome is not None:
                 deliveries.append(outcome)
@@ -167,6 +176,20 @@ class Worker:
             await self._deliver(deliveries)
         self.stats.batch(time.perf_counter() - started)
         return len(entries)
+
+    async def _within_budget(self, entry: SpoolEntry) -> Delivery | None:
+        """:meth:`_process`, its busy time metered; over the budget between two steps: quarantined."""
+        meter = self.meter
+        try:
+            return await meter.run(entry.id, self._process(entry))
+        except BudgetExceeded as exc:
+            self.stats.budget_exceeded()
+            log.warning("%s: %s", entry.id, exc.reason, extra={"trace_id": entry.id})
+            return Delivery(entry.id, "quarantine", reason=exc.reason,
+                            history=({"stage": meter.step_name(meter.steps.get(entry.id, -1)),
+                                      "action": "quarantine", "reason": exc.reason},))
+        finally:
+            meter.forget(entry.id)
 
     async def _process(self, entry: SpoolEntry) -> Delivery | None:
         """The delivery for one entry, or None when it was rescheduled after an error."""
@@ -176,13 +199,15 @@ class Worker:
             return Delivery(entry.id, "quarantine", reason=f"failed {entry.attempts - 1} times: "
                             f"{entry.last_error or 'processing crashed'}")
         try:
+            self.meter.step(entry.id, STEP_PARSE)
             if entry.chunked:
                 delivery = await self._run_stages(await self._large(entry))
             elif len(entry.raw) <= INLINE_PARSE_MAX:
                 delivery = await self._run_stages(Inbound(entry, parse_message(entry.raw)))
             else:
                 loop = asyncio.get_running_loop()
-                parsed = await loop.run_in_executor(self.executor, parse_message, entry.raw)
+                parsed = await loop.run_in_executor(self.executor, self.meter.in_thread(entry.id, STEP_PARSE,
+                                                                                        parse_message), entry.raw)
                 delivery = await self._run_stages(Inbound(entry, parsed))
             if self.consecutive_failures:
                 self.consecutive_failures = 0
@@ -216,12 +241,15 @@ class Worker:
         near one copy of the attachments instead of many copies of the whole message."""
         loop = asyncio.get_running_loop()
         splitter = LargePartSplitter()
-        await loop.run_in_executor(self.executor, splitter.feed, entry.raw)
+        feed = self.meter.in_thread(entry.id, STEP_PARSE, splitter.feed)
+        await loop.run_in_executor(self.executor, feed, entry.raw)
         async for chunk in self.store.spool_body_chunks(entry):
-            await loop.run_in_executor(self.executor, splitter.feed, chunk)
+            await loop.run_in_executor(self.executor, feed, chunk)
             del chunk
-        skeleton, elided = await loop.run_in_executor(self.executor, splitter.finish)
-        parsed = await loop.run_in_executor(self.executor, parse_message, skeleton, elided)
+        skeleton, elided = await loop.run_in_executor(self.executor,
+                                                      self.meter.in_thread(entry.id, STEP_PARSE, splitter.finish))
+        parsed = await loop.run_in_executor(self.executor, self.meter.in_thread(entry.id, STEP_PARSE, parse_message),
+                                            skeleton, elided)
         del elided
         store = self.store
         return Inbound(replace(entry, raw=skeleton), parsed, load_original=lambda: store.spool_full_raw(entry))
@@ -249,7 +277,9 @@ class Worker:
         history: list[dict[str, str]] = []
         contact_updates: list[tuple[str, bool, str]] = []
         sid = msg.entry.id
-        for stage in self.stages:
+        step = self.meter.step
+        for index, stage in enumerate(self.stages, 1):
+            step(sid, index)
             verdict = await stage.run(msg, self.ctx)
             history.append({"stage": stage.name, "action": verdict.action, "reason": verdict.reason})
             if verdict.data:

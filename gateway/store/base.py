@@ -232,9 +232,10 @@ class Store(abc.ABC):
         return b"".join(parts)
 
     @abc.abstractmethod
-    async def spool_recover(self, owner: str | None = None) -> int:
+    async def spool_recover(self, owner: str | None = None, refund: bool = False) -> int:
         """Return entries left ``processing`` by a crashed worker to ``queued``: those claimed by
-        ``owner``, or every one when ``owner`` is None (at start, before any worker runs)."""
+        ``owner``, or every one when ``owner`` is None (at start, before any worker runs).
+        ``refund``: the claim's attempt is taken back (a worker killed for another message's budget)."""
 
     @abc.abstractmethod
     async def spool_claim(self, limit: int, now: float, owner: str = "") -> list[SpoolEntry]:

@@ -207,14 +207,15 @@ class PostgresStore(Store):
                 raise LookupError(f"spool {entry.id}: chunk {seq} of {entry.chunks} is missing")
             yield self.cipher.dec_bytes(bytes(data))
 
-    async def spool_recover(self, owner: str | None = None) -> int:
+    async def spool_recover(self, owner: str | None = None, refund: bool = False) -> int:
+        back = ", attempts=GREATEST(attempts-1, 0)" if refund else ""
         if owner is None:
             # At start: never touch live claims of the other nodes — only leases that ran out.
-            sql = (f"UPDATE spool SET state=$1, claimed_by='', claimed_until=0 WHERE state=$2"
+            sql = (f"UPDATE spool SET state=$1, claimed_by='', claimed_until=0{back} WHERE state=$2"
                    f" AND claimed_until < {DB_NOW}")
             status = await self.pool.execute(sql, QUEUED, PROCESSING)
         else:
-            status = await self.pool.execute("UPDATE spool SET state=$1, claimed_by='', claimed_until=0"
+            status = await self.pool.execute(f"UPDATE spool SET state=$1, claimed_by='', claimed_until=0{back}"
                                              " WHERE state=$2 AND claimed_by=$3", QUEUED, PROCESSING, owner)
             for sid in [k for k, (o, _at) in self._claimed.items() if o == owner]:
                 del self._claimed[sid]

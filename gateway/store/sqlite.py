@@ -215,12 +215,14 @@ class SqliteStore(Store):
                 raise LookupError(f"spool {entry.id}: chunk {seq} of {entry.chunks} is missing")
             yield self.cipher.dec_bytes(bytes(rows[0][0]))
 
-    async def spool_recover(self, owner: str | None = None) -> int:
+    async def spool_recover(self, owner: str | None = None, refund: bool = False) -> int:
+        back = ", attempts=MAX(attempts-1, 0)" if refund else ""
+
         def fn(conn: sqlite3.Connection) -> int:
             if owner is None:
-                return conn.execute("UPDATE spool SET state=?, claimed_by='' WHERE state=?",
+                return conn.execute(f"UPDATE spool SET state=?, claimed_by=''{back} WHERE state=?",
                                     (QUEUED, PROCESSING)).rowcount
-            return conn.execute("UPDATE spool SET state=?, claimed_by='' WHERE state=? AND claimed_by=?",
+            return conn.execute(f"UPDATE spool SET state=?, claimed_by=''{back} WHERE state=? AND claimed_by=?",
                                 (QUEUED, PROCESSING, owner)).rowcount
         return await self.transaction(fn)
 

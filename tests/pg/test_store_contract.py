@@ -123,6 +123,17 @@ async def test_retry_requeues_with_error_and_delay(store):
     assert again.attempts == 2
 
 
+async def test_recover_with_refund_gives_the_attempt_back(store):
+    """A worker killed for another message's budget: its other claims go back with their attempt refunded."""
+    await store.spool_insert([entry("a", received_at=T0), entry("b", received_at=T0 + 1)])
+    await store.spool_claim(2, T0 + 5, "w1")
+    assert await store.spool_recover("w1", refund=True) == 2
+    assert [(await store.spool_get(i)).attempts for i in ("a", "b")] == [0, 0]
+    await store.spool_claim(2, T0 + 6, "w2")
+    assert await store.spool_recover("w2") == 2  # a plain crash: the attempt counts
+    assert [(await store.spool_get(i)).attempts for i in ("a", "b")] == [1, 1]
+
+
 async def test_recover_releases_one_owners_claims(store, backend):
     await store.spool_insert([entry("a", received_at=T0), entry("b", received_at=T0 + 1)])
     await store.spool_claim(1, T0 + 5, "w1")
