@@ -381,16 +381,34 @@ class Haraka(Target):
 
 
 def _set_key(text: str, section: str, key: str, value: str) -> str:
-    """Set `key = value` in [section] of a TOML text (dropping its old value and comment); fail loudly if absent."""
-    m = re.search(rf"(?m)^\[{re.escape(section)}\]\s*$", text)
+    """Set `key = value` in [section] of a TOML text (dropping its old value and comment); fail loudly if
+    absent. A section or key the example only shows commented out (``# [pipeline.attachments]``,
+    ``# max_attachment_size = ...``) is added."""
+    header = re.compile(rf"(?m)^\[{re.escape(section)}\]\s*$")
+    m = header.search(text)
+    if not m and re.search(rf"(?m)^#+ *\[{re.escape(section)}\]\s*$", text):
+        text = text.rstrip("\n") + f"\n\n[{section}]\n"
+        m = header.search(text)
     if not m:
         raise SystemExit(f"conf/ticketmx.example.toml has no [{section}] section any more")
     end = re.compile(r"(?m)^\[").search(text, m.end())
     stop = end.start() if end else len(text)
     km = re.compile(rf"(?m)^{re.escape(key)}\s*=.*$").search(text, m.end(), stop)
+    if not km and re.search(rf"(?m)^#+ *{re.escape(key)}\s*=", text):
+        return text[:m.end()] + f"\n{key} = {value}" + text[m.end():]
     if not km:
         raise SystemExit(f"conf/ticketmx.example.toml: no {section}.{key} to set")
     return text[:km.start()] + f"{key} = {value}" + text[km.end():]
+
+
+def blob_bytes(db: Path) -> int:
+    """Bytes of attachment blobs stored (did the big attachment get stored, or was it stripped?)."""
+    import sqlite3
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT COALESCE(SUM(length(data)), 0) FROM blobs").fetchone()[0])
+    finally:
+        conn.close()
 
 
 class Ticketmx(Target):
@@ -406,7 +424,7 @@ class Ticketmx(Target):
         settings = {
             ("smtp", "listen"): f'["127.0.0.1:{self.port}"]',
             ("smtp", "max_sessions_per_ip"): "1000",      # the 200-session probe comes from one IP
-            ("smtp", "max_message_size"): '"80MiB"',      # the 50 MB probe
+            ("smtp", "max_message_size"): '"100MiB"',     # the 50 and 80 MB probes
             ("store", "url"): f'"sqlite:///{self.db}"',
             ("dns", "nameservers"): f'["127.0.0.1:{dns_port}"]',
             ("metrics", "listen"): '""',
@@ -1081,54 +1099,80 @@ class Bench:
     def memory(self) -> None:
         a = self.args
         sessions = a.memory_sessions
-        huge_mb = a.huge_mb or (20 if a.quick else 50)
+        sizes = a.huge_mb or [20 if a.quick else 50]
         mb = 1024 * 1024
-        # Haraka as a reference (it has no durable work to do)
-        if self.haraka is not None:
-            self.results["memory.haraka"] = self._sessions_rss(self.haraka, sessions)
-        tm = self.new_ticketmx("memory")
-        try:
-            base = tm.usage()[0]
-            res = self._sessions_rss(tm, sessions)
-            res["baseline_mb"] = base / mb
-            self.results["memory.ticketmx"] = res
-            c = self.cmd(extras="memory", workload="none", targets="ticketmx")
-            self.row(f"RSS ticketmx, {sessions} sessions idle / active", f"{res['idle_mb']:.0f} / "
-                     f"{res['active_peak_mb']:.0f} MB  (target < 200; at start {base / mb:.0f},"
-                     f" PSS idle {res['idle_pss_mb']:.0f})", c)
-            if "memory.haraka" in self.results:
-                h = self.results["memory.haraka"]
-                self.row(f"RSS haraka,   {sessions} sessions idle / active",
-                         f"{h['idle_mb']:.0f} / {h['active_peak_mb']:.0f} MB  (PSS idle {h['idle_pss_mb']:.0f})",
-                         self.cmd(extras="memory", workload="none", targets="haraka,ticketmx"))
-            # one huge message, streamed through a fresh session
-            log(f"memory: building and signing a {huge_mb} MB message")
-            body = self.signer.sign(huge_body(huge_mb * mb))
-            size = len(body)
+        if sessions > 0:
+            # Haraka as a reference (it has no durable work to do)
+            if self.haraka is not None:
+                self.results["memory.haraka"] = self._sessions_rss(self.haraka, sessions)
+            tm = self.new_ticketmx("memory")
+            try:
+                base = tm.usage()[0]
+                res = self._sessions_rss(tm, sessions)
+                res["baseline_mb"] = base / mb
+                self.results["memory.ticketmx"] = res
+                c = self.cmd(extras="memory", workload="none", targets="ticketmx")
+                self.row(f"RSS ticketmx, {sessions} sessions idle / active", f"{res['idle_mb']:.0f} / "
+                         f"{res['active_peak_mb']:.0f} MB  (target < 200; at start {base / mb:.0f},"
+                         f" PSS idle {res['idle_pss_mb']:.0f})", c)
+                if "memory.haraka" in self.results:
+                    h = self.results["memory.haraka"]
+                    self.row(f"RSS haraka,   {sessions} sessions idle / active",
+                             f"{h['idle_mb']:.0f} / {h['active_peak_mb']:.0f} MB  (PSS idle {h['idle_pss_mb']:.0f})",
+                             self.cmd(extras="memory", workload="none", targets="haraka,ticketmx"))
+                if len(sizes) == 1:  # the classic run: the huge message on the warmed-up instance
+                    self._huge_rss(tm, sizes[0], warm=False)
+                    return
+            finally:
+                tm.close()
+        # one fresh instance per size, warmed up by a few ordinary messages first (so the first
+        # message's one-off costs -- imports, thread pools, caches -- are not counted as its growth)
+        for size_mb in sizes:
+            tm = self.new_ticketmx(f"huge{size_mb:g}")
+            try:
+                self._huge_rss(tm, size_mb, warm=True)
+            finally:
+                tm.close()
+
+    def _huge_rss(self, tm: "Ticketmx", huge_mb: float, warm: bool) -> None:
+        """RSS growth of the tree while one message of ``huge_mb`` MB streams through, until it is terminal."""
+        mb = 1024 * 1024
+        if warm:
             before = tm.terminal()
-            time.sleep(1)
-            base = tm.usage()[0]
-            with RssSampler(tm.proc.pid, 0.01) as sampler:
-                t0 = time.perf_counter()
-                load = self.new_load(tm.port, factory(body, "huge"), 1, n=1, record=True)
-                asyncio.run(load.run())
-                accepted = time.perf_counter() - t0
-                tm.wait_drained(before + 1, stall=300)
-                done = time.perf_counter() - t0
-            states = ingest.spool_counts(tm.db)
-            growth = sampler.peak - base
-            res2 = {"size_mb": size / mb, "baseline_mb": base / mb, "peak_mb": sampler.peak / mb,
-                    "growth_mb": growth / mb, "growth_x_size": growth / size, "accept_s": accepted,
-                    "ticket_s": done, "samples": sampler.samples, "states": states,
-                    "growth_by_process_mb": sampler.growth_by_process()}
+            load = self.new_load(tm.port, self.make_for("small"), 2, n=10)
+            asyncio.run(load.run())
+            load = self.new_load(tm.port, self.make_for("big"), 2, n=4)
+            asyncio.run(load.run())
+            tm.wait_drained(before + 14)
+        log(f"memory: building and signing a {huge_mb:g} MB message")
+        body = self.signer.sign(huge_body(int(huge_mb * mb)))
+        size = len(body)
+        before = tm.terminal()
+        time.sleep(1)
+        base = tm.usage()[0]
+        with RssSampler(tm.proc.pid, 0.01) as sampler:
+            t0 = time.perf_counter()
+            load = self.new_load(tm.port, factory(body, "huge"), 1, n=1, record=True)
+            asyncio.run(load.run())
+            accepted = time.perf_counter() - t0
+            tm.wait_drained(before + 1, stall=300)
+            done = time.perf_counter() - t0
+        states = ingest.spool_counts(tm.db)
+        growth = sampler.peak - base
+        res2 = {"size_mb": size / mb, "baseline_mb": base / mb, "peak_mb": sampler.peak / mb,
+                "growth_mb": growth / mb, "growth_x_size": growth / size, "accept_s": accepted,
+                "ticket_s": done, "samples": sampler.samples, "states": states,
+                "blobs_mb": blob_bytes(tm.db) / mb,
+                "growth_by_process_mb": sampler.growth_by_process()}
+        self.results[f"memory.huge.{huge_mb:g}"] = res2
+        if len(self.args.huge_mb or []) <= 1:
             self.results["memory.huge"] = res2
-            self.row(f"RSS growth, one {size / mb:.0f} MB message",
-                     f"{growth / mb:.0f} MB = {growth / size:.2f} x size  (target < 2 x; 250 after"
-                     f" {accepted:.1f} s, terminal after {done:.1f} s)",
-                     self.cmd(extras="memory", workload="none", targets="ticketmx", huge_mb=huge_mb))
-            print("#   growth per process: " + ", ".join(f"{p} +{g:.0f} MB" for p, g in res2["growth_by_process_mb"]))
-        finally:
-            tm.close()
+        self.row(f"RSS growth, one {size / mb:.0f} MB message",
+                 f"{growth / mb:.0f} MB = {growth / size:.2f} x size  (target < 2 x; 250 after"
+                 f" {accepted:.1f} s, terminal after {done:.1f} s; blobs {res2['blobs_mb']:.0f} MB)",
+                 self.cmd(extras="memory", workload="none", targets="ticketmx", huge_mb=f"{huge_mb:g}",
+                          **({"memory_sessions": 0} if warm else {})))
+        print("#   growth per process: " + ", ".join(f"{p} +{g:.0f} MB" for p, g in res2["growth_by_process_mb"]))
 
     def _sessions_rss(self, target: Target, sessions: int) -> dict[str, float]:
         mb = 1024 * 1024
@@ -1309,7 +1353,8 @@ def main() -> None:
     ap.add_argument("--memory-sessions", type=int, default=200)
     ap.add_argument("--linearity-rounds", type=int, default=0,
                     help="interleaved rounds of 20/40/80 sessions whose medians are compared (3; --quick: 1)")
-    ap.add_argument("--huge-mb", type=int, default=0, help="size of the streamed message, MB (50; --quick: 20)")
+    ap.add_argument("--huge-mb", default="", help="size of the streamed message, MB (50; --quick: 20); a comma"
+                    " list (e.g. 1,5,20,50,80) measures each on a fresh, warmed-up instance")
     ap.add_argument("--profile-seconds", type=int, default=10)
     ap.add_argument("--profile-workload", choices=tuple(WORKLOADS), default="reuse")
     ap.add_argument("--json", action="store_true", help="also print one JSON line with every figure")
@@ -1320,7 +1365,7 @@ def main() -> None:
     overrides = []
     for item in args.set:
         key, eq, value = item.partition("=")
-        section, dot, name = key.partition(".")
+        section, dot, name = key.rpartition(".")  # pipeline.attachments.max_attachment_size
         if not (eq and dot and section and name and value):
             ap.error(f"--set {item!r}: expected SECTION.KEY=VALUE (a TOML value)")
         overrides.append(((section.strip(), name.strip()), value.strip()))
@@ -1332,6 +1377,10 @@ def main() -> None:
         if bad:
             ap.error(f"unknown {what}: {', '.join(bad)} (choose from {', '.join(allowed)})")
         return items
+    try:
+        args.huge_mb = [float(x) for x in args.huge_mb.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--huge-mb {args.huge_mb!r}: expected MB, or a comma list of them")
     args.workload = split(args.workload, tuple(WORKLOADS), "workload")
     args.targets = split(args.targets, ("sink", "haraka", "ticketmx"), "target")
     args.extras = split(args.extras, ("latency", "memory", "linearity", "profile"), "extra")

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
-from .auth.headers import header_section_problem, normalise_header_section
+from .auth.headers import header_section_end, header_section_problem, normalise_header_section
 from .replies import LOOP_DETECTED, TOO_MANY_HOPS, Reply
 
 CONTINUE = "continue"
@@ -71,12 +71,15 @@ class DataCheck(Protocol):
 
 
 def header_end(raw: bytes) -> int:
-    """Offset of the end of the header section (tolerates bare LF)."""
-    i = raw.find(b"\r\n\r\n")
-    # only a bare-LF blank line before it could come first: do not scan a CRLF message's whole body
-    j = raw.find(b"\n\n", 0, i + 1 if i >= 0 else len(raw))
-    candidates = [x for x in (i, j) if x >= 0]
-    return min(candidates) if candidates else len(raw)
+    """Offset of the line break that ends the last header line (0 when the message starts with its
+    empty line, len(raw) when it has none): ``raw[:header_end(raw) + 2]`` covers the header section.
+
+    Derived from :func:`gateway.auth.headers.header_section_end`, the one place that decides where
+    the header section ends, so no SMTP-time reader can draw the line elsewhere."""
+    end = header_section_end(raw)
+    if end <= 0 or end >= len(raw):
+        return end
+    return end - 2 if raw.startswith(b"\r\n", end - 2) else end - 1
 
 
 class HeaderSectionCheck:

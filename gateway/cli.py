@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{cfg.source or '(embedded defaults)'}: OK ({len(cfg.mailboxes)} mailboxes)")
         return EX_OK
     if args.command == "serve":
+        from .allocator import tune
+        tune()  # before the first large buffer (gateway/allocator.py)
         setup_logging(cfg.log.level, cfg.log.json)
         from .app import serve
         try:

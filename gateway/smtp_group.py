@@ -131,6 +131,8 @@ class RemoteLimits:
 
 def child_main(cfg: Config, slot: int, listen: Listen, conn: multiprocessing.connection.Connection) -> None:
     """Entry point of an SMTP child process."""
+    from .allocator import tune
+    tune()  # not inherited through spawn (gateway/allocator.py)
     from .logsetup import setup_logging
     from .proctitle import set_name
     set_name(f"ticketmx-smtp{slot}")

@@ -136,11 +136,7 @@ class TicketmxSMTP(SMTP):
             consumed = 0  # bytes of the stream already moved from buf to the spill (the virtual CRLF too)
             too_much = False
             may_spill = True
-            scan = 0
             while True:
-                idx = buf.find(b"\r\n.\r\n", scan)
-                if idx >= 0:
-                    break
                 chunk = await reader.read(65536)
                 if not chunk:  # the client went away mid-DATA
                     if self.transport is not None:
@@ -149,6 +145,11 @@ class TicketmxSMTP(SMTP):
                 self._reset_timeout()
                 scan = max(0, len(buf) - 4)
                 buf += chunk
+                # Look for the end before anything is cut from buf: the read that crosses the spill
+                # threshold, FLUSH_AT or the size limit may carry the terminator too.
+                idx = buf.find(b"\r\n.\r\n", scan)
+                if idx >= 0:
+                    break
                 if limit and not too_much and consumed + len(buf) - 2 > limit + 5:
                     too_much = True  # from here on only look for the end: keep nothing but a tail
                     if spill is not None:
@@ -157,17 +158,14 @@ class TicketmxSMTP(SMTP):
                 if too_much:
                     if len(buf) > 65536:
                         del buf[:-8]
-                        scan = 0
                     continue
                 if spill is None and may_spill and len(buf) > smtp_cfg.spill_threshold:
                     spill = await DataSpill.start(buf, smtp_cfg.spill_dir)
                     may_spill = spill is not None  # no header section end in sight: stay in memory
                     consumed = spill.consumed if spill is not None else 0
-                    scan = 0
                 elif spill is not None and len(buf) >= DataSpill.FLUSH_AT:
                     await spill.flush(buf)
                     consumed = spill.consumed
-                    scan = 0
             leftover = bytes(buf[idx + 5:])
             if leftover:  # pipelined commands after the message: hand them back to the command loop
                 reader._buffer[:0] = leftover  # type: ignore[attr-defined]

@@ -6,6 +6,9 @@ header section stays in memory — every SMTP-time check reads headers only, and
 hashes are computed from the file in chunks — and the spool copies the file into chunk rows one
 MiB at a time.
 
+The split between the header section (in memory) and the body (in the file) is
+``gateway.auth.headers.body_start``: the same decision as every other reader of the message.
+
 Dot-unstuffing (RFC 5321 4.5.2) is done per flushed region. A region never ends inside a
 ``CRLF ".."`` sequence, so a stuffed dot is never split from the line break before it.
 """
@@ -15,7 +18,7 @@ import asyncio
 import tempfile
 from typing import IO
 
-from .checks import header_end
+from .auth.headers import body_start
 
 
 def _cut(buf: bytearray) -> int:
@@ -46,10 +49,12 @@ class DataSpill:
         header section does not end within it: then the message simply stays in memory."""
         cut = _cut(buf)
         data = bytes(buf[:cut]).replace(b"\r\n..", b"\r\n.")[2:]
-        end = header_end(data)
-        if end >= len(data):
+        # Where the header section ends is decided by the one function every reader uses (dkimpy's
+        # and the email parser's rule: LF LF, LF CRLF and CRLF CRLF all end it). The file holds
+        # exactly what DKIM hashes as the body; anything before it is header, never body.
+        head_len = body_start(data)
+        if head_len >= len(data):
             return None
-        head_len = end + (4 if data.startswith(b"\r\n\r\n", end) else 2)
         loop = asyncio.get_running_loop()
         file = await loop.run_in_executor(None, lambda: tempfile.TemporaryFile("w+b", dir=directory))
         spill = cls(file, data[:head_len])

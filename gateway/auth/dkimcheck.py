@@ -43,7 +43,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 from ..fileio import read_chunks
 from . import bodyhash, dkimfast, fastcanon
 from .dns import DnsTempError, Resolver
-from .headers import header_fields
+from .headers import body_start, header_fields
 
 __all__ = ["SigPlan", "Plan", "plan", "fetch_keys", "verify_sync", "MAX_SIGNATURES", "MAX_ARC_SETS"]
 
@@ -463,20 +463,15 @@ def _dkimpy_object(streamed, plain, raw: bytes, body_hashes: dict | None):  # no
     return plain(raw, logger=_quiet, minkey=MIN_KEY_BITS)
 
 
-_BLANK_LINE = re.compile(rb"\n\r?\n")
 FAST_VERIFY = True  # dkimfast for the everyday signature (tests turn it off to compare with dkimpy)
 
 
 def split_for_dkim(raw: bytes) -> tuple[bytes, bytes]:
-    """(header section with its blank line, body) split where dkimpy's ``rfc822_parse`` splits: at the
-    first empty line, CRLF or bare LF. No blank line: all header, empty body (as dkimpy)."""
-    if raw.startswith(b"\r\n") or raw.startswith(b"\n"):
-        end = 2 if raw.startswith(b"\r\n") else 1
-        return raw[:end], raw[end:]
-    m = _BLANK_LINE.search(raw)
-    if m is None:
-        return raw, b""
-    return raw[:m.end()], raw[m.end():]
+    """(header section with its blank line, body), split where dkimpy's ``rfc822_parse`` splits: at
+    the first empty line, CRLF or bare LF (``headers.body_start``, the one decision every reader
+    uses). No blank line: all header, empty body (as dkimpy)."""
+    start = body_start(raw)
+    return raw[:start], raw[start:]
 
 
 def verify_sync(raw: bytes, sigs: list[SigPlan], keys: dict, check_arc: bool,

@@ -77,6 +77,8 @@ class ReportingSink:
 def child_main(cfg: Config, owner: str, wake: multiprocessing.connection.Connection,
                report: multiprocessing.connection.Connection, slots: Slots | None = None) -> None:
     """Entry point of a worker process."""
+    from ..allocator import tune
+    tune()  # not inherited through spawn (gateway/allocator.py)
     from ..logsetup import setup_logging
     from ..proctitle import set_name
     set_name("ticketmx-worker")

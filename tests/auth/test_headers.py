@@ -173,14 +173,27 @@ def test_header_fields_match_the_line_by_line_splitter() -> None:
 
 
 def test_checks_header_end_is_the_first_blank_line_of_either_kind() -> None:
-    """gateway.checks.header_end bounds its bare-LF search by the CRLF blank line it found; the
-    answer stays the earliest of the two (tested against searching the whole message for both)."""
+    """gateway.checks.header_end, the spill's split (``body_start``) and DKIM's split all follow
+    ``header_section_end``, which is dkimpy's ``rfc822_parse`` rule: the first empty line, a line
+    ending in LF or CRLF (so LF LF, LF CRLF and CRLF CRLF all count; a bare CR never ends a line).
+    Tested against splitting the message into lines the way dkimpy does."""
     import random
+    import re
 
+    from gateway.auth.headers import body_start, header_section_end
     from gateway.checks import header_end
     rng = random.Random(2822)
     for _ in range(50000):
-        raw = b"".join(rng.choice([b"a", b"\r", b"\n", b"\r\n", b"\n\n", b"\r\n\r\n", b":"])
+        raw = b"".join(rng.choice([b"a", b"\r", b"\n", b"\r\n", b"\n\n", b"\r\n\r\n", b":", b" "])
                        for _ in range(rng.randrange(0, 12)))
-        found = [x for x in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if x >= 0]
-        assert header_end(raw) == (min(found) if found else len(raw)), raw
+        want, pos = len(raw), 0
+        for m in re.finditer(rb"\r?\n", raw):  # rfc822_parse: lines split on \r?\n
+            if m.start() == pos:  # an empty line
+                want = pos
+                break
+            pos = m.end()
+        assert header_section_end(raw) == want, raw
+        start = body_start(raw)
+        assert start == (len(raw) if want == len(raw) else re.compile(rb"\r?\n").match(raw, want).end()), raw
+        end = header_end(raw)
+        assert raw[end:want] in (b"", b"\n", b"\r\n") and (want in (0, len(raw)) or end < want), raw
