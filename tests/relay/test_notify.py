@@ -21,6 +21,11 @@ T = TicketInfo(7, "HD-1042", "Printer on fire", queue="IT", requester="alice@cus
                requester_name="Alice")
 
 
+def passed(domain: str) -> dict:
+    """The spool entry's auth result of a message whose From domain passed DMARC (aligned)."""
+    return {"dmarc": {"result": "pass"}, "from": {"domains": [domain]}, "decision": {"suspicious": False}}
+
+
 def cfg(**kw):
     return parse_relay_config(relay_table(host("a", 25), **kw))
 
@@ -158,22 +163,29 @@ def test_should_not_acknowledge(headers, mail_from, sender, reason):
 
 
 def test_should_acknowledge_plain_mail_and_flags():
-    assert should_acknowledge("bob@x.test", [("Auto-Submitted", "no")], mail_from="bob@x.test")
+    assert should_acknowledge("bob@x.test", [("Auto-Submitted", "no")], mail_from="bob@x.test", authenticated=True)
     assert should_acknowledge("bob@x.test", [], mail_from="bob@x.test", enabled=False).reason == "disabled"
-    assert should_acknowledge("bob@x.test", [], mail_from="bob@x.test", undeliverable=True).reason == "undeliverable"
+    assert should_acknowledge("bob@x.test", [], mail_from="bob@x.test", undeliverable=True,
+                              authenticated=True).reason == "undeliverable"
+    # the mailbox policy: an unauthenticated From only under "always"; "never" nobody
+    assert should_acknowledge("bob@x.test", [], mail_from="bob@x.test").reason == "unauthenticated"
+    assert should_acknowledge("bob@x.test", [], mail_from="bob@x.test", policy="always")
+    assert should_acknowledge("bob@x.test", [], mail_from="bob@x.test", policy="never",
+                              authenticated=True).reason == "disabled"
 
 
 def test_rate_limit_tiers_pure():
     now = 100_000.0
     limits = ((10, 600.0), (25, 3600.0))
     nine = [now - 60 * i for i in range(9)]
-    assert should_acknowledge("b@x.test", [], recent=nine, now=now, limits=limits)
+    ok = {"now": now, "limits": limits, "authenticated": True}
+    assert should_acknowledge("b@x.test", [], recent=nine, **ok)
     ten = [now - 50 * i for i in range(10)]
-    assert should_acknowledge("b@x.test", [], recent=ten, now=now, limits=limits).reason == "rate_limited"
+    assert should_acknowledge("b@x.test", [], recent=ten, **ok).reason == "rate_limited"
     # the 10-minute tier has room again, but the hour tier is full
     hour = [now - 700 - 100 * i for i in range(25)]
-    assert should_acknowledge("b@x.test", [], recent=hour, now=now, limits=limits).reason == "rate_limited"
-    assert should_acknowledge("b@x.test", [], recent=hour[:24], now=now, limits=limits)
+    assert should_acknowledge("b@x.test", [], recent=hour, **ok).reason == "rate_limited"
+    assert should_acknowledge("b@x.test", [], recent=hour[:24], **ok)
 
 
 async def test_rate_counter_in_store_and_idempotent_key(store):
@@ -182,7 +194,7 @@ async def test_rate_counter_in_store_and_idempotent_key(store):
 
     def ack(conn, i, t, key=None):
         return acknowledge(conn, n, ticket=TicketInfo(None, f"HD-{i}", "s"), mailbox=MB, sender="Bob@X.test",
-                           headers=[], mail_from="bob@x.test", key=key or f"sp{i}", now=t)
+                           headers=[], mail_from="bob@x.test", key=key or f"sp{i}", now=t, auth=passed("x.test"))
     results = []
     for i in range(5):
         results.append(await store.transaction(lambda c, i=i: ack(c, i, now + i)))
@@ -191,7 +203,7 @@ async def test_rate_counter_in_store_and_idempotent_key(store):
     # a replayed message (same key) does not queue or count a second acknowledgement
     d, mid = await store.transaction(lambda c: ack(c, 0, now + 10, key="sp0"))
     assert mid == results[0][1]
-    assert len(await store.query("SELECT * FROM relay_ack_log")) == 3
+    assert len(await store.query("SELECT * FROM relay_ack_log WHERE sender='bob@x.test'")) == 3
     # 11 minutes later the first tier has room, and the hour tier allows one more
     later = [await store.transaction(lambda c, i=i: ack(c, 10 + i, now + 660 + i)) for i in range(2)]
     assert [bool(d) for d, _ in later] == [True, False]
@@ -257,7 +269,7 @@ async def test_acknowledgement_loop_with_autoresponder_stops(store, sinks):
         i = counter["tickets"]
         d, _ = await store.transaction(lambda c: acknowledge(
             c, notifier, ticket=TicketInfo(None, f"HD-{i}", f"Auto: reply {i}"), mailbox=MB, sender=sender,
-            headers=headers, mail_from=sender, key=f"loop-{i}"))
+            headers=headers, mail_from=sender, key=f"loop-{i}", auth=passed("x.test")))
         w.wake()
         return bool(d)
 
@@ -286,7 +298,8 @@ async def test_lazy_acknowledgement_rendered_by_the_worker(store, sinks):
     notifier = Notifier(parse_relay_config(table))
     d, mid = await store.transaction(lambda c: acknowledge(
         c, notifier, ticket=T, mailbox=MB, sender="alice@customer.test", headers=[("Subject", "help")],
-        mail_from="alice@customer.test", inbound_message_id="orig@customer.test", key="spool-9"))
+        mail_from="alice@customer.test", inbound_message_id="orig@customer.test", key="spool-9",
+        auth=passed("customer.test")))
     assert d and mid
     row = (await store.query("SELECT message, render, message_id FROM relay_queue WHERE id=?", (mid,)))[0]
     assert row[0] == b"" and row[1]                     # nothing rendered inside the transaction
