@@ -1,6 +1,7 @@
 """Templates, headers, header injection, acknowledgement rules and rate tiers, and the ack loop."""
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import shutil
@@ -312,3 +313,24 @@ async def test_lazy_acknowledgement_rendered_by_the_worker(store, sinks):
     assert m["Message-ID"] == f"<{row[2]}>" and m["In-Reply-To"] == "<orig@customer.test>"
     assert "[HD-1042]" in m["Subject"] and m["Auto-Submitted"] == "auto-replied"
     assert "Alice" in m.get_body(("plain",)).get_content()
+
+
+async def test_per_ip_and_global_counters_hold_under_concurrent_transactions(store):
+    """20 acknowledgements for different authenticated senders from one client, in concurrent
+    transactions (on PostgreSQL up to 4 at once, as several nodes would): exactly the per-IP limit
+    is queued, and the global counter then holds the rest back the same way."""
+    n = Notifier(cfg(ack_limits_per_ip=["5/1h"], ack_limits_global=["8/1h"]))
+    now = time.time()
+
+    def ack(conn, i, ip):
+        return acknowledge(conn, n, ticket=TicketInfo(None, f"HD-{i}", "s"), mailbox=MB, sender=f"u{i}@x.test",
+                           headers=[], mail_from=f"u{i}@x.test", key=f"c{i}", now=now, auth=passed("x.test"),
+                           client_ip=ip)
+    first = await asyncio.gather(*(store.transaction(lambda c, i=i: ack(c, i, "192.0.2.1")) for i in range(20)))
+    assert sum(1 for d, _ in first if d) == 5
+    assert {d.reason for d, _ in first if not d} == {"rate_limited_ip"}
+    others = await asyncio.gather(*(store.transaction(lambda c, i=i: ack(c, i, f"198.51.100.{i}"))
+                                    for i in range(20, 30)))
+    assert sum(1 for d, _ in others if d) == 3          # 8 in all
+    assert {d.reason for d, _ in others if not d} == {"rate_limited_global"}
+    assert (await RelayQueue(store).counts())["queued"] == 8
