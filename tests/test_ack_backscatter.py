@@ -280,3 +280,13 @@ def test_client_key_and_authentication_rules():
     assert from_authenticated({**passed, "dmarc": {"result": "fail", "override": "arc"}}, "ann@provider.test")
     assert not from_authenticated({"disabled": True}, "ann@provider.test")
     assert not from_authenticated(None, "ann@provider.test")
+
+
+async def test_suppressed_metric_from_a_worker_process(start_gateway, dns_server, sink):
+    """With pipeline workers in processes of their own, the count reaches the parent's /metrics."""
+    dns_server.set_zone(ZONE)
+    gw = await start_gateway(pipeline={"processes": 1, "poll_interval": "100ms"}, **relay_cfg(sink.port))
+    assert gw.gw.pool is not None and gw.gw.worker is None
+    await gw.wait_done(await send(gw.port, message("V <victim@victim.test>", 1), "attacker@evil.test"), timeout=30)
+    await wait_for(lambda: suppressed(gw, "unauthenticated") == 1)
+    assert await acks(gw) == []
