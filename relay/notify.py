@@ -494,33 +494,42 @@ def record_ack(conn: sqlite3.Connection, sender: str, now: float, client: str | 
     conn.executemany("INSERT INTO relay_ack_log (sender, sent_at) VALUES (?,?)", [(k, now) for k in keys])
 
 
-def _count_exceeds(conn: sqlite3.Connection, key: str, tiers: Sequence[tuple[int, float]], now: float) -> bool:
-    for count, window in tiers:
-        row = conn.execute("SELECT COUNT(*) FROM relay_ack_log WHERE sender=? AND sent_at>?",
-                           (key, now - window)).fetchone()
-        if row[0] >= count:
-            return True
-    return False
-
-
 def ack_rate_decision(conn: sqlite3.Connection, cfg: RelayConfig, sender: str, client: str | None,
                       now: float) -> AckDecision:
     """The three acknowledgement rate limits, counted in the store inside the caller's transaction.
 
-    SQLite serialises write transactions, so the counts are exact. On PostgreSQL several nodes
-    deliver at once in READ COMMITTED, where each would count without the others' uncommitted rows;
-    a transaction-level advisory lock (taken only for an acknowledgement about to be queued, held to
-    the commit) makes the count-then-insert of every node happen one after the other.
+    One statement counts every tier of the three counters (one round trip on PostgreSQL; the
+    (sender, sent_at) index serves it). SQLite serialises write transactions, so the counts are
+    exact. On PostgreSQL several nodes deliver at once in READ COMMITTED, where each would count
+    without the others' uncommitted rows; a transaction-level advisory lock (taken only for an
+    acknowledgement about to be queued, held to the commit) makes the count-then-insert of every node
+    happen one after the other.
     """
+    checks = [("rate_limited", sender.lower(), cfg.ack_limits), ("rate_limited_ip", client, cfg.ack_limits_per_ip),
+              ("rate_limited_global", GLOBAL_ACK_KEY, cfg.ack_limits_global)]
+    terms: list[str] = []
+    params: list[Any] = []
+    limits: list[tuple[str, int]] = []
+    keys: list[str] = []
+    for reason, key, tiers in checks:
+        if not key or not tiers:
+            continue
+        keys.append(key)
+        for count, window in tiers:
+            terms.append("COALESCE(SUM(CASE WHEN sender=? AND sent_at>? THEN 1 ELSE 0 END), 0)")
+            params += [key, now - window]
+            limits.append((reason, count))
+    if not terms:
+        return AckDecision(True)
     if getattr(conn, "dialect", "sqlite") == "postgresql":
         from gateway.store.postgres_deliver import lock_key
         conn.execute("SELECT pg_advisory_xact_lock(?)", (lock_key("ack", "limits"),))
-    if _count_exceeds(conn, sender.lower(), cfg.ack_limits, now):
-        return AckDecision(False, "rate_limited")
-    if client and _count_exceeds(conn, client, cfg.ack_limits_per_ip, now):
-        return AckDecision(False, "rate_limited_ip")
-    if _count_exceeds(conn, GLOBAL_ACK_KEY, cfg.ack_limits_global, now):
-        return AckDecision(False, "rate_limited_global")
+    horizon = now - max(w for _r, _k, tiers in checks for _c, w in tiers)
+    row = conn.execute(f"SELECT {', '.join(terms)} FROM relay_ack_log WHERE sender IN"
+                       f" ({', '.join('?' * len(keys))}) AND sent_at>?", (*params, *keys, horizon)).fetchone()
+    for (reason, count), n in zip(limits, row):
+        if n >= count:
+            return AckDecision(False, reason)
     return AckDecision(True)
 
 
