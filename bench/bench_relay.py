@@ -42,6 +42,8 @@ from relay.worker import RelayWorker  # noqa: E402
 from bench.ingest import free_port, wait_port  # noqa: E402  (one copy of the port helpers)
 
 MB = MailboxInfo("support@example.test", "IT Support")
+# the SMTP-time result of a From that passed DMARC: only such a From is acknowledged by default
+DMARC_PASS = {"dmarc": {"result": "pass"}, "from": {"domains": ["customer.test"]}, "decision": {"suspicious": False}}
 
 
 AIOSMTPD_SINK = """
@@ -75,7 +77,8 @@ def relay_cfg(ports: list[int], args: argparse.Namespace, key: str | None) -> di
     hosts = [{"name": f"h{i}", "host": "127.0.0.1", "port": p, "tls": "none", "concurrency": args.host_concurrency,
               "max_tries": 1, "cooloff": "60s", "timeout": "10s"} for i, p in enumerate(ports)]
     t = {"from": "Helpdesk <help@example.test>", "hostname": "mx.example.test", "concurrency": args.concurrency,
-         "poll_interval": "50ms", "smarthost": hosts, "ack_limits": ["1000000/1h"]}
+         "poll_interval": "50ms", "smarthost": hosts, "ack_limits": ["1000000/1h"],
+         "ack_limits_per_ip": ["1000000/1h"], "ack_limits_global": ["1000000/1h"]}
     if key:
         t["dkim"] = [{"domain": "example.test", "selector": "bench", "key_file": key}]
     return t
@@ -96,7 +99,7 @@ async def bench_render_enqueue(n: int, tmp: str, table: dict, stores: "BenchStor
         await store.transaction(lambda c, i=i: acknowledge(
             c, notifier, ticket=TicketInfo(None, f"HD-{i}", "Printer on fire"), mailbox=MB,
             sender=f"user{i % 50}@customer.test", headers=[], mail_from=f"user{i % 50}@customer.test",
-            key=str(i)))
+            key=str(i), auth=DMARC_PASS, client_ip=f"192.0.2.{i % 200}"))
     dt = time.perf_counter() - t0
     print(f"enqueue:  {n} acks, one transaction (fsync) each: {n / dt:.0f}/s ({dt / n * 1e3:.2f} ms each:"
           " rate check + lazy insert + commit; rendering happens in the worker)")

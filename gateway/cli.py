@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         print(generate_key())
         return EX_OK
     if args.command == "check-config":
+        from .pipeline.notify_hook import config_warnings
+        for warning in config_warnings(cfg):
+            print(f"ticketmx: warning: {warning}", file=sys.stderr)
         print(f"{cfg.source or '(embedded defaults)'}: OK ({len(cfg.mailboxes)} mailboxes)")
         return EX_OK
     if args.command == "serve":

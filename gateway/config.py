@@ -92,7 +92,9 @@ class MailboxConfig:
     queue: str = "default"
     auth: dict[str, Any] = field(default_factory=dict)  # raw per-mailbox auth overrides (validated by gateway.auth)
     pipeline: dict[str, Any] = field(default_factory=dict)  # raw per-mailbox stage policy overrides
-    acknowledge: bool = True   # acknowledgements on, once a smarthost is configured
+    # Who gets the "we got your message" mail (once a smarthost is configured): "authenticated" (only a
+    # From that passed DMARC: no backscatter to forged addresses), "always" (any From) or "never".
+    acknowledge: str = "authenticated"
     language: str | None = None  # notification templates' language for this mailbox (default [relay] language)
     name: str = ""             # display name used in notifications' From/Reply-To
     template: Any = None       # gateway.pipeline.template.TicketTemplate (fields, attach_original)
@@ -240,6 +242,20 @@ def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise TypeError(f"expected true or false, got {type(v).__name__}")
     return v
+
+
+ACK_POLICIES = ("authenticated", "always", "never")
+
+
+def _ack_policy(v: Any) -> str:
+    """``[[mailbox]] acknowledge``. The old booleans still load: ``false`` is "never", and ``true``
+    (which meant "on") is the safe "authenticated" rather than the backscatter-prone "always"."""
+    if isinstance(v, bool):
+        return "authenticated" if v else "never"
+    s = _str(v).strip().lower()
+    if s not in ACK_POLICIES:
+        raise ValueError("expected one of " + ", ".join(f'"{p}"' for p in ACK_POLICIES))
+    return s
 
 
 def _int_range(lo: int, hi: int | None = None) -> Callable[[Any], int]:
@@ -449,7 +465,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
             queue=mt.get("queue", "default", _nonempty_str),
             auth=mt.get("auth", {}, _dict),
             pipeline=mt.get("pipeline", {}, _dict),
-            acknowledge=mt.get("acknowledge", True, _bool),
+            acknowledge=mt.get("acknowledge", "authenticated", _ack_policy),
             language=mt.get("language", None, _path_or_none),
             name=mt.get("name", "", _str),
             template=mt.get("template", None, lambda v, _p=mt.prefix: _template(v, f"{_p}.template")),

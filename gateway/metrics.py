@@ -48,6 +48,10 @@ class Metrics:
         self.spool_depth = Gauge("ticketmx_spool_messages", "Spool entries by state.", ["state"], registry=r)
         self.outcomes = Counter("ticketmx_pipeline_outcomes_total",
                                 "Messages that reached a terminal state, by state.", ["state"], registry=r)
+        self.acks_suppressed = Counter("ticketmx_relay_acknowledgements_suppressed_total",
+                                       "Acknowledgements (new-ticket auto-replies) not sent, by reason"
+                                       " (unauthenticated, rate_limited_ip, rate_limited_global, ...).",
+                                       ["reason"], registry=r)
         self.pipeline_errors = Counter("ticketmx_pipeline_errors_total",
                                        "Pipeline attempts that raised (retried or quarantined).", registry=r)
         self.consecutive_failures = Gauge("ticketmx_pipeline_consecutive_failures",

@@ -33,6 +33,8 @@ AUTH_MODES = ("none", "plain", "login", "xoauth2")
 DKIM_ALGOS = ("rsa", "ed25519")
 DEFAULT_RETRY = "1m, 5m*2, 30m*3, 2h*10"
 DEFAULT_ACK_LIMITS = ("10/10m", "25/1h")
+DEFAULT_ACK_LIMITS_PER_IP = ("5/10m", "20/1h")
+DEFAULT_ACK_LIMITS_GLOBAL = ("500/1h",)
 
 
 class RelayConfigError(ConfigError):
@@ -109,7 +111,11 @@ class RelayConfig:
     batch_size: int = 64
     templates: str = "conf/templates"
     language: str = "en"
-    ack_limits: tuple[tuple[int, float], ...] = ((10, 600.0), (25, 3600.0))
+    ack_limits: tuple[tuple[int, float], ...] = ((10, 600.0), (25, 3600.0))          # per recipient
+    # Backscatter brakes (issue 18): acknowledgements counted per SMTP client (IPv6 by /64) and in all,
+    # so one client cannot make us mail many addresses. "COUNT/WINDOW" tiers like ack_limits; [] = none.
+    ack_limits_per_ip: tuple[tuple[int, float], ...] = ((5, 600.0), (20, 3600.0))
+    ack_limits_global: tuple[tuple[int, float], ...] = ((500, 3600.0),)
     ack_delay: float = 0.0
     coalesce: float = 0.0
     timezone: str = ""                   # skip windows: "" = the host's local time
@@ -128,6 +134,12 @@ class RelayConfig:
     @property
     def mail_from(self) -> str:
         return self.envelope_from or self.from_address
+
+    @property
+    def ack_horizon(self) -> float:
+        """How long acknowledgement counter rows matter (the longest window of the three limits)."""
+        return max((w for tiers in (self.ack_limits, self.ack_limits_per_ip, self.ack_limits_global)
+                    for _, w in tiers), default=3600.0)
 
     def tz(self) -> ZoneInfo | None:
         return ZoneInfo(self.timezone) if self.timezone else None
@@ -430,6 +442,8 @@ def parse_relay_config(table: dict[str, Any] | None, prefix: str = "relay") -> R
         templates=t.get("templates", d.templates, _nonempty),
         language=t.get("language", d.language, _nonempty),
         ack_limits=t.get("ack_limits", d.ack_limits, _ack_limits),
+        ack_limits_per_ip=t.get("ack_limits_per_ip", d.ack_limits_per_ip, _ack_limits),
+        ack_limits_global=t.get("ack_limits_global", d.ack_limits_global, _ack_limits),
         ack_delay=t.get("ack_delay", d.ack_delay, parse_duration),
         coalesce=t.get("coalesce", d.coalesce, parse_duration),
         timezone=t.get("timezone", d.timezone, _timezone),

@@ -319,7 +319,7 @@ class RelayWorker:
             try:
                 await self.refresh_metrics()
                 self.pool.reap()
-                horizon = max((w for _, w in self.cfg.ack_limits), default=3600.0)
+                horizon = self.cfg.ack_horizon
                 await self.queue.store.transaction(lambda conn: purge_ack_log(conn, self.clock() - horizon))
             except Exception:
                 log.debug("relay housekeeping failed", exc_info=True)

@@ -24,6 +24,22 @@ class Sink:
         return "250 2.0.0 OK"
 
 
+# Acknowledgements go only to a From that passed DMARC (the default [[mailbox]] acknowledge =
+# "authenticated"): customer.test authorises 127.0.0.1 by SPF, aligned with the From, so the unsigned
+# test mail from alice@customer.test passes DMARC here, as a real customer's mail would.
+CUSTOMER = {"customer.test": [("TXT", "v=spf1 ip4:127.0.0.1 -all")],
+            "_dmarc.customer.test": [("TXT", "v=DMARC1; p=none")],
+            "shop.test": [("TXT", "v=spf1 ip4:127.0.0.1 -all")],
+            "_dmarc.shop.test": [("TXT", "v=DMARC1; p=none")]}
+AGENTS = {"agents.test": [("TXT", "v=spf1 ip4:127.0.0.1 -all")],
+          "_dmarc.agents.test": [("TXT", "v=DMARC1; p=reject")]}
+
+
+@pytest.fixture(autouse=True)
+def customer_passes_dmarc(start_gateway, dns_server):
+    dns_server.set_zone(CUSTOMER)
+
+
 @pytest.fixture
 def sink():
     s = Sink()
@@ -51,8 +67,7 @@ def relay_cfg(port: int) -> dict:
 
 
 async def test_acknowledgement_and_agent_reply_reach_the_smarthost(start_gateway, dns_server, sink):
-    dns_server.set_zone({"agents.test": [("TXT", "v=spf1 ip4:127.0.0.1 -all")],
-                         "_dmarc.agents.test": [("TXT", "v=DMARC1; p=reject")]})
+    dns_server.set_zone({**CUSTOMER, **AGENTS})
     gw = await start_gateway(**relay_cfg(sink.port))
     sid = await send(gw.port, simple_message(message_id="q1@customer.test"))
     e = await gw.wait_done(sid)
@@ -110,8 +125,7 @@ async def test_autoresponder_loop_stops_by_itself(start_gateway, sink):
 async def test_command_result_to_agent_status_change_to_requester_and_stripped_notice(
         start_gateway, dns_server, sink):
     from email.message import EmailMessage
-    dns_server.set_zone({"agents.test": [("TXT", "v=spf1 ip4:127.0.0.1 -all")],
-                         "_dmarc.agents.test": [("TXT", "v=DMARC1; p=reject")]})
+    dns_server.set_zone({**CUSTOMER, **AGENTS})
     gw = await start_gateway(**relay_cfg(sink.port))
     msg = EmailMessage()
     msg["From"] = "Alice <alice@customer.test>"

@@ -1,9 +1,10 @@
 """Notifications queued in the same transaction as the ticket change that causes them.
 
 Called by the store for every delivery (inside its transaction): a new ticket gets an
-acknowledgement (rate-limited, never to automatic or undeliverable senders); an agent's
-public reply on a ticket is relayed to the requester and the ticket's other participants.
-Internal notes and automatic mail never leave.
+acknowledgement (by default only when its From passed DMARC; rate-limited per recipient, per
+client IP and in all; never to automatic or undeliverable senders); an agent's public reply on a
+ticket is relayed to the requester and the ticket's other participants. Internal notes and
+automatic mail never leave. An acknowledgement not sent says why in the ticket history.
 """
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ class NotifyHook:
         self.mailboxes: dict[str, MailboxConfig] = {mb.address: mb for mb in cfg.mailboxes}
         self.own = {a.lower() for mb in cfg.mailboxes for a in mb.addresses()}
         self.queued = 0  # notifications queued by this hook (the relay worker is woken when > 0)
+        # spool id -> why its acknowledgement was not sent. Keyed by spool id so a transaction the store
+        # retries (PostgreSQL) does not count twice; the worker takes it after a commit (metrics).
+        self.suppressed: dict[str, str] = {}
+
+    def take_suppressed(self) -> dict[str, str]:
+        out, self.suppressed = self.suppressed, {}
+        return out
 
     def __call__(self, conn: sqlite3.Connection, d: Delivery, r: DeliveryResult) -> None:
         if d.kind != "ticket" or d.article is None or r.ticket_id is None or r.reason == "already delivered":
@@ -34,7 +42,7 @@ class NotifyHook:
         mb = self.mailboxes.get(d.mailbox) or (self.cfg.mailboxes[0] if self.cfg.mailboxes else None)
         if mb is None:
             return
-        from relay.notify import MailboxInfo, TicketInfo, acknowledge
+        from relay.notify import ACK_REASON_TEXT, MailboxInfo, TicketInfo, acknowledge
         from relay.queue import enqueue
         row = conn.execute("SELECT t.subject, t.status, t.queue, t.assignee, c.email, c.name FROM tickets t"
                            " JOIN contacts c ON c.id=t.requester_id WHERE t.id=?", (r.ticket_id,)).fetchone()
@@ -44,18 +52,23 @@ class NotifyHook:
         art = d.article
         try:
             if r.state == TICKET_CREATED and not d.thread.sender_is_agent:
-                spool = conn.execute("SELECT mail_from FROM spool WHERE id=?", (d.spool_id,)).fetchone()
+                mail_from, peer_ip, auth = self._envelope(conn, d.spool_id)
                 decision, mail_id = acknowledge(
                     conn, self.notifier, ticket=ticket, mailbox=mailbox, sender=art.from_addr,
-                    headers=d.headers, mail_from=spool[0] if spool else None,
+                    headers=d.headers, mail_from=mail_from,
                     inbound_message_id=art.message_id or None, key=d.spool_id, own_addresses=self.own,
-                    suspicious="suspicious" in d.ticket_fields.flags)
+                    suspicious="suspicious" in d.ticket_fields.flags, auth=auth, client_ip=peer_ip)
+                why = getattr(decision, "reason", "")
+                detail: dict[str, Any] = {"queued": mail_id is not None, "why": why}
                 if mail_id is not None:
                     self.queued += 1
+                else:
+                    detail["text"] = f"acknowledgement not sent: {ACK_REASON_TEXT.get(why, why.replace('_', ' '))}"
+                    self.suppressed[d.spool_id] = why or "unknown"
+                    log.info("%s: %s", r.ticket_number, detail["text"], extra={"trace_id": d.spool_id})
                 conn.execute("INSERT INTO ticket_history (ticket_id, at, actor, action, detail) VALUES"
                              " (?, ?, 'system', 'acknowledgement', ?)",
-                             (r.ticket_id, time.time(), json.dumps({"queued": mail_id is not None,
-                                                                    "why": getattr(decision, "reason", "")})))
+                             (r.ticket_id, time.time(), json.dumps(detail)))
             elif r.state == ARTICLE_ADDED and d.thread.sender_is_agent and art.visibility == "public":
                 to = [row[4]]
                 cc = [p for (p,) in conn.execute(
@@ -98,33 +111,65 @@ class NotifyHook:
                 self.queued += 1
 
     def _stripped(self, conn: sqlite3.Connection, d: Delivery, ticket: Any, mailbox: Any) -> None:
-        """Tell the sender once which attachments were removed — never an automatic sender, and within
-        the acknowledgement rate limits."""
-        from relay.notify import ack_history, record_ack, should_acknowledge
+        """Tell the sender once which attachments were removed — an automatic reply to the From like
+        the acknowledgement, so under the same rules: the mailbox's policy (authenticated From only by
+        default), never an automatic sender, and within the acknowledgement rate limits."""
+        from relay.notify import ack_client_key, auto_reply_decision, record_ack
         from relay.queue import enqueue
         art, now = d.article, time.time()
-        limits = self.notifier.cfg.ack_limits
-        horizon = max((w for _, w in limits), default=0.0)
-        spool = conn.execute("SELECT mail_from FROM spool WHERE id=?", (d.spool_id,)).fetchone()
-        decision = should_acknowledge(art.from_addr, d.headers, mail_from=spool[0] if spool else None,
-                                      undeliverable=self._undeliverable(conn, art.from_addr),
-                                      recent=ack_history(conn, art.from_addr, now - horizon), now=now,
-                                      limits=limits, own_addresses=self.own,
-                                      loop_marker=self.notifier.cfg.loop_marker)
+        mail_from, peer_ip, auth = self._envelope(conn, d.spool_id)
+        client = ack_client_key(peer_ip, auth)
+        decision = auto_reply_decision(
+            conn, self.notifier.cfg, sender=art.from_addr, headers=d.headers, mail_from=mail_from,
+            policy=mailbox.acknowledge, auth=auth, client=client, own_addresses=self.own,
+            suspicious="suspicious" in d.ticket_fields.flags, now=now)
         if not decision:
+            log.info("%s: attachments-removed notice not sent: %s", ticket.number, decision.reason,
+                     extra={"trace_id": d.spool_id})
             return
         n = self.notifier.build("stripped", ticket=ticket, mailbox=mailbox, to=[art.from_addr],
                                 context={"stripped": [{"filename": s.filename, "reason": s.reason}
                                                       for s in art.stripped]},
                                 in_reply_to=art.message_id or None, dedupe_key=f"stripped:{d.spool_id}", lazy=True)
         enqueue(conn, n)
-        record_ack(conn, art.from_addr, now)
+        record_ack(conn, art.from_addr, now, client)
         self.queued += 1
+
+    @staticmethod
+    def _envelope(conn: sqlite3.Connection, spool_id: str) -> tuple[str | None, str | None, dict[str, Any] | None]:
+        """(MAIL FROM, client IP, SMTP-time auth result) of the spool entry."""
+        row = conn.execute("SELECT mail_from, peer_ip, auth FROM spool WHERE id=?", (spool_id,)).fetchone()
+        if row is None:
+            return None, None, None
+        auth = row[2]
+        if isinstance(auth, (str, bytes)):
+            try:
+                auth = json.loads(auth)
+            except ValueError:
+                auth = None
+        return row[0], row[1], auth if isinstance(auth, dict) else None
 
     @staticmethod
     def _undeliverable(conn: sqlite3.Connection, email: str) -> bool:
         row = conn.execute("SELECT undeliverable FROM contacts WHERE email=?", (email,)).fetchone()
         return bool(row and row[0])
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """What ``check-config`` should point out about acknowledgements (legal, but likely not meant)."""
+    relay = getattr(cfg, "relay", None)
+    if relay is None or not relay.enabled:
+        return []
+    out = []
+    for i, mb in enumerate(cfg.mailboxes):
+        enabled = mb.auth.get("enabled", cfg.auth.get("enabled", True)) if isinstance(mb.auth, dict) else True
+        if mb.acknowledge == "authenticated" and enabled is False:
+            out.append(f"mailbox[{i}].acknowledge: \"authenticated\" with authentication disabled"
+                       f" ([auth] enabled = false): {mb.address} will send no acknowledgements")
+        elif mb.acknowledge == "always":
+            out.append(f"mailbox[{i}].acknowledge: \"always\" acknowledges any From, forged ones included"
+                       " (backscatter); only the rate limits bound it")
+    return out
 
 
 def make_hook(cfg: Config) -> Any:

@@ -57,6 +57,11 @@ class ReportingSink:
     def outcome(self, state: str, latency: float | None) -> None:
         self.pending["outcomes"].append((state, latency))
 
+    def acks_suppressed(self, reasons: dict[str, int]) -> None:
+        acc = self.pending.setdefault("acks_suppressed", {})
+        for reason, n in reasons.items():
+            acc[reason] = acc.get(reason, 0) + n
+
     def error(self) -> None:
         self.pending["errors"] += 1
 
@@ -66,7 +71,8 @@ class ReportingSink:
 
     def flush(self) -> None:
         if self.pending["outcomes"] or self.pending["errors"] or self.pending["batches"] or \
-                "consecutive" in self.pending or "notified" in self.pending or "budget" in self.pending:
+                "consecutive" in self.pending or "notified" in self.pending or "budget" in self.pending or \
+                "acks_suppressed" in self.pending:
             try:
                 self.conn.send(self.pending)
             except OSError:
@@ -237,6 +243,8 @@ class WorkerPool:
                     self.sink.consecutive_failures(report["consecutive"])
                 if report.get("notified"):
                     self.sink.notifications_queued(report["notified"])
+                if report.get("acks_suppressed"):
+                    self.sink.acks_suppressed(report["acks_suppressed"])
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(child.report_r.fileno())
 

@@ -40,6 +40,7 @@ class StatsSink(Protocol):
     def consecutive_failures(self, n: int) -> None: ...
     def notifications_queued(self, n: int) -> None: ...
     def budget_exceeded(self) -> None: ...
+    def acks_suppressed(self, reasons: dict[str, int]) -> None: ...
 
 
 class MetricsSink:
@@ -52,6 +53,10 @@ class MetricsSink:
     def notifications_queued(self, n: int) -> None:
         if self.on_notify is not None:
             self.on_notify()
+
+    def acks_suppressed(self, reasons: dict[str, int]) -> None:
+        for reason, n in reasons.items():
+            self.metrics.acks_suppressed.labels(reason=reason).inc(n)
 
     def outcome(self, state: str, latency: float | None) -> None:
         self.metrics.outcomes.labels(state=state).inc()
@@ -309,9 +314,18 @@ class Worker:
         now = time.time()
         try:
             before = self.hook.queued if self.hook is not None else 0
+            if self.hook is not None:
+                self.hook.take_suppressed()  # only what this transaction commits is counted
             results = await self.store.deliver(deliveries, now, on_delivered=self.hook)
             if self.hook is not None and self.hook.queued > before:
                 self.stats.notifications_queued(self.hook.queued - before)
+            if self.hook is not None and (suppressed := self.hook.take_suppressed()):
+                by_reason: dict[str, int] = {}
+                for reason in suppressed.values():
+                    by_reason[reason] = by_reason.get(reason, 0) + 1
+                report = getattr(self.stats, "acks_suppressed", None)
+                if report is not None:
+                    report(by_reason)
         except Exception:
             if len(deliveries) == 1:
                 d = deliveries[0]

@@ -29,6 +29,7 @@ from gateway.store.postgres import PostgresStore  # noqa: E402
 
 from ..conftest import ROOT, free_port, queued_id, simple_message, toml_dump, wait_port  # noqa: E402
 from ..pg_support import CLAIM_LEASE_ENV  # noqa: E402
+from ..test_relay_e2e import CUSTOMER  # noqa: E402
 
 CLAIM_LEASE = 3.0  # seconds: how long the dead node's claims block before the other node takes them
 
@@ -232,7 +233,8 @@ class SlowSink:
         return "250 2.0.0 OK"
 
 
-async def test_two_nodes_share_the_relay_queue_and_a_killed_node_loses_no_notification(cluster, pg_url):
+async def test_two_nodes_share_the_relay_queue_and_a_killed_node_loses_no_notification(cluster, pg_url,
+                                                                                     dns_server):
     """Both nodes relay from one PostgreSQL queue: each acknowledgement is queued once (in the ticket's
     transaction) and sent by one node; when a node dies mid-send, the other takes its rows over once
     their lease has run out. Every acknowledgement arrives; only a row taken over may arrive twice
@@ -242,8 +244,10 @@ async def test_two_nodes_share_the_relay_queue_and_a_killed_node_loses_no_notifi
     sink_port = free_port()
     controller = Controller(sink, hostname="127.0.0.1", port=sink_port)
     controller.start()
+    # every sender passes DMARC (aligned SPF for 127.0.0.1), and all clients share 127.0.0.1: no per-IP limit
+    dns_server.set_zone(CUSTOMER)
     relay = {"relay": {"from": "Support <support@example.test>", "retry": "200ms*5, 1s", "lease": "2s",
-                       "poll_interval": "50ms", "concurrency": 4,
+                       "poll_interval": "50ms", "concurrency": 4, "ack_limits_per_ip": [],
                        "smarthost": [{"name": "sink", "host": "127.0.0.1", "port": sink_port, "tls": "none",
                                       "auth": "none", "timeout": "5s"}]}}
     a = cluster("node-a", extra=relay).start()

@@ -1,6 +1,7 @@
 """Templates, headers, header injection, acknowledgement rules and rate tiers, and the ack loop."""
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import shutil
@@ -19,6 +20,11 @@ from .helpers import start_worker
 MB = MailboxInfo("support@example.test", "IT Support")
 T = TicketInfo(7, "HD-1042", "Printer on fire", queue="IT", requester="alice@customer.test",
                requester_name="Alice")
+
+
+def passed(domain: str) -> dict:
+    """The spool entry's auth result of a message whose From domain passed DMARC (aligned)."""
+    return {"dmarc": {"result": "pass"}, "from": {"domains": [domain]}, "decision": {"suspicious": False}}
 
 
 def cfg(**kw):
@@ -158,22 +164,29 @@ def test_should_not_acknowledge(headers, mail_from, sender, reason):
 
 
 def test_should_acknowledge_plain_mail_and_flags():
-    assert should_acknowledge("bob@x.test", [("Auto-Submitted", "no")], mail_from="bob@x.test")
+    assert should_acknowledge("bob@x.test", [("Auto-Submitted", "no")], mail_from="bob@x.test", authenticated=True)
     assert should_acknowledge("bob@x.test", [], mail_from="bob@x.test", enabled=False).reason == "disabled"
-    assert should_acknowledge("bob@x.test", [], mail_from="bob@x.test", undeliverable=True).reason == "undeliverable"
+    assert should_acknowledge("bob@x.test", [], mail_from="bob@x.test", undeliverable=True,
+                              authenticated=True).reason == "undeliverable"
+    # the mailbox policy: an unauthenticated From only under "always"; "never" nobody
+    assert should_acknowledge("bob@x.test", [], mail_from="bob@x.test").reason == "unauthenticated"
+    assert should_acknowledge("bob@x.test", [], mail_from="bob@x.test", policy="always")
+    assert should_acknowledge("bob@x.test", [], mail_from="bob@x.test", policy="never",
+                              authenticated=True).reason == "disabled"
 
 
 def test_rate_limit_tiers_pure():
     now = 100_000.0
     limits = ((10, 600.0), (25, 3600.0))
     nine = [now - 60 * i for i in range(9)]
-    assert should_acknowledge("b@x.test", [], recent=nine, now=now, limits=limits)
+    ok = {"now": now, "limits": limits, "authenticated": True}
+    assert should_acknowledge("b@x.test", [], recent=nine, **ok)
     ten = [now - 50 * i for i in range(10)]
-    assert should_acknowledge("b@x.test", [], recent=ten, now=now, limits=limits).reason == "rate_limited"
+    assert should_acknowledge("b@x.test", [], recent=ten, **ok).reason == "rate_limited"
     # the 10-minute tier has room again, but the hour tier is full
     hour = [now - 700 - 100 * i for i in range(25)]
-    assert should_acknowledge("b@x.test", [], recent=hour, now=now, limits=limits).reason == "rate_limited"
-    assert should_acknowledge("b@x.test", [], recent=hour[:24], now=now, limits=limits)
+    assert should_acknowledge("b@x.test", [], recent=hour, **ok).reason == "rate_limited"
+    assert should_acknowledge("b@x.test", [], recent=hour[:24], **ok)
 
 
 async def test_rate_counter_in_store_and_idempotent_key(store):
@@ -182,7 +195,7 @@ async def test_rate_counter_in_store_and_idempotent_key(store):
 
     def ack(conn, i, t, key=None):
         return acknowledge(conn, n, ticket=TicketInfo(None, f"HD-{i}", "s"), mailbox=MB, sender="Bob@X.test",
-                           headers=[], mail_from="bob@x.test", key=key or f"sp{i}", now=t)
+                           headers=[], mail_from="bob@x.test", key=key or f"sp{i}", now=t, auth=passed("x.test"))
     results = []
     for i in range(5):
         results.append(await store.transaction(lambda c, i=i: ack(c, i, now + i)))
@@ -191,7 +204,7 @@ async def test_rate_counter_in_store_and_idempotent_key(store):
     # a replayed message (same key) does not queue or count a second acknowledgement
     d, mid = await store.transaction(lambda c: ack(c, 0, now + 10, key="sp0"))
     assert mid == results[0][1]
-    assert len(await store.query("SELECT * FROM relay_ack_log")) == 3
+    assert len(await store.query("SELECT * FROM relay_ack_log WHERE sender='bob@x.test'")) == 3
     # 11 minutes later the first tier has room, and the hour tier allows one more
     later = [await store.transaction(lambda c, i=i: ack(c, 10 + i, now + 660 + i)) for i in range(2)]
     assert [bool(d) for d, _ in later] == [True, False]
@@ -257,7 +270,7 @@ async def test_acknowledgement_loop_with_autoresponder_stops(store, sinks):
         i = counter["tickets"]
         d, _ = await store.transaction(lambda c: acknowledge(
             c, notifier, ticket=TicketInfo(None, f"HD-{i}", f"Auto: reply {i}"), mailbox=MB, sender=sender,
-            headers=headers, mail_from=sender, key=f"loop-{i}"))
+            headers=headers, mail_from=sender, key=f"loop-{i}", auth=passed("x.test")))
         w.wake()
         return bool(d)
 
@@ -286,7 +299,8 @@ async def test_lazy_acknowledgement_rendered_by_the_worker(store, sinks):
     notifier = Notifier(parse_relay_config(table))
     d, mid = await store.transaction(lambda c: acknowledge(
         c, notifier, ticket=T, mailbox=MB, sender="alice@customer.test", headers=[("Subject", "help")],
-        mail_from="alice@customer.test", inbound_message_id="orig@customer.test", key="spool-9"))
+        mail_from="alice@customer.test", inbound_message_id="orig@customer.test", key="spool-9",
+        auth=passed("customer.test")))
     assert d and mid
     row = (await store.query("SELECT message, render, message_id FROM relay_queue WHERE id=?", (mid,)))[0]
     assert row[0] == b"" and row[1]                     # nothing rendered inside the transaction
@@ -299,3 +313,24 @@ async def test_lazy_acknowledgement_rendered_by_the_worker(store, sinks):
     assert m["Message-ID"] == f"<{row[2]}>" and m["In-Reply-To"] == "<orig@customer.test>"
     assert "[HD-1042]" in m["Subject"] and m["Auto-Submitted"] == "auto-replied"
     assert "Alice" in m.get_body(("plain",)).get_content()
+
+
+async def test_per_ip_and_global_counters_hold_under_concurrent_transactions(store):
+    """20 acknowledgements for different authenticated senders from one client, in concurrent
+    transactions (on PostgreSQL up to 4 at once, as several nodes would): exactly the per-IP limit
+    is queued, and the global counter then holds the rest back the same way."""
+    n = Notifier(cfg(ack_limits_per_ip=["5/1h"], ack_limits_global=["8/1h"]))
+    now = time.time()
+
+    def ack(conn, i, ip):
+        return acknowledge(conn, n, ticket=TicketInfo(None, f"HD-{i}", "s"), mailbox=MB, sender=f"u{i}@x.test",
+                           headers=[], mail_from=f"u{i}@x.test", key=f"c{i}", now=now, auth=passed("x.test"),
+                           client_ip=ip)
+    first = await asyncio.gather(*(store.transaction(lambda c, i=i: ack(c, i, "192.0.2.1")) for i in range(20)))
+    assert sum(1 for d, _ in first if d) == 5
+    assert {d.reason for d, _ in first if not d} == {"rate_limited_ip"}
+    others = await asyncio.gather(*(store.transaction(lambda c, i=i: ack(c, i, f"198.51.100.{i}"))
+                                    for i in range(20, 30)))
+    assert sum(1 for d, _ in others if d) == 3          # 8 in all
+    assert {d.reason for d, _ in others if not d} == {"rate_limited_global"}
+    assert (await RelayQueue(store).counts())["queued"] == 8
