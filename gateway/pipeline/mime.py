@@ -491,7 +491,7 @@ _SPEC = r'[^\s<>()\[\]",;:\\@]+@[^\s<>()\[\]",;:\\@]+'
 # can be matched two ways (a lazy name before "\s*<" was quadratic on long runs of spaces).
 _FAST_ITEM = re.compile(
     rf'\s*+(?:({_SPEC})|("(?:[^"\\]|\\.)*+"\s*+|[^"<>()\[\],;:\\]*+)<\s*+({_SPEC})\s*+>)\s*+')
-_LIST_SPLIT = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^,"])+')
+_LIST_SPLIT = re.compile(r'(?:"(?:[^"\\]|\\.)*+"|[^,"]++)++')  # possessive: no backtracking stack
 _EW_SPECIALS = frozenset(',"<>@')
 _MSGID_RE = re.compile(r"<([^<>]*)>")
 _ID_TOKENS = re.compile(r"[\s,]+")
