@@ -47,7 +47,14 @@ def parse_from(raw: bytes) -> FromInfo:
     value = fields_[0].text()
     addrs = _simple_from(value)
     if addrs is None:
-        addrs = [a for _n, a in email.utils.getaddresses([value]) if a]
+        # getaddresses is super-linear on some values (and recurses on others): it never sees more
+        # than MAX_FROM_CHARS. The pipeline's reader has the same bound (mime.MAX_ADDRESS_CHARS).
+        if len(value) > MAX_FROM_CHARS:
+            return FromInfo(error=f"From header field too long to read ({len(value)} > {MAX_FROM_CHARS} characters)")
+        try:
+            addrs = [a for _n, a in email.utils.getaddresses([value]) if a]
+        except RecursionError:
+            return FromInfo(error="From header field nested too deep to read")
     if not addrs:
         return FromInfo(error="From header field has no address")
     domains: list[str] = []
@@ -66,10 +73,13 @@ def parse_from(raw: bytes) -> FromInfo:
     return FromInfo(domains=tuple(domains), addresses=tuple(addrs))
 
 
+MAX_FROM_CHARS = 1_000
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _ADDR = rf"{_ATEXT}+(?:\.{_ATEXT}+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 # "Display Name <local@domain>" (phrase of atext, dots and spaces) or a bare "local@domain"
-_SIMPLE_FROM = re.compile(rf"[ \t]*(?:[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~. \t-]*<({_ADDR})>|({_ADDR}))[ \t]*")
+# Possessive: the leading blanks and the phrase overlap, and backtracking between them was
+# quadratic on a long run of blanks.
+_SIMPLE_FROM = re.compile(rf"[ \t]*+(?:[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~. \t-]*+<({_ADDR})>|({_ADDR}))[ \t]*+")
 
 
 def _simple_from(value: str) -> list[str] | None:

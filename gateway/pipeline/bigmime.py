@@ -57,6 +57,12 @@ _MAX_MARKER = 64                 # longer payloads cannot be markers (cheap is_m
 _MAX_HEADER = 64 * 1024          # a header section larger than this is not parsed
 _MAX_DEPTH = 20                  # multipart nesting followed; deeper ones are opaque
 _MAX_WS = 1024                   # blanks after a boundary before the line must end
+# Bytes the boundary search may scan per byte of input (+ a constant). Each open multipart's
+# boundary is searched for from each candidate line on; one that occurs only at the very end
+# (10,000 nested multiparts) made that quadratic. Over the budget the splitter bails out (the rest
+# is copied verbatim: the plain parse reads it). Ordinary mail scans each byte a few times.
+_SCAN_FACTOR = 64
+_SCAN_SLACK = 1 << 20
 _MAX_TAIL = 64 * 1024            # blank lines around base64 data we accept
 _QP_PIECE = 1 << 20              # quoted-printable is decoded in pieces of about this
 
@@ -569,6 +575,8 @@ class LargePartSplitter:
         self._undone: list[_Elision] = []       # finished elisions to restore at finish()
         self._count = 0
         self._finished = False
+        self._fed = 0                   # input bytes so far
+        self._scanned = 0               # bytes the boundary search has scanned so far
 
     # -- public API --------------------------------------------------------- #
     def feed(self, data: bytes) -> None:
@@ -577,6 +585,7 @@ class LargePartSplitter:
             raise RuntimeError("feed() after finish()")
         if data:
             self._buf += data
+            self._fed += len(data)
             self._run(final=False)
 
     def finish(self) -> tuple[bytes, dict[bytes, bytes]]:
@@ -689,6 +698,7 @@ class LargePartSplitter:
             key = frame.shadow or frame.bound   # the shadow is a prefix of the boundary
             end = best + len(key) if best >= 0 else len(self._buf)
             found = self._buf.find(key, pos, end)
+            self._scanned += (found + len(key) if found >= 0 else end) - pos
             if found >= 0 and (best < 0 or found < best):
                 best = found
         return best
@@ -705,6 +715,8 @@ class LargePartSplitter:
         pos = self._resume
         while True:
             p = self._next_candidate(pos)
+            if self._scanned > _SCAN_FACTOR * self._fed + _SCAN_SLACK:
+                return min(pos, p) if p >= 0 else pos, _BAIL
             if p < 0:
                 self._resume = max(pos, n - self._maxbound + 1)
                 return (n if final else max(0, n - self._maxbound - 1)), None

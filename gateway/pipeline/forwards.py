@@ -19,6 +19,7 @@ Nested forwards: the outermost one wins (the mail the agent forwarded).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .model import ParsedMessage
@@ -111,22 +112,32 @@ def _header_block(lines: list[str], start: int) -> tuple[dict[str, str], int] | 
     return headers, i
 
 
-def _build(lines: list[str], header_at: int, note: str, kind: str, outer_subject: str,
+_HEADER_WINDOW = 20   # _header_block reads at most 20 lines
+# Candidate header blocks tried per search (a marker line or From line that turns out not to start
+# a forward). Real forwards are found at the first; 16,000 marker lines cost seconds.
+MAX_FORWARD_CANDIDATES = 100
+
+
+def _build(lines: list[str], header_at: int, note: Callable[[], str], kind: str, outer_subject: str,
            html: str) -> ForwardedOriginal | None:
     quoted = bool(_QUOTE_PREFIX.match(lines[header_at]))
-    work = _dequote(lines[header_at:]) if quoted else lines[header_at:]
-    parsed = _header_block(work, 0)
+    # The header block is read from a window of its at most 20 lines + blank lines before it; the
+    # rest is copied only once a forward is found (each failed candidate copied the whole text:
+    # quadratic in the number of marker lines).
+    window = lines[header_at:header_at + _HEADER_WINDOW]
+    parsed = _header_block(_dequote(window) if quoted else window, 0)
     if parsed is None:
         return None
     headers, end = parsed
     addr, name = _split_from(headers["from"], html)
     if not addr and not name:
         return None
-    body = "\n".join(work[end:]).strip("\n")
+    rest = lines[header_at + end:]
+    body = "\n".join(_dequote(rest) if quoted else rest).strip("\n")
     body = "\n".join(line.rstrip() for line in body.split("\n")).strip()
     subject = headers.get("subject", "").strip() or normalize_subject(outer_subject, None)
     return ForwardedOriginal(from_addr=addr, from_name=name, subject=subject, body=body,
-                             date=headers.get("date", "").strip(), kind=kind, note=note)
+                             date=headers.get("date", "").strip(), kind=kind, note=note())
 
 
 def parse_inline_forward(text: str, html: str = "", subject: str = "") -> ForwardedOriginal | None:
@@ -136,6 +147,7 @@ def parse_inline_forward(text: str, html: str = "", subject: str = "") -> Forwar
     text = (text or "").replace("\r\n", "\n").replace("\r", "\n")
     lines = text.split("\n")
     n = len(lines)
+    tries = 0
     # 1. a marker line followed by a header block
     for i, line in enumerate(lines):
         plain = _QUOTE_PREFIX.sub("", line)
@@ -146,16 +158,22 @@ def parse_inline_forward(text: str, html: str = "", subject: str = "") -> Forwar
             j += 1
         if j >= n or header_line(_QUOTE_PREFIX.sub("", lines[j])) is None:
             continue
-        note = "\n".join(lines[:i]).strip()
-        found = _build(lines, j, note, "inline", subject, html)
+        tries += 1
+        if tries > MAX_FORWARD_CANDIDATES:
+            break
+        found = _build(lines, j, lambda i=i: "\n".join(lines[:i]).strip(), "inline", subject, html)
         if found is not None:
             return found
     # 3. a bare header block
+    tries = 0
     for i, line in enumerate(lines):
         h = header_line(_QUOTE_PREFIX.sub("", line))
         if h is None or h[0] != "from":
             continue
-        found = _build(lines, i, "\n".join(lines[:i]).strip(), "header-block", subject, html)
+        tries += 1
+        if tries > MAX_FORWARD_CANDIDATES:
+            break
+        found = _build(lines, i, lambda i=i: "\n".join(lines[:i]).strip(), "header-block", subject, html)
         if found is not None:
             return found
     return None

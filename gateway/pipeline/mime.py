@@ -37,12 +37,14 @@ import re
 from collections.abc import Iterable
 from typing import Any
 from email.generator import BytesGenerator
-from email.message import Message
+from email.message import EmailMessage, Message
+import email.feedparser
 from urllib.parse import unquote_to_bytes
 
 from inscriptis import get_text
 
 from gateway.pipeline.bigmime import is_marker, split_large_parts
+from gateway.pipeline.htmlbound import MAX_RENDER_TAGS, bound_html
 from gateway.pipeline.model import Attachment, ParsedMessage
 
 __all__ = ["parse_message"]
@@ -69,6 +71,10 @@ class _CachingHeaderRegistry(email.headerregistry.HeaderRegistry):
             return self._cache[key]
         except (KeyError, TypeError):
             pass
+        if isinstance(value, str) and len(value) > _MAX_MIME_HEADER and name.lower() in _MIME_HEADERS:
+            # The registry's Content-Type parse is super-linear in the parameters and runs several
+            # times per part: hand it only what the feed parser needs (see _compact_mime).
+            return super().__call__(name, _compact_mime(value))
         header = super().__call__(name, value)
         if not isinstance(value, str) or len(value) > 2000:
             return header  # long values (huge To: lists, attacks) are parsed, never kept
@@ -87,16 +93,30 @@ _GEN_POLICIES = {
     nl: email.policy.default.clone(refold_source="none", linesep=nl) for nl in ("\r\n", "\n")
 }
 _MAX_DEPTH = 64          # MIME nesting we follow; deeper parts are dropped (with a defect)
+# Work limits on sender-controlled structure (docs/pipeline.md, "Bounded cost"). The stdlib parsers
+# behind them are super-linear; real mail stays far below each limit.
+MAX_MIME_PARTS = 10_000      # parts per message; beyond: a plain linear reading and a quarantine
+MAX_MIME_NESTING = 100       # nested multiparts; beyond: the same (the walker follows 64)
+MAX_MIME_PARAMS = 64         # parameters read per Content-Type / Content-Disposition
+_MAX_MIME_HEADER = 2_000     # longer Content-Type/-Disposition values reach the registry compacted
+_MIME_HEADERS = frozenset({"content-type", "content-disposition"})
+MAX_ADDRESS_CHARS = 1_000    # one address (phrase + addr-spec) handed to the stdlib address parsers
+MAX_ADDRESSES = 2_000        # addresses read per header name (To, Cc, ...)
+ADDRESS_PARSER_BUDGET = 8_000  # characters per message the stdlib address parsers may see in all
 _MAX_LABEL = 40          # longest charset/CTE label echoed into a defect string
 
 
 # --------------------------------------------------------------------------- #
 # Per-message state
 # --------------------------------------------------------------------------- #
+class TooManyParts(Exception):
+    """The message has more than MAX_MIME_PARTS MIME parts."""
+
+
 class _Ctx:
     """Mutable state of one parse: defects (ordered, de-duplicated) and the charset hint."""
 
-    __slots__ = ("_defects", "hint", "linesep", "raw")
+    __slots__ = ("_defects", "hint", "linesep", "raw", "budget", "parts")
 
     def __init__(self, raw: bytes) -> None:
         self._defects: dict[str, None] = {}
@@ -105,6 +125,27 @@ class _Ctx:
         self.hint: tuple[str, ...] = ()
         self.linesep: str | None = None
         self.raw = raw
+        self.budget = ADDRESS_PARSER_BUDGET   # characters left for the stdlib address parsers
+        self.parts = 0                        # message objects the feed parser has built
+
+    def parse(self, data: bytes) -> Message:
+        """``data`` through the feed parser, stopped (TooManyParts) at MAX_MIME_PARTS parts or
+        MAX_MIME_NESTING nested multiparts: its cost per part is high (1 MB holds 100,000 empty
+        parts), and it tests every line against every enclosing boundary (quadratic in depth)."""
+        holder: list[email.feedparser.BytesFeedParser] = []   # empty during the parser's probe call
+
+        def factory(policy: Any = None) -> Message:
+            self.parts += 1
+            if self.parts > MAX_MIME_PARTS + 2:    # +2: the parser's probe call and the top level
+                raise TooManyParts(f"more than {MAX_MIME_PARTS}")
+            stack = getattr(getattr(holder[0], "_input", None), "_eofstack", ()) if holder else ()
+            if len(stack) > MAX_MIME_NESTING:
+                raise TooManyParts(f"nested more than {MAX_MIME_NESTING} deep")
+            return EmailMessage(policy=policy)
+        parser = email.feedparser.BytesFeedParser(_factory=factory, policy=_POLICY)
+        holder.append(parser)
+        parser.feed(data)
+        return parser.close()
 
     def defect(self, text: str) -> None:
         self._defects.setdefault(text, None)
@@ -385,7 +426,10 @@ def _mime_header(value: str, ctx: _Ctx) -> tuple[str, dict[str, str]]:
     params: dict[str, str] = {}
     if rest:
         extended: dict[str, list[tuple[int, bool, str]]] = {}
-        for m in _PARAM_RE.finditer(";" + rest):
+        for count, m in enumerate(_PARAM_RE.finditer(";" + rest)):
+            if count >= MAX_MIME_PARAMS:
+                ctx.defect(f"mime-params-limit:{MAX_MIME_PARAMS}")
+                break
             name = m.group(1).lower()
             val = _unquote(m.group(2) or "")
             if "*" in name:                      # RFC 2231: name*, name*0, name*0*, ...
@@ -414,6 +458,24 @@ def _mime_header(value: str, ctx: _Ctx) -> tuple[str, dict[str, str]]:
     return main.lower(), params
 
 
+_COMPACT_KEEP = frozenset({"boundary", "charset", "type", "report-type", "protocol", "micalg"})
+
+
+def _compact_mime(value: str) -> str:
+    """A long Content-Type/-Disposition value cut to its main value and the plain parameters the
+    feed parser and generator use (linear: our own parameter regex, at most MAX_MIME_PARAMS)."""
+    main, _, rest = value.partition(";")
+    out = [main.strip()[:200]]
+    for count, m in enumerate(_PARAM_RE.finditer(";" + rest)):
+        if count >= MAX_MIME_PARAMS:
+            break
+        name = m.group(1).lower()
+        if name in _COMPACT_KEEP:
+            val = _unquote(m.group(2) or "")[:200].replace("\\", "\\\\").replace('"', '\\"')
+            out.append(f'{name}="{val}"')
+    return "; ".join(out)
+
+
 def _filename(disp_params: dict[str, str], type_params: dict[str, str], ctx: _Ctx) -> str:
     name = disp_params.get("filename") or type_params.get("name") or ""
     if "=?" in name:   # RFC 2047 inside a parameter: forbidden, yet what Outlook and others send
@@ -425,9 +487,11 @@ def _filename(disp_params: dict[str, str], type_params: dict[str, str], ctx: _Ct
 # Addresses and message ids
 # --------------------------------------------------------------------------- #
 _SPEC = r'[^\s<>()\[\]",;:\\@]+@[^\s<>()\[\]",;:\\@]+'
+# Possessive throughout: the display-name class includes white space (stripped later), so nothing
+# can be matched two ways (a lazy name before "\s*<" was quadratic on long runs of spaces).
 _FAST_ITEM = re.compile(
-    rf'\s*(?:({_SPEC})|("(?:[^"\\]|\\.)*"|[^"<>()\[\],;:\\]*?)\s*<\s*({_SPEC})\s*>)\s*')
-_LIST_SPLIT = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^,"])+')
+    rf'\s*+(?:({_SPEC})|("(?:[^"\\]|\\.)*+"\s*+|[^"<>()\[\],;:\\]*+)<\s*+({_SPEC})\s*+>)\s*+')
+_LIST_SPLIT = re.compile(r'(?:"(?:[^"\\]|\\.)*+"|[^,"]++)++')  # possessive: no backtracking stack
 _EW_SPECIALS = frozenset(',"<>@')
 _MSGID_RE = re.compile(r"<([^<>]*)>")
 _ID_TOKENS = re.compile(r"[\s,]+")
@@ -476,7 +540,11 @@ def _addresses(name: str, values: Iterable[str], ctx: _Ctx) -> list[Pair]:
     """(display name, addr-spec) pairs from all headers ``name``; never raises.
 
     Fast path for ordinary values, then the header registry (RFC 5322 with obsolete
-    forms), then ``getaddresses`` when the registry raises or finds nothing.
+    forms), then ``getaddresses`` when the registry raises or finds nothing. Both stdlib
+    parsers are super-linear (50,000 ``"`` in From: minutes), so they only see values of at
+    most MAX_ADDRESS_CHARS, ADDRESS_PARSER_BUDGET characters per message in all; a longer
+    value is first split at its top-level commas. What is left unread is recorded in
+    ``defects`` (``address-unread:<name>``). At most MAX_ADDRESSES per header name.
     """
     out: list[Pair] = []
     for value in values:
@@ -485,22 +553,43 @@ def _addresses(name: str, values: Iterable[str], ctx: _Ctx) -> list[Pair]:
         fast = _fast_addresses(value, ctx)
         if fast is not None:
             out.extend(fast)
-            continue
-        pairs: list[Pair] = []
-        try:
-            header = _POLICY.header_factory(name, value)
-            pairs = [(a.display_name, a.addr_spec) for a in header.addresses]
-        except Exception:                       # registry bugs on hostile input
-            ctx.defect(f"address-registry-failed:{name}")
-        pairs = [(n, a) for n, a in pairs if _is_addr(a)]
-        if not pairs and "@" in value:
-            ctx.defect(f"address-fallback:{name}")
-            try:
-                pairs = [(n, a) for n, a in email.utils.getaddresses([value]) if _is_addr(a)]
-            except Exception:
-                pairs = []
-        out.extend((_display(n, ctx), _norm_addr(a)) for n, a in pairs)
+        elif len(value) <= MAX_ADDRESS_CHARS:
+            out.extend(_slow_addresses(name, value, ctx))
+        else:
+            for m in _LIST_SPLIT.finditer(value):
+                if len(out) >= MAX_ADDRESSES:
+                    break
+                item = m.group(0)
+                if item.isspace():
+                    continue
+                fast = _fast_addresses(item, ctx)
+                out.extend(fast if fast is not None else _slow_addresses(name, item, ctx))
+        if len(out) >= MAX_ADDRESSES:
+            ctx.defect(f"address-limit:{name}:{MAX_ADDRESSES}")
+            return out[:MAX_ADDRESSES]
     return out
+
+
+def _slow_addresses(name: str, value: str, ctx: _Ctx) -> list[Pair]:
+    """One value through the stdlib parsers, within the length limit and the message's budget."""
+    if len(value) > MAX_ADDRESS_CHARS or len(value) > ctx.budget:
+        ctx.defect(f"address-unread:{name}")
+        return []
+    ctx.budget -= len(value)
+    pairs: list[Pair] = []
+    try:
+        header = _POLICY.header_factory(name, value)
+        pairs = [(a.display_name, a.addr_spec) for a in header.addresses]
+    except Exception:                       # registry bugs on hostile input
+        ctx.defect(f"address-registry-failed:{name}")
+    pairs = [(n, a) for n, a in pairs if _is_addr(a)]
+    if not pairs and "@" in value:
+        ctx.defect(f"address-fallback:{name}")
+        try:
+            pairs = [(n, a) for n, a in email.utils.getaddresses([value]) if _is_addr(a)]
+        except Exception:
+            pairs = []
+    return [(_display(n, ctx), _norm_addr(a)) for n, a in pairs]
 
 
 def _unique(items: Iterable[str]) -> tuple[str, ...]:
@@ -529,8 +618,8 @@ _IDENTITY_CTE = frozenset({"", "7bit", "8bit", "binary"})
 _UU_CTE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
 _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9_:.+-]+)""", re.I)
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_SCRIPT_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.I | re.S)
-_TAG = re.compile(r"<[^>]*>")
+_SCRIPT_OPEN = re.compile(r"<(script|style)\b")
+_TAG = re.compile(r"<[^<>]*+>")   # not "<[^>]*>": each "<" of "<<<…" would scan to the end
 _BLANK_RUN = re.compile(r"\n{3,}")
 
 
@@ -590,13 +679,37 @@ def _newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
+def _strip_markup(html: str) -> str:
+    """Crude, linear HTML to text: script/style elements and tags removed, entities decoded."""
+    low = html.lower()
+    out: list[str] = []
+    pos = 0
+    while True:
+        m = _SCRIPT_OPEN.search(low, pos)
+        if m is None:
+            out.append(html[pos:])
+            break
+        out.append(html[pos:m.start()])
+        out.append(" ")
+        end = low.find("</" + m.group(1), m.end())   # one search: an unclosed one ends the text
+        close = low.find(">", end) if end >= 0 else -1
+        if close < 0:
+            break
+        pos = close + 1
+    return html_lib.unescape(_TAG.sub(" ", "".join(out)))
+
+
 def _html_to_text(html: str, ctx: _Ctx) -> str:
     """Render HTML with inscriptis (block, list and table layout); crude strip if it fails."""
-    try:
-        text = get_text(_XML_INVALID.sub("", html))
-    except Exception:                          # lxml/inscriptis on hostile markup
-        ctx.defect("html-render-failed")
-        text = html_lib.unescape(_TAG.sub(" ", _SCRIPT_STYLE.sub(" ", html)))
+    if html.count("<") > MAX_RENDER_TAGS:       # inscriptis: ~20 us a table cell; a tag strip is linear
+        ctx.defect(f"html-render-limit:{MAX_RENDER_TAGS}")
+        text = _strip_markup(html)
+    else:
+        try:
+            text = get_text(_XML_INVALID.sub("", html))
+        except Exception:                      # lxml/inscriptis on hostile markup
+            ctx.defect("html-render-failed")
+            text = _strip_markup(html)
     lines = [line.rstrip() for line in text.split("\n")]
     return _BLANK_RUN.sub("\n\n", "\n".join(lines)).strip("\n")
 
@@ -664,6 +777,8 @@ class _Walker:
                 if repaired is not None:
                     return self._container(repaired.get_payload(), info, depth, attach)
             return self._leaf(part, info, attach)
+        except TooManyParts:
+            raise
         except Exception as exc:                  # one bad part must not lose the rest
             ctx.defect(f"part-failed:{type(exc).__name__}")
             return [], []
@@ -695,8 +810,9 @@ class _Walker:
         quoted = boundary.replace("\\", "\\\\").replace('"', '\\"')
         head = f'Content-Type: {info.ctype}; boundary="{quoted}"\r\n\r\n'
         try:
-            sub = email.message_from_bytes(
-                head.encode("utf-8", "surrogateescape") + _raw_payload(part), policy=_POLICY)
+            sub = self.ctx.parse(head.encode("utf-8", "surrogateescape") + _raw_payload(part))
+        except TooManyParts:
+            raise
         except Exception:
             return None
         if not sub.is_multipart():
@@ -811,6 +927,10 @@ def _build(raw_headers: Iterable[tuple[str, str]], plains: list[str], htmls: lis
     msg_ids = _message_ids(wanted.get("message-id", ())[:1])
 
     body_html = "\n".join(htmls)
+    if body_html:
+        body_html, cuts = bound_html(body_html)
+        for cut in cuts:
+            ctx.defect(cut)
     body_text = "\n".join(plains)
     if body_html and not body_text.strip():
         body_text = _html_to_text(body_html, ctx)
@@ -837,7 +957,7 @@ def _build(raw_headers: Iterable[tuple[str, str]], plains: list[str], htmls: lis
 
 def _parse(raw: bytes, elided: dict[bytes, Any] | None = None) -> ParsedMessage:
     ctx = _Ctx(raw)
-    msg = email.message_from_bytes(raw, policy=_POLICY)
+    msg = ctx.parse(raw)
     walker = _Walker(ctx, elided)
     plains, htmls = walker.walk(msg)
     return _build(msg.raw_items(), plains, htmls, walker.attachments, ctx)
@@ -848,9 +968,13 @@ _FOLD = re.compile(rb"\r?\n(?=[ \t])")
 
 
 def _salvage(raw: bytes, exc: BaseException) -> ParsedMessage:
-    """Last resort when the email package itself failed: headers by line, the rest as text."""
+    """Last resort when the email package itself failed (or was stopped at a work limit):
+    headers by line, the rest as text."""
     ctx = _Ctx(raw)
-    ctx.defect(f"parse-failed:{type(exc).__name__}")
+    if isinstance(exc, TooManyParts):
+        ctx.defect(f"mime-parts-limit:{exc}")
+    else:
+        ctx.defect(f"parse-failed:{type(exc).__name__}")
     m = _HEADER_END.search(raw)
     head, body = (raw[:m.start()], raw[m.end():]) if m else (raw, b"")
     raw_headers = []
@@ -891,6 +1015,8 @@ def parse_message(raw: bytes, elided: dict[bytes, Any] | None = None) -> ParsedM
             if parts:
                 try:
                     return _parse(skeleton, parts)
+                except TooManyParts:
+                    raise
                 except Exception:  # noqa: BLE001 - then exactly as without the split
                     pass
         return _parse(raw, elided)

@@ -37,6 +37,7 @@ __all__ = [
 # Work limits: beyond these the input is treated as having no quote structure we analyse.
 MAX_TEXT_CHARS = 2_000_000
 MAX_HTML_CHARS = 2_000_000
+MAX_HTML_TAGS = 20_000        # rendering costs ~5-20 us a tag (inscriptis): 1 MB of tags took seconds
 _ATTRIBUTION_MAX_LINES = 4
 _ATTRIBUTION_MAX_CHARS = 400
 _SIGNATURE_MAX_LINES = 15          # non-blank lines a signature may span
@@ -350,9 +351,9 @@ def _find_splitters(lines: list[str], kinds: list[str], cut_markers: Sequence[st
 
 def _add_span(spans: dict[int, _Span], span: _Span) -> None:
     # A wrapped attribution may begin on a line that an earlier (shorter) candidate claimed.
-    for s in list(spans):
-        if span.start <= s <= span.end:
-            del spans[s]
+    # (By line number, not over all spans: 20,000 "On … wrote:" lines made that quadratic.)
+    for s in range(span.start, span.end + 1):
+        spans.pop(s, None)
     spans[span.start] = span
 
 
@@ -658,10 +659,14 @@ def _block_text(el: _El, limit: int = 600) -> str:
     glues "From: Ann</p><p>Sent: …" into one line)."""
     out: list[str] = []
     total = 0
+    visits = 0
 
     def walk(node: _El) -> None:
-        nonlocal total
-        if total >= limit:
+        nonlocal total, visits
+        # Elements count too: empty ones (50,000 <hr>, nested <div>s) add no text, and a walk
+        # bounded by text alone went through all of them for each candidate.
+        visits += 1
+        if total >= limit or visits > limit:
             return
         tag = node.tag.lower() if isinstance(node.tag, str) else ""
         if tag in _BLOCK_TAGS:
@@ -695,7 +700,7 @@ def _text_following(el: _El, limit: int = 300) -> str:
         while sib is not None and total < limit:
             t = (_block_text(sib, limit) if isinstance(sib.tag, str) else "") + (sib.tail or "")
             parts.append(t)
-            total += len(t)
+            total += len(t) + 10  # + 10: empty siblings (<hr><hr>…) must end the walk too
             sib = sib.getnext()
         node = node.getparent()
         if node is not None and isinstance(node.tag, str) and node.tag.lower() == "body":
@@ -706,6 +711,9 @@ def _text_following(el: _El, limit: int = 300) -> str:
 def _looks_like_header_start(text: str) -> bool:
     head = text[:60]
     return (":" in head or "：" in head) and bool(_HEADER_START.match(text))
+
+
+_HEADER_WORD = re.compile(r"(?:^|[\s>])(" + _alt(_WORD_KIND) + r")\s*[:：]", re.IGNORECASE)
 
 
 def _starts_with_header_block(text: str, min_kinds: int = 2) -> bool:
@@ -720,13 +728,17 @@ def _starts_with_header_block(text: str, min_kinds: int = 2) -> bool:
         if h:
             found.add(h[0])
     # A rendered block may lose its line breaks: count header words followed by ':' instead.
-    words = {(_WORD_KIND.get(w.lower()) or "to") for w in re.findall(
-        r"(?:^|[\s>])(" + _alt(_WORD_KIND) + r")\s*[:：]", text[:600], re.IGNORECASE)}
+    words = {(_WORD_KIND.get(w.lower()) or "to") for w in _HEADER_WORD.findall(text[:600])}
     found |= words
     return ("from" in found and len(found) >= min_kinds) or len(found) >= 3
 
 
-def _quote_kind(el: _El) -> tuple[str, str] | None:
+# Separator rules (<hr>) looked at per document: each check reads the text after the rule, and
+# 50,000 <hr> made that quadratic. Real mail has a handful.
+MAX_HR_CHECKS = 100
+
+
+def _quote_kind(el: _El, hr_checks: list[int] | None = None) -> tuple[str, str] | None:
     """('b', why) for a quote block (replace it), ('c', why) for a cut (it and everything
     after it), else None."""
     tag = el.tag.lower() if isinstance(el.tag, str) else ""
@@ -745,6 +757,10 @@ def _quote_kind(el: _El) -> tuple[str, str] | None:
     if hit:
         return "c", min(hit)
     if tag == "hr":
+        if hr_checks is not None:
+            hr_checks[0] -= 1
+            if hr_checks[0] < 0:
+                return None
         return ("c", "hr") if _starts_with_header_block(_text_following(el)) else None
     # Outlook's header block ("From: … Sent: … To: … Subject: …"), with or without the
     # border-top rule of its container div: it and everything after it is history.
@@ -758,11 +774,12 @@ def _find_quotes(root: _El) -> list[tuple[_El, str, str]]:
     """(element, 'b' | 'c', why) in document order; the list ends at the first cut."""
     found: list[tuple[_El, str, str]] = []
     stack = [root]
+    hr_checks = [MAX_HR_CHECKS]
     while stack:
         el = stack.pop()
         if not isinstance(el.tag, str):
             continue
-        kind = _quote_kind(el)
+        kind = _quote_kind(el, hr_checks)
         if kind is not None:
             found.append((el, *kind))
             if kind[0] == "c":
@@ -872,7 +889,7 @@ def strip_html_quotes(html: str) -> str:
     input unchanged when it cannot be parsed or is too large."""
     import lxml.html
 
-    if len(html) > MAX_HTML_CHARS:
+    if len(html) > MAX_HTML_CHARS or html.count("<") > MAX_HTML_TAGS:
         return html
     root = _parse_html(html)
     if root is None:
@@ -886,7 +903,7 @@ def strip_html_quotes(html: str) -> str:
 def split_html(html: str, *, sender: str = "", cut_markers: Sequence[str] = ()) -> ReplyParts:
     """Split an HTML body: quote elements are found structurally, the rest is rendered to
     text and read like plain text (so an attribution line above a blockquote goes too)."""
-    if len(html) > MAX_HTML_CHARS:
+    if len(html) > MAX_HTML_CHARS or html.count("<") > MAX_HTML_TAGS:
         return ReplyParts("", "", "", "", "")
     root = _parse_html(html)
     if root is None:

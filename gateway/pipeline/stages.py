@@ -203,6 +203,9 @@ class TicketStage:
         primary: MailboxConfig | None = ctx.recipients.primary(mailboxes) if mailboxes else None
         if primary is None:
             return Verdict(QUARANTINE, "no configured mailbox among the recipients (config changed?)")
+        over = next((d for d in p.defects if d.startswith("mime-parts-limit:")), None)
+        if over is not None:  # the parser stopped early: what it read is not the whole message
+            return Verdict(QUARANTINE, f"too many MIME parts ({over.partition(':')[2]})")
         addr, name = requester(msg)
         subject = p.subject or "(no subject)"
         attachments, stripped = _attachments(p, f.get("attachments"))
