@@ -54,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("store", parents=[common], help="encryption keys of the store")
     stsub = st.add_subparsers(dest="action", required=True, metavar="ACTION")
-    stsub.add_parser("genkey", parents=[common], help="print a new encryption key (for [store] encryption_key_file)")
+    gk = stsub.add_parser("genkey", parents=[common],
+                          help="a new encryption key (for [store] encryption_key_file): printed, or --out FILE")
+    gk.add_argument("--out", metavar="FILE", default="",
+                    help="write the key to a new FILE created mode 0600 whatever the umask (never overwritten)")
     stsub.add_parser("rotate-key", parents=[common],
                      help="re-encrypt everything with the first key of the key file")
 
@@ -90,7 +93,20 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(relay_test(cfg.relay, args.to, args.host, hostname=cfg.smtp.hostname)) or EX_OK
     if args.command == "store" and args.action == "genkey":
         from .store.crypto import generate_key
-        print(generate_key())
+        key = generate_key()
+        if not args.out:
+            print(key)  # into the operator's own shell redirection: prefer --out (mode 0600)
+            return EX_OK
+        from .secretfile import create_private
+        try:
+            create_private(args.out, (key + "\n").encode())
+        except FileExistsError:
+            print(f"ticketmx: {args.out} exists; not overwriting a key", file=sys.stderr)
+            return EX_FAIL
+        except OSError as exc:
+            print(f"ticketmx: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+            return EX_FAIL
+        print(f"ticketmx: key written to {args.out} (mode 0600)", file=sys.stderr)
         return EX_OK
     if args.command == "check-config":
         from .pipeline.notify_hook import config_warnings

@@ -16,6 +16,7 @@ from typing import Any, Callable, TypeVar
 from .errors import ConfigError, ConfigErrors
 from .ratelimit import Rate, parse_rate
 from .units import parse_duration, parse_size
+from .secretfile import exposure
 
 ENV_CONFIG = "TICKETMX_CONFIG"
 T = TypeVar("T")
@@ -415,6 +416,8 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         path = getattr(smtp, name)
         if path and not os.path.isfile(path):
             t.error(name, f"file not found: {path}")
+    if smtp.tls_key and (why := exposure(smtp.tls_key)):
+        t.error("tls_key", why)
     if smtp.proxy_protocol and not smtp.trusted_proxies:
         t.error("trusted_proxies", "required with proxy_protocol = true (the load balancers' addresses)")
     if smtp.proxy_protocol and smtp.proxy_timeout < 3:
@@ -440,7 +443,9 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         t.error("pool_min", "must be <= pool_max")
     if store.claim_lease < 1:
         t.error("claim_lease", "must be >= 1s")
-    if store.encryption_key_file:
+    if store.encryption_key_file and (why := exposure(store.encryption_key_file)):
+        t.error("encryption_key_file", why)
+    elif store.encryption_key_file:
         try:
             from .store.crypto import Cipher
             Cipher.from_file(store.encryption_key_file)

@@ -403,13 +403,44 @@ class Smarthost:
             if exc.code == 421:
                 raise HostFailure("closing", f"{name}: closing: {exc.code} {exc.message}", exc.code) from None
             status = "perm" if exc.code >= 500 else "temp"
+            fault = status == "perm" and _message_fault(exc.code, exc.message)
             for rcpt in accepted:
-                out[rcpt] = RcptOutcome(rcpt, status, exc.code, exc.message, name)
+                out[rcpt] = RcptOutcome(rcpt, status, exc.code, exc.message, name, message_fault=fault)
                 self.observer.rcpt_result(name, status, "data_5xx" if status == "perm" else "data_4xx")
             await _rset(client)
         except BaseException as exc:
             raise self._classify(exc, "data") from None
         return [out[r] for r in rcpts]
+
+
+MAX_LINE = 998  # octets, CRLF excluded (RFC 5322 2.1.1; RFC 5321 4.5.3.1.6 says 1000 with it)
+
+
+def overlong_line(message: bytes, limit: int = MAX_LINE) -> str | None:
+    """Why ``message`` must not be offered to a smarthost (a line over ``limit`` octets), or None.
+
+    Defence in depth behind the notifier's folding: a smarthost answers such a message with a 5xx
+    that would read as "recipient undeliverable". Linear, one pass with ``bytes.find``.
+    """
+    start, n, lineno = 0, len(message), 1
+    while start < n:
+        end = message.find(b"\n", start)
+        if end < 0:
+            end = n
+        length = end - start - (1 if end > start and message[end - 1:end] == b"\r" else 0)
+        if length > limit:
+            blank = message.find(b"\r\n\r\n")
+            where = "header" if blank < 0 or start <= blank else "body"
+            return f"line {lineno} ({where}) is {length} octets, over the {limit}-octet limit of RFC 5322"
+        start, lineno = end + 1, lineno + 1
+    return None
+
+
+def _message_fault(code: int, text: str) -> bool:
+    """A DATA-phase 5xx about the message's form (syntax 500-504, 5.6.x media, 5.3.4 too big)
+    rather than about the recipient: the contact is not to be marked undeliverable for it."""
+    enhanced = text.split(None, 1)[0] if text else ""
+    return 500 <= code <= 504 or enhanced.startswith("5.6.") or enhanced == "5.3.4"
 
 
 def _tls_info(client: aiosmtplib.SMTP) -> str:
@@ -491,6 +522,11 @@ class SmarthostPool:
     async def deliver(self, mail_from: str, rcpts: list[str] | tuple[str, ...], message: bytes,
                       only: str | None = None) -> AttemptResult:
         pending = list(dict.fromkeys(rcpts))
+        why = overlong_line(message)
+        if why is not None:  # fail closed: never offered, dead, and no contact is blamed for it
+            text = f"not sent: {why}"
+            return AttemptResult([RcptOutcome(a, "perm", None, text, "", message_fault=True) for a in pending],
+                                 text, "", [text])
         done: dict[str, RcptOutcome] = {}
         temp: dict[str, RcptOutcome] = {}
         errors: list[str] = []
@@ -536,5 +572,5 @@ class SmarthostPool:
         await asyncio.gather(*(h.close() for h in self.hosts), return_exceptions=True)
 
 
-__all__ = ["SmarthostPool", "Smarthost", "HostFailure", "AttemptResult", "tls_context", "CLOSED", "OPEN",
+__all__ = ["SmarthostPool", "Smarthost", "HostFailure", "AttemptResult", "tls_context", "overlong_line", "CLOSED", "OPEN",
            "HALF_OPEN", "CIRCUIT_VALUE"]

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.config import _str, _Table
 from gateway.errors import ConfigError
+from gateway.secretfile import exposure
 from gateway.units import parse_duration
 
 from .schedule import parse_intervals, parse_skip_times
@@ -285,6 +286,10 @@ def _read_secret(t: _T, file_key: str, env_key: str, what: str, required: bool) 
         t.error(env_key, f"set {file_key} or {env_key}, not both")
         return "", None
     if path:
+        why = exposure(path)
+        if why:
+            t.error(file_key, why)
+            return "", path
         try:
             with open(path, encoding="utf-8") as fh:
                 secret = fh.read().strip()
@@ -400,12 +405,18 @@ def _dkim(data: Any, prefix: str, errors: list[ConfigError]) -> DkimKeyConfig | 
     key_file = t.get("key_file", "", _nonempty)
     algorithm = t.get("algorithm", "", _choice(DKIM_ALGOS))
     key = b""
-    if key_file:
+    if key_file and (why := exposure(key_file)):
+        t.error("key_file", why)
+    elif key_file:
         try:
             with open(key_file, "rb") as fh:
                 key = fh.read()
         except OSError as exc:
             t.error("key_file", f"cannot read {key_file}: {exc.strerror}")
+        else:
+            if not key.strip():
+                t.error("key_file", f"{key_file} is empty: not a DKIM private key")
+                key = b""
     if key:
         detected = "rsa" if b"-----BEGIN" in key else "ed25519"
         if algorithm and algorithm != detected:
@@ -415,7 +426,8 @@ def _dkim(data: Any, prefix: str, errors: list[ConfigError]) -> DkimKeyConfig | 
             from .dkim import load_private_key
             load_private_key(key, algorithm)
         except ValueError as exc:
-            t.error("key_file", f"{key_file}: {exc}")
+            t.error("key_file", f"{key_file} is not a DKIM private key (PEM RSA, or the base64 ed25519 seed"
+                    f" `ticketmx dkim keygen` writes): {exc}")
     t.finish()
     if len(errors) != n0:
         return None

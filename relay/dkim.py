@@ -64,13 +64,17 @@ def load_private_key(data: bytes, algorithm: str) -> bytes:
     if algorithm == "rsa":
         if b"BEGIN RSA PRIVATE KEY" in data:
             try:
-                dkim.crypto.parse_pem_private_key(data)
+                parsed = dkim.crypto.parse_pem_private_key(data)
             except Exception as exc:  # dkimpy raises its own UnparsableKeyError
                 raise ValueError(f"not a usable RSA private key ({type(exc).__name__})") from None
-            return data
-        if b"BEGIN PRIVATE KEY" in data:
-            return _pkcs8_to_pkcs1(data)
-        raise ValueError("not a PEM RSA private key")
+        elif b"BEGIN PRIVATE KEY" in data:
+            data = _pkcs8_to_pkcs1(data)
+            parsed = dkim.crypto.parse_pem_private_key(data)
+        else:
+            raise ValueError("not a PEM RSA private key (a public key, certificate or other file?)")
+        if parsed["modulus"].bit_length() < 1024:  # verifiers ignore shorter keys (RFC 8301)
+            raise ValueError(f"a {parsed['modulus'].bit_length()}-bit RSA key is too short (use 2048)")
+        return data
     if algorithm == "ed25519":
         try:
             seed = base64.b64decode(data.strip(), validate=True)
@@ -164,11 +168,8 @@ def keygen(domain: str, selector: str, algo: str = "rsa", out_path: str | os.Pat
     path = os.fspath(out_path)
     if not path:
         raise ValueError("an output path for the private key is required")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(private)
-        fh.flush()
-        os.fsync(fh.fileno())
+    from gateway.secretfile import create_private
+    create_private(path, private)  # 0600 whatever the umask; never overwrites
     # TXT strings are at most 255 octets each: split the value into quoted chunks.
     chunks = [record[i:i + 250] for i in range(0, len(record), 250)]
     name = f"{selector}._domainkey.{domain.rstrip('.')}."

@@ -23,10 +23,10 @@ addresses, message ids - after rendering) raises :class:`HeaderInjection`; nothi
 """
 from __future__ import annotations
 
+import base64
 import email.policy
 import ipaddress
 from email.charset import QP, Charset
-from email.header import Header
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 import os
@@ -195,8 +195,10 @@ class Notifier:
         _safe(mailbox.name, "mailbox name")
         from_name, from_addr = parseaddr(self.cfg.from_addr) if self.cfg.from_addr else (mailbox.name, mbox)
         _addr(from_addr, "From")
-        refs = [_msgid(r, "References") for r in references if r]
+        # ids from inbound mail are the sender's: one too long to fit a header line is left out
+        refs = [m for m in (_msgid(r, "References") for r in references if r) if len(m) <= MAX_MSGID]
         irt = _msgid(in_reply_to, "In-Reply-To") if in_reply_to else None
+        irt = irt if irt and len(irt) <= MAX_MSGID else None
         num = re.sub(r"[^A-Za-z0-9._-]", "", ticket.number) or "ticket"
         message_id = f"{num}.{event}.{secrets.token_hex(8)}@{self.hostname}"
         auto = AUTO_SUBMITTED.get(event) if automatic is None else ("auto-generated" if automatic else None)
@@ -219,6 +221,7 @@ class Notifier:
                                "event": event, "hostname": self.hostname, "language": lang, **spec["context"]}
         subject, text, html = self.render(event, mbox, lang, ctx)
         token = f"[{spec['ticket']['number']}]"
+        subject = bound_subject(subject, token)
         if token not in subject:
             subject = f"{subject} {token}".strip()
         from_name, from_addr = spec["from"]
@@ -290,13 +293,63 @@ class Notifier:
                           dedupe_key=f"escalation:{ticket.id}:{target}:{level}")
 
 
+MAX_SUBJECT = 900          # characters of a notification's Subject (before the ticket token)
+MAX_NAME = 200             # characters of a display name in From / Reply-To
+MAX_MSGID = 250            # characters of a Message-ID we copy into In-Reply-To / References
+_WORD_BYTES = 39           # UTF-8 bytes per encoded word: "=?utf-8?b?" + 52 base64 chars + "?=" = 64 <= 75,
+#                            short enough to share the first line with "Subject: " or "Reply-To: "
+_PLAIN_WORD = 60           # an ASCII word longer than this cannot be folded well: it is encoded instead
+
+
+def encoded_words(text: str) -> str:
+    """``text`` as RFC 2047 "B" encoded words of at most 75 characters each, separated by spaces.
+
+    Words are cut between characters, never inside a UTF-8 sequence; decoders drop the spaces
+    between adjacent encoded words, so the text decodes back exactly (its own spaces are inside
+    the words). The generator then folds at those spaces: every line stays under 78 octets.
+    """
+    words: list[str] = []
+    chunk = bytearray()
+    for ch in text:
+        b = ch.encode("utf-8", "surrogatepass")
+        if len(chunk) + len(b) > _WORD_BYTES:
+            words.append(f"=?utf-8?b?{base64.b64encode(bytes(chunk)).decode()}?=")
+            chunk.clear()
+        chunk += b
+    if chunk or not words:
+        words.append(f"=?utf-8?b?{base64.b64encode(bytes(chunk)).decode()}?=")
+    return " ".join(words)
+
+
+def _needs_encoding(value: str) -> bool:
+    """Non-ASCII, a word too long to fold, or text a decoder would take for an encoded word."""
+    return (not value.isascii() or "=?" in value or any(len(w) > _PLAIN_WORD for w in value.split())
+            or any(c < " " and c != "\t" or c == "\x7f" for c in value))
+
+
+def bound_subject(subject: str, token: str) -> str:
+    """At most :data:`MAX_SUBJECT` characters plus the ticket token, which truncation never drops."""
+    subject = " ".join(subject.split())
+    if len(subject) <= MAX_SUBJECT:
+        return subject
+    cut = subject[:MAX_SUBJECT].rstrip() + "…"
+    return cut if token in cut else f"{cut} {token}"
+
+
 def _mailbox_header(name: str, addr: str) -> str:
-    return formataddr((name, addr), charset="utf-8") if name else addr
+    """``Name <addr>``: an ASCII name quoted as needed, any other as encoded words (RFC 2047 5(3))."""
+    name = " ".join(name.split())[:MAX_NAME]
+    if not name:
+        return addr
+    if _needs_encoding(name):
+        return f"{encoded_words(name)} <{addr}>"
+    return formataddr((name, addr))
 
 
-def _text_header(value: str) -> Any:
-    """ASCII as is (folded by the generator); anything else as RFC 2047 encoded words."""
-    return value if value.isascii() else Header(value, "utf-8")
+def _text_header(value: str) -> str:
+    """An unstructured field (Subject): ASCII as is when the generator can fold it at its spaces,
+    anything else as encoded words of <= 75 characters; no line of the field exceeds 78 octets."""
+    return encoded_words(value) if _needs_encoding(value) else value
 
 
 def _part(body: str, subtype: str) -> MIMENonMultipart:

@@ -10,7 +10,9 @@ Two flows against the configured token endpoint (RFC 6749):
 
 Tokens are cached and refreshed ``REFRESH_MARGIN`` (or 10 % of their lifetime, whichever is smaller)
 before they expire; concurrent deliveries share one token request. Neither the secret, the refresh token
-nor the access token ever appears in an exception message or a log line.
+nor the access token ever appears in an exception message or a log line. Of a refusal only the HTTP
+status and the RFC 6749 ``error`` code (checked by :func:`error_code`) are kept: ``error_description``
+is never copied anywhere, since a provider that echoes the request would leak the secret through it.
 
 HTTP: one form POST and a JSON answer is all this needs, so it is a small HTTP/1.1 client on asyncio
 streams (TLS verified by the default context; ``Content-Length``, chunked, or read-to-close bodies)
@@ -22,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import ssl
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterable
 from urllib.parse import urlencode, urlsplit
 
 from gateway.http11 import read_response
@@ -85,8 +88,8 @@ async def _post(url: str, fields: dict[str, str], ssl_context: ssl.SSLContext | 
         await writer.drain()
         try:
             status, headers, data = await read_response(reader, MAX_BODY)
-        except ValueError as exc:
-            raise OAuthError(f"token endpoint: {exc}") from None
+        except ValueError:  # never the answer's bytes: they may echo what we sent
+            raise OAuthError("token endpoint: malformed or oversized HTTP response") from None
         return HttpResponse(status, headers, data)
     finally:
         writer.close()
@@ -160,11 +163,10 @@ class TokenProvider:
         except (UnicodeDecodeError, json.JSONDecodeError):
             doc = None
         if resp.status != 200 or not isinstance(doc, dict) or not isinstance(doc.get("access_token"), str):
-            err = doc.get("error") if isinstance(doc, dict) else None
-            desc = doc.get("error_description") if isinstance(doc, dict) else None
-            detail = f"{err}: {str(desc)[:200]}" if err else "no access_token in the answer"
+            code = error_code(doc.get("error") if isinstance(doc, dict) else None,
+                              (self.cfg.client_secret, self._refresh_token, self.cfg.client_id))
             raise OAuthError(f"token endpoint {_where(self.cfg.token_url)} answered HTTP {resp.status}"
-                             f" ({detail})")
+                             f" (error={code})")
         lifetime = doc.get("expires_in", 3600)
         try:
             lifetime = float(lifetime)
@@ -178,6 +180,27 @@ class TokenProvider:
             self._refresh_token = new_refresh
             if self.cfg.refresh_token_file:
                 await asyncio.to_thread(_write_secret, self.cfg.refresh_token_file, new_refresh)
+
+
+_ERROR_CODE = re.compile(r"[a-z0-9_.-]{1,64}")
+
+
+def error_code(value: object, secrets: Iterable[str | None] = ()) -> str:
+    """The RFC 6749 5.2 ``error`` code of a refusal, fit to log: the only part of the body we keep.
+
+    ``error_description``, ``error_uri`` and any other text are dropped unread: a provider that
+    echoes the request would put the client secret or refresh token there, and from here the text
+    would reach the log, the relay queue's ``last_error`` and CLI output. The code itself must look
+    like one (lower-case letters, digits, ``_.-``; at most 64) and must not overlap a secret we sent;
+    anything else is reported as ``unrecognised``.
+    """
+    if not isinstance(value, str) or not _ERROR_CODE.fullmatch(value):
+        return "missing" if value is None else "unrecognised"
+    low = value.lower()
+    for secret in secrets:
+        if secret and len(secret) >= 4 and (secret.lower() in low or (len(low) >= 8 and low in secret.lower())):
+            return "unrecognised"
+    return value
 
 
 def _where(url: str) -> str:

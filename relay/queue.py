@@ -81,6 +81,8 @@ class RcptOutcome:
     code: int | None = None
     reply: str = ""
     host: str = ""
+    message_fault: bool = False         # perm because of the message itself (over-long line, syntax):
+    #                                     the notification is dead, the contact is not undeliverable
 
 
 @dataclass(slots=True)
@@ -194,7 +196,7 @@ def record(conn: sqlite3.Connection, outcome: AttemptOutcome, now: float, interv
         conn.execute("UPDATE relay_recipients SET state=?, code=?, reply=?, host=?, updated_at=?"
                      " WHERE notification_id=? AND address=? AND state NOT IN (?,?)",
                      (state, r.code, r.reply[:500], r.host, now, mid, r.address, SENT, DEAD))
-        if r.status == "perm":
+        if r.status == "perm" and not r.message_fault:
             mark_undeliverable(conn, r.address, f"{r.code} {r.reply}"[:300], now)
     row = conn.execute("SELECT state, lease_owner, attempts, lifetime_from, sent_at FROM relay_queue WHERE id=?"
                        + (" FOR UPDATE" if _postgres(conn) else ""), (mid,)).fetchone()  # vs. a takeover

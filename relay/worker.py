@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .client import CIRCUIT_VALUE, CLOSED, HostFailure, Smarthost, SmarthostPool
+from .client import CIRCUIT_VALUE, CLOSED, HostFailure, Smarthost, SmarthostPool, overlong_line
 from .config import RelayConfig
 from .dkim import DkimSigner
 from .notify import Notifier, purge_ack_log
@@ -386,6 +386,10 @@ async def relay_test(cfg: RelayConfig, to: str, host: str | None = None, out: Ca
             out(f"dkim: signed ({signed.split(b';', 1)[0].decode(errors='replace')[:60]}...)")
         message = signed
     mail_from = cfg.mail_from or f"postmaster@{name}"
+    why = overlong_line(message)
+    if why is not None:
+        out(f"cannot send: {why}")
+        return 1
     for h in hosts:
         sh = Smarthost(h, name)
         out(f"== smarthost {h.name} ({h.host}:{h.port}, tls={h.tls}, auth={h.auth})")

@@ -155,6 +155,7 @@ async def test_large_message_encrypted_at_rest_chunk_by_chunk(start_gateway, dns
     from gateway.store.crypto import generate_key
     keyfile = tmp_path / "store.key"
     keyfile.write_text(generate_key() + "\n")
+    keyfile.chmod(0o600)  # secret files others can read are refused
     dns_server.set_zone({"customer.test": [("TXT", "v=spf1 ip4:127.0.0.1 -all")]})
     gw = await start_gateway(smtp=SPILL, store={"encryption_key_file": str(keyfile)})
     attachment = b"TOPSECRETBLOB" * 100_000

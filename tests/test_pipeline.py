@@ -205,6 +205,7 @@ async def test_encryption_at_rest_and_key_rotation(start_gateway, tmp_path):
     old_key = generate_key()
     keyfile = tmp_path / "store.key"
     keyfile.write_text(old_key + "\n")
+    keyfile.chmod(0o600)  # secret files others can read are refused
     gateway = await start_gateway(store={"encryption_key_file": str(keyfile)})
     msg = EmailMessage()
     msg["From"] = "eve@customer.test"

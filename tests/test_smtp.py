@@ -201,6 +201,7 @@ async def test_starttls_with_certificate(start_gateway, tmp_path):
     ca = trustme.CA()
     cert = ca.issue_cert("mx.example.test")
     cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "key.pem"))
+    (tmp_path / "key.pem").chmod(0o600)
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
     gw = await start_gateway(smtp={"tls_cert": str(tmp_path / "cert.pem"), "tls_key": str(tmp_path / "key.pem")})
     client_ctx = ssl.create_default_context()

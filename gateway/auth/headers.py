@@ -282,6 +282,10 @@ def authserv_id_of(value: str) -> str | None:
     return m.group(0) if m else None
 
 
+# RFC 2045 token: printable US-ASCII except SPACE and tspecials ()<>@,;:\"/[]?=
+_AUTHSERV_TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")
+
+
 def strip_forged_authres(raw: bytes, hostname: str) -> bytes:
     """Remove every Authentication-Results field whose authserv-id is ``hostname``
     (case-insensitive, RFC 8601 5), touching nothing else: the header section is edited
@@ -292,8 +296,11 @@ def strip_forged_authres(raw: bytes, hostname: str) -> bytes:
         if f.name.lower() != b"authentication-results":
             continue
         aid = authserv_id_of(f.value.decode("utf-8", "replace"))
-        if aid is None or aid.rstrip(".").lower() == want:
-            # An unparsable A-R cannot be proved not to be ours: drop it too.
+        if aid is None or not _AUTHSERV_TOKEN.fullmatch(aid) or aid.rstrip(".").lower() == want:
+            # An unparsable A-R cannot be proved not to be ours: drop it too. So is an id that is
+            # not an RFC 2045 token (RFC 8601 2.2): an RFC 2047 encoded word ("=?us-ascii?q?<our
+            # id>?=", which readers that decode unstructured fields - Python's email default policy,
+            # MUAs - show as our id), a NUL or other control, non-ASCII, an address.
             drop.append(f)
     if not drop:
         return raw

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
+import stat
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, TypeVar
@@ -22,6 +24,7 @@ from .base import (PROCESSING, QUARANTINED, QUEUED, Delivery, DeliveryResult, Sp
                    body_file_chunks, chunk_count)
 from .migrations import load_migrations
 from .crypto import Cipher
+from ..secretfile import ensure_mode
 from .render import article_dict, iso, spool_from_row, ticket_dict
 from .sqlite_deliver import DeliverTx
 
@@ -74,6 +77,32 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY or "locked" in str(exc)
 
 
+DB_MODE = 0o600
+
+
+def private_db_files(path: Path) -> None:
+    """Make the database file 0600 before SQLite opens it, whatever the umask.
+
+    SQLite creates ``-wal`` and ``-shm`` with the mode of the database file (and fchmods them to
+    it), so creating the database file ourselves with the right mode is what makes all three
+    private. An existing database (or -wal/-shm/-journal) others can read - made by an older
+    version or by hand - loses its "other" bits, with a warning.
+    """
+    ensure_mode(str(path), DB_MODE)
+    for p in (str(path), f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+        try:
+            mode = stat.S_IMODE(os.stat(p).st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o007:
+            try:
+                os.chmod(p, mode & 0o770)
+                log.warning("store: %s was accessible by others (mode %04o); now %04o", p, mode, mode & 0o770)
+            except OSError as exc:
+                log.warning("store: %s is accessible by others (mode %04o) and cannot be changed: %s",
+                            p, mode, exc.strerror)
+
+
 class SqliteStore(Store):
     def __init__(self, path: str | Path, ticket_prefix: str = "HD-", ticket_start: int = 1000,
                  cipher: Cipher | None = None) -> None:
@@ -91,7 +120,8 @@ class SqliteStore(Store):
 
     # -- lifecycle -------------------------------------------------------------
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        private_db_files(self.path)
         self._w = await aiosqlite.connect(self.path, isolation_level=None)
         await self._w.execute("PRAGMA journal_mode=WAL")
         await self._w.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit

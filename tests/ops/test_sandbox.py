@@ -138,6 +138,7 @@ def test_serve_runs_under_the_unit_restrictions(tmp_path, dns_server):
     cert = ca.issue_cert("mx.example.test", "127.0.0.1")
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
     cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    (tmp_path / "key.pem").chmod(0o600)
     client_tls = ssl.create_default_context()
     ca.configure_trust(client_tls)
     client_tls.check_hostname = False

@@ -18,6 +18,7 @@ async def test_relay_test_prints_every_step(sinks, server_ctx, ca_file, tmp_path
     from aiosmtpd.smtp import AuthResult
     pw = tmp_path / "pw"
     pw.write_text("pass-word-xyz")
+    pw.chmod(0o600)
     s = sinks(tls_context=server_ctx, require_starttls=True, auth_required=True,
               authenticator=lambda *a: AuthResult(success=True, handled=False))
     down = free_port()

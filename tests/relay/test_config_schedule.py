@@ -48,6 +48,7 @@ password_file = "{secret}"
 def test_example_parses(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("TOPSECRET\n")
+    secret.chmod(0o600)
     cfg = parse_relay_config(tomllib.loads(EXAMPLE.format(secret=secret))["relay"])
     assert cfg.from_address == "helpdesk@example.test" and cfg.mail_from == "helpdesk@example.test"
     assert cfg.retry[:4] == (60.0, 300.0, 300.0, 1800.0) and len(cfg.retry) == 16

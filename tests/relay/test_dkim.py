@@ -71,6 +71,7 @@ def test_pkcs8_rsa_key_accepted(tmp_path):
     path = tmp_path / "p8.pem"
     path.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                      serialization.NoEncryption()))
+    path.chmod(0o600)
     cfg = parse_relay_config(relay_table(host("a", 25), dkim=[{"domain": "example.test", "selector": "s",
                                                               "key_file": str(path)}]))
     msg = b"From: a@example.test\r\nTo: b@x.test\r\nSubject: s\r\n\r\nbody\r\n"

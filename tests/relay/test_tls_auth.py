@@ -93,6 +93,7 @@ def _authenticator(user: str, password: str):
 async def test_auth_plain_login(sinks, server_ctx, ca_file, tmp_path, mech):
     pw = tmp_path / "pw"
     pw.write_text("s3cret-pass\n")
+    pw.chmod(0o600)
     s = sinks(tls_context=server_ctx, require_starttls=True, auth_required=True,
               authenticator=_authenticator("relay-user", "s3cret-pass"))
     steps: list[str] = []
@@ -107,6 +108,7 @@ async def test_auth_plain_login(sinks, server_ctx, ca_file, tmp_path, mech):
 
     # a wrong password is a host failure ("auth"), and the secret never shows
     pw.write_text("wrong\n")
+    pw.chmod(0o600)
     h = smarthost(host("auth", s.port, tls="starttls", ca_file=ca_file, auth=mech, username="relay-user",
                        password_file=str(pw)))
     with pytest.raises(HostFailure) as ei:
@@ -202,6 +204,7 @@ async def test_xoauth2_client_credentials(sinks, server_ctx, ca_file, tmp_path, 
     ep.on_token = s.handler.oauth_tokens.add
     secret = tmp_path / "secret"
     secret.write_text("csecret\n")
+    secret.chmod(0o600)
     table = relay_table(host("m365", s.port, tls="starttls", ca_file=ca_file, auth="xoauth2",
                              username="help@example.test", oauth_token_url=ep.url, oauth_client_id="cid",
                              oauth_client_secret_file=str(secret),
@@ -236,6 +239,7 @@ async def test_xoauth2_refresh_token_rotation_and_revoked_token(sinks, server_ct
     ep.on_token = s.handler.oauth_tokens.add
     rt = tmp_path / "refresh"
     rt.write_text("rt-initial\n")
+    rt.chmod(0o600)
     h = smarthost(host("google", s.port, tls="starttls", ca_file=ca_file, auth="xoauth2", username="u@example.test",
                        oauth_token_url=ep.url, oauth_client_id="cid", oauth_refresh_token_file=str(rt)))
     assert (await h.send("help@example.test", ["a@x.test"], MSG, reuse=False))[0].status == "sent"
@@ -285,6 +289,7 @@ async def test_oauth_failure_is_host_failure_and_falls_back(sinks, server_ctx, c
     s2 = sinks()
     secret = tmp_path / "secret"
     secret.write_text("csecret")
+    secret.chmod(0o600)
     table = relay_table(host("m365", s1.port, tls="starttls", ca_file=ca_file, auth="xoauth2",
                              username="u@example.test", oauth_token_url=f"http://127.0.0.1:{free_port()}/token",
                              oauth_client_id="cid", oauth_client_secret_file=str(secret)),
