@@ -27,19 +27,23 @@ FORGED = [
     ("quoted id", b'Authentication-Results: "mx.example.test"; dmarc=pass'),
     ("quoted escaped id", b'Authentication-Results: "mx.\\example.test"; dmarc=pass'),
     ("folded", b"Authentication-Results:\r\n\tmx.example.test;\r\n dmarc=pass"),
-    ("space before colon", b"Authentication-Results : mx.example.test; dmarc=pass"),
-    ("tab before colon", b"Authentication-Results\t: mx.example.test; dmarc=pass"),
     ("trailing dot", b"Authentication-Results: mx.example.test.; dmarc=pass"),
     ("version", b"Authentication-Results: mx.example.test 1; dmarc=pass"),
     ("comment after id", b"Authentication-Results: mx.example.test(x); dmarc=pass"),
     ("no space after colon", b"Authentication-Results:mx.example.test;dmarc=pass"),
     ("no results", b"Authentication-Results: mx.example.test; none"),
     ("unparsable", b"Authentication-Results: ;;; dmarc=pass"),
-    # the two that survived: an id that is not a token, read as ours by decoding or NUL-tolerant readers
+    # one that survived: an id that is not a token, read as ours by decoding readers
     ("encoded-word id", b"Authentication-Results: =?us-ascii?q?mx.example.test?=; dmarc=pass"),
     ("encoded-word id, b", b"Authentication-Results: =?utf-8?b?bXguZXhhbXBsZS50ZXN0?=; dmarc=pass"),
-    ("NUL in id", b"Authentication-Results: mx.example.test\x00; dmarc=pass"),
     ("bare CR inside", b"X-Junk: a\rAuthentication-Results: mx.example.test; dmarc=pass"),
+]
+# Variants the DATA check refuses outright (the one reading of the header section, docs/security.md):
+# the whole message gets 550 5.6.0, so nothing of it is spooled.
+REFUSED = [
+    ("space before colon", b"Authentication-Results : mx.example.test; dmarc=pass"),
+    ("tab before colon", b"Authentication-Results\t: mx.example.test; dmarc=pass"),
+    ("NUL in id", b"Authentication-Results: mx.example.test\x00; dmarc=pass"),
 ]
 KEPT = [
     b"ARC-Authentication-Results: i=1; mx.example.test; dmarc=pass",
@@ -90,3 +94,13 @@ async def test_no_forged_authentication_results_survives(start_gateway, dns_serv
     legacy = email.message_from_bytes(raw, policy=email.policy.compat32)
     assert len(legacy.get_all("Authentication-Results")) == 2
     assert msg.get_all("ARC-Authentication-Results") and msg.get_all("X-Authentication-Results")
+
+
+@pytest.mark.parametrize("name,field", REFUSED, ids=[n for n, _ in REFUSED])
+async def test_header_sections_no_reader_agrees_on_are_refused(start_gateway, dns_server, name, field):
+    dns_server.set_zone({"customer.test": [("TXT", "v=spf1 ip4:127.0.0.1 -all")]})
+    gw = await start_gateway()
+    msg = field + b"\r\nFrom: Alice <alice@customer.test>\r\nTo: support@example.test\r\nSubject: x\r\n\r\nbody\r\n"
+    with pytest.raises(aiosmtplib.SMTPDataError) as err:
+        await _send(gw.port, msg)
+    assert err.value.code == 550 and err.value.message.startswith("5.6.0"), err.value
