@@ -240,6 +240,36 @@ def tree_pss(root: int) -> int:
     return total
 
 
+def reset_hwm(root: int) -> dict[int, int]:
+    """Reset each process's peak RSS (VmHWM := VmRSS, /proc/PID/clear_refs) and return {pid: VmRSS}."""
+    base = {}
+    for pid in tree(root):
+        try:
+            with open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")
+            base[pid] = _status_kb(pid)["VmRSS"] * 1024
+        except (OSError, KeyError):
+            pass
+    return base
+
+
+def hwm_growth(base: dict[int, int]) -> dict[str, int]:
+    """{process name: VmHWM now - VmRSS at reset_hwm} over the processes of `base` still alive."""
+    out = {}
+    for pid, rss in base.items():
+        try:
+            out[f"{_name(pid)}[{pid}]"] = _status_kb(pid)["VmHWM"] * 1024 - rss
+        except (OSError, KeyError):
+            pass
+    return out
+
+
+def _status_kb(pid: int) -> dict[str, int]:
+    with open(f"/proc/{pid}/status") as f:
+        return {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in f)
+                if k in ("VmRSS", "VmHWM")}
+
+
 class RssSampler:
     """Samples the tree's RSS sum every `interval` seconds in a thread; .peak, .samples."""
 
@@ -1126,16 +1156,43 @@ class Bench:
             finally:
                 tm.close()
         # one fresh instance per size, warmed up by a few ordinary messages first (so the first
-        # message's one-off costs -- imports, thread pools, caches -- are not counted as its growth)
-        for size_mb in sizes:
-            tm = self.new_ticketmx(f"huge{size_mb:g}")
-            try:
-                self._huge_rss(tm, size_mb, warm=True)
-            finally:
-                tm.close()
+        # message's one-off costs -- imports, thread pools, caches -- are not counted as its growth);
+        # --memory-repeat R: R fresh instances per size, the median is reported
+        runs: dict[float, list[dict[str, Any]]] = {}
+        for _ in range(a.memory_repeat):
+            for size_mb in sizes:
+                tm = self.new_ticketmx(f"huge{size_mb:g}")
+                try:
+                    runs.setdefault(size_mb, []).append(self._huge_rss(tm, size_mb, warm=True))
+                finally:
+                    tm.close()
+        if a.memory_repeat > 1 or a.huge_count > 1:
+            for size_mb, res in runs.items():
+                summary = {"runs": len(res)}
+                for key in ("growth_x_size", "hwm_growth_x_size"):
+                    summary[key] = statistics.median(r[key] for r in res)
+                    if a.huge_count > 1:
+                        summary[key + "_later"] = [statistics.median(r["later"][i][key] for r in res)
+                                                   for i in range(a.huge_count - 1)]
+                self.results[f"memory.huge.{size_mb:g}.median"] = summary
+                later = ""
+                if a.huge_count > 1:
+                    later = "; later messages " + ", ".join(
+                        f"{x:.2f}/{y:.2f}" for x, y in zip(summary["growth_x_size_later"],
+                                                           summary["hwm_growth_x_size_later"]))
+                self.row(f"RSS growth x size, {size_mb:g} MB, median of {len(res)}",
+                         f"sampled {summary['growth_x_size']:.2f}, VmHWM {summary['hwm_growth_x_size']:.2f}{later}",
+                         self.cmd(extras="memory", workload="none", targets="ticketmx", huge_mb=f"{size_mb:g}",
+                                  memory_sessions=0, memory_repeat=a.memory_repeat, huge_count=a.huge_count))
 
-    def _huge_rss(self, tm: "Ticketmx", huge_mb: float, warm: bool) -> None:
-        """RSS growth of the tree while one message of ``huge_mb`` MB streams through, until it is terminal."""
+    def _huge_rss(self, tm: "Ticketmx", huge_mb: float, warm: bool) -> dict[str, Any]:
+        """RSS growth of the tree while one message of ``huge_mb`` MB streams through, until it is terminal.
+
+        Two figures: the peak of the tree's RSS sum sampled every 10 ms (can miss a short peak: a 1 MB
+        message is through in ~0.1 s), and the sum of each process's own peak (VmHWM, reset through
+        /proc/PID/clear_refs at the start; an upper bound, since the peaks need not coincide).
+        --huge-count N sends N-1 more messages of the same size afterwards, each measured against the
+        same start: a one-off cost shows as growth that the later messages do not add to."""
         mb = 1024 * 1024
         if warm:
             before = tm.terminal()
@@ -1147,32 +1204,47 @@ class Bench:
         log(f"memory: building and signing a {huge_mb:g} MB message")
         body = self.signer.sign(huge_body(int(huge_mb * mb)))
         size = len(body)
-        before = tm.terminal()
+        make = factory(body, "huge")
         time.sleep(1)
         base = tm.usage()[0]
-        with RssSampler(tm.proc.pid, 0.01) as sampler:
-            t0 = time.perf_counter()
-            load = self.new_load(tm.port, factory(body, "huge"), 1, n=1, record=True)
-            asyncio.run(load.run())
-            accepted = time.perf_counter() - t0
-            tm.wait_drained(before + 1, stall=300)
-            done = time.perf_counter() - t0
-        states = ingest.spool_counts(tm.db)
-        growth = sampler.peak - base
-        res2 = {"size_mb": size / mb, "baseline_mb": base / mb, "peak_mb": sampler.peak / mb,
-                "growth_mb": growth / mb, "growth_x_size": growth / size, "accept_s": accepted,
-                "ticket_s": done, "samples": sampler.samples, "states": states,
-                "blobs_mb": blob_bytes(tm.db) / mb,
-                "growth_by_process_mb": sampler.growth_by_process()}
-        self.results[f"memory.huge.{huge_mb:g}"] = res2
+        hwm_base = reset_hwm(tm.proc.pid)
+        measured: list[dict[str, Any]] = []
+        for _ in range(max(1, self.args.huge_count)):
+            before = tm.terminal()
+            with RssSampler(tm.proc.pid, 0.01) as sampler:
+                t0 = time.perf_counter()
+                load = self.new_load(tm.port, make, 1, n=1, record=True)
+                asyncio.run(load.run())
+                accepted = time.perf_counter() - t0
+                tm.wait_drained(before + 1, stall=300)
+                done = time.perf_counter() - t0
+            peak = max(sampler.peak, measured[-1]["peak_mb"] * mb if measured else 0)
+            hwm = hwm_growth(hwm_base)
+            measured.append({"peak_mb": peak / mb, "growth_mb": (peak - base) / mb,
+                             "growth_x_size": (peak - base) / size, "hwm_growth_mb": sum(hwm.values()) / mb,
+                             "hwm_growth_x_size": sum(hwm.values()) / size, "accept_s": accepted, "ticket_s": done,
+                             "samples": sampler.samples, "hwm_growth_by_process_mb":
+                             sorted(((k, round(v / mb, 2)) for k, v in hwm.items()), key=lambda x: -x[1])})
+        first = measured[0]
+        res2 = {"size_mb": size / mb, "baseline_mb": base / mb, **first, "states": ingest.spool_counts(tm.db),
+                "blobs_mb": blob_bytes(tm.db) / mb, "later": measured[1:]}
+        self.results.setdefault(f"memory.huge.{huge_mb:g}.runs", []).append(res2)
         if len(self.args.huge_mb or []) <= 1:
+            self.results[f"memory.huge.{huge_mb:g}"] = res2
             self.results["memory.huge"] = res2
+        growth = first["growth_mb"] * mb
         self.row(f"RSS growth, one {size / mb:.0f} MB message",
-                 f"{growth / mb:.0f} MB = {growth / size:.2f} x size  (target < 2 x; 250 after"
-                 f" {accepted:.1f} s, terminal after {done:.1f} s; blobs {res2['blobs_mb']:.0f} MB)",
+                 f"{growth / mb:.2f} MB = {growth / size:.2f} x size, VmHWM {first['hwm_growth_x_size']:.2f} x"
+                 f"  (target < 2 x; 250 after {first['accept_s']:.1f} s, terminal after {first['ticket_s']:.1f} s;"
+                 f" blobs {res2['blobs_mb']:.0f} MB)",
                  self.cmd(extras="memory", workload="none", targets="ticketmx", huge_mb=f"{huge_mb:g}",
                           **({"memory_sessions": 0} if warm else {})))
-        print("#   growth per process: " + ", ".join(f"{p} +{g:.0f} MB" for p, g in res2["growth_by_process_mb"]))
+        print("#   VmHWM growth per process: " + ", ".join(f"{p} +{g:.2f} MB"
+                                                          for p, g in first["hwm_growth_by_process_mb"]))
+        for i, later in enumerate(measured[1:], 2):
+            print(f"#   message {i}: peak growth since the start {later['growth_mb']:.2f} MB"
+                  f" = {later['growth_x_size']:.2f} x, VmHWM {later['hwm_growth_x_size']:.2f} x")
+        return res2
 
     def _sessions_rss(self, target: Target, sessions: int) -> dict[str, float]:
         mb = 1024 * 1024
@@ -1355,6 +1427,10 @@ def main() -> None:
                     help="interleaved rounds of 20/40/80 sessions whose medians are compared (3; --quick: 1)")
     ap.add_argument("--huge-mb", default="", help="size of the streamed message, MB (50; --quick: 20); a comma"
                     " list (e.g. 1,5,20,50,80) measures each on a fresh, warmed-up instance")
+    ap.add_argument("--memory-repeat", type=int, default=1,
+                    help="--huge-mb: measure each size on R fresh instances, report the median")
+    ap.add_argument("--huge-count", type=int, default=1,
+                    help="--huge-mb: N messages of the size one after the other (is the growth one-off?)")
     ap.add_argument("--profile-seconds", type=int, default=10)
     ap.add_argument("--profile-workload", choices=tuple(WORKLOADS), default="reuse")
     ap.add_argument("--json", action="store_true", help="also print one JSON line with every figure")

@@ -190,6 +190,7 @@ class TicketmxSMTP(SMTP):
             self.envelope.content = body
             self.envelope.original_content = body
             self.envelope.ticketmx_body = spill  # type: ignore[attr-defined]
+            del body  # the envelope holds it; handle_DATA lets it go once the spool copy is made
             status = await self._call_handler_hook("DATA")
             self._set_post_data_state()
             await self.push("250 OK" if status is MISSING else status)
@@ -352,10 +353,15 @@ class Handler:
         prefix = _received(self.cfg.smtp.hostname, ctx, spool_id, tls) + prefix
         final_raw = b"".join([prefix.encode("utf-8"), *ctx.prepended, ctx.raw])  # the one copy of the message
         m = _MESSAGE_ID.search(ctx.raw, 0, ctx.header_end + 2)
+        message_id = m.group(1).decode("utf-8", "replace").strip() if m else ""
+        del m  # a match keeps the message it searched alive
+        # final_raw is the message from here on: the received copy is let go before the spool commit,
+        # so a message held in memory is not there twice while SQLite writes it (issue 18 item 9)
+        ctx.raw = raw = envelope.content = envelope.original_content = b""
         entry = SpoolEntry(
             id=spool_id, received_at=time.time(), mail_from=ctx.mail_from, rcpt_tos=tuple(ctx.rcpt_tos),
             mailboxes=tuple(mb.address for mb in ctx.mailboxes), peer_ip=peer_ip, helo=ctx.helo, tls=tls,
-            message_id=m.group(1).decode("utf-8", "replace").strip() if m else "", raw=final_raw,
+            message_id=message_id, raw=final_raw,
             auth_header=auth_header, auth=auth, flags=tuple(flags), body=ctx.body, body_size=ctx.body_size)
         try:
             await self.spool.commit(entry)

@@ -219,7 +219,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def spool_body_chunks(self, entry: SpoolEntry) -> AsyncIterator[bytes]:
-        """The body of a chunked entry, one decrypted chunk at a time, in order (nothing for others)."""
+        """The body of a chunked entry in order, decrypted, at most one chunk at a time (a store may
+        hand a chunk over in smaller pieces); nothing for other entries."""
 
     async def spool_full_raw(self, entry: SpoolEntry) -> bytes:
         """The whole message as one buffer: for the CLI and the few consumers that need it whole

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import replace
-from typing import Any
+from typing import IO, Any, Iterable, Iterator
 
 from .crypto import Cipher
 from .base import (ARTICLE_ADDED, QUARANTINED, SUPPRESSED, TICKET_CREATED, ArticleDraft, Delivery,
@@ -35,10 +35,41 @@ def insert_blob(conn: sqlite3.Connection, sha256: str, data: bytes) -> None:
     if len(data) < STREAM_BLOB_MIN:
         conn.execute("INSERT INTO blobs (sha256, data) VALUES (?,?)", (sha256, data))
         return
-    rowid = conn.execute("INSERT INTO blobs (sha256, data) VALUES (?, zeroblob(?))", (sha256, len(data))).lastrowid
-    with conn.blobopen("blobs", "data", rowid) as blob, memoryview(data) as view:
+    insert_streamed(conn, "blobs", "data", "INSERT INTO blobs (sha256, data) VALUES (?, zeroblob(?))",
+                    (sha256, len(data)), memory_pieces(data))
+
+
+def insert_streamed(conn: sqlite3.Connection, table: str, column: str, sql: str, params: tuple[Any, ...],
+                    pieces: Iterable[bytes | memoryview]) -> None:
+    """Run ``sql`` (an INSERT whose ``column`` is ``zeroblob(n)``), then fill that blob with
+    ``pieces`` (n bytes in all): no bound copy of a large value (see :func:`insert_blob`)."""
+    rowid = conn.execute(sql, params).lastrowid
+    with conn.blobopen(table, column, rowid) as blob:
+        for piece in pieces:
+            blob.write(piece)
+
+
+def memory_pieces(data: bytes) -> Iterator[memoryview]:
+    """``data`` as views of _BLOB_PIECE bytes (no copies)."""
+    with memoryview(data) as view:
         for start in range(0, len(data), _BLOB_PIECE):
-            blob.write(view[start:start + _BLOB_PIECE])
+            with view[start:start + _BLOB_PIECE] as piece:
+                yield piece
+
+
+def file_pieces(f: IO[bytes], offset: int, size: int, piece: int = 256 * 1024) -> Iterator[memoryview]:
+    """``size`` bytes of ``f`` from ``offset``, read into one reused buffer of ``piece`` bytes; an
+    early end is an error (the file was truncated under us: never spool a shortened message)."""
+    f.seek(offset)
+    buf = bytearray(min(piece, size))
+    with memoryview(buf) as view:
+        while size > 0:
+            n = f.readinto(view[:min(len(buf), size)])
+            if not n:
+                raise OSError(f"body file ended {size} bytes early")
+            size -= n
+            with view[:n] as part:
+                yield part
 
 
 class DeliverTx:
