@@ -16,14 +16,14 @@ from typing import Any
 
 import aiosmtplib
 import pytest
-from aiosmtpd.controller import Controller
 
 from gateway.config import load_config
 from gateway.errors import ConfigErrors
 from relay.notify import ack_client_key, from_authenticated
 
 from .auth.helpers import rsa_key, sign
-from .conftest import free_port, queued_id, run_cli
+from .conftest import queued_id, run_cli
+from .smarthost import sink, wait_for  # noqa: F401 - sink is a fixture
 
 SPF_LOOPBACK = ("TXT", "v=spf1 ip4:127.0.0.0/8 -all")
 ZONE = {
@@ -39,27 +39,6 @@ ZONE = {
     "signed.test": [("TXT", "v=spf1 -all")], "_dmarc.signed.test": [("TXT", "v=DMARC1; p=reject")],
     "sel._domainkey.signed.test": [("TXT", rsa_key()[1])],
 }
-
-
-class Sink:
-    """The smarthost: keeps every message it is given."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, list[str], bytes]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
-        return "250 2.0.0 OK"
-
-
-@pytest.fixture
-def sink():
-    s = Sink()
-    s.port = free_port()
-    c = Controller(s, hostname="127.0.0.1", port=s.port)
-    c.start()
-    yield s
-    c.stop()
 
 
 def relay_cfg(port: int, **relay: Any) -> dict[str, Any]:
@@ -105,15 +84,6 @@ async def ack_history(gw: Any, ticket_id: int) -> dict[str, Any]:
 def suppressed(gw: Any, reason: str) -> float:
     return gw.gw.metrics.registry.get_sample_value("ticketmx_relay_acknowledgements_suppressed_total",
                                                    {"reason": reason}) or 0.0
-
-
-async def wait_for(pred: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 async def test_unauthenticated_from_gets_a_ticket_but_no_acknowledgement(start_gateway, dns_server, sink):

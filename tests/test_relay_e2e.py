@@ -10,18 +10,8 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from .conftest import free_port, simple_message
+from .smarthost import Sink, sink, wait_for  # noqa: F401 - sink is a fixture; all three re-exported
 from .test_pipeline import send
-
-
-class Sink:
-    """An aiosmtpd smarthost that keeps what it receives."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, list[str], bytes]] = []
-
-    async def handle_DATA(self, server, session, envelope) -> str:
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
-        return "250 2.0.0 OK"
 
 
 # Acknowledgements go only to a From that passed DMARC (the default [[mailbox]] acknowledge =
@@ -38,25 +28,6 @@ AGENTS = {"agents.test": [("TXT", "v=spf1 ip4:127.0.0.1 -all")],
 @pytest.fixture(autouse=True)
 def customer_passes_dmarc(start_gateway, dns_server):
     dns_server.set_zone(CUSTOMER)
-
-
-@pytest.fixture
-def sink():
-    s = Sink()
-    s.port = free_port()
-    c = Controller(s, hostname="127.0.0.1", port=s.port)
-    c.start()
-    yield s
-    c.stop()
-
-
-async def wait_for(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def relay_cfg(port: int) -> dict:

@@ -14,7 +14,8 @@ import pytest
 
 from ..conftest import run_cli, simple_message
 from ..test_pipeline import send
-from ..test_relay_e2e import relay_cfg, sink, wait_for  # noqa: F401 - sink is a fixture
+from ..smarthost import sink, wait_for  # noqa: F401 - sink is a fixture
+from ..test_relay_e2e import relay_cfg
 
 ZONE = {
     "customer.test": [("TXT", "v=spf1 ip4:127.0.0.1 -all")],

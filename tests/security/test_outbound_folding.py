@@ -8,48 +8,18 @@ the limit, every encoded word <= 75 characters, and a Subject that decodes to th
 """
 from __future__ import annotations
 
-import asyncio
 import email
 import email.policy
 import re
-import time
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from relay.notify import MAX_SUBJECT, encoded_words
-from tests.conftest import free_port, simple_message
+from tests.conftest import simple_message
+from tests.smarthost import sink, wait_for  # noqa: F401 - sink is a fixture
 from tests.test_pipeline import send
 
 ENCODED_WORD = re.compile(rb"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.messages: list[bytes] = []
-
-    async def handle_DATA(self, server, session, envelope) -> str:
-        self.messages.append(envelope.original_content)
-        return "250 2.0.0 OK"
-
-
-@pytest.fixture
-def sink():
-    s = Sink()
-    s.port = free_port()
-    c = Controller(s, hostname="127.0.0.1", port=s.port)
-    c.start()
-    yield s
-    c.stop()
-
-
-async def wait_for(pred, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def _fold_inbound(words: str) -> str:
@@ -77,7 +47,7 @@ async def test_long_customer_subject_acknowledged_within_998_octets(start_gatewa
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998      # the inbound mail is well-formed
     await gw.wait_done(await send(gw.port, raw))
     await wait_for(lambda: len(sink.messages) == 1)
-    out = sink.messages[0]
+    out = sink.messages[0][2]
     lines = out.split(b"\r\n")
     assert max(len(line) for line in lines) <= 998
     header = out.split(b"\r\n\r\n", 1)[0]
@@ -96,4 +66,4 @@ async def test_short_subject_unchanged(start_gateway, dns_server, sink):
                                                    "tls": "none", "auth": "none"}]})
     await gw.wait_done(await send(gw.port, simple_message(subject="Printer on fire")))
     await wait_for(lambda: len(sink.messages) == 1)
-    assert b"\r\nSubject: Re: Printer on fire [HD-1000]\r\n" in sink.messages[0]
+    assert b"\r\nSubject: Re: Printer on fire [HD-1000]\r\n" in sink.messages[0][2]
