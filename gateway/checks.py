@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
-from .auth.headers import header_section_end, header_section_problem, normalise_header_section
+from .auth.headers import header_section_end, read_header_section
 from .replies import LOOP_DETECTED, TOO_MANY_HOPS, Reply
 
 CONTINUE = "continue"
@@ -92,12 +92,11 @@ class HeaderSectionCheck:
     name = "header_section"
 
     async def run(self, ctx: DataContext) -> CheckResult:
-        problem = header_section_problem(ctx.raw)
+        problem, raw = read_header_section(ctx.raw)
         if problem is not None:
             where = f" (line {problem.line})" if problem.line else ""
             return CheckResult(REJECT, Reply(550, "5.6.0", f"Message refused: {problem.what}{where}",
                                              "header_syntax"))
-        raw = normalise_header_section(ctx.raw)
         return CheckResult(raw=raw) if raw is not ctx.raw else CheckResult()
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "header_section_problem",
     "mbox_line_end",
     "normalise_header_section",
+    "read_header_section",
 ]
 
 _FIELD_START = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)  # a field name at the start of a line
@@ -84,11 +85,11 @@ def body_start(raw: bytes) -> int:
 # an mbox separator ("From sender[ date]") as the first line: "From ", a sender without ":" or white space
 _MBOX_LINE = re.compile(rb"From [^ \t:\r\n]+(?:[ \t][^\n]*)?\r?\n")
 _BARE_CR = re.compile(rb"\r(?!\n)")
-# A line of the header section that is neither ``name:`` (no white space before the colon) nor a
-# continuation (starts with SP or HT).
-_NOT_A_FIELD = re.compile(rb"^(?=[^\n])(?![!-9;-~]+:|[ \t])", re.M)
+_FIELD_OR_CONTINUATION = re.compile(rb"[!-9;-~]+:|[ \t]")
+# The start of a line (after its LF) that is neither ``name:`` (no white space before the colon) nor a
+# continuation (SP or HT). Searching for the LF is 3x faster than a multi-line ``^`` tried at every byte.
+_NOT_A_FIELD_AFTER_LF = re.compile(rb"\n(?![!-9;-~]+:|[ \t]|\Z)")
 _OBS_NAME = re.compile(rb"[!-9;-~]+[ \t]+:")
-_FROM_FIELD = re.compile(rb"^from:", re.M | re.I)
 
 
 def mbox_line_end(raw: bytes) -> int:
@@ -111,6 +112,47 @@ def _head(raw: bytes) -> tuple[int, bytes]:
     return start, raw[start:start + _header_end(raw[start:])] if start else raw[:_header_end(raw)]
 
 
+def _not_field_lines(head: bytes) -> list[int]:
+    """Offsets of the lines of ``head`` that are neither a field nor a continuation line."""
+    out = [0] if head and not _FIELD_OR_CONTINUATION.match(head) else []
+    out += [m.start() + 1 for m in _NOT_A_FIELD_AFTER_LF.finditer(head)]
+    return out
+
+
+def read_header_section(raw: bytes) -> tuple[HeaderSectionProblem | None, bytes]:
+    """The one reading of a header section: (why it is refused, or None; the message as every reader must
+    then see it). See :func:`header_section_problem` and :func:`normalise_header_section`; this does both
+    in one pass for the SMTP-time check."""
+    start, head = _head(raw)
+    if b"\0" in head:
+        return HeaderSectionProblem("NUL byte in the header section", _line_of(head, head.find(b"\0"))), raw
+    m = _BARE_CR.search(head)
+    if m is not None:
+        return HeaderSectionProblem("bare CR (a CR not followed by LF) in the header section",
+                                    _line_of(head, m.start())), raw
+    if head[:1] in (b" ", b"\t"):
+        return HeaderSectionProblem("the header section starts with a continuation line", 1), raw
+    cuts = _not_field_lines(head)
+    for c in cuts:
+        if _OBS_NAME.match(head, c):
+            return HeaderSectionProblem("white space before the colon of a header field name (obsolete syntax)",
+                                        _line_of(head, c)), raw
+    if cuts and cuts[0] == 0:
+        return HeaderSectionProblem("the header section does not start with a header field", 1), raw
+    lowered = head.lower()
+    froms = lowered.count(b"\nfrom:") + lowered.startswith(b"from:")
+    if froms > 1:
+        return HeaderSectionProblem(f"{froms} From header fields (RFC 5322 allows exactly one)", 0), raw
+    if not cuts:
+        return None, raw[start:] if start else raw
+    out, pos = [], 0
+    for c in cuts:
+        out += [head[pos:c], b" "]
+        pos = c
+    out += [head[pos:], raw[start + len(head):]]
+    return None, b"".join(out)
+
+
 def header_section_problem(raw: bytes) -> HeaderSectionProblem | None:
     """The one reading of a header section, made strict where readers could disagree.
 
@@ -126,46 +168,22 @@ def header_section_problem(raw: bytes) -> HeaderSectionProblem | None:
 
     Lines that are not fields further down are not refused but made continuation lines by
     :func:`normalise_header_section`, which every reader then reads alike. A leading mbox ``From `` line
-    is allowed (see :func:`mbox_line_end`). One regex scan each, linear in the size of the header section;
-    the body is never looked at."""
-    _start, head = _head(raw)
-    if b"\0" in head:
-        return HeaderSectionProblem("NUL byte in the header section", _line_of(head, head.find(b"\0")))
-    m = _BARE_CR.search(head)
-    if m is not None:
-        return HeaderSectionProblem("bare CR (a CR not followed by LF) in the header section",
-                                    _line_of(head, m.start()))
-    if head[:1] in (b" ", b"\t"):
-        return HeaderSectionProblem("the header section starts with a continuation line", 1)
-    for m in _NOT_A_FIELD.finditer(head):
-        if _OBS_NAME.match(head, m.start()):
-            return HeaderSectionProblem("white space before the colon of a header field name (obsolete syntax)",
-                                        _line_of(head, m.start()))
-        if m.start() == 0:
-            return HeaderSectionProblem("the header section does not start with a header field", 1)
-    froms = _FROM_FIELD.findall(head)
-    if len(froms) > 1:
-        return HeaderSectionProblem(f"{len(froms)} From header fields (RFC 5322 allows exactly one)", 0)
-    return None
+    is allowed (see :func:`mbox_line_end`). A few linear scans of the header section; the body is never
+    looked at."""
+    return read_header_section(raw)[0]
 
 
 def normalise_header_section(raw: bytes) -> bytes:
-    """``raw`` as every reader must see it (call after :func:`header_section_problem` found nothing):
+    """``raw`` as every reader must see it (after :func:`header_section_problem` found nothing):
     without a leading mbox ``From `` line, and with each line that is not a field (a broken fold, a
     misplaced mbox line) turned into a continuation line by a leading SP. That is how
     :func:`header_fields` already read such a line (part of the field above it); the email package would
     instead end the header section there, and dkimpy would refuse the message. Returns ``raw`` itself
     when nothing changes."""
-    start, head = _head(raw)
-    cuts = [m.start() for m in _NOT_A_FIELD.finditer(head)]
-    if not cuts:
-        return raw[start:] if start else raw
-    out, pos = [], 0
-    for c in cuts:
-        out += [head[pos:c], b" "]
-        pos = c
-    out += [head[pos:], raw[start + len(head):]]
-    return b"".join(out)
+    problem, out = read_header_section(raw)
+    if problem is not None:
+        raise ValueError(f"header section refused: {problem.what}")
+    return out
 
 
 def _line_of(head: bytes, offset: int) -> int:
