@@ -89,7 +89,8 @@ class Gateway:
         else:
             log.warning("[pipeline] processes = 0: message_budget is checked between a message's steps only; "
                         "one step that never ends stalls the pipeline (worker processes bound it: processes >= 1)")
-            self.worker = Worker(self.cfg, self.store, MetricsSink(self.metrics, wake_relay), self.executor)
+            self.worker = Worker(self.cfg, self.store, MetricsSink(self.metrics, wake_relay), self.executor,
+                                 inline_parse_max=0)  # the SMTP loop never parses MIME
             self.worker.start()
             wake = self.worker.wake
         self.spool = SpoolWriter(self.store, self.metrics, on_commit=wake)

@@ -269,3 +269,24 @@ def test_batch_wait_config(tmp_path):
     with pytest.raises(ConfigErrors) as exc:
         make_config(tmp_path, pipeline={"batch_wait": "2s"})
     assert "pipeline.batch_wait" in str(exc.value)
+
+
+async def test_inside_the_smtp_process_no_mime_parse_runs_on_its_loop(gateway):
+    """[pipeline] processes = 0 runs the pipeline in the SMTP process: a parse there would stall every
+    SMTP session, so even a small message is parsed on the executor's thread. A profiler hook installed on
+    the loop's thread only (sys.setprofile is per thread) sees every parse_message call made on it."""
+    import sys
+
+    on_loop: list[str] = []
+
+    def hook(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == "parse_message" and frame.f_code.co_filename.endswith("mime.py"):
+            on_loop.append(frame.f_code.co_filename)
+
+    sys.setprofile(hook)
+    try:
+        e = await gateway.wait_done(await send(gateway.port, simple_message(message_id="loop1@customer.test")))
+    finally:
+        sys.setprofile(None)
+    assert e.state == "ticket_created"
+    assert on_loop == [], "the MIME parse ran on the SMTP process's event loop"

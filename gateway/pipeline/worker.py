@@ -89,8 +89,12 @@ def make_executor() -> concurrent.futures.Executor:
 
 class Worker:
     def __init__(self, cfg: Config, store: Store, stats: StatsSink, executor: concurrent.futures.Executor,
-                 stage_names: Iterable[str] | None = None, owner: str = "", slots: Slots | None = None) -> None:
+                 stage_names: Iterable[str] | None = None, owner: str = "", slots: Slots | None = None,
+                 inline_parse_max: int = INLINE_PARSE_MAX) -> None:
         self.cfg = cfg
+        # Up to this size a message is parsed on this worker's own loop. Inside the SMTP process
+        # ([pipeline] processes = 0) that loop answers SMTP clients: 0 there, so no parse runs on it.
+        self.inline_parse_max = inline_parse_max
         self.store = store
         self.stats = stats
         self.owner = owner
@@ -207,7 +211,7 @@ class Worker:
             self.meter.step(entry.id, STEP_PARSE)
             if entry.chunked:
                 delivery = await self._run_stages(await self._large(entry))
-            elif len(entry.raw) <= INLINE_PARSE_MAX:
+            elif len(entry.raw) <= self.inline_parse_max:
                 delivery = await self._run_stages(Inbound(entry, parse_message(entry.raw)))
             else:
                 loop = asyncio.get_running_loop()
