@@ -474,9 +474,17 @@ class TicketmxSMTP(SMTP):
         return self.envelope is None or (not self.envelope.mail_from and not self.envelope.rcpt_tos)
 
     def close_with(self, reply: Reply) -> None:
+        """Answer ``reply`` and close. Commands the client already pipelined are dropped: without that
+        the command loop would go on answering (into a closed transport) everything in the read
+        buffer, which is where a flood of pipelined junk spends its CPU."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(f"{reply}\r\n".encode())
             self.transport.close()
+        buffered = getattr(getattr(self, "_reader", None), "_buffer", None)
+        if buffered is not None:
+            buffered.clear()
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()
 
 
 class Handler:
