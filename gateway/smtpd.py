@@ -105,13 +105,14 @@ class TicketmxSMTP(SMTP):
 
     def _due(self) -> float:
         smtp = self.state.cfg.smtp
-        due = min(self._idle_until, self._session_until)
+        idle = self._idle_until
+        if self._data_started is not None:
+            idle = max(idle, self._data_last + self._timeout_duration)  # DATA chunks are activity too
+        due = min(idle, self._session_until)
         if self._txn_started is not None:
             due = min(due, self._txn_started + smtp.transaction_timeout)
-        if self._data_started is not None:
-            due = max(due, self._data_last + self._timeout_duration)  # DATA chunks are activity too
-            if smtp.data_min_rate:
-                due = min(due, self._data_started + smtp.data_rate_grace + self._data_bytes / smtp.data_min_rate)
+        if self._data_started is not None and smtp.data_min_rate:
+            due = min(due, self._data_started + smtp.data_rate_grace + self._data_bytes / smtp.data_min_rate)
         return due
 
     def _arm(self) -> None:
