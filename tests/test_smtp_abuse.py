@@ -144,6 +144,26 @@ async def test_session_deadline_and_transactions_that_finish_reset_the_transacti
     assert 1.4 < time.monotonic() - started < 2.5
 
 
+@pytest.mark.parametrize("key, text", [("session_timeout", b"Session lasted"),
+                                       ("transaction_timeout", b"Transaction took")])
+async def test_deadlines_hold_inside_data_with_the_rate_check_off(start_gateway, key, text):
+    gw = await start_gateway(smtp={key: "1s", "data_min_rate": 0, "idle_timeout": "30s"})
+    c = await Raw.open(gw.port)
+    c.writer.write(TXN)
+    assert [(await c.reply())[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+    started = time.monotonic()
+    line = b""
+    while time.monotonic() - started < 5:
+        c.writer.write(b"x")  # a byte every 100 ms: activity for the idle timer
+        try:
+            line = await asyncio.wait_for(c.reader.readline(), 0.1)
+            break
+        except asyncio.TimeoutError:
+            pass
+    assert line.startswith(b"421 4.4.2 " + text), line
+    assert time.monotonic() - started < 2.0
+
+
 async def test_junk_commands_and_errors_end_the_session(start_gateway):
     gw = await start_gateway(smtp={"junk_command_limit": 5, "hard_error_limit": 3})
     c = await Raw.open(gw.port)
