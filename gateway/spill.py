@@ -46,7 +46,8 @@ class DataSpill:
     @classmethod
     async def start(cls, buf: bytearray, directory: str | None) -> "DataSpill | None":
         """Begin spilling ``buf`` (which starts with the reader's virtual CRLF). None when the
-        header section does not end within it: then the message simply stays in memory."""
+        header section does not end within it: the caller tries again as more arrives, and refuses
+        the message (552 5.6.0) once ``buf`` holds more than ``[smtp] max_header_size`` without an end."""
         cut = _cut(buf)
         data = bytes(buf[:cut]).replace(b"\r\n..", b"\r\n.")[2:]
         # Where the header section ends is decided by the one function every reader uses (dkimpy's
