@@ -9,7 +9,7 @@ import ipaddress
 import os
 import socket
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -69,6 +69,16 @@ class SmtpConfig:
     spill_threshold: int = 1024 * 1024    # DATA larger than this streams to a temporary file (bytes)
     spill_dir: str | None = None          # where those files live (unlinked at once); default: the system's
     processes: int = 1                    # SMTP processes sharing the listen addresses (SO_REUSEPORT)
+    # Slots that cannot be held forever (docs/smtp.md, "Time limits and slots"):
+    data_min_rate: int = 1024             # DATA must average at least this many bytes/s (after the grace)
+    data_rate_grace: float = 30.0         # ... counted from this long after DATA starts
+    transaction_timeout: float = 1800.0   # MAIL FROM to the reply after DATA
+    session_timeout: float = 3600.0       # connect to close
+    junk_command_limit: int = 100         # NOOP/RSET/VRFY/HELP/EXPN/repeated EHLO before each counts as an error
+    hard_error_limit: int = 20            # 4xx/5xx replies without a message accepted: then 421 4.7.0 and close
+    reserved_sessions: int = 100          # of max_sessions, kept for addresses holding few sessions ("10%")
+    reserved_sessions_per_ip: int = 2     # an address may take a reserved slot only up to this many sessions
+    max_header_size: int = 1024 * 1024    # a header section longer than this: 552 5.6.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +381,26 @@ def _event_loop(v: Any) -> str:
     return s
 
 
+def _rate_bytes(v: Any) -> int:
+    """``[smtp] data_min_rate``: bytes per second as a size (``"1KiB"``, ``2048``; ``"1KiB/s"`` too); 0 = off."""
+    if isinstance(v, str) and v.strip().lower().endswith("/s"):
+        v = v.strip()[:-2]
+    return parse_size(v)
+
+
+def _count_or_share(v: Any) -> int | float:
+    """A count (``100``) or a share of a total (``"10%"``, returned as 0.1)."""
+    if isinstance(v, str) and v.strip().endswith("%"):
+        try:
+            share = float(v.strip()[:-1])
+        except ValueError:
+            raise ValueError(f"invalid share {v!r} (use e.g. \"10%\" or a count)") from None
+        if not 0 <= share < 100:
+            raise ValueError("a share must be from 0% to under 100%")
+        return share / 100
+    return _int_range(0)(v)
+
+
 def _path_or_none(v: Any) -> str | None:
     s = _str(v)
     return s or None
@@ -405,7 +435,25 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         spill_threshold=t.get("spill_threshold", d.spill_threshold, parse_size),
         spill_dir=t.get("spill_dir", None, _path_or_none),
         processes=t.get("processes", d.processes, _smtp_processes),
+        data_min_rate=t.get("data_min_rate", d.data_min_rate, _rate_bytes),
+        data_rate_grace=t.get("data_rate_grace", d.data_rate_grace, parse_duration),
+        transaction_timeout=t.get("transaction_timeout", d.transaction_timeout, parse_duration),
+        session_timeout=t.get("session_timeout", d.session_timeout, parse_duration),
+        junk_command_limit=t.get("junk_command_limit", d.junk_command_limit, _int_range(0)),
+        hard_error_limit=t.get("hard_error_limit", d.hard_error_limit, _int_range(1)),
+        reserved_sessions_per_ip=t.get("reserved_sessions_per_ip", d.reserved_sessions_per_ip, _int_range(1)),
+        max_header_size=t.get("max_header_size", d.max_header_size, parse_size),
     )
+    reserved = t.get("reserved_sessions", 0.1, _count_or_share)  # default: 10% of max_sessions
+    smtp = replace(smtp, reserved_sessions=reserved if isinstance(reserved, int)
+                    else int(smtp.max_sessions * reserved))
+    if smtp.reserved_sessions >= smtp.max_sessions:
+        t.error("reserved_sessions", f"must be less than max_sessions ({smtp.max_sessions})")
+    if smtp.max_header_size < 16 * 1024:
+        t.error("max_header_size", "must be at least 16 KiB")
+    for name in ("transaction_timeout", "session_timeout"):
+        if getattr(smtp, name) <= 0:
+            t.error(name, "must be > 0")
     if smtp.spill_threshold < 64 * 1024:
         t.error("spill_threshold", "must be at least 64 KiB")
     if smtp.spill_dir and not os.path.isdir(smtp.spill_dir):

@@ -52,8 +52,15 @@ class Limits:
             return replies.TOO_MANY_SESSIONS
         if smtp.proxy_protocol:
             return None  # every connection comes from the load balancer: it limits per client
-        if ip is not None and self.per_ip[ip] > smtp.max_sessions_per_ip:
+        if ip is None:
+            return None
+        held = self.per_ip[ip]  # this session included
+        if held > smtp.max_sessions_per_ip:
             return replies.TOO_MANY_SESSIONS_IP
+        if self.total > smtp.max_sessions - smtp.reserved_sessions and held > smtp.reserved_sessions_per_ip:
+            # Only reserved slots are left: they are for addresses that hold few sessions, so one
+            # address (or a few) filling every slot cannot lock a fresh client out (docs/smtp.md).
+            return replies.TOO_MANY_SESSIONS_BUSY
         return None
 
     def close(self, slot: int, ip: str | None) -> None:

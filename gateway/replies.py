@@ -27,6 +27,18 @@ SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later", "s
 TOO_MANY_SESSIONS_IP = Reply(421, "4.7.0", "Too many connections from your address", "per_ip_limit")
 TOO_MANY_SESSIONS = Reply(421, "4.3.2", "Too many connections, try again later", "session_limit")
 IDLE_TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing connection", "idle_timeout")
+TOO_MANY_SESSIONS_BUSY = Reply(421, "4.7.0", "Too many connections from your address while the server is busy",
+                               "busy_ip_limit")
+DATA_TOO_SLOW = Reply(421, "4.4.2", "Message data arriving too slowly, closing connection", "data_too_slow")
+TRANSACTION_TIMEOUT = Reply(421, "4.4.2", "Transaction took too long, closing connection", "transaction_timeout")
+SESSION_TIMEOUT = Reply(421, "4.4.2", "Session lasted too long, closing connection", "session_timeout")
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection", "too_many_errors")
+HEADER_TOO_BIG = Reply(552, "5.6.0", "Header section exceeds fixed maximum size (no empty line within the limit)",
+                       "header_too_big")
+BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Bad sender address syntax", "bad_sender_syntax")
+BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3", "Bad recipient address syntax", "bad_recipient_syntax")
+BAD_HELO = Reply(501, "5.5.2", "Control characters are not allowed in the HELO/EHLO name", "bad_helo")
+TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active", "tls_active")
 RATE_LIMITED_IP = Reply(450, "4.7.1", "Too many messages from your address, slow down", "rate_ip")
 RATE_LIMITED_SENDER = Reply(450, "4.7.1", "Too many messages from this sender, slow down", "rate_sender")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")

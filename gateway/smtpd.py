@@ -12,11 +12,13 @@ import logging
 import re
 import ssl
 import time
+import traceback
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from . import replies, smtp_fastinit
+from .auth.headers import header_section_end
 from .checks import CONTINUE, DataCheck, DataContext, header_end
 from .config import Config
 from .metrics import Metrics
@@ -35,6 +37,11 @@ audit_log = logging.getLogger("ticketmx.audit")
 
 # The overwhelmingly common MAIL/RCPT argument: <local@domain> [params], plain ASCII, nothing quoted.
 _SIMPLE_PATH = re.compile(r"^\s*<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+)?)>(.*)$", re.S)
+# Control characters never belong in a HELO name or a MAIL/RCPT argument (RFC 5321 4.1.2: printable
+# US-ASCII, SP, and UTF-8 with SMTPUTF8); a NUL or CR there would reach Received:, the store and the log.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_TRACEBACK_FRAMES = 12
+_AIOSMTPD_MALFORMED = "553 5.1.3 Error: malformed address"  # aiosmtpd's reply to an unparsable address
 _MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*(?:\r?\n[ \t]+)?<([^>\r\n]{1,900})>")
 
 
@@ -56,7 +63,16 @@ class ServerState:
 
 
 class TicketmxSMTP(SMTP):
-    """aiosmtpd's protocol with enhanced status codes on every reply, per-IP limits and draining."""
+    """aiosmtpd's protocol with enhanced status codes on every reply, per-IP limits, draining, and
+    time and error limits that stop one client from holding a slot forever (docs/smtp.md, "Time
+    limits and slots").
+
+    One timer per session (aiosmtpd's ``_timeout_handle``) watches every deadline: the idle time,
+    the session and transaction deadlines and the DATA rate. A command only records the time; the
+    timer is moved only when a deadline comes *earlier* than the time it is set for (at DATA, or
+    with a transaction_timeout shorter than idle_timeout), and otherwise, when it fires early, it
+    re-arms itself for the next deadline. That is cheaper than aiosmtpd's cancel-and-reschedule on
+    every command and every DATA chunk."""
 
     def __init__(self, handler: "Handler", state: ServerState, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
@@ -65,7 +81,88 @@ class TicketmxSMTP(SMTP):
         self._ehlo_lines: list[str] | None = None  # collecting the lines of an EHLO/HELO reply
         self._counted_ip: str | None = None
         self._counted = False  # this session is counted in state.limits (uncounted when it ends)
+        inf = float("inf")
+        self._timer_at = inf       # when the pending watchdog timer fires (inf: none pending)
+        self._idle_until = inf     # idle deadline, moved by commands that move the session forward
+        self._idle_prev = inf      # its value before the current command (junk commands put it back)
+        self._session_until = inf  # connect + session_timeout
+        self._txn_started: float | None = None   # MAIL FROM accepted (the transaction deadline runs)
+        self._data_started: float | None = None  # DATA is being read (the rate deadline runs)
+        self._data_bytes = 0       # bytes of DATA received so far
+        self._data_last = 0.0      # when the last DATA chunk arrived
+        self._busy = False         # the server is working on its reply to DATA: no client deadline runs
+        self._junk = 0             # commands that moved nothing forward, since the last accepted message
+        self._errors = 0           # 4xx/5xx replies caused by the client, since the last accepted message
+        self._bad_address: Reply | None = None  # the reply for an unparsable MAIL/RCPT address
 
+    # -- deadlines ---------------------------------------------------------------------------------------
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd calls this at connect, around a PROXY header and before every recognised command."""
+        self._idle_prev = self._idle_until
+        self._idle_until = self.loop.time() + (duration or self._timeout_duration)
+        if self._idle_until < self._timer_at:
+            self._arm()
+
+    def _due(self) -> float:
+        smtp = self.state.cfg.smtp
+        idle = self._idle_until
+        if self._data_started is not None:
+            idle = max(idle, self._data_last + self._timeout_duration)  # DATA chunks are activity too
+        due = min(idle, self._session_until)
+        if self._txn_started is not None:
+            due = min(due, self._txn_started + smtp.transaction_timeout)
+        if self._data_started is not None and smtp.data_min_rate:
+            due = min(due, self._data_started + smtp.data_rate_grace + self._data_bytes / smtp.data_min_rate)
+        return due
+
+    def _arm(self) -> None:
+        """(Re)schedule the watchdog for the earliest deadline; never leaves ``_timeout_handle`` None
+        (aiosmtpd's connection_lost cancels it)."""
+        due = self._due()
+        if due >= self._timer_at:
+            return  # the pending timer fires first and re-arms then
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        self._timer_at = due
+        self._timeout_handle = self.loop.call_at(due, self._timeout_cb)
+
+    def _expired(self, now: float) -> Reply | None:
+        smtp = self.state.cfg.smtp
+        if now >= self._session_until:
+            return replies.SESSION_TIMEOUT
+        if self._txn_started is not None and now >= self._txn_started + smtp.transaction_timeout:
+            return replies.TRANSACTION_TIMEOUT
+        if self._data_started is not None:
+            if smtp.data_min_rate and now >= (self._data_started + smtp.data_rate_grace
+                                              + self._data_bytes / smtp.data_min_rate):
+                return replies.DATA_TOO_SLOW
+            if now >= max(self._idle_until, self._data_last + self._timeout_duration):
+                return replies.IDLE_TIMEOUT
+            return None
+        if now >= self._idle_until:
+            return replies.IDLE_TIMEOUT
+        return None
+
+    def _timeout_cb(self) -> None:
+        self._timer_at = float("inf")
+        if self.transport is None or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        reply = self._expired(now)
+        if reply is not None and self._busy:
+            # Our own checks or the spool commit are still running: closing now could drop a message
+            # that is committed (the client would send it again). Look again in a second.
+            self._timer_at = now + 1.0
+            self._timeout_handle = self.loop.call_at(self._timer_at, self._timeout_cb)
+            return
+        if reply is None:
+            self._arm()
+            return
+        self.state.metrics.sessions_refused.labels(reason=reply.reason).inc()
+        log.info("%s: %s", self._counted_ip or "?", reply)
+        self.close_with(reply)
+
+    # -- replies, junk and errors --------------------------------------------------------------------------
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
             if not self._greeted:
@@ -74,18 +171,51 @@ class TicketmxSMTP(SMTP):
                 self._ehlo_lines.append(status)  # sent as one write when EHLO/HELO is done
                 return
             else:
+                if status == _AIOSMTPD_MALFORMED and self._bad_address is not None:
+                    status = str(self._bad_address)
                 status = with_enhanced(status)
+                if status[0] in "45" and not status.startswith("421") and status[4:8] != "4.3.":
+                    await super().push(status)
+                    self._count_error()
+                    return
         await super().push(status)
+
+    def _count_error(self) -> None:
+        """One more error the client caused (RFC 5321 4.2 replies 4xx/5xx, not our own 4.3.x failures);
+        at ``hard_error_limit`` the session ends with 421 4.7.0 (Postfix's smtpd_hard_error_limit)."""
+        self._errors += 1
+        if self._errors >= self.state.cfg.smtp.hard_error_limit:
+            self.state.metrics.sessions_refused.labels(reason=replies.TOO_MANY_ERRORS.reason).inc()
+            log.info("%s: %s", self._counted_ip or "?", replies.TOO_MANY_ERRORS)
+            self.close_with(replies.TOO_MANY_ERRORS)
+
+    def _junk_command(self) -> bool:
+        """A command that moves nothing forward (NOOP, RSET, VRFY, EXPN, HELP, a repeated EHLO/HELO): it
+        does not restart the idle timer, and beyond ``junk_command_limit`` each one counts as an error
+        (Postfix's smtpd_junk_command_limit). True when the session was closed for it."""
+        self._idle_until = self._idle_prev
+        self._junk += 1
+        if self._junk > self.state.cfg.smtp.junk_command_limit:
+            self._count_error()
+            return self.transport is None or self.transport.is_closing()
+        return False
 
     async def _greeting_reply(self, method: Any, hostname: str) -> None:
         """EHLO/HELO: aiosmtpd pushes each line of the reply with its own write and drain; collect
         them and send the whole multi-line reply in one write (one segment for the client too)."""
+        if hostname and _CONTROL.search(hostname):
+            await self.push(str(replies.BAD_HELO))  # a CR or NUL would reach Received: and the store
+            return
+        if self.session is not None and self.session.host_name and self._junk_command():
+            return
         self._ehlo_lines = []
         try:
             await method(hostname)
         finally:
             lines, self._ehlo_lines = self._ehlo_lines, None
-        if lines:
+        if len(lines) == 1 and lines[0][:1] != "2":
+            await self.push(lines[0])  # an error ("501 Syntax: HELO hostname"): enhanced code, counted
+        elif lines:
             await super().push("\r\n".join(lines))
 
     async def smtp_EHLO(self, hostname: str) -> None:
@@ -93,6 +223,68 @@ class TicketmxSMTP(SMTP):
 
     async def smtp_HELO(self, hostname: str) -> None:
         await self._greeting_reply(super().smtp_HELO, hostname)
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not self._junk_command():
+            await super().smtp_NOOP(arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        if not self._junk_command():
+            await super().smtp_RSET(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        if not self._junk_command():
+            await super().smtp_VRFY(arg)
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        if not self._junk_command():
+            await super().smtp_EXPN(arg)
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:
+        if not self._junk_command():
+            await super().smtp_HELP(arg)
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:  # RFC 3207 4.2: no TLS inside TLS
+            await self.push(str(replies.TLS_ALREADY_ACTIVE))
+            return
+        await super().smtp_STARTTLS(arg)
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if arg and _CONTROL.search(arg):  # a NUL or CR in the sender would reach the store and the logs
+            await self.push(str(replies.BAD_SENDER_SYNTAX))
+            return
+        self._bad_address = replies.BAD_SENDER_SYNTAX
+        try:
+            await super().smtp_MAIL(arg)
+        finally:
+            self._bad_address = None
+        if self._txn_started is None and self.envelope is not None and self.envelope.mail_from:
+            self._txn_started = self.loop.time()
+            if self._txn_started + self.state.cfg.smtp.transaction_timeout < self._timer_at:
+                self._arm()
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if arg and _CONTROL.search(arg):
+            await self.push(str(replies.BAD_RECIPIENT_SYNTAX))
+            return
+        self._bad_address = replies.BAD_RECIPIENT_SYNTAX
+        try:
+            await super().smtp_RCPT(arg)
+        finally:
+            self._bad_address = None
+
+    def _set_post_data_state(self) -> None:
+        """Every way a transaction ends (DATA's reply, RSET, HELO/EHLO, STARTTLS) comes through here."""
+        super()._set_post_data_state()
+        self._txn_started = None
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """Fast path for ``<local@domain>``; anything unusual goes to aiosmtpd's full RFC 5322 parser.
@@ -103,7 +295,10 @@ class TicketmxSMTP(SMTP):
         m = _SIMPLE_PATH.match(arg) if arg else None
         if m is not None and ".." not in m.group(1) and not m.group(1).startswith("."):
             return (m.group(1) or "<>"), m.group(2).lstrip()
-        return super()._getaddr(arg)
+        try:
+            return super()._getaddr(arg)
+        except Exception:  # "<" made the stdlib parser raise IndexError: a syntax error, not ours
+            return None, None
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -114,7 +309,12 @@ class TicketmxSMTP(SMTP):
 
         A message larger than ``[smtp] spill_threshold`` keeps only its header section in memory:
         the body streams into an anonymous temporary file (:class:`DataSpill`), so a 50 MB message
-        costs the process a few MiB, not several copies of 50 MB."""
+        costs the process a few MiB, not several copies of 50 MB. A header section longer than
+        ``[smtp] max_header_size`` (a "message" without an empty line, say) is refused with 552 5.6.0
+        and its bytes are discarded as they arrive, so it cannot sit whole in memory either.
+
+        The envelope is reset after every outcome, an exception in a check included, so the next
+        MAIL on the connection starts a new transaction (never "503 nested MAIL")."""
         reader = self._reader
         if not hasattr(reader, "_buffer"):  # not the CPython StreamReader we know: the safe path
             return await super().smtp_DATA(arg)
@@ -129,20 +329,27 @@ class TicketmxSMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         smtp_cfg = self.state.cfg.smtp
+        clock = self.loop.time
+        self._data_started = self._data_last = clock()
+        self._data_bytes = 0
+        self._arm()  # the rate deadline (data_rate_grace) usually comes before the idle one
         spill: DataSpill | None = None
         try:
             limit = self.data_size_limit or 0
+            max_head = smtp_cfg.max_header_size
             buf = bytearray(b"\r\n")  # a virtual CRLF, so a terminator on the very first line is found
             consumed = 0  # bytes of the stream already moved from buf to the spill (the virtual CRLF too)
             too_much = False
-            may_spill = True
+            too_big: Reply = replies.MESSAGE_TOO_BIG
+            next_spill = smtp_cfg.spill_threshold  # try to spill once buf is larger than this
             while True:
                 chunk = await reader.read(65536)
                 if not chunk:  # the client went away mid-DATA
                     if self.transport is not None:
                         self.transport.close()
                     return
-                self._reset_timeout()
+                self._data_bytes += len(chunk)
+                self._data_last = clock()
                 scan = max(0, len(buf) - 4)
                 buf += chunk
                 # Look for the end before anything is cut from buf: the read that crosses the spill
@@ -159,13 +366,20 @@ class TicketmxSMTP(SMTP):
                     if len(buf) > 65536:
                         del buf[:-8]
                     continue
-                if spill is None and may_spill and len(buf) > smtp_cfg.spill_threshold:
+                if spill is None and len(buf) > next_spill:
                     spill = await DataSpill.start(buf, smtp_cfg.spill_dir)
-                    may_spill = spill is not None  # no header section end in sight: stay in memory
-                    consumed = spill.consumed if spill is not None else 0
+                    if spill is not None:
+                        consumed = spill.consumed
+                    elif len(buf) - 2 > max_head:
+                        # No empty line within max_header_size: the header section alone is too big.
+                        # Refuse it and keep only a tail, rather than hold it whole in memory.
+                        too_much, too_big = True, replies.HEADER_TOO_BIG
+                    else:  # the header section may still end below max_header_size: look again later
+                        next_spill = len(buf) + DataSpill.FLUSH_AT
                 elif spill is not None and len(buf) >= DataSpill.FLUSH_AT:
                     await spill.flush(buf)
                     consumed = spill.consumed
+            self._data_started = None
             leftover = bytes(buf[idx + 5:])
             if leftover:  # pipelined commands after the message: hand them back to the command loop
                 reader._buffer[:0] = leftover  # type: ignore[attr-defined]
@@ -178,9 +392,15 @@ class TicketmxSMTP(SMTP):
                     body = bytes(view[2:idx + 2])  # one copy (a bytearray slice would make two)
             del buf
             size = len(body) + (spill.size if spill is not None else 0)
-            if too_much or (limit and size > limit):
+            if not too_much and limit and size > limit:
+                too_much = True
+            if not too_much and len(body) > max_head and (
+                    len(body) if spill is not None else header_section_end(body)) > max_head:
+                too_much, too_big = True, replies.HEADER_TOO_BIG  # (the head of a spill ends with its empty line)
+            if too_much:
                 self._set_post_data_state()
-                await self.push(str(replies.MESSAGE_TOO_BIG))
+                self.state.metrics.reject(too_big.code, too_big.reason)
+                await self.push(str(too_big))
                 return
             if spill is None:
                 if body.startswith(b".."):
@@ -191,10 +411,22 @@ class TicketmxSMTP(SMTP):
             self.envelope.original_content = body
             self.envelope.ticketmx_body = spill  # type: ignore[attr-defined]
             del body  # the envelope holds it; handle_DATA lets it go once the spool copy is made
-            status = await self._call_handler_hook("DATA")
-            self._set_post_data_state()
-            await self.push("250 OK" if status is MISSING else status)
+            self._busy = True
+            try:
+                status = await self._call_handler_hook("DATA")
+            finally:
+                # Whatever happened (an exception goes on to handle_exception's 451), this
+                # transaction is over: the next MAIL starts a new one.
+                self._busy = False
+                self._set_post_data_state()
+                self._idle_until = clock() + self._timeout_duration
+            if status is MISSING:
+                status = "250 OK"
+            elif status.startswith("250"):
+                self._junk = self._errors = 0  # a message was accepted: the counts start again (as Postfix)
+            await self.push(status)
         finally:
+            self._data_started = None
             if spill is not None:
                 spill.close()  # the spool has its own copy by now (or the message was refused)
 
@@ -204,6 +436,8 @@ class TicketmxSMTP(SMTP):
         if first:
             peer = transport.get_extra_info("peername")
             self._counted_ip = peer[0] if isinstance(peer, tuple) else str(peer)
+            self._session_until = self.loop.time() + self.state.cfg.smtp.session_timeout
+            self._arm()
             self.state.sessions.add(self)
             self.state.metrics.sessions.inc()
             self.state.metrics.sessions_active.set(self.state.active)
@@ -236,20 +470,23 @@ class TicketmxSMTP(SMTP):
             return
         await super()._handle_client()
 
-    def _timeout_cb(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(f"{replies.IDLE_TIMEOUT}\r\n".encode())
-        super()._timeout_cb()
-
     @property
     def idle(self) -> bool:
         """Between transactions: safe to close during shutdown."""
         return self.envelope is None or (not self.envelope.mail_from and not self.envelope.rcpt_tos)
 
     def close_with(self, reply: Reply) -> None:
+        """Answer ``reply`` and close. Commands the client already pipelined are dropped: without that
+        the command loop would go on answering (into a closed transport) everything in the read
+        buffer, which is where a flood of pipelined junk spends its CPU."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(f"{reply}\r\n".encode())
             self.transport.close()
+        buffered = getattr(getattr(self, "_reader", None), "_buffer", None)
+        if buffered is not None:
+            buffered.clear()
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()
 
 
 class Handler:
@@ -382,7 +619,10 @@ class Handler:
         return f"250 2.0.0 Ok: queued as {spool_id}"
 
     async def handle_exception(self, error: Exception) -> str:
-        log.error("SMTP session error: %s", error, exc_info=error)
+        # The last frames only: a RecursionError's traceback is a thousand lines, and a client that can
+        # trigger one on every try must not be able to flood the log with it.
+        tb = "".join(traceback.format_exception(type(error), error, error.__traceback__, limit=-_TRACEBACK_FRAMES))
+        log.error("SMTP session error: %s: %s\n%s", type(error).__name__, str(error)[:300], tb.rstrip())
         self.metrics.reject(451, replies.INTERNAL_ERROR.reason)
         return str(replies.INTERNAL_ERROR)
 

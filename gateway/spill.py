@@ -57,7 +57,8 @@ class DataSpill:
     @classmethod
     async def start(cls, buf: bytearray, directory: str | None) -> "DataSpill | None":
         """Begin spilling ``buf`` (which starts with the reader's virtual CRLF). None when the
-        header section does not end within it: then the message simply stays in memory.
+        header section does not end within it: the caller tries again as more arrives, and refuses
+        the message (552 5.6.0) once ``buf`` holds more than ``[smtp] max_header_size`` without an end.
 
         Only the header section is copied whole; the body goes to the file piece by piece
         (:meth:`_write_region`). Copying ``buf`` whole, unstuffing and slicing it held the 1 MiB

@@ -47,14 +47,18 @@ def parse_from(raw: bytes) -> FromInfo:
     value = fields_[0].text()
     addrs = _simple_from(value)
     if addrs is None:
-        # getaddresses is super-linear on some values (and recurses on others): it never sees more
-        # than MAX_FROM_CHARS. The pipeline's reader has the same bound (mime.MAX_ADDRESS_CHARS).
+        # getaddresses is super-linear on some values and recurses on others: it never sees more than
+        # MAX_FROM_CHARS (the pipeline's reader has the same bound, mime.MAX_ADDRESS_CHARS), nor a value
+        # with too many groups or too deep comments.
         if len(value) > MAX_FROM_CHARS:
             return FromInfo(error=f"From header field too long to read ({len(value)} > {MAX_FROM_CHARS} characters)")
+        problem = _too_complex(value)
+        if problem is not None:
+            return FromInfo(error=f"From header field too complex to read: {problem}")
         try:
             addrs = [a for _n, a in email.utils.getaddresses([value]) if a]
-        except RecursionError:
-            return FromInfo(error="From header field nested too deep to read")
+        except (RecursionError, ValueError, IndexError):  # the bounds above should make this unreachable
+            return FromInfo(error="From header field too complex to read: the address parser failed")
     if not addrs:
         return FromInfo(error="From header field has no address")
     domains: list[str] = []
@@ -89,6 +93,41 @@ def _simple_from(value: str) -> list[str] | None:
     if m is None:
         return None
     return [m.group(1) or m.group(2)]
+
+
+# email.utils.getaddresses recurses once per group (``a:``) and per nested comment: a From of 1,000
+# ``a:`` raised RecursionError (a 451 and a 1,000-line traceback on every try). A real From has one
+# group at most and comments nested a level or two; far beyond that it is not a From anyone can read,
+# so it goes through ``[auth] malformed_from`` like any other unreadable From.
+_MAX_COLONS = 64
+_MAX_COMMENT_DEPTH = 16
+
+
+def _too_complex(value: str) -> str | None:
+    """Why the stdlib parser must not be given ``value`` (None: it may). Linear, and only for the
+    rare From that the fast path did not read."""
+    if value.count(":") > _MAX_COLONS:
+        return f"more than {_MAX_COLONS} ':' (groups)"
+    if value.count("(") > _MAX_COMMENT_DEPTH:
+        depth = deepest = 0
+        escaped = quoted = False
+        for c in value:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"' and depth == 0:
+                quoted = not quoted
+            elif quoted:
+                continue
+            elif c == "(":
+                depth += 1
+                deepest = max(deepest, depth)
+            elif c == ")" and depth:
+                depth -= 1
+        if deepest > _MAX_COMMENT_DEPTH:
+            return f"comments nested deeper than {_MAX_COMMENT_DEPTH}"
+    return None
 
 
 def _printable(s: str) -> str:

@@ -75,6 +75,18 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT * 1000)}")
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back after a failed statement or COMMIT without hiding why it failed: after SQLITE_FULL or
+    SQLITE_IOERR SQLite may already have rolled back, and the ROLLBACK's own "no transaction is active"
+    (or a second I/O error) would otherwise replace the real "database or disk is full" in the log."""
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        log.warning("ROLLBACK after a failed transaction also failed: %s", exc)
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY or "locked" in str(exc)
 
@@ -190,10 +202,10 @@ class SqliteStore(Store):
                 t1 = time.perf_counter() if observe is not None else 0.0
                 try:
                     result = fn(conn)
+                    conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    _rollback(conn)
                     raise
-                conn.execute("COMMIT")
                 if observe is not None:
                     observe(getattr(fn, "__qualname__", "?"), t1 - t0, time.perf_counter() - t1)
                 return result
