@@ -70,6 +70,18 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT * 1000)}")
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back what is still open, never hiding the error that got us here: after SQLITE_FULL or an
+    I/O error SQLite may have rolled back by itself, and "cannot rollback - no transaction is active"
+    used to replace "database or disk is full" in the log."""
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        log.debug("ROLLBACK after a failed transaction failed too: %s", exc)
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY or "locked" in str(exc)
 
@@ -91,16 +103,23 @@ class SqliteStore(Store):
 
     # -- lifecycle -------------------------------------------------------------
     async def open(self) -> None:
+        """Connect and migrate. On failure (locked past the busy timeout, disk full, read-only) the
+        connections opened so far are closed again: their threads are not daemons, and one left
+        behind kept the process from ever exiting after a failed start."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._w = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._w.execute("PRAGMA journal_mode=WAL")
-        await self._w.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
-        await self._w.execute("PRAGMA busy_timeout=10000")
-        await self._w.execute("PRAGMA foreign_keys=ON")
-        await self.transaction(self._migrate)
-        self._r = await aiosqlite.connect(self.path, isolation_level=None)
-        self._r.row_factory = sqlite3.Row
-        await self._r.execute("PRAGMA busy_timeout=10000")
+        try:
+            self._w = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._w.execute("PRAGMA journal_mode=WAL")
+            await self._w.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
+            await self._w.execute("PRAGMA busy_timeout=10000")
+            await self._w.execute("PRAGMA foreign_keys=ON")
+            await self.transaction(self._migrate)
+            self._r = await aiosqlite.connect(self.path, isolation_level=None)
+            self._r.row_factory = sqlite3.Row
+            await self._r.execute("PRAGMA busy_timeout=10000")
+        except BaseException:
+            await self.close()
+            raise
 
     async def defer_checkpoints(self, run_here: bool, interval: float = 0.2) -> None:
         """Keep WAL checkpoints out of this connection's commits.
@@ -159,9 +178,13 @@ class SqliteStore(Store):
                 try:
                     result = fn(conn)
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    _rollback(conn)
                     raise
-                conn.execute("COMMIT")
+                try:
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)  # a COMMIT that failed (SQLITE_FULL, I/O) may leave it open
+                    raise
                 if observe is not None:
                     observe(getattr(fn, "__qualname__", "?"), t1 - t0, time.perf_counter() - t1)
                 return result
