@@ -238,6 +238,12 @@ class Store(abc.ABC):
         ``refund``: the claim's attempt is taken back (a worker killed for another message's budget)."""
 
     @abc.abstractmethod
+    async def spool_release(self, ids: "tuple[str, ...] | list[str]", owner: str, refund: bool = True) -> int:
+        """Put these entries back in the queue if they are still ``processing`` and claimed by ``owner``
+        (a worker whose batch could not be settled: a store error while saving its outcome).
+        ``refund``: the claim's attempt is taken back. Returns how many went back."""
+
+    @abc.abstractmethod
     async def spool_claim(self, limit: int, now: float, owner: str = "") -> list[SpoolEntry]:
         """Claim up to ``limit`` due queued entries for ``owner`` (attempts += 1, committed before work)."""
 

@@ -221,6 +221,16 @@ class PostgresStore(Store):
                 del self._claimed[sid]
         return _count(status)
 
+    async def spool_release(self, ids: tuple[str, ...] | list[str], owner: str, refund: bool = True) -> int:
+        owner = owner or self.node_owner
+        back = ", attempts=GREATEST(attempts-1, 0)" if refund else ""
+        status = await self.pool.execute(f"UPDATE spool SET state=$1, claimed_by='', claimed_until=0{back}"
+                                         " WHERE state=$2 AND claimed_by=$3 AND id = ANY($4::text[])",
+                                         QUEUED, PROCESSING, owner, list(ids))
+        for sid in ids:
+            self._claimed.pop(sid, None)
+        return _count(status)
+
     async def spool_claim(self, limit: int, now: float, owner: str = "") -> list[SpoolEntry]:
         owner = owner or self.node_owner
         rows = await self.pool.fetch(

@@ -275,13 +275,24 @@ class SqliteStore(Store):
     async def _unclaim(self, ids: tuple[str, ...], owner: str) -> None:
         """Put claimed entries back in the queue, attempts as before the claim (a claim that failed
         after its COMMIT must not leave them ``processing`` until the worker restarts)."""
-        def fn(conn: sqlite3.Connection) -> None:
-            conn.execute(f"UPDATE spool SET state=?, attempts=attempts-1, claimed_by='' WHERE state=? AND"
-                         f" claimed_by=? AND id IN ({','.join('?' * len(ids))})", (QUEUED, PROCESSING, owner, *ids))
         try:
-            await asyncio.shield(self.transaction(fn, durable=False))
+            await asyncio.shield(self.spool_release(ids, owner))
         except Exception:  # the worker's restart (spool_recover) puts them back then
             log.exception("could not put claimed spool entries back in the queue")
+
+    async def spool_release(self, ids: tuple[str, ...] | list[str], owner: str, refund: bool = True) -> int:
+        back = ", attempts=MAX(attempts-1, 0)" if refund else ""
+        ids = tuple(ids)
+
+        def fn(conn: sqlite3.Connection) -> int:
+            n = 0
+            for start in range(0, len(ids), 500):  # under SQLite's limit of bound parameters
+                part = ids[start:start + 500]
+                n += conn.execute(f"UPDATE spool SET state=?, claimed_by=''{back} WHERE state=? AND claimed_by=?"
+                                  f" AND id IN ({','.join('?' * len(part))})", (QUEUED, PROCESSING, owner, *part)
+                                  ).rowcount
+            return n
+        return await self.transaction(fn, durable=False)
 
     async def spool_retry(self, spool_id: str, error: str, next_attempt_at: float) -> None:
         def fn(conn: sqlite3.Connection) -> None:
