@@ -276,13 +276,37 @@ class WorkerPool:
         task.add_done_callback(self._restarts.discard)
 
     async def _restart(self, child: _Child, slot: int) -> None:
-        released = await self.store.spool_recover(child.owner)
-        if released:
-            log.warning("released %d spool entries claimed by %s", released, child.owner)
+        try:
+            await self._release_after_crash(child)
+        except Exception:  # left processing: recovered at the next start
+            log.exception("could not release the claims of %s", child.owner)
         await asyncio.sleep(0.5)  # no hot restart loop if the child dies at once
         if not self._stopping:
             self._spawn(slot)
             self.wake()
+
+    async def _release_after_crash(self, child: _Child) -> None:
+        """A child died by itself: its claims go back, the attempt charged only to what it was busy on.
+
+        The busy slots (shared memory, still readable after the death) name the message whose code
+        was running on the event loop or in the parse thread at that moment: that message's processing
+        crashed the worker, so its attempt counts. The rest of the batch was only waiting and gets its
+        attempt back (a crasher in a batch of 20 no longer drags the 19 others to quarantine). With no
+        slot busy nothing points at one message, and every claim keeps its attempt, as before: a
+        message that crashes the worker some other way still reaches max_attempts."""
+        now = time.monotonic()
+        culprits = sorted({b.entry for b in (read_slot(child.slots.loop, now), read_slot(child.slots.thread, now))
+                           if b is not None})
+        if culprits:
+            charged = await self.store.spool_release(culprits, child.owner, refund=False)
+            refunded = await self.store.spool_recover(child.owner, refund=True)
+            log.warning("released %d spool entries claimed by %s: %s busy when it died (attempt counted), "
+                        "%d others with their attempt refunded", charged + refunded, child.owner,
+                        ", ".join(culprits), refunded, extra={"trace_id": culprits[0]})
+            return
+        released = await self.store.spool_recover(child.owner)
+        if released:
+            log.warning("released %d spool entries claimed by %s", released, child.owner)
 
     # -- the message budget --------------------------------------------------------------------------
     def _tick(self) -> float:
@@ -377,12 +401,14 @@ class WorkerPool:
                 child.proc.terminate()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        killed: list[_Child] = []
         for child in everyone:
             while child.proc.is_alive() and loop.time() < deadline:
                 await asyncio.sleep(0.05)
             if child.proc.is_alive():
                 log.error("pipeline worker %s did not stop in %.0fs; killing it", child.owner, timeout)
                 child.proc.kill()
+                killed.append(child)
             child.proc.join(1)
             self._on_report(child)
         if self._watch_task is not None:
@@ -391,6 +417,15 @@ class WorkerPool:
         await asyncio.sleep(0)  # let _on_exit callbacks of the last children run
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
+        for child in killed:  # stopped by us, not crashed by its message: claims back, attempts refunded
+            if child.killed_for is not None:
+                continue  # over budget: _after_budget_kill settled it
+            try:
+                released = await self.store.spool_recover(child.owner, refund=True)
+                if released:
+                    log.warning("released %d spool entries claimed by %s (stopped)", released, child.owner)
+            except Exception as exc:  # recovered at the next start (as an interruption)
+                log.warning("could not release the claims of %s at stop: %s", child.owner, exc)
 
     @property
     def owners(self) -> list[str]:

@@ -259,9 +259,14 @@ class Worker:
         """The delivery for one entry, or None when it was rescheduled after an error."""
         max_attempts = self.cfg.pipeline.max_attempts
         if entry.attempts > max_attempts:
-            # Claimed more often than allowed without finishing: it crashed the process each time.
+            # Claimed more often than allowed without finishing: it crashed its worker each time.
             return Delivery(entry.id, "quarantine", reason=f"failed {entry.attempts - 1} times: "
                             f"{entry.last_error or 'processing crashed'}")
+        if entry.interrupted > max_attempts:
+            # Found processing at more service starts than that: most likely it takes the whole service
+            # down (an OOM kill of the process group, a crash of the in-process worker).
+            return Delivery(entry.id, "quarantine", reason=f"interrupted {entry.interrupted} times: the service "
+                            "stopped or crashed each time while processing it")
         try:
             self.meter.step(entry.id, STEP_PARSE)
             if entry.chunked:

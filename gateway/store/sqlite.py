@@ -242,9 +242,9 @@ class SqliteStore(Store):
         back = ", attempts=MAX(attempts-1, 0)" if refund else ""
 
         def fn(conn: sqlite3.Connection) -> int:
-            if owner is None:
-                return conn.execute(f"UPDATE spool SET state=?, claimed_by=''{back} WHERE state=?",
-                                    (QUEUED, PROCESSING)).rowcount
+            if owner is None:  # at start: an interruption, not a crash of the message's own worker
+                return conn.execute("UPDATE spool SET state=?, claimed_by='', attempts=MAX(attempts-1, 0),"
+                                    " interrupted=interrupted+1 WHERE state=?", (QUEUED, PROCESSING)).rowcount
             return conn.execute(f"UPDATE spool SET state=?, claimed_by=''{back} WHERE state=? AND claimed_by=?",
                                 (QUEUED, PROCESSING, owner)).rowcount
         return await self.transaction(fn)
