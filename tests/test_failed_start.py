@@ -7,6 +7,7 @@ nothing listened and the process never exited (the store's connection thread is 
 """
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
 import subprocess
@@ -23,13 +24,23 @@ from .test_serve import ServeProcess
 EX_TEMPFAIL = 75
 
 
-def _run_serve(srv: ServeProcess, timeout: float) -> tuple[int, float, str]:
+def _run_serve(srv: ServeProcess, timeout: float, env: dict[str, str] | None = None) -> tuple[int, float, str]:
     """Start `ticketmx serve`, wait for it to exit; (exit code, seconds, log)."""
     started = time.monotonic()
     with open(srv.log, "ab") as out:
         proc = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(srv.config)],
-                              cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+                              cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
+                              env={**os.environ, **(env or {})})
     return proc.returncode, time.monotonic() - started, srv.log.read_text()
+
+
+def _notifications(sock: socket.socket) -> list[str]:
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return out
 
 
 def _assert_one_line(log: str, *fragments: str) -> None:
@@ -109,10 +120,16 @@ def test_a_full_or_read_only_store_exits_75_at_once(tmp_path, dns_server, small_
         _fill(small_fs)
     else:
         subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
-    code, seconds, log = _run_serve(srv, timeout=60)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:  # systemd's side of sd_notify
+        notify.bind(str(tmp_path / "notify.sock"))
+        notify.setblocking(False)
+        code, seconds, log = _run_serve(srv, timeout=60, env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+        told = _notifications(notify)
     assert code == EX_TEMPFAIL, log
     assert seconds < 8.0, seconds
     _assert_one_line(log, "the store is not available")
+    assert not any("READY=1" in m for m in told), told  # never claimed to be ready
+    assert any(m.startswith("STATUS=cannot start: the store is not available") for m in told), told
     if fault == "full":
         (small_fs / "filler").unlink()
     else:
