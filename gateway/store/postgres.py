@@ -279,13 +279,13 @@ class PostgresStore(Store):
 
     async def spool_replay(self, spool_id: str) -> bool:
         status = await self.pool.execute(
-            "UPDATE spool SET state=$1, attempts=0, next_attempt_at=0, reason='', finished_at=NULL"
+            "UPDATE spool SET state=$1, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL"
             " WHERE id=$2 AND state NOT IN ($3, $4)", QUEUED, spool_id, QUEUED, PROCESSING)
         return _count(status) == 1
 
     async def spool_replay_quarantined(self) -> list[str]:
         rows = await self.pool.fetch(
-            "UPDATE spool SET state=$1, attempts=0, next_attempt_at=0, reason='', finished_at=NULL"
+            "UPDATE spool SET state=$1, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL"
             " WHERE state=$2 RETURNING id, received_at", QUEUED, QUARANTINED)
         return [r["id"] for r in sorted(rows, key=lambda r: (r["received_at"], r["id"]))]
 

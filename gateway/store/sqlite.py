@@ -319,14 +319,14 @@ class SqliteStore(Store):
     async def spool_replay(self, spool_id: str) -> bool:
         def fn(conn: sqlite3.Connection) -> bool:
             return conn.execute(
-                "UPDATE spool SET state=?, attempts=0, next_attempt_at=0, reason='', finished_at=NULL"
+                "UPDATE spool SET state=?, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL"
                 " WHERE id=? AND state NOT IN (?, ?)", (QUEUED, spool_id, QUEUED, PROCESSING)).rowcount == 1
         return await self.transaction(fn)
 
     async def spool_replay_quarantined(self) -> list[str]:
         def fn(conn: sqlite3.Connection) -> list[str]:
             ids = [r[0] for r in conn.execute("SELECT id FROM spool WHERE state=?", (QUARANTINED,))]
-            conn.execute("UPDATE spool SET state=?, attempts=0, next_attempt_at=0, reason='', finished_at=NULL"
+            conn.execute("UPDATE spool SET state=?, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL"
                          " WHERE state=?", (QUEUED, QUARANTINED))
             return ids
         return await self.transaction(fn)

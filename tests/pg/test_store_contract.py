@@ -160,6 +160,10 @@ async def test_recovery_at_start_refunds_and_counts_an_interruption(store, backe
     assert (e.state, e.attempts, e.interrupted) == ("queued", 0, 1)
     (again,) = await store.spool_claim(1, T0 + 6, "w2")
     assert (again.attempts, again.interrupted) == (1, 1)
+    await store.deliver([Delivery("a", "quarantine", reason="interrupted")], T0 + 7)
+    assert await store.spool_replay("a")  # a replay starts both counts afresh
+    e = await store.spool_get("a")
+    assert (e.state, e.attempts, e.interrupted) == ("queued", 0, 0)
 
 
 async def test_recover_releases_one_owners_claims(store, backend):
