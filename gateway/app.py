@@ -233,8 +233,8 @@ class Gateway:
                 counts = await self.store.purge(time.time(), r.raw_days, r.quarantine_days, r.closed_ticket_days)
                 if any(counts.values()):
                     log.info("retention purge: %s", counts)
-            except Exception:
-                log.exception("retention purge failed")
+            except Exception as exc:  # one line: a locked or full store would repeat it every interval
+                log.error("retention purge failed: %s: %s", type(exc).__name__, " ".join(str(exc).split())[:300])
             await asyncio.sleep(r.interval)
 
     # -- relay ----------------------------------------------------------------------------------------

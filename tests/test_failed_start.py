@@ -8,6 +8,7 @@ nothing listened and the process never exited (the store's connection thread is 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -149,3 +150,58 @@ def test_a_listen_address_in_use_exits_1_with_one_line(tmp_path, dns_server):
     errors = [line for line in log.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "cannot start" in errors[0] and "exiting with code 1" in errors[0], log
     assert "Traceback" not in log, log
+
+
+def test_a_worker_that_cannot_open_the_store_says_so_once_and_comes_back(tmp_path, dns_server):
+    """A pipeline worker started (by a reload) while the database is locked: one line per try, backoff,
+    no traceback, and it works again once the lock is gone."""
+    import re
+
+    import aiosmtplib
+    import asyncio
+
+    from .conftest import queued_id, simple_message
+    srv = ServeProcess(tmp_path, dns_server.port, pipeline={"poll_interval": "200ms", "processes": 1})
+    srv.start()
+    deadline = time.monotonic() + 20
+    while not re.findall(r"pipeline worker \S+ started \(pid (\d+)\)", srv.log.read_text()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(tmp_path / "serve.db", isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        holding.set()
+        release.wait(60)
+        conn.execute("ROLLBACK")
+        conn.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        srv.proc.send_signal(signal.SIGHUP)  # a reload starts a new worker at once: it meets the lock
+        deadline = time.monotonic() + 30
+        while "could not open the store; next try in" not in srv.log.read_text():
+            assert time.monotonic() < deadline, srv.log.read_text()[-3000:]
+            time.sleep(0.2)
+    finally:
+        release.set()
+        holder.join()
+    log = srv.log.read_text()
+    assert log.count("cannot open the store: OperationalError: database is locked; exiting with code 75") >= 1, log
+    assert "could not open the store; next try in" in log
+    assert "Traceback" not in log, log
+
+    async def send() -> str:
+        _e, text = await aiosmtplib.send(simple_message(subject="after the lock"), sender="a@customer.test",
+                                         recipients=["support@example.test"], hostname="127.0.0.1",
+                                         port=srv.port, start_tls=False)
+        return queued_id(text)
+    sid = asyncio.run(send())
+    deadline = time.monotonic() + 20
+    while srv.cli_json("spool", "show", sid)["state"] != "ticket_created":
+        assert time.monotonic() < deadline, srv.log.read_text()[-2000:]
+        time.sleep(0.2)
+    assert srv.stop() == 0

@@ -35,6 +35,7 @@ from .worker import MetricsSink, Worker, _received_at, make_executor
 
 log = logging.getLogger(__name__)
 _CTX = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop and threads
+EX_STORE_UNAVAILABLE = 75  # a worker that could not open the store: restarted with backoff, not at once
 
 
 # -- child side -------------------------------------------------------------------------------------------
@@ -123,7 +124,12 @@ async def _child(cfg: Config, owner: str, wake: multiprocessing.connection.Conne
                  report: multiprocessing.connection.Connection, slots: Slots | None = None) -> None:
     loop = asyncio.get_running_loop()
     store = open_store(cfg)
-    await store.open()
+    try:
+        await store.open()
+    except Exception as exc:  # one line, not a traceback per restart while the store is down
+        log.error("pipeline worker %s cannot open the store: %s: %s; exiting with code %d", owner,
+                  type(exc).__name__, " ".join(str(exc).split())[:300], EX_STORE_UNAVAILABLE)
+        raise SystemExit(EX_STORE_UNAVAILABLE) from None
     executor = make_executor()
     sink = ReportingSink(report)
     worker = Worker(cfg, store, sink, executor, owner=owner, slots=slots)
@@ -187,6 +193,7 @@ class WorkerPool:
         self._retired: list[_Child] = []  # replaced on reload, still finishing their batch
         self._settling: set[asyncio.Task[None]] = set()  # after a budget kill: quarantine, release
         self._watch_task: asyncio.Task[None] | None = None
+        self._open_failures: dict[int, int] = {}  # slot -> workers in a row that could not open the store
 
     def start(self) -> None:
         for slot in range(self.n):
@@ -229,8 +236,10 @@ class WorkerPool:
         try:
             while child.report_r.poll():
                 report = child.report_r.recv()
-                if "steps" in report:
+                if "steps" in report:  # sent once the store is open
                     child.steps = tuple(report["steps"])
+                    if child in self.children:
+                        self._open_failures.pop(self.children.index(child), None)
                 for state, latency in report.get("outcomes", ()):
                     self.sink.outcome(state, latency)
                 for _ in range(report.get("errors", 0)):
@@ -258,7 +267,7 @@ class WorkerPool:
             pass
         os.close(child.wake_w)
         child.wake_w = -1  # the fd number will be reused (by a client socket!): never write to it again
-        child.proc.join(0)
+        child.proc.join(1)  # the sentinel fired: it is exiting; reap it so exitcode is known
         if child in self._retired:
             self._retired.remove(child)
         if child.killed_for is not None:
@@ -269,18 +278,31 @@ class WorkerPool:
             return
         if self._stopping or child.closing:
             return
-        log.error("pipeline worker %s died (exit code %s); releasing its claims and restarting",
-                  child.owner, child.proc.exitcode)
-        task = loop.create_task(self._restart(child, slot))
+        delay = 0.5  # no hot restart loop if the child dies at once
+        if child.proc.exitcode == EX_STORE_UNAVAILABLE:  # it said why in one line; back off to 30 s
+            n = self._open_failures[slot] = self._open_failures.get(slot, 0) + 1
+            delay = min(30.0, 0.5 * 2 ** n)
+            log.warning("pipeline worker %s could not open the store; next try in %.0fs", child.owner, delay)
+        else:
+            log.error("pipeline worker %s died (exit code %s); releasing its claims and restarting",
+                      child.owner, child.proc.exitcode)
+        task = loop.create_task(self._restart(child, slot, delay))
         self._restarts.add(task)
         task.add_done_callback(self._restarts.discard)
 
-    async def _restart(self, child: _Child, slot: int) -> None:
-        try:
-            await self._release_after_crash(child)
-        except Exception:  # left processing: recovered at the next start
-            log.exception("could not release the claims of %s", child.owner)
-        await asyncio.sleep(0.5)  # no hot restart loop if the child dies at once
+    async def _restart(self, child: _Child, slot: int, delay: float = 0.5) -> None:
+        failures = 0
+        while child.proc.exitcode != EX_STORE_UNAVAILABLE and not self._stopping:  # (that one claimed nothing)
+            try:
+                await self._release_after_crash(child)
+                break
+            except Exception as exc:  # the store refuses writes: its claims must not stay processing
+                failures += 1
+                if failures & (failures - 1) == 0:  # 1st, 2nd, 4th, 8th ... try: a bounded log
+                    log.error("could not release the claims of %s (try %d): %s: %s; retrying", child.owner,
+                              failures, type(exc).__name__, " ".join(str(exc).split())[:300])
+                await asyncio.sleep(min(30.0, 0.25 * 2 ** failures))
+        await asyncio.sleep(delay)
         if not self._stopping:
             self._spawn(slot)
             self.wake()
