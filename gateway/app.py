@@ -30,6 +30,17 @@ from .store.base import Store
 
 log = logging.getLogger(__name__)
 
+# Exit codes of `ticketmx serve` (sysexits.h; docs/operations.md, "Exit codes"). 78 (EX_CONFIG, from the
+# CLI) is a config error: restarting cannot help, the unit does not restart on it. 75 is transient: the
+# store could not be opened (locked past the busy timeout, disk full, read-only, unreachable PostgreSQL);
+# the service manager restarts the process, which then tries again.
+EX_FAIL = 1
+EX_TEMPFAIL = 75
+
+
+class StoreUnavailable(Exception):
+    """The store could not be opened or prepared at start; the cause is chained (``__cause__``)."""
+
 
 class Gateway:
     def __init__(self, cfg: Config, executor: concurrent.futures.Executor | None = None) -> None:
@@ -67,13 +78,18 @@ class Gateway:
         return checks
 
     async def start(self) -> None:
-        await self.store.open()
-        # The SMTP spool writer's commits (each one a 250 waiting) never carry a WAL checkpoint:
-        # this process runs them in the background instead (docs/architecture.md, Durability).
-        await self.store.defer_checkpoints(run_here=True)
-        from .pipeline.twoway import ensure_thread_key
-        await ensure_thread_key(self.store)  # before any worker starts: one key for all of them
-        recovered = await self.store.spool_recover()
+        try:
+            await self.store.open()
+            # The SMTP spool writer's commits (each one a 250 waiting) never carry a WAL checkpoint:
+            # this process runs them in the background instead (docs/architecture.md, Durability).
+            await self.store.defer_checkpoints(run_here=True)
+            from .pipeline.twoway import ensure_thread_key
+            await ensure_thread_key(self.store)  # before any worker starts: one key for all of them
+            # Entries a previous run left in processing: their attempt is refunded and counted as an
+            # interruption instead (docs/operations.md, "Crashes and interruptions").
+            recovered = await self.store.spool_recover()
+        except Exception as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         if recovered:
             log.warning("recovered %d spool entries left in processing by a previous run", recovered)
         if self.executor is None:
@@ -218,8 +234,8 @@ class Gateway:
                 counts = await self.store.purge(time.time(), r.raw_days, r.quarantine_days, r.closed_ticket_days)
                 if any(counts.values()):
                     log.info("retention purge: %s", counts)
-            except Exception:
-                log.exception("retention purge failed")
+            except Exception as exc:  # one line: a locked or full store would repeat it every interval
+                log.error("retention purge failed: %s: %s", type(exc).__name__, " ".join(str(exc).split())[:300])
             await asyncio.sleep(r.interval)
 
     # -- relay ----------------------------------------------------------------------------------------
@@ -338,7 +354,15 @@ async def serve(cfg: Config, config_path: str | None) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: (_sd_notify("RELOADING=1"), gw.reload(config_path),
                                                     _sd_notify("READY=1")))
-    await gw.start()
+    try:
+        await gw.start()
+    except StoreUnavailable as exc:
+        return await _failed_start(gw, EX_TEMPFAIL, f"the store is not available: {exc}")
+    except OSError as exc:  # a listen address in use or not ours, a certificate file that went away
+        return await _failed_start(gw, EX_FAIL, str(exc))
+    except Exception as exc:
+        log.debug("start failed", exc_info=True)
+        return await _failed_start(gw, EX_FAIL, f"{type(exc).__name__}: {exc}")
     from .eventloop import name as loop_name
     log.info("ready (event loop: %s)", loop_name())
     _sd_notify("READY=1")
@@ -351,6 +375,23 @@ async def serve(cfg: Config, config_path: str | None) -> int:
     await gw.stop()
     log.info("shutdown took %.2fs", time.monotonic() - started)
     return 0
+
+
+async def _failed_start(gw: Gateway, code: int, why: str) -> int:
+    """One line saying why, everything already started taken down again, and the exit code.
+
+    A failed start used to leave the process alive forever (not listening, not ready): the store's
+    connection thread is not a daemon, so the interpreter waited for it at exit. Exiting with a code
+    lets systemd restart it (75) or stop trying (78 comes from the config check)."""
+    why = " ".join(why.split())[:500]  # one line, whatever the driver put in its message
+    log.error("cannot start: %s; exiting with code %d%s", why, code,
+              " (temporary: a restart tries again)" if code == EX_TEMPFAIL else "")
+    _sd_notify(f"STATUS=cannot start: {why[:200]}")
+    try:
+        await asyncio.wait_for(gw.stop(grace=0), 15)
+    except Exception:  # what could not be closed is left to process exit (cli.main exits hard)
+        log.debug("cleanup after the failed start failed", exc_info=True)
+    return code
 
 
 def _tls_context_or_error(cfg: Config):  # noqa: ANN202

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import sys
 from typing import Any, Awaitable, Callable
 
@@ -121,10 +123,18 @@ def main(argv: list[str] | None = None) -> int:
         from .app import serve
         try:
             from .eventloop import run
-            return run(serve(cfg, args.config), cfg.smtp.event_loop)
+            code = run(serve(cfg, args.config), cfg.smtp.event_loop)
         except OSError as exc:
             print(f"ticketmx: cannot start: {exc}", file=sys.stderr)
-            return EX_FAIL
+            code = EX_FAIL
+        if code != EX_OK:
+            # A failed start (75 store unavailable, 1 other): exit now, whatever thread a half-opened
+            # resource left behind; a non-daemon one would keep the process alive forever.
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     handlers: dict[tuple[str, str], Callable[[Store, argparse.Namespace], Awaitable[int]]] = {
         ("tickets", "list"): _tickets_list, ("tickets", "show"): _tickets_show,
         ("spool", "list"): _spool_list, ("spool", "show"): _spool_show, ("spool", "replay"): _spool_replay,

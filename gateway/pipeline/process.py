@@ -35,6 +35,7 @@ from .worker import MetricsSink, Worker, _received_at, make_executor
 
 log = logging.getLogger(__name__)
 _CTX = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop and threads
+EX_STORE_UNAVAILABLE = 75  # a worker that could not open the store: restarted with backoff, not at once
 
 
 # -- child side -------------------------------------------------------------------------------------------
@@ -123,7 +124,12 @@ async def _child(cfg: Config, owner: str, wake: multiprocessing.connection.Conne
                  report: multiprocessing.connection.Connection, slots: Slots | None = None) -> None:
     loop = asyncio.get_running_loop()
     store = open_store(cfg)
-    await store.open()
+    try:
+        await store.open()
+    except Exception as exc:  # one line, not a traceback per restart while the store is down
+        log.error("pipeline worker %s cannot open the store: %s: %s; exiting with code %d", owner,
+                  type(exc).__name__, " ".join(str(exc).split())[:300], EX_STORE_UNAVAILABLE)
+        raise SystemExit(EX_STORE_UNAVAILABLE) from None
     executor = make_executor()
     sink = ReportingSink(report)
     worker = Worker(cfg, store, sink, executor, owner=owner, slots=slots)
@@ -187,6 +193,7 @@ class WorkerPool:
         self._retired: list[_Child] = []  # replaced on reload, still finishing their batch
         self._settling: set[asyncio.Task[None]] = set()  # after a budget kill: quarantine, release
         self._watch_task: asyncio.Task[None] | None = None
+        self._open_failures: dict[int, int] = {}  # slot -> workers in a row that could not open the store
 
     def start(self) -> None:
         for slot in range(self.n):
@@ -229,8 +236,10 @@ class WorkerPool:
         try:
             while child.report_r.poll():
                 report = child.report_r.recv()
-                if "steps" in report:
+                if "steps" in report:  # sent once the store is open
                     child.steps = tuple(report["steps"])
+                    if child in self.children:
+                        self._open_failures.pop(self.children.index(child), None)
                 for state, latency in report.get("outcomes", ()):
                     self.sink.outcome(state, latency)
                 for _ in range(report.get("errors", 0)):
@@ -258,7 +267,7 @@ class WorkerPool:
             pass
         os.close(child.wake_w)
         child.wake_w = -1  # the fd number will be reused (by a client socket!): never write to it again
-        child.proc.join(0)
+        child.proc.join(1)  # the sentinel fired: it is exiting; reap it so exitcode is known
         if child in self._retired:
             self._retired.remove(child)
         if child.killed_for is not None:
@@ -269,20 +278,57 @@ class WorkerPool:
             return
         if self._stopping or child.closing:
             return
-        log.error("pipeline worker %s died (exit code %s); releasing its claims and restarting",
-                  child.owner, child.proc.exitcode)
-        task = loop.create_task(self._restart(child, slot))
+        delay = 0.5  # no hot restart loop if the child dies at once
+        if child.proc.exitcode == EX_STORE_UNAVAILABLE:  # it said why in one line; back off to 30 s
+            n = self._open_failures[slot] = self._open_failures.get(slot, 0) + 1
+            delay = min(30.0, 0.5 * 2 ** n)
+            log.warning("pipeline worker %s could not open the store; next try in %.0fs", child.owner, delay)
+        else:
+            log.error("pipeline worker %s died (exit code %s); releasing its claims and restarting",
+                      child.owner, child.proc.exitcode)
+        task = loop.create_task(self._restart(child, slot, delay))
         self._restarts.add(task)
         task.add_done_callback(self._restarts.discard)
 
-    async def _restart(self, child: _Child, slot: int) -> None:
-        released = await self.store.spool_recover(child.owner)
-        if released:
-            log.warning("released %d spool entries claimed by %s", released, child.owner)
-        await asyncio.sleep(0.5)  # no hot restart loop if the child dies at once
+    async def _restart(self, child: _Child, slot: int, delay: float = 0.5) -> None:
+        failures = 0
+        while child.proc.exitcode != EX_STORE_UNAVAILABLE and not self._stopping:  # (that one claimed nothing)
+            try:
+                await self._release_after_crash(child)
+                break
+            except Exception as exc:  # the store refuses writes: its claims must not stay processing
+                failures += 1
+                if failures & (failures - 1) == 0:  # 1st, 2nd, 4th, 8th ... try: a bounded log
+                    log.error("could not release the claims of %s (try %d): %s: %s; retrying", child.owner,
+                              failures, type(exc).__name__, " ".join(str(exc).split())[:300])
+                await asyncio.sleep(min(30.0, 0.25 * 2 ** failures))
+        await asyncio.sleep(delay)
         if not self._stopping:
             self._spawn(slot)
             self.wake()
+
+    async def _release_after_crash(self, child: _Child) -> None:
+        """A child died by itself: its claims go back, the attempt charged only to what it was busy on.
+
+        The busy slots (shared memory, still readable after the death) name the message whose code
+        was running on the event loop or in the parse thread at that moment: that message's processing
+        crashed the worker, so its attempt counts. The rest of the batch was only waiting and gets its
+        attempt back (a crasher in a batch of 20 no longer drags the 19 others to quarantine). With no
+        slot busy nothing points at one message, and every claim keeps its attempt, as before: a
+        message that crashes the worker some other way still reaches max_attempts."""
+        now = time.monotonic()
+        culprits = sorted({b.entry for b in (read_slot(child.slots.loop, now), read_slot(child.slots.thread, now))
+                           if b is not None})
+        if culprits:
+            charged = await self.store.spool_release(culprits, child.owner, refund=False)
+            refunded = await self.store.spool_recover(child.owner, refund=True)
+            log.warning("released %d spool entries claimed by %s: %s busy when it died (attempt counted), "
+                        "%d others with their attempt refunded", charged + refunded, child.owner,
+                        ", ".join(culprits), refunded, extra={"trace_id": culprits[0]})
+            return
+        released = await self.store.spool_recover(child.owner)
+        if released:
+            log.warning("released %d spool entries claimed by %s", released, child.owner)
 
     # -- the message budget --------------------------------------------------------------------------
     def _tick(self) -> float:
@@ -377,12 +423,14 @@ class WorkerPool:
                 child.proc.terminate()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        killed: list[_Child] = []
         for child in everyone:
             while child.proc.is_alive() and loop.time() < deadline:
                 await asyncio.sleep(0.05)
             if child.proc.is_alive():
                 log.error("pipeline worker %s did not stop in %.0fs; killing it", child.owner, timeout)
                 child.proc.kill()
+                killed.append(child)
             child.proc.join(1)
             self._on_report(child)
         if self._watch_task is not None:
@@ -391,6 +439,15 @@ class WorkerPool:
         await asyncio.sleep(0)  # let _on_exit callbacks of the last children run
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
+        for child in killed:  # stopped by us, not crashed by its message: claims back, attempts refunded
+            if child.killed_for is not None:
+                continue  # over budget: _after_budget_kill settled it
+            try:
+                released = await self.store.spool_recover(child.owner, refund=True)
+                if released:
+                    log.warning("released %d spool entries claimed by %s (stopped)", released, child.owner)
+            except Exception as exc:  # recovered at the next start (as an interruption)
+                log.warning("could not release the claims of %s at stop: %s", child.owner, exc)
 
     @property
     def owners(self) -> list[str]:

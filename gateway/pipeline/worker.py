@@ -112,6 +112,11 @@ class Worker:
         self._stopping = False
         self.consecutive_failures = 0
         self._keys_loaded = False
+        # Claimed by this worker, not settled: a store error cut the batch short (the outcome and the
+        # fallback retry/quarantine write both failed). Kept here and put back before the next claim,
+        # retried with backoff until the store takes writes again (issue 25, item 4).
+        self._unsettled: set[str] = set()
+        self._errors_seen: set[str] = set()  # store error kinds already logged with their traceback
 
     def wake(self) -> None:
         """New mail was spooled: look now rather than at the next poll."""
@@ -130,14 +135,28 @@ class Worker:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if self._unsettled:
+            try:
+                await self._put_back()
+            except Exception as exc:  # left processing: the next start recovers them
+                log.warning("could not put back %d spool entries at stop: %s", len(self._unsettled), exc)
 
     async def _run(self) -> None:
+        failures = 0
         while not self._stopping:
             try:
                 n = await self.run_once()
-            except Exception:
-                log.exception("pipeline batch failed; retrying after the poll interval")
-                n = 0
+            except Exception as exc:
+                failures += 1
+                self._log_failure(failures, exc)
+                # Back off 0.1 s, 0.2 s, ... up to the poll interval: a store that takes writes again is
+                # seen within that, and a long outage costs one attempt per interval.
+                await self._sleep(min(self.cfg.pipeline.poll_interval, 0.05 * 2 ** min(failures, 10)))
+                continue
+            if failures:
+                log.warning("pipeline batches work again after %d failed attempt(s)%s", failures,
+                            "" if not self._unsettled else f"; {len(self._unsettled)} entries still to put back")
+                failures = 0
             if self._stopping:
                 continue
             if n >= self.cfg.pipeline.batch_size:
@@ -149,6 +168,35 @@ class Worker:
                 except asyncio.TimeoutError:
                     continue
             await self._let_batch_fill()
+
+    def _log_failure(self, failures: int, exc: Exception) -> None:
+        """The first failure with its traceback, then one line at the 2nd, 4th, 8th ... in a row: a store
+        that refuses writes for an hour leaves a dozen lines, not one per poll."""
+        if failures == 1:
+            log.exception("pipeline batch failed; retrying with backoff")
+        elif failures & (failures - 1) == 0:
+            log.error("pipeline batch failed %d times in a row: %s: %s%s", failures, type(exc).__name__,
+                      " ".join(str(exc).split())[:300],
+                      f" ({len(self._unsettled)} entries wait to be put back)" if self._unsettled else "")
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but not past a stop."""
+        if self._stopping:
+            return
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _put_back(self) -> None:
+        """Release the entries a failed batch left ``processing`` (attempt refunded: the store failed,
+        not the message). Raises while the store still refuses; the ids stay for the next try."""
+        ids = tuple(sorted(self._unsettled))
+        n = await self.store.spool_release(ids, self.owner, refund=True)
+        self._unsettled.difference_update(ids)
+        log.warning("put back %d spool entries left processing by a failed batch (%d already settled)",
+                    n, len(ids) - n)
 
     async def _let_batch_fill(self) -> None:
         """Woken by a commit, or the last batch was short: let more mail arrive before claiming.
@@ -171,18 +219,29 @@ class Worker:
             from ..twoway_config import TwoWayConfig
             self.ctx = replace(self.ctx, keys=await thread_keys(self.cfg.twoway or TwoWayConfig(), self.store))
             self._keys_loaded = True
+        if self._unsettled:
+            await self._put_back()  # before claiming more: nothing of ours stays stranded
         if await self.store.control_get(PAUSE_KEY):
             return 0  # paused (repeated failures or an operator): `ticketmx pipeline resume` continues
         entries = await self.store.spool_claim(self.cfg.pipeline.batch_size, time.time(), self.owner)
         if not entries:
             return 0
-        deliveries: list[Delivery] = []
-        results = await asyncio.gather(*(self._within_budget(e) for e in entries))
-        for entry, outcome in zip(entries, results):
-            if outcome is not None:
-                deliveries.append(outcome)
-        if deliveries:
-            await self._deliver(deliveries)
+        try:
+            deliveries: list[Delivery] = []
+            # Every message's task ends before a failure is raised: none runs on behind a failed batch.
+            results = await asyncio.gather(*(self._within_budget(e) for e in entries), return_exceptions=True)
+            for outcome in results:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            for entry, outcome in zip(entries, results):
+                if outcome is not None:
+                    deliveries.append(outcome)
+            if deliveries:
+                await self._deliver(deliveries)
+        except BaseException:
+            # Whatever is still processing and ours goes back (the settled ones are not touched).
+            self._unsettled.update(e.id for e in entries)
+            raise
         self.stats.batch(time.perf_counter() - started)
         return len(entries)
 
@@ -204,9 +263,14 @@ class Worker:
         """The delivery for one entry, or None when it was rescheduled after an error."""
         max_attempts = self.cfg.pipeline.max_attempts
         if entry.attempts > max_attempts:
-            # Claimed more often than allowed without finishing: it crashed the process each time.
+            # Claimed more often than allowed without finishing: it crashed its worker each time.
             return Delivery(entry.id, "quarantine", reason=f"failed {entry.attempts - 1} times: "
                             f"{entry.last_error or 'processing crashed'}")
+        if entry.interrupted > max_attempts:
+            # Found processing at more service starts than that: most likely it takes the whole service
+            # down (an OOM kill of the process group, a crash of the in-process worker).
+            return Delivery(entry.id, "quarantine", reason=f"interrupted {entry.interrupted} times: the service "
+                            "stopped or crashed each time while processing it")
         try:
             self.meter.step(entry.id, STEP_PARSE)
             if entry.chunked:
@@ -330,10 +394,14 @@ class Worker:
                 report = getattr(self.stats, "acks_suppressed", None)
                 if report is not None:
                     report(by_reason)
-        except Exception:
+        except Exception as exc:
             if len(deliveries) == 1:
                 d = deliveries[0]
-                log.exception("store rejected the outcome of %s", d.spool_id, extra={"trace_id": d.spool_id})
+                # The traceback once per kind of error: a full disk rejects every outcome alike.
+                kind = type(exc).__name__
+                log.error("store rejected the outcome of %s: %s: %s", d.spool_id, kind, " ".join(str(exc).split())[:300],
+                          exc_info=kind not in self._errors_seen, extra={"trace_id": d.spool_id})
+                self._errors_seen.add(kind)
                 entry = await self.store.spool_get(d.spool_id)
                 attempts = entry.attempts if entry else self.cfg.pipeline.max_attempts
                 if attempts >= self.cfg.pipeline.max_attempts or d.kind == "quarantine":

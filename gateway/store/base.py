@@ -43,7 +43,7 @@ class SpoolEntry:
     flags: tuple[str, ...] = ()
     state: str = QUEUED
     reason: str = ""
-    attempts: int = 0
+    attempts: int = 0          # claims, less those refunded (stops, other messages' kills, store errors)
     last_error: str = ""
     history: tuple[dict[str, Any], ...] = ()
     ticket_id: int | None = None
@@ -57,6 +57,7 @@ class SpoolEntry:
     body: IO[bytes] | None = field(default=None, compare=False, repr=False)
     body_size: int = 0
     chunks: int = 0
+    interrupted: int = 0       # service starts that found it processing (docs/operations.md, "Crashes")
 
     @property
     def size(self) -> int:
@@ -236,7 +237,15 @@ class Store(abc.ABC):
     async def spool_recover(self, owner: str | None = None, refund: bool = False) -> int:
         """Return entries left ``processing`` by a crashed worker to ``queued``: those claimed by
         ``owner``, or every one when ``owner`` is None (at start, before any worker runs).
-        ``refund``: the claim's attempt is taken back (a worker killed for another message's budget)."""
+        ``refund``: the claim's attempt is taken back (a worker killed for another message's budget).
+        At start (``owner`` None) the attempt is always taken back and ``interrupted`` counted instead:
+        the service was stopped or killed around the message, which did not crash a worker by itself."""
+
+    @abc.abstractmethod
+    async def spool_release(self, ids: "tuple[str, ...] | list[str]", owner: str, refund: bool = True) -> int:
+        """Put these entries back in the queue if they are still ``processing`` and claimed by ``owner``
+        (a worker whose batch could not be settled: a store error while saving its outcome).
+        ``refund``: the claim's attempt is taken back. Returns how many went back."""
 
     @abc.abstractmethod
     async def spool_claim(self, limit: int, now: float, owner: str = "") -> list[SpoolEntry]:

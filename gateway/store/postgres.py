@@ -7,8 +7,8 @@ with :mod:`gateway.store.render`); what several nodes need on top:
   workers process any node's accepted mail, and two workers never claim the same entry. A claim is a
   **lease**: ``claimed_until`` (the database's clock) is renewed by a heartbeat of this store while the
   process lives; an entry whose lease ran out (its node died or hung) is claimable again by any node,
-  with ``attempts + 1``, so a message that kills every node that touches it is still quarantined after
-  ``max_attempts``. ``spool_recover(owner)`` releases one owner's claims (a worker process that died);
+  with ``interrupted + 1`` (not another attempt: its node stopped or died around it), so a message that
+  kills every node that touches it is still quarantined once that passes ``max_attempts``. ``spool_recover(owner)`` releases one owner's claims (a worker process that died);
   ``spool_recover(None)`` — called at start — releases only EXPIRED leases: the other nodes' live claims
   are theirs.
 * **Idempotency across nodes** (the same Message-ID reaching two nodes, a lease taken over from a slow
@@ -211,8 +211,9 @@ class PostgresStore(Store):
         back = ", attempts=GREATEST(attempts-1, 0)" if refund else ""
         if owner is None:
             # At start: never touch live claims of the other nodes — only leases that ran out.
-            sql = (f"UPDATE spool SET state=$1, claimed_by='', claimed_until=0{back} WHERE state=$2"
-                   f" AND claimed_until < {DB_NOW}")
+            # An interruption (the node holding it stopped or died), not a crash of its own worker.
+            sql = ("UPDATE spool SET state=$1, claimed_by='', claimed_until=0, attempts=GREATEST(attempts-1, 0),"
+                   f" interrupted=interrupted+1 WHERE state=$2 AND claimed_until < {DB_NOW}")
             status = await self.pool.execute(sql, QUEUED, PROCESSING)
         else:
             status = await self.pool.execute(f"UPDATE spool SET state=$1, claimed_by='', claimed_until=0{back}"
@@ -221,13 +222,26 @@ class PostgresStore(Store):
                 del self._claimed[sid]
         return _count(status)
 
+    async def spool_release(self, ids: tuple[str, ...] | list[str], owner: str, refund: bool = True) -> int:
+        owner = owner or self.node_owner
+        back = ", attempts=GREATEST(attempts-1, 0)" if refund else ""
+        status = await self.pool.execute(f"UPDATE spool SET state=$1, claimed_by='', claimed_until=0{back}"
+                                         " WHERE state=$2 AND claimed_by=$3 AND id = ANY($4::text[])",
+                                         QUEUED, PROCESSING, owner, list(ids))
+        for sid in ids:
+            self._claimed.pop(sid, None)
+        return _count(status)
+
     async def spool_claim(self, limit: int, now: float, owner: str = "") -> list[SpoolEntry]:
         owner = owner or self.node_owner
         rows = await self.pool.fetch(
             "WITH c AS (SELECT id FROM spool WHERE state IN ('queued', 'processing')"
             f" AND ((state='queued' AND next_attempt_at<=$1) OR (state='processing' AND claimed_until < {DB_NOW}))"
             " ORDER BY received_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)"
-            f" UPDATE spool s SET state='processing', attempts=s.attempts+1, claimed_by=$3,"
+            # A lease taken over (its node stopped or died) is an interruption, not another attempt.
+            " UPDATE spool s SET state='processing',"
+            " attempts=s.attempts + CASE WHEN s.state='processing' THEN 0 ELSE 1 END,"
+            " interrupted=s.interrupted + CASE WHEN s.state='processing' THEN 1 ELSE 0 END, claimed_by=$3,"
             f" claimed_until={DB_NOW} + $4 FROM c WHERE s.id=c.id RETURNING s.*",
             now, limit, owner, self.claim_lease)
         entries = sorted((spool_from_row(r, self.cipher) for r in rows), key=lambda e: (e.received_at, e.id))
@@ -265,13 +279,13 @@ class PostgresStore(Store):
 
     async def spool_replay(self, spool_id: str) -> bool:
         status = await self.pool.execute(
-            "UPDATE spool SET state=$1, attempts=0, next_attempt_at=0, reason='', finished_at=NULL"
+            "UPDATE spool SET state=$1, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL"
             " WHERE id=$2 AND state NOT IN ($3, $4)", QUEUED, spool_id, QUEUED, PROCESSING)
         return _count(status) == 1
 
     async def spool_replay_quarantined(self) -> list[str]:
         rows = await self.pool.fetch(
-            "UPDATE spool SET state=$1, attempts=0, next_attempt_at=0, reason='', finished_at=NULL"
+            "UPDATE spool SET state=$1, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL"
             " WHERE state=$2 RETURNING id, received_at", QUEUED, QUARANTINED)
         return [r["id"] for r in sorted(rows, key=lambda r: (r["received_at"], r["id"]))]
 

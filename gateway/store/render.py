@@ -40,7 +40,7 @@ def spool_from_row(r: Mapping[str, Any], cipher: Cipher = PLAIN, raw_stored: byt
         flags=tuple(_json(r["flags"], [])), state=r["state"], reason=r["reason"], attempts=r["attempts"],
         last_error=r["last_error"], history=tuple(_json(r["history"], [])), ticket_id=r["ticket_id"],
         article_id=r["article_id"], finished_at=r["finished_at"], traceback=r["traceback"],
-        **_chunking(r, len(raw)))
+        interrupted=r["interrupted"], **_chunking(r, len(raw)))
 
 
 def _chunking(r: Mapping[str, Any], raw_len: int) -> dict[str, int]:
@@ -61,7 +61,8 @@ def spool_dict(e: SpoolEntry, ticket_number: str | None = None) -> dict[str, Any
         "received_at": iso(e.received_at), "finished_at": iso(e.finished_at),
         "mail_from": e.mail_from, "rcpt_tos": list(e.rcpt_tos), "mailboxes": list(e.mailboxes),
         "message_id": e.message_id, "peer_ip": e.peer_ip, "helo": e.helo, "tls": e.tls,
-        "size": e.size, "chunks": e.chunks, "attempts": e.attempts, "last_error": e.last_error, "flags": list(e.flags),
+        "size": e.size, "chunks": e.chunks, "attempts": e.attempts, "interrupted": e.interrupted,
+        "last_error": e.last_error, "flags": list(e.flags),
         "ticket_id": e.ticket_id, "ticket_number": ticket_number, "article_id": e.article_id,
         "authentication_results": e.auth_header, "auth": e.auth, "history": list(e.history),
         "decisions": [{"stage": h.get("stage"), "verdict": h.get("action"), "reason": h.get("reason", "")}

@@ -134,17 +134,24 @@ class SqliteStore(Store):
 
     # -- lifecycle -------------------------------------------------------------
     async def open(self) -> None:
+        """Connect and migrate. On failure (locked past the busy timeout, disk full, read-only) the
+        connections opened so far are closed again: their threads are not daemons, and one left
+        behind kept the process from ever exiting after a failed start."""
         self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-        private_db_files(self.path)
-        self._w = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._w.execute("PRAGMA journal_mode=WAL")
-        await self._w.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
-        await self._w.execute("PRAGMA busy_timeout=10000")
-        await self._w.execute("PRAGMA foreign_keys=ON")
-        await self.transaction(self._migrate)
-        self._r = await aiosqlite.connect(self.path, isolation_level=None)
-        self._r.row_factory = sqlite3.Row
-        await self._r.execute("PRAGMA busy_timeout=10000")
+        try:
+            private_db_files(self.path)
+            self._w = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._w.execute("PRAGMA journal_mode=WAL")
+            await self._w.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
+            await self._w.execute("PRAGMA busy_timeout=10000")
+            await self._w.execute("PRAGMA foreign_keys=ON")
+            await self.transaction(self._migrate)
+            self._r = await aiosqlite.connect(self.path, isolation_level=None)
+            self._r.row_factory = sqlite3.Row
+            await self._r.execute("PRAGMA busy_timeout=10000")
+        except BaseException:
+            await self.close()
+            raise
 
     async def defer_checkpoints(self, run_here: bool, interval: float = 0.2) -> None:
         """Keep WAL checkpoints out of this connection's commits.
@@ -303,9 +310,9 @@ class SqliteStore(Store):
         back = ", attempts=MAX(attempts-1, 0)" if refund else ""
 
         def fn(conn: sqlite3.Connection) -> int:
-            if owner is None:
-                return conn.execute(f"UPDATE spool SET state=?, claimed_by=''{back} WHERE state=?",
-                                    (QUEUED, PROCESSING)).rowcount
+            if owner is None:  # at start: an interruption, not a crash of the message's own worker
+                return conn.execute("UPDATE spool SET state=?, claimed_by='', attempts=MAX(attempts-1, 0),"
+                                    " interrupted=interrupted+1 WHERE state=?", (QUEUED, PROCESSING)).rowcount
             return conn.execute(f"UPDATE spool SET state=?, claimed_by=''{back} WHERE state=? AND claimed_by=?",
                                 (QUEUED, PROCESSING, owner)).rowcount
         return await self.transaction(fn)
@@ -336,13 +343,24 @@ class SqliteStore(Store):
     async def _unclaim(self, ids: tuple[str, ...], owner: str) -> None:
         """Put claimed entries back in the queue, attempts as before the claim (a claim that failed
         after its COMMIT must not leave them ``processing`` until the worker restarts)."""
-        def fn(conn: sqlite3.Connection) -> None:
-            conn.execute(f"UPDATE spool SET state=?, attempts=attempts-1, claimed_by='' WHERE state=? AND"
-                         f" claimed_by=? AND id IN ({','.join('?' * len(ids))})", (QUEUED, PROCESSING, owner, *ids))
         try:
-            await asyncio.shield(self.transaction(fn, durable=False))
+            await asyncio.shield(self.spool_release(ids, owner))
         except Exception:  # the worker's restart (spool_recover) puts them back then
             log.exception("could not put claimed spool entries back in the queue")
+
+    async def spool_release(self, ids: tuple[str, ...] | list[str], owner: str, refund: bool = True) -> int:
+        back = ", attempts=MAX(attempts-1, 0)" if refund else ""
+        ids = tuple(ids)
+
+        def fn(conn: sqlite3.Connection) -> int:
+            n = 0
+            for start in range(0, len(ids), 500):  # under SQLite's limit of bound parameters
+                part = ids[start:start + 500]
+                n += conn.execute(f"UPDATE spool SET state=?, claimed_by=''{back} WHERE state=? AND claimed_by=?"
+                                  f" AND id IN ({','.join('?' * len(part))})", (QUEUED, PROCESSING, owner, *part)
+                                  ).rowcount
+            return n
+        return await self.transaction(fn, durable=False)
 
     async def spool_retry(self, spool_id: str, error: str, next_attempt_at: float) -> None:
         def fn(conn: sqlite3.Connection) -> None:
@@ -369,14 +387,14 @@ class SqliteStore(Store):
     async def spool_replay(self, spool_id: str) -> bool:
         def fn(conn: sqlite3.Connection) -> bool:
             return conn.execute(
-                "UPDATE spool SET state=?, attempts=0, next_attempt_at=0, reason='', finished_at=NULL"
+                "UPDATE spool SET state=?, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL"
                 " WHERE id=? AND state NOT IN (?, ?)", (QUEUED, spool_id, QUEUED, PROCESSING)).rowcount == 1
         return await self.transaction(fn)
 
     async def spool_replay_quarantined(self) -> list[str]:
         def fn(conn: sqlite3.Connection) -> list[str]:
             ids = [r[0] for r in conn.execute("SELECT id FROM spool WHERE state=?", (QUARANTINED,))]
-            conn.execute("UPDATE spool SET state=?, attempts=0, next_attempt_at=0, reason='', finished_at=NULL"
+            conn.execute("UPDATE spool SET state=?, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL"
                          " WHERE state=?", (QUEUED, QUARANTINED))
             return ids
         return await self.transaction(fn)

@@ -136,6 +136,38 @@ async def test_recover_with_refund_gives_the_attempt_back(store):
     assert [(await store.spool_get(i)).attempts for i in ("a", "b")] == [1, 1]
 
 
+async def test_release_puts_back_only_what_is_still_ours_and_processing(store):
+    """A batch a store error cut short (issue 25, item 4): its entries go back, the settled ones stay."""
+    await store.spool_insert([entry(i, received_at=T0 + n) for n, i in enumerate(("a", "b", "c", "d"))])
+    await store.spool_claim(3, T0 + 5, "w1")
+    await store.spool_claim(1, T0 + 5, "w2")
+    await store.deliver([Delivery("a", "quarantine", reason="settled")], T0 + 5)
+    assert await store.spool_release(["a", "b", "c", "d"], "w1") == 2  # not a (done), not d (w2's)
+    b, c, d = [await store.spool_get(i) for i in ("b", "c", "d")]
+    assert (b.state, b.attempts, c.state, c.attempts) == ("queued", 0, "queued", 0)
+    assert d.state == "processing" and (await store.spool_get("a")).state == "quarantined"
+    await store.spool_claim(2, T0 + 6, "w1")
+    assert await store.spool_release(["b"], "w1", refund=False) == 1
+    assert (await store.spool_get("b")).attempts == 1
+
+
+async def test_recovery_at_start_refunds_and_counts_an_interruption(store, backend):
+    """Found processing at a start: the service went down around it, not its worker by itself (item 7)."""
+    await store.spool_insert([entry("a")])
+    await store.spool_claim(1, T0 + 5, "w1")
+    if backend == "postgres":
+        await store.pool.execute("UPDATE spool SET claimed_until=0")  # its node's lease ran out
+    assert await store.spool_recover() == 1
+    e = await store.spool_get("a")
+    assert (e.state, e.attempts, e.interrupted) == ("queued", 0, 1)
+    (again,) = await store.spool_claim(1, T0 + 6, "w2")
+    assert (again.attempts, again.interrupted) == (1, 1)
+    await store.deliver([Delivery("a", "quarantine", reason="interrupted")], T0 + 7)
+    assert await store.spool_replay("a")  # a replay starts both counts afresh
+    e = await store.spool_get("a")
+    assert (e.state, e.attempts, e.interrupted) == ("queued", 0, 0)
+
+
 async def test_recover_releases_one_owners_claims(store, backend):
     await store.spool_insert([entry("a", received_at=T0), entry("b", received_at=T0 + 1)])
     await store.spool_claim(1, T0 + 5, "w1")
