@@ -530,11 +530,14 @@ class Authenticator:
                 lambda: authres.SPFAuthenticationResult(result=spf_mf.result, result_comment=_spf_comment(host, spf_mf),
                                                         **({"smtp_mailfrom": mb} if mb else {}))))
         if spf_h is not None:
-            ok_helo = bool(_safe_domain(helo))
+            # The HELO name that was checked: behind a trusted relay that is the origin hop's (from its
+            # Received field), not the relay's own - the header names what SPF evaluated.
+            checked = spf_h.helo or ""
+            ok_helo = bool(_safe_domain(checked))
             results.append(_rendered(
-                ("spf-helo", host, helo if ok_helo else None, *_spf_key(spf_h)),
+                ("spf-helo", host, checked if ok_helo else None, *_spf_key(spf_h)),
                 lambda: authres.SPFAuthenticationResult(result=spf_h.result, result_comment=_spf_comment(host, spf_h),
-                                                        **({"smtp_helo": helo} if ok_helo else {}))))
+                                                        **({"smtp_helo": checked} if ok_helo else {}))))
         for s in sigs:
             results.append(_dkim_result(s))
         if dmarc["result"] == "permerror":

@@ -306,3 +306,20 @@ def test_remembered_result_texts_give_the_same_header(dns_server):
         again = [run(check(dns_server, **kw)).header_value for kw in cases]  # from the remembered texts
         assert again == fresh
     assert mod._RENDERED
+
+
+def test_trusted_relay_header_names_the_checked_helo(dns_server):
+    """Behind a trusted relay, SPF checks the origin hop's HELO: Authentication-Results names that
+    one, not the relay's own HELO (issue 20)."""
+    pol = AuthPolicy(trusted_relays=(__import__("ipaddress").ip_network("10.0.0.0/8"),), check_helo=True)
+    raw = (b"Received: from mail.example.org (mail.example.org [" + OK_IP.encode() + b"])\r\n"
+           b"\tby mx-front.corp with ESMTPS; Mon, 1 Jan 2024 00:00:00 +0000\r\n") + message(frm="alice@example.org")
+    for mail_from in ("", "alice@nodmarc.example"):
+        v = run(check(dns_server, raw, peer_ip="10.0.0.5", helo="mx-front.corp", mail_from=mail_from, policy=pol))
+        assert v.auth["spf"]["helo"]["helo"] == "mail.example.org", v.auth["spf"]
+        assert v.auth["spf"]["helo"]["result"] == "pass"
+        assert "smtp.helo=mail.example.org" in v.header_value, v.header_value
+        assert "mx-front" not in v.header_value, v.header_value
+    # without a trusted relay the client's own HELO is the one checked and named
+    v = run(check(dns_server, raw, peer_ip=OK_IP, helo="mail.example.org", mail_from="", policy=AuthPolicy()))
+    assert "smtp.helo=mail.example.org" in v.header_value
