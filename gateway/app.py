@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 
 from .checks import DataCheck, HeaderSectionCheck, LoopCheck
-from .config import Config, load_config
+from .config import Config, deep_check, load_config
 from .errors import ConfigErrors
 from .limits import Limits, LocalLimits
 from .metrics import Metrics, MetricsServer
@@ -177,6 +177,8 @@ class Gateway:
         """
         try:
             new = load_config(path)
+            if errors := deep_check(new):  # a template that does not render refuses the reload
+                raise ConfigErrors(errors)
             tls = _tls_context_or_error(new)
         except ConfigErrors as exc:
             log.error("reload refused, keeping the running config: %s", exc)

@@ -111,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ticketmx: key written to {args.out} (mode 0600)", file=sys.stderr)
         return EX_OK
     if args.command == "check-config":
+        from .config import deep_check
+        if errors := deep_check(cfg):  # every notification template rendered once
+            for err in errors:
+                print(f"ticketmx: config error: {err}", file=sys.stderr)
+            return EX_CONFIG
         from .pipeline.notify_hook import config_warnings
         for warning in config_warnings(cfg):
             print(f"ticketmx: warning: {warning}", file=sys.stderr)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -249,6 +250,18 @@ def _nonempty_str(v: Any) -> str:
     return s
 
 
+_HEADER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
+
+
+def _header_name(v: Any) -> str:
+    """A header field name we write on every mail (``[smtp] loop_marker``): letters, digits and
+    hyphens (RFC 5322 allows more, but a space or colon would make a broken or different header)."""
+    s = _nonempty_str(v).strip()
+    if not _HEADER_NAME.fullmatch(s):
+        raise ValueError(f"{s!r} is not a header field name (letters, digits and '-', e.g. \"X-Ticketmx-Loop\")")
+    return s
+
+
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise TypeError(f"expected true or false, got {type(v).__name__}")
@@ -424,7 +437,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         max_sessions=t.get("max_sessions", d.max_sessions, _int_range(1)),
         max_sessions_per_ip=t.get("max_sessions_per_ip", d.max_sessions_per_ip, _int_range(1)),
         max_received_headers=t.get("max_received_headers", d.max_received_headers, _int_range(1, 1000)),
-        loop_marker=t.get("loop_marker", d.loop_marker, _nonempty_str),
+        loop_marker=t.get("loop_marker", d.loop_marker, _header_name),
         shutdown_grace=t.get("shutdown_grace", d.shutdown_grace, parse_duration),
         proxy_protocol=t.get("proxy_protocol", False, _bool),
         trusted_proxies=t.get("trusted_proxies", (), _networks),
@@ -688,6 +701,20 @@ def _validate_auth(cfg: Config, file: str | None) -> list[ConfigError]:
             except ConfigError as exc:
                 errors.append(ConfigError(exc.key, exc.message, file))
     return errors
+
+
+def deep_check(cfg: Config) -> list[ConfigError]:
+    """Checks too slow for every load, run by ``check-config`` and by a reload (SIGHUP) before the
+    new config replaces the running one: every notification template rendered once with sample
+    data (when a smarthost is configured, i.e. notifications are sent). Each problem names
+    ``relay.templates`` and the template file."""
+    relay = cfg.relay
+    if relay is None or not relay.enabled:
+        return []
+    from relay.notify import MailboxInfo, check_templates
+    mailboxes = [MailboxInfo(mb.address, mb.name, mb.language, mb.acknowledge) for mb in cfg.mailboxes]
+    return [ConfigError("relay.templates", problem, cfg.source)
+            for problem in check_templates(relay, mailboxes, hostname=cfg.smtp.hostname)]
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

@@ -162,6 +162,29 @@ class _T(_Table):
         super().__init__(data, prefix, errors, None)
 
 
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve_templates_dir(path: str) -> str | None:
+    """The directory ``[relay] templates`` names: as given (a relative path from the working
+    directory), else a relative path inside the source tree (``conf/templates``); None when neither
+    is a directory - then every notification would fail at send time, so the config is refused."""
+    if os.path.isdir(path):
+        return path
+    if not os.path.isabs(path):
+        alt = os.path.join(SOURCE_ROOT, path)
+        if os.path.isdir(alt):
+            return alt
+    return None
+
+
+def _templates_dir(v: Any) -> str:
+    s = _nonempty(v)
+    if resolve_templates_dir(s) is None:
+        raise ValueError(f"not a directory: {s} (copy the shipped conf/templates there, or fix the path)")
+    return s
+
+
 def _nonempty(v: Any) -> str:
     s = _str(v).strip()
     if not s:
@@ -451,7 +474,7 @@ def parse_relay_config(table: dict[str, Any] | None, prefix: str = "relay") -> R
         lease=t.get("lease", d.lease, _positive_duration),
         concurrency=t.get("concurrency", d.concurrency, _int(1, 10000)),
         batch_size=t.get("batch_size", d.batch_size, _int(1, 10000)),
-        templates=t.get("templates", d.templates, _nonempty),
+        templates=t.get("templates", d.templates, _templates_dir),
         language=t.get("language", d.language, _nonempty),
         ack_limits=t.get("ack_limits", d.ack_limits, _ack_limits),
         ack_limits_per_ip=t.get("ack_limits_per_ip", d.ack_limits_per_ip, _ack_limits),

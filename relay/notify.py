@@ -42,7 +42,7 @@ from typing import Any, Collection, Iterable, Mapping, Sequence
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from .config import RelayConfig
+from .config import RelayConfig, resolve_templates_dir
 from .queue import Notification, enqueue
 
 EVENTS = ("ack", "reply", "status", "escalation", "test", "commands", "stripped", "paused")
@@ -128,8 +128,7 @@ class Notifier:
         path = templates or cfg.templates
         if not os.path.isdir(path) and not os.path.isabs(path):
             # a relative path that is not below the working directory: try the source tree's
-            alt = os.path.join(os.path.dirname(os.path.dirname(default_templates_dir())), path)
-            path = alt if os.path.isdir(alt) else default_templates_dir()
+            path = resolve_templates_dir(path) or default_templates_dir()
         self.templates_dir = path
         self.env = SandboxedEnvironment(
             loader=jinja2.FileSystemLoader(path),
@@ -668,7 +667,86 @@ def acknowledge(conn: sqlite3.Connection, notifier: Notifier, *, ticket: TicketI
     return decision, mail_id
 
 
+# Sample data for check_templates: every variable a caller passes for each event (see the callers of
+# Notifier.build), so a template that works here gets the same names at send time.
+SAMPLE_CONTEXT: dict[str, dict[str, Any]] = {
+    "ack": {},
+    "reply": {"body_text": "Sample reply.\n", "body_html": "<p>Sample reply.</p>", "agent_name": "Agent Sample"},
+    "status": {"old_status": "open", "new_status": "closed"},
+    "escalation": {"level": 1, "target": "first_response"},
+    "commands": {"result_text": "#status closed: done", "agent_name": "Agent Sample"},
+    "stripped": {"stripped": [{"filename": "sample.exe", "reason": "executable"}]},
+    "paused": {"reason": "sample reason", "hostname": "mx.example.test"},
+    "test": {},
+}
+_TEMPLATE_FILE = re.compile(r"^(?:[^/]+/)?(?:[^/]+/)?(" + "|".join(EVENTS) + r"|signature)\.(subject|txt|html)$")
+
+
+def check_templates(cfg: RelayConfig, mailboxes: Iterable[MailboxInfo], hostname: str | None = None) -> list[str]:
+    """Render every notification template once with sample data; the problems as sentences naming the
+    file (empty: every event renders for every mailbox and language). ``check-config`` and a reload run
+    this, so a template error is a config error now instead of ``internal error`` in ``relay queue``.
+
+    Two passes: each file under the directory on its own (a syntax error in a template no mailbox uses
+    yet is still an error), then each event as each mailbox would send it (the lookup finds a subject
+    and a text part, includes resolve, headers are valid)."""
+    problems: list[str] = []
+    try:
+        notifier = Notifier(cfg, hostname=hostname)
+    except Exception as exc:  # a bad hostname: reported by its own key
+        return [f"cannot load the templates: {exc}"]
+    root = notifier.templates_dir
+    if not os.path.isdir(root):
+        return [f"no templates directory: {root} (copy the shipped conf/templates there)"]
+    ticket = TicketInfo(id=1, number="HD-1000", subject="Sample subject", status="open", queue="IT",
+                        assignee="agent@example.test", sla_due=1.0e9, requester="customer@example.test",
+                        requester_name="Sample Customer")
+    base = {"ticket": ticket.context(), "hostname": notifier.hostname, "language": cfg.language}
+    for name in sorted(notifier.env.list_templates()):
+        m = _TEMPLATE_FILE.match(name)
+        if not m:
+            continue  # README.md and other files the loader never selects
+        event = m.group(1)
+        ctx = {**base, "event": event, "mailbox": {"address": "support@example.test", "name": "Support"},
+               **SAMPLE_CONTEXT.get(event, {})}
+        lang = name.split("/")[-2] if name.count("/") == 2 else cfg.language
+        ctx.setdefault("signature_txt", notifier._candidates("signature", "txt", name.split("/")[0], lang))
+        ctx.setdefault("signature_html", notifier._candidates("signature", "html", name.split("/")[0], lang))
+        try:
+            notifier.env.get_template(name).render(ctx)
+        except Exception as exc:  # an operator's template may raise anything: report, never crash
+            problems.append(f"{os.path.join(root, name)}: {_template_error(exc)}")
+    if problems:
+        return problems
+    seen: set[tuple[str, str]] = set()
+    for mb in mailboxes:
+        lang = mb.language or cfg.language
+        if (mb.address, lang) in seen:
+            continue
+        seen.add((mb.address, lang))
+        for event in EVENTS:
+            try:
+                notifier.build(event, ticket=ticket, mailbox=mb, to=["customer@example.test"], lang=lang,
+                               context=SAMPLE_CONTEXT.get(event, {}), now=1.0e9)
+            except Exception as exc:
+                problems.append(f"{event} notification for {mb.address} ({lang}): {_template_error(exc)}")
+    return problems
+
+
+def _template_error(exc: BaseException) -> str:
+    """One line: the Jinja2 message with its line number when it has one."""
+    line = getattr(exc, "lineno", None)
+    tb = exc.__traceback__
+    while line is None and tb is not None:  # a runtime error: Jinja2 maps the frames to template lines
+        if tb.tb_frame.f_code.co_filename.startswith(os.sep) and "/jinja2/" not in tb.tb_frame.f_code.co_filename \
+                and not tb.tb_frame.f_code.co_filename.endswith(".py"):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{type(exc).__name__}{f' at line {line}' if line else ''}: {text}"
+
+
 __all__ = ["Notifier", "MailboxInfo", "TicketInfo", "HeaderInjection", "AckDecision", "should_acknowledge",
            "acknowledge", "ack_history", "record_ack", "purge_ack_log", "contact_status", "set_opt_out", "wants",
            "is_noreply", "EVENTS", "ACK_POLICIES", "ACK_REASON_TEXT", "ack_policy", "from_authenticated",
-           "ack_client_key", "ack_rate_decision", "auto_reply_decision"]
+           "ack_client_key", "ack_rate_decision", "auto_reply_decision", "check_templates", "SAMPLE_CONTEXT"]
