@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return EX_CONFIG
     if args.command == "dkim" and args.action == "keygen":
         from relay.cli import dkim_keygen
-        return dkim_keygen(args.domain, args.selector, args.algo, args.out, args.bits) or EX_OK
+        return dkim_keygen(args.domain, args.selector, args.algo, args.out, args.bits, group=args.group) or EX_OK
     if args.command == "relay" and args.action == "test":
         from relay.cli import relay_test
         if cfg.relay is None or not cfg.relay.smarthosts:

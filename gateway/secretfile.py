@@ -29,15 +29,23 @@ def exposure(path: str) -> str | None:
     return None
 
 
-def create_private(path: str, data: bytes, mode: int = PRIVATE, *, exclusive: bool = True) -> None:
+def create_private(path: str, data: bytes, mode: int = PRIVATE, *, exclusive: bool = True,
+                   group: int | None = None) -> int:
     """Write ``data`` to a new file created with ``mode`` (0600 by default) whatever the umask.
 
     The mode is set on the descriptor before a byte is written, so the secret is never readable
     by others, not even for an instant; ``exclusive`` refuses to overwrite an existing file.
+    ``group`` (a gid): the file's group, so ``mode`` 0640 lets the service's group read it; when the
+    caller may not give the file that group, the file stays 0600. Returns the mode the file has.
     """
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags, mode)
+    fd = os.open(path, flags, mode & PRIVATE)
     try:
+        if group is not None:
+            try:
+                os.fchown(fd, -1, group)  # before any group bit is set: never readable by the wrong group
+            except PermissionError:
+                mode = PRIVATE
         os.fchmod(fd, mode)  # the umask may have removed bits; an existing file keeps its old mode otherwise
         with os.fdopen(fd, "wb", closefd=False) as fh:
             fh.write(data)
@@ -45,6 +53,7 @@ def create_private(path: str, data: bytes, mode: int = PRIVATE, *, exclusive: bo
             os.fsync(fh.fileno())
     finally:
         os.close(fd)
+    return mode
 
 
 def ensure_mode(path: str, mode: int) -> None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 from typing import Any, Callable
 
 from .queue import STATES, RelayQueue, queue_row_json
 
-EX_OK, EX_FAIL = 0, 1
+EX_OK, EX_FAIL, EX_USAGE = 0, 1, 2
 
 
 def _print(obj: Any, out: Callable[[str], Any]) -> None:
@@ -72,25 +74,51 @@ async def relay_test(cfg: Any, to: str, host: str | None = None, out: Callable[[
     return await run(cfg, to, host, out=out, hostname=hostname)
 
 
+SERVICE_GROUP = "ticketmx"
+
+
 def dkim_keygen(domain: str, selector: str, algo: str = "rsa", out_path: str = "", bits: int = 2048,
-                out: Callable[[str], Any] = print, err: Callable[[str], Any] | None = None) -> int:
-    """Write a key and print the TXT record to publish and the config lines that use it."""
+                out: Callable[[str], Any] = print, err: Callable[[str], Any] | None = None,
+                group: str = SERVICE_GROUP) -> int:
+    """Write a key to ``out_path`` and print the TXT record to publish and the config lines that use it.
+
+    The key file is ``0640`` with group ``group`` (the service's) when that group exists and may be
+    given to the file, so the gateway reads a key it cannot rewrite; else ``0600``. There is no
+    default file name: a key written silently into whatever directory the admin stood in is a key
+    nobody finds again (or everybody can read)."""
     from .dkim import keygen
     err = err or (lambda s: print(s, file=sys.stderr))
-    path = out_path or f"{selector}.{domain}.{algo}.key"
+    if not out_path:
+        err("ticketmx: dkim keygen needs --out FILE (e.g. /etc/ticketmx/dkim/SELECTOR.DOMAIN.key)")
+        return EX_USAGE
+    gid = _group_id(group)
     try:
-        record = keygen(domain, selector, algo, path, bits)
+        record = keygen(domain, selector, algo, out_path, bits, group=gid)
     except FileExistsError:
-        err(f"ticketmx: {path} exists; not overwriting a key")
+        err(f"ticketmx: {out_path} exists; not overwriting a key")
         return EX_FAIL
     except (OSError, ValueError) as exc:
         err(f"ticketmx: cannot create the key: {exc}")
         return EX_FAIL
-    out(f"; private key written to {path} (mode 0600)")
+    st = os.stat(out_path)
+    mode = stat.S_IMODE(st.st_mode)
+    owner = f"group {group}, mode {mode:04o}" if mode != 0o600 and st.st_gid == gid else f"mode {mode:04o}"
+    out(f"; private key written to {out_path} ({owner})")
     out("; publish this TXT record, then add to the config:")
-    out(f';   [[relay.dkim]]\n;   domain = "{domain}"\n;   selector = "{selector}"\n;   key_file = "{path}"')
+    out(f';   [[relay.dkim]]\n;   domain = "{domain}"\n;   selector = "{selector}"\n;   key_file = "{out_path}"')
     out(record)
     return EX_OK
+
+
+def _group_id(name: str) -> int | None:
+    """The gid of ``name``, or None when there is no such group (the key stays 0600)."""
+    if not name:
+        return None
+    import grp
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
 
 
 # -- argparse wiring for gateway/cli.py --------------------------------------------------------------
@@ -118,7 +146,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     k.add_argument("--selector", required=True)
     k.add_argument("--algo", choices=("rsa", "ed25519"), default="rsa")
     k.add_argument("--bits", type=int, default=2048)
-    k.add_argument("--out", metavar="FILE", default="", help="key file (default SELECTOR.DOMAIN.ALGO.key)")
+    k.add_argument("--out", metavar="FILE", required=True,
+                   help="the new key file (never overwritten): mode 0640 with group --group when that group "
+                        "exists, else 0600")
+    k.add_argument("--group", metavar="NAME", default=SERVICE_GROUP,
+                   help=f"the service's group, which may read the key (default {SERVICE_GROUP})")
 
 
 NEEDS_STORE = {("relay", "queue"), ("relay", "retry")}

@@ -144,9 +144,12 @@ class DkimSigner:
 
 
 def keygen(domain: str, selector: str, algo: str = "rsa", out_path: str | os.PathLike[str] = "",
-           bits: int = 2048) -> str:
+           bits: int = 2048, group: int | None = None) -> str:
     """Write a new private key to ``out_path`` (mode 0600, refusing to overwrite) and return the
-    DNS TXT record to publish, as a zone-file line: ``<selector>._domainkey.<domain>. IN TXT "..."``."""
+    DNS TXT record to publish, as a zone-file line: ``<selector>._domainkey.<domain>. IN TXT "..."``.
+
+    With ``group`` (a gid) the file is made ``0640`` with that group when the caller may give it
+    that group, else it stays 0600."""
     from cryptography.hazmat.primitives import serialization
     if algo == "rsa":
         from cryptography.hazmat.primitives.asymmetric import rsa
@@ -169,7 +172,8 @@ def keygen(domain: str, selector: str, algo: str = "rsa", out_path: str | os.Pat
     if not path:
         raise ValueError("an output path for the private key is required")
     from gateway.secretfile import create_private
-    create_private(path, private)  # 0600 whatever the umask; never overwrites
+    # 0600 (0640 with the service's group) whatever the umask; never overwrites
+    create_private(path, private, 0o640 if group is not None else 0o600, group=group)
     # TXT strings are at most 255 octets each: split the value into quoted chunks.
     chunks = [record[i:i + 250] for i in range(0, len(record), 250)]
     name = f"{selector}._domainkey.{domain.rstrip('.')}."

@@ -100,8 +100,9 @@ async def test_argparse_wiring(store):
     assert a.dead and a.id is None and (a.command, a.action) in NEEDS_STORE
     a = p.parse_args(["relay", "retry", "12"])
     assert a.id == 12
-    a = p.parse_args(["dkim", "keygen", "--domain", "example.test", "--selector", "s1", "--algo", "ed25519"])
-    assert (a.domain, a.selector, a.algo) == ("example.test", "s1", "ed25519")
+    a = p.parse_args(["dkim", "keygen", "--domain", "example.test", "--selector", "s1", "--algo", "ed25519",
+                      "--out", "k.key"])
+    assert (a.domain, a.selector, a.algo, a.out, a.group) == ("example.test", "s1", "ed25519", "k.key", "ticketmx")
     a = p.parse_args(["relay", "queue", "--json"])
     assert await dispatch_store(store, a) == 0
 

@@ -109,3 +109,52 @@ def test_fast_rsa_signature_is_byte_identical_to_dkimpy(tmp_path):
         h.update(b"canonical headers")
         assert rd._fast_rsa_sign(h, pk) == rd._PURE_RSA_SIGN(h, pk)
     assert dkim.RSASSA_PKCS1_v1_5_sign is rd._fast_rsa_sign
+
+
+def test_keygen_cli_needs_out_and_writes_nothing_without_it(tmp_path):
+    """No silent key in the current directory: without --out, a usage error and no file (issue 20)."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "gateway", "dkim", "keygen", "--domain", "example.test",
+                           "--selector", "s1"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--out" in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+    errs: list[str] = []
+    assert dkim_keygen("example.test", "s1", "rsa", "", out=lambda s: None, err=errs.append) == 2
+    assert "--out" in errs[0] and list(tmp_path.iterdir()) == []
+
+
+def _other_group() -> tuple[str, int]:
+    """A group this process may give a file: any group when root, else its own primary group."""
+    import grp
+    import os
+    if os.geteuid() == 0:
+        g = next(g for g in grp.getgrall() if g.gr_gid != os.getgid())
+    else:
+        g = grp.getgrgid(os.getgid())
+    return g.gr_name, g.gr_gid
+
+
+def test_keygen_out_is_readable_by_the_service_group(tmp_path):
+    import os
+    import stat
+    name, gid = _other_group()
+    old = os.umask(0o077)  # the group bit must come from keygen, not from a permissive umask
+    try:
+        path = str(tmp_path / "grp.key")
+        out: list[str] = []
+        assert dkim_keygen("example.test", "s1", "ed25519", path, out=out.append, group=name) == 0
+        st = os.stat(path)
+        assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_gid == gid, (oct(st.st_mode), st.st_gid)
+        assert f"group {name}, mode 0640" in out[0]
+        # no such group: private to the owner
+        path2 = str(tmp_path / "nogrp.key")
+        out.clear()
+        assert dkim_keygen("example.test", "s1", "ed25519", path2, out=out.append, group="no-such-group-x") == 0
+        assert stat.S_IMODE(os.stat(path2).st_mode) == 0o600 and "mode 0600" in out[0]
+    finally:
+        os.umask(old)
+    # the 0640 key is accepted as a [[relay.dkim]] key_file (group bits are allowed, "other" bits are not)
+    from relay.config import parse_relay_config
+    cfg = parse_relay_config({"dkim": [{"domain": "example.test", "selector": "s1", "key_file": path}]})
+    assert cfg.dkim[0].algorithm == "ed25519"
