@@ -290,3 +290,22 @@ def test_config_errors_name_the_key(tmp_path):
     assert cfg.twoway.queue("IT").notify_events == ("created", "customer_reply", "reopened")
     assert cfg.twoway.agent_conflict_window == 120.0 and cfg.twoway.thanks_phrases == {"en": ("cheers mate",)}
     assert json.dumps(list(cfg.twoway.alert_limits))  # the default exists
+
+
+async def test_sla_warning_reaches_the_queue_notify_list_when_asked(gw_factory, sink):
+    import time
+
+    from gateway.sla import run_once
+    from relay.notify import Notifier
+    gw = await gw_factory(queue=[{"name": "IT", "notify": [ANN, GROUP], "notify_events": ["sla_warning"],
+                                  "first_response": "1h", "escalation": ["manager@staff.test"]}])
+    await gw.wait_done(await send(gw.port, simple_message(message_id="sla@customer.test")))
+    t0 = time.time()
+    assert await run_once(gw.store, gw.gw.cfg, Notifier(gw.gw.cfg.relay, hostname="mx.example.test"),
+                          now=t0 + 3700) == 1
+    gw.gw.relay.wake()
+    await wait_for(lambda: len(mails_to(sink, ANN)) == 1 and len(mails_to(sink, "manager@staff.test")) == 1)
+    warn = mails_to(sink, ANN)[0]
+    assert warn["Subject"].startswith("SLA first response target missed (IT)") and GROUP in next(
+        r for _f, r, _raw in sink.messages if ANN in r)
+    assert "escalation level 1" in text(warn)
