@@ -150,7 +150,8 @@ class NotifyHook:
     def _team(self, conn: sqlite3.Connection, d: Delivery, r: DeliveryResult, ticket: Any, mailbox: Any,
               held: bool) -> None:
         """The queue's agent notification for this event, and the on-call alert of an alert rule."""
-        event = agent_notify.event_of(conn, d, r, held)
+        q = self.cfg.twoway.queue(ticket.queue) if self.cfg.twoway else None
+        event = agent_notify.event_of(conn, d, r, held) if q is not None and q.notify else None
         if event is not None:
             self.queued += agent_notify.notify_agents(conn, self, d, r, ticket, mailbox, event)
         self.queued += agent_notify.alert(conn, self, d, r, ticket, mailbox)

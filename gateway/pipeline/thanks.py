@@ -76,10 +76,14 @@ def words(text: str) -> list[str]:
 
 
 @lru_cache(maxsize=16)
-def _compiled(phrases: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
-    """Phrases as word tuples, longest first (so "thank you very much" wins over "thank you")."""
-    seqs = {tuple(words(p)) for p in phrases}
-    return tuple(sorted((s for s in seqs if s), key=len, reverse=True))
+def _compiled(phrases: tuple[str, ...]) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """Phrases as word tuples indexed by their first word, longest first (so "thank you very much"
+    wins over "thank you"): one dict lookup per position instead of a scan of every phrase."""
+    index: dict[str, list[tuple[str, ...]]] = {}
+    for seq in {tuple(words(p)) for p in phrases}:
+        if seq:
+            index.setdefault(seq[0], []).append(seq)
+    return {k: tuple(sorted(v, key=len, reverse=True)) for k, v in index.items()}
 
 
 def _flatten(table: Mapping[str, Sequence[str]] | None, default: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
@@ -115,8 +119,8 @@ def is_thanks_only(text: str, *, sender_name: str = "", phrases: Mapping[str, Se
     return found
 
 
-def _match(seq: list[str], i: int, patterns: tuple[tuple[str, ...], ...]) -> int:
-    for p in patterns:
+def _match(seq: list[str], i: int, patterns: dict[str, tuple[tuple[str, ...], ...]]) -> int:
+    for p in patterns.get(seq[i], ()):
         if tuple(seq[i:i + len(p)]) == p:
             return len(p)
     return 0
