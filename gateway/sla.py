@@ -27,8 +27,10 @@ def escalate(conn: sqlite3.Connection, cfg: Config, notifier: Any, now: float) -
     """Queue the escalations due at ``now`` inside the caller's transaction; returns how many."""
     from relay.notify import MailboxInfo, TicketInfo
     from relay.queue import enqueue
+    from .pipeline.agent_notify import Team, sla_warning
     mailboxes = {mb.address: mb for mb in cfg.mailboxes}
     sent = 0
+    team: Team | None = None
     for q in (cfg.twoway.queues if cfg.twoway else ()):
         for target, column, pending in TARGETS:
             seconds = getattr(q, target)
@@ -55,6 +57,9 @@ def escalate(conn: sqlite3.Connection, cfg: Config, notifier: Any, now: float) -
                              (tid, now, json.dumps({"target": target, "level": level,
                                                     "to": q.escalation[level - 1]}, separators=(",", ":"))))
                 sent += 1
+                if q.notify and "sla_warning" in q.notify_events:  # the queue's notify list asked to be told
+                    team = team or Team(cfg, notifier, conn)
+                    sla_warning(conn, team, ticket, mailbox, target, level)
     return sent
 
 

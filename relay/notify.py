@@ -49,6 +49,9 @@ EVENTS = ("ack", "reply", "status", "escalation", "test", "commands", "stripped"
 AUTO_SUBMITTED = {"ack": "auto-replied", "status": "auto-generated", "escalation": "auto-generated",
                   "commands": "auto-replied", "stripped": "auto-replied", "paused": "auto-generated",
                   "test": "auto-generated"}
+# Mail to the team (gateway/pipeline/agent_notify.py): agent notifications, on-call alerts, conflicts.
+EVENTS += ("notify", "alert", "conflict")
+AUTO_SUBMITTED.update({"notify": "auto-generated", "alert": "auto-generated", "conflict": "auto-generated"})
 NON_CRITICAL = frozenset({"status"})  # a contact may opt out of these
 WIRE = email.policy.compat32.clone(linesep="\r\n")
 _UTF8_QP = Charset("utf-8")
@@ -173,7 +176,7 @@ class Notifier:
               context: Mapping[str, Any] | None = None, in_reply_to: str | None = None,
               references: Sequence[str] = (), dedupe_key: str | None = None, coalesce_key: str | None = None,
               not_before: float = 0.0, automatic: bool | None = None, now: float | None = None,
-              lazy: bool = False) -> Notification:
+              lazy: bool = False, message_id: str | None = None) -> Notification:
         """Validate everything that reaches a header and make the notification.
 
         ``lazy=True`` renders nothing now: the notification carries a render spec (JSON-able: event,
@@ -199,7 +202,8 @@ class Notifier:
         irt = _msgid(in_reply_to, "In-Reply-To") if in_reply_to else None
         irt = irt if irt and len(irt) <= MAX_MSGID else None
         num = re.sub(r"[^A-Za-z0-9._-]", "", ticket.number) or "ticket"
-        message_id = f"{num}.{event}.{secrets.token_hex(8)}@{self.hostname}"
+        message_id = (_msgid(message_id, "Message-ID") if message_id
+                      else f"{num}.{event}.{secrets.token_hex(8)}@{self.hostname}")
         auto = AUTO_SUBMITTED.get(event) if automatic is None else ("auto-generated" if automatic else None)
         tctx = ticket.context()
         spec = {"v": 1, "event": event, "lang": lang, "mailbox": {"address": mbox, "name": mailbox.name},

@@ -15,7 +15,8 @@ import time
 from typing import Any
 
 from ..config import Config, MailboxConfig
-from ..store.base import ARTICLE_ADDED, TICKET_CREATED, Delivery, DeliveryResult
+from ..store.base import ARTICLE_ADDED, QUARANTINED, TICKET_CREATED, Delivery, DeliveryResult
+from . import agent_notify
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,16 @@ class NotifyHook:
         # spool id -> why its acknowledgement was not sent. Keyed by spool id so a transaction the store
         # retries (PostgreSQL) does not count twice; the worker takes it after a commit (metrics).
         self.suppressed: dict[str, str] = {}
+        self.keys: tuple[bytes, ...] = ()  # threading MAC keys (set by the worker): signed Message-IDs for the team
 
     def take_suppressed(self) -> dict[str, str]:
         out, self.suppressed = self.suppressed, {}
         return out
 
     def __call__(self, conn: sqlite3.Connection, d: Delivery, r: DeliveryResult) -> None:
+        if r.state == QUARANTINED:  # by a stage, or by the store (a non-participant, replies only)
+            self._team_quarantined(conn, d, r)
+            return
         if d.kind != "ticket" or d.article is None or r.ticket_id is None or r.reason == "already delivered":
             return
         mb = self.mailboxes.get(d.mailbox) or (self.cfg.mailboxes[0] if self.cfg.mailboxes else None)
@@ -51,7 +56,11 @@ class NotifyHook:
         mailbox = MailboxInfo(mb.address, mb.name, mb.language, mb.acknowledge)
         art = d.article
         try:
-            if r.state == TICKET_CREATED and not d.thread.sender_is_agent:
+            manual = agent_notify.manual_handling(conn, d, r)
+            held = agent_notify.conflict(conn, self, d, r, ticket, mailbox)
+            if r.state == TICKET_CREATED and not d.thread.sender_is_agent and manual:
+                self._manual_ack(conn, d, r)
+            elif r.state == TICKET_CREATED and not d.thread.sender_is_agent:
                 mail_from, peer_ip, auth = self._envelope(conn, d.spool_id)
                 decision, mail_id = acknowledge(
                     conn, self.notifier, ticket=ticket, mailbox=mailbox, sender=art.from_addr,
@@ -69,7 +78,7 @@ class NotifyHook:
                 conn.execute("INSERT INTO ticket_history (ticket_id, at, actor, action, detail) VALUES"
                              " (?, ?, 'system', 'acknowledgement', ?)",
                              (r.ticket_id, time.time(), json.dumps(detail)))
-            elif r.state == ARTICLE_ADDED and d.thread.sender_is_agent and art.visibility == "public":
+            elif r.state == ARTICLE_ADDED and d.thread.sender_is_agent and art.visibility == "public" and not held:
                 to = [row[4]]
                 cc = [p for (p,) in conn.execute(
                     "SELECT c.email FROM participants p JOIN contacts c ON c.id=p.contact_id WHERE p.ticket_id=?"
@@ -81,14 +90,16 @@ class NotifyHook:
                     enqueue(conn, n)
                     self.queued += 1
             if d.thread.sender_is_agent:
-                self._commands(conn, d, r, ticket, mailbox)
-            elif art.stripped:
+                self._commands(conn, d, r, ticket, mailbox, manual)
+            elif art.stripped and not manual:
                 self._stripped(conn, d, ticket, mailbox)
+            self._team(conn, d, r, ticket, mailbox, held)
         except ValueError as exc:  # e.g. a header value refused (injection attempt): record, don't fail
             log.warning("notification for %s not queued: %s", r.ticket_number, exc, extra={"trace_id": d.spool_id})
 
 
-    def _commands(self, conn: sqlite3.Connection, d: Delivery, r: DeliveryResult, ticket: Any, mailbox: Any) -> None:
+    def _commands(self, conn: sqlite3.Connection, d: Delivery, r: DeliveryResult, ticket: Any, mailbox: Any,
+                  manual: bool = False) -> None:
         """The result of an agent's email commands goes back to the agent, once; a status change they
         made is announced to the requester (unless the reply itself already went out)."""
         from relay.queue import enqueue
@@ -105,7 +116,7 @@ class NotifyHook:
             row = conn.execute("SELECT detail FROM ticket_history WHERE ticket_id=? AND action='command'"
                                " ORDER BY id DESC LIMIT 1", (r.ticket_id,)).fetchone()
             old = json.loads(row[0]).get("old_status", "") if row else ""
-            if old != new and ticket.requester and not self._undeliverable(conn, ticket.requester):
+            if old != new and ticket.requester and not manual and not self._undeliverable(conn, ticket.requester):
                 enqueue(conn, self.notifier.status_change(ticket=ticket, mailbox=mailbox, to=[ticket.requester],
                                                           old=old, new=new))
                 self.queued += 1
@@ -134,6 +145,32 @@ class NotifyHook:
         enqueue(conn, n)
         record_ack(conn, art.from_addr, now, client)
         self.queued += 1
+
+    # -- mail to the team (gateway/pipeline/agent_notify.py) ------------------------------------------
+    def _team(self, conn: sqlite3.Connection, d: Delivery, r: DeliveryResult, ticket: Any, mailbox: Any,
+              held: bool) -> None:
+        """The queue's agent notification for this event, and the on-call alert of an alert rule."""
+        q = self.cfg.twoway.queue(ticket.queue) if self.cfg.twoway else None
+        event = agent_notify.event_of(conn, d, r, held) if q is not None and q.notify else None
+        if event is not None:
+            self.queued += agent_notify.notify_agents(conn, self, d, r, ticket, mailbox, event)
+        self.queued += agent_notify.alert(conn, self, d, r, ticket, mailbox)
+
+    def _team_quarantined(self, conn: sqlite3.Connection, d: Delivery, r: DeliveryResult) -> None:
+        try:
+            self.queued += agent_notify.notify_quarantined(conn, self, d, r)
+        except ValueError as exc:
+            log.warning("quarantine notification not queued: %s", exc, extra={"trace_id": d.spool_id})
+
+    def _manual_ack(self, conn: sqlite3.Connection, d: Delivery, r: DeliveryResult) -> None:
+        """A new ticket under manual handling: no acknowledgement, and the history says so."""
+        agent_notify.record_manual(conn, d, r)
+        self.suppressed[d.spool_id] = "manual_handling"
+        conn.execute("INSERT INTO ticket_history (ticket_id, at, actor, action, detail) VALUES"
+                     " (?, ?, 'system', 'acknowledgement', ?)",
+                     (r.ticket_id, time.time(), json.dumps({"queued": False, "why": "manual_handling",
+                                                           "text": "acknowledgement not sent: manual handling"})))
+        log.info("%s: acknowledgement not sent: manual handling", r.ticket_number, extra={"trace_id": d.spool_id})
 
     @staticmethod
     def _envelope(conn: sqlite3.Connection, spool_id: str) -> tuple[str | None, str | None, dict[str, Any] | None]:

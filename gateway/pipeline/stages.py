@@ -302,7 +302,8 @@ class TicketStage:
                 on_no_match=on_no_match, on_stranger=th.get("on_stranger", "new"),
                 internal_queues=tuple(q.name for q in tw.queues if not q.email_updates) if tw else (),
                 reopen_days_by_queue=tuple((q.name, q.reopen_days) for q in tw.queues
-                                           if q.reopen_days is not None) if tw else ())
+                                           if q.reopen_days is not None) if tw else (),
+                thanks_only=_thanks_only(new_text, name, tw) if not th["agent"] and not automatic else False)
         else:
             refs = tuple(dict.fromkeys((*p.in_reply_to, *reversed(p.references))))
             thread = ThreadHints(refs=refs if may_act else (), may_act=may_act, may_reopen=not automatic,
@@ -311,6 +312,15 @@ class TicketStage:
             queue=queue, mailbox=primary.address, article=article, thread=thread, fields=fields,
             participants=tuple(participants), updates=dict(cmd.get("updates") or {}), history=tuple(history),
             note=automatic))
+
+
+def _thanks_only(new_text: str, name: str, tw: Any) -> bool:
+    """Whether a customer's reply only thanks / confirms ([threading] thanks_phrases; see pipeline/thanks.py)."""
+    from .thanks import is_thanks_only
+    if tw is None:
+        return is_thanks_only(new_text, sender_name=name)
+    return is_thanks_only(new_text, sender_name=name, phrases=tw.thanks_phrases, filler=tw.thanks_filler,
+                          max_chars=tw.thanks_max_chars)
 
 
 def _attachments(p: ParsedMessage, found: dict[str, Any] | None

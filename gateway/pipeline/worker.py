@@ -218,6 +218,8 @@ class Worker:
             from .twoway import thread_keys
             from ..twoway_config import TwoWayConfig
             self.ctx = replace(self.ctx, keys=await thread_keys(self.cfg.twoway or TwoWayConfig(), self.store))
+            if self.hook is not None:
+                self.hook.keys = self.ctx.keys  # mail to the team carries Message-IDs signed for its ticket
             self._keys_loaded = True
         if self._unsettled:
             await self._put_back()  # before claiming more: nothing of ours stays stranded

@@ -148,6 +148,7 @@ class ThreadHints:
     on_stranger: str = "new"      # a non-participant naming a ticket: new (linked ticket) | quarantine
     internal_queues: tuple[str, ...] = ()  # queues that take no public updates by email (kept internal)
     reopen_days_by_queue: tuple[tuple[str, float], ...] = ()  # per-queue override of reopen_days
+    thanks_only: bool = False     # a customer's "thanks, works now": added to a resolved ticket, never reopens
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,7 +141,10 @@ class PgDeliverTx:
                 queue = await conn.fetchval("SELECT queue FROM tickets WHERE id=$1", ticket_id)
                 days = dict(d.thread.reopen_days_by_queue).get(queue, d.thread.reopen_days)
                 within = closed_at is not None and self.now - closed_at <= days * DAY
-                if d.thread.may_reopen and days > 0 and within:
+                if d.thread.thanks_only and not d.thread.sender_is_agent:
+                    await self.history(ticket_id, art.from_addr, "not_reopened",
+                                       {"why": "thanks only", "status": status})
+                elif d.thread.may_reopen and days > 0 and within:
                     await conn.execute("UPDATE tickets SET status='open', closed_at=NULL WHERE id=$1", ticket_id)
                     await self.history(ticket_id, art.from_addr, "reopened", {"by": "reply", "was": status})
                     reopened = True

@@ -142,7 +142,9 @@ class DeliverTx:
                 queue = conn.execute("SELECT queue FROM tickets WHERE id=?", (ticket_id,)).fetchone()[0]
                 days = dict(d.thread.reopen_days_by_queue).get(queue, d.thread.reopen_days)
                 within = closed_at is not None and self.now - closed_at <= days * DAY
-                if d.thread.may_reopen and days > 0 and within:
+                if d.thread.thanks_only and not d.thread.sender_is_agent:
+                    self.history(ticket_id, art.from_addr, "not_reopened", {"why": "thanks only", "status": status})
+                elif d.thread.may_reopen and days > 0 and within:
                     conn.execute("UPDATE tickets SET status='open', closed_at=NULL WHERE id=?", (ticket_id,))
                     self.history(ticket_id, art.from_addr, "reopened", {"by": "reply", "was": status})
                     reopened = True

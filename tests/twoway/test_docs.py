@@ -62,3 +62,17 @@ def test_doc_threading_block_validates() -> None:
     style = parse_token_style(threading, "threading")
     assert style.format == "[{number}]" and style.mac_length == 8
     assert len(parse_keys(threading["keys"], "threading.keys")) == 2
+
+
+def test_doc_team_mail_blocks_build_a_config() -> None:
+    """The [[queue]] notify, [[agent]] language, [routing] alert and thanks blocks are valid config."""
+    from gateway.pipeline.thanks import is_thanks_only
+    from gateway.twoway_config import parse_twoway
+    blocks = _toml_blocks()
+    tw = parse_twoway({k: blocks[k] for k in ("threading", "queue", "agent", "routing") if k in blocks})
+    q = tw.queue("IT")
+    assert q is not None and q.notify == ("ann@staff.example", "it-team@staff.example") and q.language == "de"
+    assert tw.agent("ann@staff.example").language == "en" and tw.alert_to == ("oncall@staff.example",)
+    assert tw.agent_conflict_window == 600.0
+    assert is_thanks_only("Danke, funktioniert jetzt. Viele Grüße", phrases=tw.thanks_phrases, filler=tw.thanks_filler)
+    assert not is_thanks_only("Thanks, but it broke again", phrases=tw.thanks_phrases, filler=tw.thanks_filler)
