@@ -682,6 +682,14 @@ SAMPLE_CONTEXT: dict[str, dict[str, Any]] = {
     "stripped": {"stripped": [{"filename": "sample.exe", "reason": "executable"}]},
     "paused": {"reason": "sample reason", "hostname": "mx.example.test"},
     "test": {},
+    "notify": {"notify_event": "created", "new_text": "Sample customer text.\n", "truncated": False,
+               "author": "customer@example.test", "author_name": "Customer Sample", "visibility": "public",
+               "reason": "sample reason", "spool_id": "0" * 19, "mail_from": "customer@example.test",
+               "inbound_message_id": "sample@example.test", "target": "first_response", "level": 1},
+    "alert": {"rules": ["sample rule"], "new_text": "Sample customer text.\n", "truncated": False,
+              "state": "new ticket"},
+    "conflict": {"other_name": "Agent Other", "minutes": 3, "new_text": "Sample reply.\n",
+                 "agent_name": "Agent Sample"},
 }
 _TEMPLATE_FILE = re.compile(r"^(?:[^/]+/)?(?:[^/]+/)?(" + "|".join(EVENTS) + r"|signature)\.(subject|txt|html)$")
 
