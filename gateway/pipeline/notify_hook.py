@@ -31,9 +31,15 @@ class NotifyHook:
         # spool id -> why its acknowledgement was not sent. Keyed by spool id so a transaction the store
         # retries (PostgreSQL) does not count twice; the worker takes it after a commit (metrics).
         self.suppressed: dict[str, str] = {}
+        # spool id -> "sent" or the reason: every acknowledgement decision (ticketmx_relay_acknowledgements_total)
+        self.ack_results: dict[str, str] = {}
 
     def take_suppressed(self) -> dict[str, str]:
         out, self.suppressed = self.suppressed, {}
+        return out
+
+    def take_ack_results(self) -> dict[str, str]:
+        out, self.ack_results = self.ack_results, {}
         return out
 
     def __call__(self, conn: sqlite3.Connection, d: Delivery, r: DeliveryResult) -> None:
@@ -60,6 +66,8 @@ class NotifyHook:
                     suspicious="suspicious" in d.ticket_fields.flags, auth=auth, client_ip=peer_ip)
                 why = getattr(decision, "reason", "")
                 detail: dict[str, Any] = {"queued": mail_id is not None, "why": why}
+                if why != "already queued":  # a replay was counted the first time
+                    self.ack_results[d.spool_id] = "sent" if mail_id is not None else (why or "unknown")
                 if mail_id is not None:
                     self.queued += 1
                 else:

@@ -41,6 +41,7 @@ class StatsSink(Protocol):
     def notifications_queued(self, n: int) -> None: ...
     def budget_exceeded(self) -> None: ...
     def acks_suppressed(self, reasons: dict[str, int]) -> None: ...
+    def acknowledgements(self, results: dict[str, int]) -> None: ...
 
 
 class MetricsSink:
@@ -57,6 +58,10 @@ class MetricsSink:
     def acks_suppressed(self, reasons: dict[str, int]) -> None:
         for reason, n in reasons.items():
             self.metrics.acks_suppressed.labels(reason=reason).inc(n)
+
+    def acknowledgements(self, results: dict[str, int]) -> None:
+        for result, n in results.items():
+            self.metrics.acks.labels(result=result).inc(n)
 
     def outcome(self, state: str, latency: float | None) -> None:
         self.metrics.outcomes.labels(state=state).inc()
@@ -384,6 +389,7 @@ class Worker:
             before = self.hook.queued if self.hook is not None else 0
             if self.hook is not None:
                 self.hook.take_suppressed()  # only what this transaction commits is counted
+                self.hook.take_ack_results()
             results = await self.store.deliver(deliveries, now, on_delivered=self.hook)
             if self.hook is not None and self.hook.queued > before:
                 self.stats.notifications_queued(self.hook.queued - before)
@@ -394,6 +400,13 @@ class Worker:
                 report = getattr(self.stats, "acks_suppressed", None)
                 if report is not None:
                     report(by_reason)
+            if self.hook is not None and (decided := self.hook.take_ack_results()):
+                by_result: dict[str, int] = {}
+                for result in decided.values():
+                    by_result[result] = by_result.get(result, 0) + 1
+                report = getattr(self.stats, "acknowledgements", None)
+                if report is not None:
+                    report(by_result)
         except Exception as exc:
             if len(deliveries) == 1:
                 d = deliveries[0]

@@ -107,7 +107,9 @@ class PostgresStore(Store):
     async def run_sync(self, conn: asyncpg.Connection, fn: Callable[..., T], *args: Any) -> T:
         """``fn(sync_conn, *args)``, its statements on ``conn`` (in the caller's transaction) through
         :class:`PgSyncConnection` (:mod:`gateway.store.pg_sync`)."""
-        return await run_sync(fn, PgSyncConnection(conn), *args)
+        sync = PgSyncConnection(conn)
+        sync.cipher = self.cipher  # what runs inside encrypts with the store's key (see relay.queue)
+        return await run_sync(fn, sync, *args)
 
     async def transaction(self, fn: Callable[[Any], T], durable: bool = True) -> T:
         """``fn(conn)`` as one transaction, ``conn`` shaped like ``sqlite3.Connection`` (see
@@ -412,11 +414,17 @@ class PostgresStore(Store):
 
     # -- retention, keys ---------------------------------------------------------
     async def purge(self, now: float, raw_days: float, quarantine_days: float,
-                    closed_ticket_days: float) -> dict[str, int]:
+                    closed_ticket_days: float, relay_days: float = 0.0) -> dict[str, int]:
         day = 86400.0
         out = {"raw": 0, "quarantined": 0, "tickets": 0}
         async with self.pool.acquire() as conn:
             async with conn.transaction():
+                if relay_days > 0:  # the Message-IDs stay in message_ids: replies to old mail still thread
+                    done = "state IN ('sent','dead') AND finished_at < $1"
+                    await conn.execute(f"DELETE FROM relay_recipients WHERE notification_id IN (SELECT id FROM"
+                                       f" relay_queue WHERE {done})", now - relay_days * day)
+                    out["relay"] = _count(await conn.execute(f"DELETE FROM relay_queue WHERE {done}",
+                                                             now - relay_days * day))
                 if raw_days > 0:
                     done = ("state IN ('ticket_created','article_added','suppressed') AND finished_at < $1"
                             " AND (octet_length(raw) > 0 OR chunks > 0)")
