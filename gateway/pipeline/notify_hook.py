@@ -43,6 +43,12 @@ class NotifyHook:
         return out
 
     def __call__(self, conn: sqlite3.Connection, d: Delivery, r: DeliveryResult) -> None:
+        if d.opt_out:  # a verified unsubscribe request (stage unsubscribe): no more acks / status mails
+            from relay.notify import set_opt_out
+            set_opt_out(conn, d.opt_out, True)
+            log.info("%s opted out of acknowledgements and status mails (unsubscribe request)", d.opt_out,
+                     extra={"trace_id": d.spool_id})
+            return
         if d.kind != "ticket" or d.article is None or r.ticket_id is None or r.reason == "already delivered":
             return
         mb = self.mailboxes.get(d.mailbox) or (self.cfg.mailboxes[0] if self.cfg.mailboxes else None)
@@ -99,6 +105,7 @@ class NotifyHook:
     def _commands(self, conn: sqlite3.Connection, d: Delivery, r: DeliveryResult, ticket: Any, mailbox: Any) -> None:
         """The result of an agent's email commands goes back to the agent, once; a status change they
         made is announced to the requester (unless the reply itself already went out)."""
+        from relay.notify import wants
         from relay.queue import enqueue
         result = next((h["detail"].get("text", "") for h in d.ticket_history if h.get("action") == "command_result"),
                       "")
@@ -113,7 +120,7 @@ class NotifyHook:
             row = conn.execute("SELECT detail FROM ticket_history WHERE ticket_id=? AND action='command'"
                                " ORDER BY id DESC LIMIT 1", (r.ticket_id,)).fetchone()
             old = json.loads(row[0]).get("old_status", "") if row else ""
-            if old != new and ticket.requester and not self._undeliverable(conn, ticket.requester):
+            if old != new and ticket.requester and wants(conn, ticket.requester, "status"):
                 enqueue(conn, self.notifier.status_change(ticket=ticket, mailbox=mailbox, to=[ticket.requester],
                                                           old=old, new=new))
                 self.queued += 1

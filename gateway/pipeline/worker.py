@@ -224,6 +224,8 @@ class Worker:
             from ..twoway_config import TwoWayConfig
             self.ctx = replace(self.ctx, keys=await thread_keys(self.cfg.twoway or TwoWayConfig(), self.store))
             self._keys_loaded = True
+            if self.hook is not None:  # List-Unsubscribe tokens are signed with the threading key
+                self.hook.notifier.unsubscribe_keys = self.ctx.keys
         if self._unsettled:
             await self._put_back()  # before claiming more: nothing of ours stays stranded
         if await self.store.control_get(PAUSE_KEY):
@@ -370,6 +372,8 @@ class Worker:
             if verdict.action == DROP:
                 if stage.name == "bounce" and "bounce" in verdict.data:
                     return _bounce_delivery(sid, msg, verdict.data["bounce"], common)
+                if verdict.data.get("opt_out"):  # stage unsubscribe: recorded by the notification hook
+                    return Delivery(sid, "suppress", opt_out=verdict.data["opt_out"], **common)
                 return Delivery(sid, "suppress", **common)
             if verdict.action == QUARANTINE:
                 return Delivery(sid, "quarantine", **common)

@@ -186,6 +186,7 @@ class Delivery:
     history: tuple[dict[str, Any], ...] = ()              # the stage decisions for the spool entry
     traceback: str = ""                                   # quarantine after an exception (never logged)
     headers: tuple[tuple[str, str], ...] = ()             # the inbound headers (acknowledgement decisions)
+    opt_out: str = ""                                     # a verified unsubscribe request: this contact opts out
 
 
 @dataclass(frozen=True, slots=True)
