@@ -114,6 +114,17 @@ def _open(cipher: Any, message: bytes, render: str | None) -> tuple[bytes, str |
     return cipher.dec_bytes(message), cipher.dec_text(render) if render else render
 
 
+def rotate_queue(conn: Any, cipher: Any) -> int:
+    """Re-encrypt every queued message and render spec with the cipher's first key (``ticketmx store
+    rotate-key``); plaintext rows get encrypted. Returns how many rows were rewritten."""
+    n = 0
+    for mid, message, render in conn.execute("SELECT id, message, render FROM relay_queue").fetchall():
+        conn.execute("UPDATE relay_queue SET message=?, render=? WHERE id=?",
+                     (cipher.rotate_bytes(bytes(message)), cipher.rotate_text(render) if render else render, mid))
+        n += 1
+    return n
+
+
 def _check_addr(addr: str) -> str:
     if not isinstance(addr, str) or not _ADDR.match(addr) or len(addr) > 320:
         raise ValueError(f"invalid recipient address {addr!r}")

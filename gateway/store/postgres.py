@@ -475,11 +475,17 @@ class PostgresStore(Store):
                                            " FOR UPDATE", prefetch=4):
                     await conn.execute("UPDATE spool_chunks SET data=$1 WHERE spool_id=$2 AND seq=$3",
                                        c.rotate_bytes(bytes(r[2])), r[0], r[1])
-                async for r in conn.cursor("SELECT id, body_text, body_html, new_text FROM articles ORDER BY id"
-                                           " FOR UPDATE", prefetch=200):
-                    await conn.execute("UPDATE articles SET body_text=$1, body_html=$2, new_text=$3 WHERE id=$4",
-                                       c.rotate_text(r[1]), c.rotate_text(r[2]), c.rotate_text(r[3]), r[0])
+                async for r in conn.cursor("SELECT id, body_text, body_html, new_text, subject FROM articles"
+                                           " ORDER BY id FOR UPDATE", prefetch=200):
+                    await conn.execute("UPDATE articles SET body_text=$1, body_html=$2, new_text=$3, subject=$4"
+                                       " WHERE id=$5", c.rotate_text(r[1]), c.rotate_text(r[2]), c.rotate_text(r[3]),
+                                       c.rotate_text(r[4]), r[0])
                     out["articles"] += 1
+                for table in ("attachments", "stripped_attachments"):
+                    for r in await conn.fetch(f"SELECT id, filename FROM {table} ORDER BY id FOR UPDATE"):
+                        await conn.execute(f"UPDATE {table} SET filename=$1 WHERE id=$2", c.rotate_text(r[1]), r[0])
+                from relay.queue import rotate_queue
+                await self.run_sync(conn, lambda sync: rotate_queue(sync, c))
                 async for r in conn.cursor("SELECT sha256, data FROM blobs ORDER BY sha256 FOR UPDATE",
                                            prefetch=50):
                     await conn.execute("UPDATE blobs SET data=$1 WHERE sha256=$2", c.rotate_bytes(bytes(r[1])), r[0])

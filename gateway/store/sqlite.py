@@ -559,10 +559,16 @@ class SqliteStore(Store):
             for sid, seq, data in conn.execute("SELECT spool_id, seq, data FROM spool_chunks").fetchall():
                 conn.execute("UPDATE spool_chunks SET data=? WHERE spool_id=? AND seq=?",
                              (c.rotate_bytes(bytes(data)), sid, seq))
-            for aid, t, h, n in conn.execute("SELECT id, body_text, body_html, new_text FROM articles").fetchall():
-                conn.execute("UPDATE articles SET body_text=?, body_html=?, new_text=? WHERE id=?",
-                             (c.rotate_text(t), c.rotate_text(h), c.rotate_text(n), aid))
+            for aid, t, h, n, subj in conn.execute(
+                    "SELECT id, body_text, body_html, new_text, subject FROM articles").fetchall():
+                conn.execute("UPDATE articles SET body_text=?, body_html=?, new_text=?, subject=? WHERE id=?",
+                             (c.rotate_text(t), c.rotate_text(h), c.rotate_text(n), c.rotate_text(subj), aid))
                 out["articles"] += 1
+            for table in ("attachments", "stripped_attachments"):
+                for xid, name in conn.execute(f"SELECT id, filename FROM {table}").fetchall():
+                    conn.execute(f"UPDATE {table} SET filename=? WHERE id=?", (c.rotate_text(name), xid))
+            from relay.queue import rotate_queue
+            rotate_queue(conn, c)
             for sha, data in conn.execute("SELECT sha256, data FROM blobs").fetchall():
                 conn.execute("UPDATE blobs SET data=? WHERE sha256=?", (c.rotate_bytes(bytes(data)), sha))
                 out["blobs"] += 1
