@@ -166,3 +166,23 @@ def test_one_click_header_only_with_https():
         except HeaderInjection:
             continue
         raise AssertionError(bad)
+
+
+async def test_group_notification_recipients_only_in_the_envelope(start_gateway, dns_server, sink):
+    """Bcc for group notifications: every agent gets the mail, no header names any of them."""
+    from relay.notify import MailboxInfo, Notifier, TicketInfo
+    from relay.queue import enqueue
+    dns_server.set_zone(ZONE)
+    gw = await start_gateway(**relay_cfg(sink.port))
+    relay = gw.gw.relay
+    n = Notifier(relay.cfg, hostname="mx.example.test")
+    note = n.build("escalation", ticket=TicketInfo(None, "HD-7", "Printer"), mailbox=MailboxInfo("support@example.test"),
+                   to=[], bcc=["ann@agents.test", "bob@agents.test"], context={"level": 1, "target": "resolution"})
+    await gw.store.transaction(lambda conn: enqueue(conn, note))
+    relay.wake()
+    await wait_for(lambda: len(sink.messages) == 1)
+    _from, rcpts, raw = sink.messages[0]
+    assert sorted(rcpts) == ["ann@agents.test", "bob@agents.test"]
+    msg = parse(raw)
+    assert msg["To"] == "undisclosed-recipients:;" and msg["Bcc"] is None and msg["Cc"] is None
+    assert b"ann@agents.test" not in raw and b"bob@agents.test" not in raw

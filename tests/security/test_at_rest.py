@@ -110,6 +110,14 @@ async def test_sqlite_files_hold_no_plaintext_after_a_conversation(start_gateway
     spec = await q.render_spec(rows_id := (await gw.store.query("SELECT min(id) FROM relay_queue"))[0][0])
     assert spec is not None and SECRETS["subject"] in spec["ticket"]["subject"], rows_id
     assert SECRETS["agent reply text"].encode() in await q.message(rows_id + 1)
+    # rotate-key re-encrypts the queue too: with only the new key left, the mail is still readable
+    from gateway.store.crypto import Cipher, generate_key
+    new_key = generate_key().encode()
+    gw.store.cipher = Cipher([new_key, (tmp_path / "store.key").read_text().strip().encode()])
+    await gw.store.rotate_key()
+    gw.store.cipher = Cipher([new_key])
+    assert SECRETS["agent reply text"].encode() in await q.message(rows_id + 1)
+    assert (await gw.store.ticket_get("HD-1000"))["articles"][0]["attachments"][0]["filename"] == SECRETS["attachment name"]
 
 
 async def test_relay_rows_are_purged_by_retention(start_gateway, dns_server, sink, tmp_path):
