@@ -233,7 +233,8 @@ class Gateway:
                 if lease is not None and not await lease("retention", owner, r.interval * 2 + 60):
                     await asyncio.sleep(r.interval)
                     continue
-                counts = await self.store.purge(time.time(), r.raw_days, r.quarantine_days, r.closed_ticket_days)
+                counts = await self.store.purge(time.time(), r.raw_days, r.quarantine_days, r.closed_ticket_days,
+                                                relay_days=r.relay_days)
                 if any(counts.values()):
                     log.info("retention purge: %s", counts)
             except Exception as exc:  # one line: a locked or full store would repeat it every interval

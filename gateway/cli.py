@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
 
     from relay.cli import register as register_relay
     register_relay(sub, common)  # relay test|queue|retry, dkim keygen
+    from .contacts_cli import register as register_contacts
+    register_contacts(sub, common)  # contacts optout|show
 
     pl = sub.add_parser("pipeline", parents=[common], help="pause / resume message processing")
     plsub = pl.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -147,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         ("relay", "queue"): _relay_store, ("relay", "retry"): _relay_store,
         ("pipeline", "status"): _pipeline, ("pipeline", "pause"): _pipeline, ("pipeline", "resume"): _pipeline,
     }
+    from .contacts_cli import HANDLERS as contacts_handlers
+    handlers.update(contacts_handlers)
     return asyncio.run(_with_store(cfg, args, handlers[(args.command, args.action)]))
 
 

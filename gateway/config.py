@@ -151,6 +151,7 @@ class RetentionConfig:
     raw_days: float = 30.0             # raw mail of processed messages (the tickets stay)
     quarantine_days: float = 90.0      # quarantined messages
     closed_ticket_days: float = 0.0    # closed tickets with their articles (0 = keep forever)
+    relay_days: float = 30.0           # finished outbound notifications (sent / dead) in the relay queue
     interval: float = 3600.0           # how often the purge runs
 
 
@@ -590,6 +591,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         raw_days=t.get("raw_days", d4.raw_days, days),
         quarantine_days=t.get("quarantine_days", d4.quarantine_days, days),
         closed_ticket_days=t.get("closed_ticket_days", d4.closed_ticket_days, days),
+        relay_days=t.get("relay_days", d4.relay_days, days),
         interval=t.get("interval", d4.interval, parse_duration),
     )
     if retention.interval <= 0:

@@ -53,6 +53,9 @@ class Metrics:
                                        "Acknowledgements (new-ticket auto-replies) not sent, by reason"
                                        " (unauthenticated, rate_limited_ip, rate_limited_global, ...).",
                                        ["reason"], registry=r)
+        self.acks = Counter("ticketmx_relay_acknowledgements_total",
+                            "Acknowledgement decisions for new tickets: sent (queued), or the reason none was"
+                            " sent. Counted by the pipeline once its transaction commits.", ["result"], registry=r)
         self.pipeline_errors = Counter("ticketmx_pipeline_errors_total",
                                        "Pipeline attempts that raised (retried or quarantined).", registry=r)
         self.consecutive_failures = Gauge("ticketmx_pipeline_consecutive_failures",

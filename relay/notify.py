@@ -52,7 +52,7 @@ AUTO_SUBMITTED = {"ack": "auto-replied", "status": "auto-generated", "escalation
 # Mail to the team (gateway/pipeline/agent_notify.py): agent notifications, on-call alerts, conflicts.
 EVENTS += ("notify", "alert", "conflict")
 AUTO_SUBMITTED.update({"notify": "auto-generated", "alert": "auto-generated", "conflict": "auto-generated"})
-NON_CRITICAL = frozenset({"status"})  # a contact may opt out of these
+NON_CRITICAL = frozenset({"ack", "status"})  # a contact may opt out of these; they carry List-Unsubscribe
 WIRE = email.policy.compat32.clone(linesep="\r\n")
 _UTF8_QP = Charset("utf-8")
 _UTF8_QP.body_encoding = QP
@@ -128,6 +128,9 @@ class Notifier:
     def __init__(self, cfg: RelayConfig, hostname: str | None = None, templates: str | None = None) -> None:
         self.cfg = cfg
         self.hostname = _safe(hostname or cfg.hostname or "localhost", "hostname")
+        # The threading MAC keys (set by the pipeline worker once loaded): with them, acknowledgements
+        # and status mails to one recipient carry a signed List-Unsubscribe (see unsubscribe_uri).
+        self.unsubscribe_keys: tuple[bytes, ...] = ()
         path = templates or cfg.templates
         if not os.path.isdir(path) and not os.path.isabs(path):
             # a relative path that is not below the working directory: try the source tree's
@@ -210,6 +213,8 @@ class Notifier:
                 "ticket": tctx, "context": dict(context or {}), "to": to, "cc": cc,
                 "from": [from_name or mailbox.name, from_addr], "in_reply_to": irt, "references": refs,
                 "auto": auto, "message_id": message_id, "date": now}
+        if event in NON_CRITICAL and len(to) == 1 and not cc and self.unsubscribe_keys:
+            spec["unsubscribe"] = unsubscribe_uri(mbox, to[0], self.unsubscribe_keys)
         raw = b"" if lazy else self.render_message(spec)
         return Notification(event=event, mail_from=self.cfg.mail_from or from_addr,
                             recipients=tuple(dict.fromkeys(to + cc)), bcc=tuple(bcc), message=raw,
@@ -250,6 +255,7 @@ class Notifier:
             headers.append(("References", " ".join(f"<{r}>" for r in refs[-20:])))
         if spec["auto"]:
             headers += [("Auto-Submitted", spec["auto"]), ("X-Auto-Response-Suppress", "All")]
+        headers += unsubscribe_headers(spec.get("unsubscribe"), spec.get("unsubscribe_https"))
         headers += [(self.cfg.loop_marker, self.hostname), ("Content-Language", lang)]
         return compose(headers, text, html)
 
@@ -294,6 +300,32 @@ class Notifier:
         return self.build("escalation", ticket=ticket, mailbox=mailbox, to=to, bcc=bcc, now=now,
                           context={"level": level, "target": target},
                           dedupe_key=f"escalation:{ticket.id}:{target}:{level}")
+
+
+def unsubscribe_uri(mailbox: str, recipient: str, keys: Sequence[bytes]) -> str:
+    """``mailto:<mailbox>?subject=unsubscribe%20<token>`` (RFC 2369, RFC 6068): the mail a client sends
+    for the recipient's "unsubscribe" button; the signed token names the recipient (stage unsubscribe)."""
+    from gateway.pipeline.tokens import unsubscribe_token
+    return f"mailto:{_addr(mailbox, 'mailbox address')}?subject=unsubscribe%20{unsubscribe_token(recipient, keys)}"
+
+
+def unsubscribe_headers(mailto: str | None, https: str | None = None) -> list[tuple[str, str]]:
+    """``List-Unsubscribe`` (RFC 2369) and, only together with an HTTPS URI, ``List-Unsubscribe-Post:
+    List-Unsubscribe=One-Click`` (RFC 8058 3.1: the one-click POST goes to an HTTPS URI, which "MUST"
+    be present; the mailto form alone is not one-click). The HTTPS URI comes with the HTTP API."""
+    uris = [u for u in (https, mailto) if u]
+    if not uris:
+        return []
+    for u in uris:
+        _safe(u, "List-Unsubscribe")
+        if any(c in u for c in " <>,\t"):
+            raise HeaderInjection("List-Unsubscribe URI with a space, comma or angle bracket: refused")
+    out = [("List-Unsubscribe", ", ".join(f"<{u}>" for u in uris))]
+    if https:
+        if not https.startswith("https://"):
+            raise ValueError("the one-click unsubscribe URI must be https://")
+        out.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    return out
 
 
 MAX_SUBJECT = 900          # characters of a notification's Subject (before the ticket token)
@@ -408,6 +440,7 @@ ACK_REASON_TEXT = {
     "rate_limited_ip": "rate limit per client IP",
     "rate_limited_global": "global rate limit",
     "suspicious": "the message is suspicious",
+    "opted_out": "the contact opted out of acknowledgements and status mails",
 }
 ACK_POLICIES = ("authenticated", "always", "never")
 GLOBAL_ACK_KEY = "*"   # relay_ack_log key of the global counter (never an address: no "@")
@@ -661,6 +694,8 @@ def acknowledge(conn: sqlite3.Connection, notifier: Notifier, *, ticket: TicketI
         conn, notifier.cfg, sender=sender, headers=headers, mail_from=mail_from, policy=mailbox.acknowledge,
         auth=auth, client=client, own_addresses={mailbox.address, notifier.cfg.from_address, *own_addresses},
         suspicious=suspicious, now=now)
+    if decision and contact_status(conn, sender)[1]:
+        decision = AckDecision(False, "opted_out")
     if not decision:
         return decision, None
     n = notifier.acknowledgement(ticket=ticket, mailbox=mailbox, to=sender.strip().lower(),
@@ -760,5 +795,6 @@ def _template_error(exc: BaseException) -> str:
 
 __all__ = ["Notifier", "MailboxInfo", "TicketInfo", "HeaderInjection", "AckDecision", "should_acknowledge",
            "acknowledge", "ack_history", "record_ack", "purge_ack_log", "contact_status", "set_opt_out", "wants",
-           "is_noreply", "EVENTS", "ACK_POLICIES", "ACK_REASON_TEXT", "ack_policy", "from_authenticated",
-           "ack_client_key", "ack_rate_decision", "auto_reply_decision", "check_templates", "SAMPLE_CONTEXT"]
+           "is_noreply", "unsubscribe_uri", "unsubscribe_headers", "NON_CRITICAL", "EVENTS", "ACK_POLICIES",
+           "ACK_REASON_TEXT", "ack_policy", "from_authenticated", "ack_client_key", "ack_rate_decision",
+           "auto_reply_decision", "check_templates", "SAMPLE_CONTEXT"]

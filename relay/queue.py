@@ -96,6 +96,35 @@ class AttemptOutcome:
     owner: str = ""
 
 
+def _seal(conn: Any, message: bytes, render: str | None) -> tuple[bytes, str | None]:
+    """``message`` and ``render`` as stored: encrypted with the store's key when ``[store]
+    encryption_key_file`` is set (the connection carries the store's cipher; see
+    gateway.store.sqlite.CipherConnection). Both hold what the customer is told: agent reply text,
+    subjects, addresses."""
+    cipher = getattr(conn, "cipher", None)
+    if cipher is None or not cipher.enabled:
+        return message, render
+    return cipher.enc_bytes(message), cipher.enc_text(render) if render else render
+
+
+def _open(cipher: Any, message: bytes, render: str | None) -> tuple[bytes, str | None]:
+    """The reverse of :func:`_seal`; rows written before encryption was enabled read as they are."""
+    if cipher is None:
+        return message, render
+    return cipher.dec_bytes(message), cipher.dec_text(render) if render else render
+
+
+def rotate_queue(conn: Any, cipher: Any) -> int:
+    """Re-encrypt every queued message and render spec with the cipher's first key (``ticketmx store
+    rotate-key``); plaintext rows get encrypted. Returns how many rows were rewritten."""
+    n = 0
+    for mid, message, render in conn.execute("SELECT id, message, render FROM relay_queue").fetchall():
+        conn.execute("UPDATE relay_queue SET message=?, render=? WHERE id=?",
+                     (cipher.rotate_bytes(bytes(message)), cipher.rotate_text(render) if render else render, mid))
+        n += 1
+    return n
+
+
 def _check_addr(addr: str) -> str:
     if not isinstance(addr, str) or not _ADDR.match(addr) or len(addr) > 320:
         raise ValueError(f"invalid recipient address {addr!r}")
@@ -126,6 +155,7 @@ def enqueue(conn: sqlite3.Connection, n: Notification, now: float | None = None)
     if not n.message and n.render is None:
         raise ValueError("a notification needs a message or a render spec")
     render = json.dumps(n.render, separators=(",", ":")) if n.render is not None else None
+    message, render = _seal(conn, n.message, render)
     mail_id: int | None = None
     if n.coalesce_key:
         row = conn.execute("SELECT id FROM relay_queue WHERE coalesce_key=? AND state=? AND attempts=0"
@@ -133,14 +163,14 @@ def enqueue(conn: sqlite3.Connection, n: Notification, now: float | None = None)
         if row is not None:
             mail_id = int(row[0])
             conn.execute("UPDATE relay_queue SET message=?, render=?, message_id=?, mail_from=?, event=?"
-                         " WHERE id=?", (n.message, render, n.message_id, n.mail_from, n.event, mail_id))
+                         " WHERE id=?", (message, render, n.message_id, n.mail_from, n.event, mail_id))
             conn.execute("DELETE FROM relay_recipients WHERE notification_id=?", (mail_id,))
     if mail_id is None:
         mail_id = int(conn.execute(
             "INSERT INTO relay_queue (ticket_id, event, mailbox, mail_from, message, render, message_id, dedupe_key,"
             " coalesce_key, next_attempt_at, created_at, lifetime_from) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
             " RETURNING id",
-            (n.ticket_id, n.event, n.mailbox, n.mail_from, n.message, render, n.message_id, n.dedupe_key,
+            (n.ticket_id, n.event, n.mailbox, n.mail_from, message, render, n.message_id, n.dedupe_key,
              n.coalesce_key, float(max(n.not_before, 0.0)), now, now)).fetchone()[0])
     conn.executemany("INSERT INTO relay_recipients (notification_id, address, kind, updated_at)"
                      " VALUES (?,?,?,?) ON CONFLICT DO NOTHING", [(mail_id, a, "to", now) for a in rcpts] +
@@ -177,13 +207,15 @@ def claim(conn: sqlite3.Connection, owner: str, limit: int, now: float, lease: f
         " lifetime_from, render",
         (SENDING, owner, now + lease, QUEUED, DEFERRED, now, SENDING, now, limit)).fetchall()
     out = []
+    cipher = getattr(conn, "cipher", None)
     for r in sorted(rows, key=lambda r: r[0]):
         pending = tuple(a for (a,) in conn.execute(
             "SELECT address FROM relay_recipients WHERE notification_id=? AND state IN (?,?) ORDER BY "
             + _rcpt_order(conn), (r[0], QUEUED, DEFERRED)))
+        message, render = _open(cipher, bytes(r[5]), r[10])
         out.append(OutboundMail(id=r[0], event=r[1], ticket_id=r[2], mailbox=r[3], mail_from=r[4],
-                                message=bytes(r[5]), message_id=r[6], attempts=r[7], created_at=r[8],
-                                lifetime_from=r[9], pending=pending, render=json.loads(r[10]) if r[10] else None))
+                                message=message, message_id=r[6], attempts=r[7], created_at=r[8],
+                                lifetime_from=r[9], pending=pending, render=json.loads(render) if render else None))
     return out
 
 
@@ -336,8 +368,15 @@ class RelayQueue:
         return rows[0] if rows else None
 
     async def message(self, mail_id: int) -> bytes | None:
+        """The stored (unsigned) message, decrypted; b"" for a notification rendered at send time."""
         rows = await self.store.query("SELECT message FROM relay_queue WHERE id=?", (mail_id,))
-        return bytes(rows[0][0]) if rows else None
+        return _open(getattr(self.store, "cipher", None), bytes(rows[0][0]), None)[0] if rows else None
+
+    async def render_spec(self, mail_id: int) -> dict[str, Any] | None:
+        """The render spec of a lazily rendered notification, decrypted (None for a rendered one)."""
+        rows = await self.store.query("SELECT render FROM relay_queue WHERE id=?", (mail_id,))
+        render = _open(getattr(self.store, "cipher", None), b"", rows[0][0])[1] if rows else None
+        return json.loads(render) if render else None
 
     async def list(self, state: str | None = None, limit: int | None = None,
                    ids: tuple[int, ...] = ()) -> list[dict[str, Any]]:

@@ -73,9 +73,8 @@ class RelayMetrics:
         self.attempt = Histogram("ticketmx_relay_attempt_duration_seconds",
                                  "One delivery attempt across the smarthosts (sign + send).", buckets=BUCKETS,
                                  registry=r)
-        self.acks = Counter("ticketmx_relay_acknowledgements_total",
-                            "Acknowledgement decisions: sent, or the reason none was sent.", ["result"],
-                            registry=r)
+        # ticketmx_relay_acknowledgements_total lives in gateway.metrics.Metrics: the pipeline decides
+        # acknowledgements (in its worker processes), not the relay worker.
 
     # Observer
     def host_failure(self, host: str, reason: str) -> None:

@@ -33,12 +33,23 @@ class NotifyHook:
         # retries (PostgreSQL) does not count twice; the worker takes it after a commit (metrics).
         self.suppressed: dict[str, str] = {}
         self.keys: tuple[bytes, ...] = ()  # threading MAC keys (set by the worker): signed Message-IDs for the team
+        # spool id -> "sent" or the reason: every acknowledgement decision (ticketmx_relay_acknowledgements_total)
+        self.ack_results: dict[str, str] = {}
 
     def take_suppressed(self) -> dict[str, str]:
         out, self.suppressed = self.suppressed, {}
         return out
 
+    def take_ack_results(self) -> dict[str, str]:
+        out, self.ack_results = self.ack_results, {}
+        return out
+
     def __call__(self, conn: sqlite3.Connection, d: Delivery, r: DeliveryResult) -> None:
+        if d.opt_out:  # a verified unsubscribe request (stage unsubscribe): no more acks / status mails
+            from relay.notify import set_opt_out
+            set_opt_out(conn, d.opt_out, True)
+            log.info("%s opted out of acknowledgements and status mails (unsubscribe request)", d.opt_out,
+                     extra={"trace_id": d.spool_id})
         if r.state == QUARANTINED:  # by a stage, or by the store (a non-participant, replies only)
             self._team_quarantined(conn, d, r)
             return
@@ -69,6 +80,8 @@ class NotifyHook:
                     suspicious="suspicious" in d.ticket_fields.flags, auth=auth, client_ip=peer_ip)
                 why = getattr(decision, "reason", "")
                 detail: dict[str, Any] = {"queued": mail_id is not None, "why": why}
+                if why != "already queued":  # a replay was counted the first time
+                    self.ack_results[d.spool_id] = "sent" if mail_id is not None else (why or "unknown")
                 if mail_id is not None:
                     self.queued += 1
                 else:
@@ -102,6 +115,7 @@ class NotifyHook:
                   manual: bool = False) -> None:
         """The result of an agent's email commands goes back to the agent, once; a status change they
         made is announced to the requester (unless the reply itself already went out)."""
+        from relay.notify import wants
         from relay.queue import enqueue
         result = next((h["detail"].get("text", "") for h in d.ticket_history if h.get("action") == "command_result"),
                       "")
@@ -116,7 +130,7 @@ class NotifyHook:
             row = conn.execute("SELECT detail FROM ticket_history WHERE ticket_id=? AND action='command'"
                                " ORDER BY id DESC LIMIT 1", (r.ticket_id,)).fetchone()
             old = json.loads(row[0]).get("old_status", "") if row else ""
-            if old != new and ticket.requester and not manual and not self._undeliverable(conn, ticket.requester):
+            if old != new and ticket.requester and not manual and wants(conn, ticket.requester, "status"):
                 enqueue(conn, self.notifier.status_change(ticket=ticket, mailbox=mailbox, to=[ticket.requester],
                                                           old=old, new=new))
                 self.queued += 1

@@ -63,6 +63,11 @@ class ReportingSink:
         for reason, n in reasons.items():
             acc[reason] = acc.get(reason, 0) + n
 
+    def acknowledgements(self, results: dict[str, int]) -> None:
+        acc = self.pending.setdefault("acks", {})
+        for result, n in results.items():
+            acc[result] = acc.get(result, 0) + n
+
     def error(self) -> None:
         self.pending["errors"] += 1
 
@@ -73,7 +78,7 @@ class ReportingSink:
     def flush(self) -> None:
         if self.pending["outcomes"] or self.pending["errors"] or self.pending["batches"] or \
                 "consecutive" in self.pending or "notified" in self.pending or "budget" in self.pending or \
-                "acks_suppressed" in self.pending:
+                "acks_suppressed" in self.pending or "acks" in self.pending:
             try:
                 self.conn.send(self.pending)
             except OSError:
@@ -254,6 +259,8 @@ class WorkerPool:
                     self.sink.notifications_queued(report["notified"])
                 if report.get("acks_suppressed"):
                     self.sink.acks_suppressed(report["acks_suppressed"])
+                if report.get("acks"):
+                    self.sink.acknowledgements(report["acks"])
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(child.report_r.fileno())
 

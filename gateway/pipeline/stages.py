@@ -346,11 +346,12 @@ def _attachments(p: ParsedMessage, found: dict[str, Any] | None
 
 def _registry() -> dict[str, type]:
     from .twoway import TWOWAY_STAGES
-    return {cls.name: cls for cls in (IdentityStage, SenderStage, TicketStage, *TWOWAY_STAGES)}
+    from .unsubscribe import UnsubscribeStage
+    return {cls.name: cls for cls in (IdentityStage, UnsubscribeStage, SenderStage, TicketStage, *TWOWAY_STAGES)}
 
 
 STAGES: dict[str, type] = {}
-DEFAULT_ORDER = ("identity", "bounce", "automatic", "sender_policy", "spam", "rspamd", "sender", "attachments", "html",
+DEFAULT_ORDER = ("identity", "unsubscribe", "bounce", "automatic", "sender_policy", "spam", "rspamd", "sender", "attachments", "html",
                  "quotes", "forward", "thread", "route", "commands", "redact", "ticket")
 
 

@@ -34,7 +34,7 @@ __all__ = [
     "TokenStyle", "SubjectToken", "DEFAULT_STYLE", "DEFAULT_NUMBER_PATTERN", "MIN_KEY_BYTES",
     "format_token", "find_tokens", "strip_tokens", "tag_subject", "subject_mac", "signed_token",
     "verify_subject_token", "trusted_numbers", "mint_message_id", "verify_message_id", "normalize_keys",
-    "parse_token_style", "parse_keys",
+    "parse_token_style", "parse_keys", "unsubscribe_token", "verify_unsubscribe_token",
 ]
 
 Key = str | bytes
@@ -231,6 +231,37 @@ def verify_message_id(mid: str, keys: Keys) -> str | None:
     if not _verify(keys, b"ticketmx/message-id", tid, m.group("mac")):
         return None
     return tid
+
+
+# --------------------------------------------------------------------------- #
+# Unsubscribe tokens (List-Unsubscribe, RFC 2369 / RFC 8058)
+# --------------------------------------------------------------------------- #
+_UNSUB = re.compile(r"(?<![A-Za-z0-9.])u1\.(?P<addr>[a-z2-7]{2,1100})\.(?P<mac>[a-z2-7]{16})(?![A-Za-z0-9])",
+                    re.IGNORECASE)
+
+
+def unsubscribe_token(address: str, keys: Keys) -> str:
+    """``u1.<address, base32>.<80-bit MAC>``: names the contact it opts out and proves we issued it
+    for that address, so nobody can opt out someone else (they would need the MAC of that address).
+    The address travels in the token (not a database id): a stage verifies it without the store."""
+    addr = address.strip().lower()
+    b32 = base64.b32encode(addr.encode("utf-8")).decode("ascii").lower().rstrip("=")
+    return f"u1.{b32}.{_mac(normalize_keys(keys)[0], b'ticketmx/unsubscribe', addr, _MID_MAC_CHARS)}"
+
+
+def verify_unsubscribe_token(text: str, keys: Keys) -> str | None:
+    """The address of the first valid unsubscribe token in ``text`` (a Subject), or None."""
+    if not keys:
+        return None
+    for m in _UNSUB.finditer(text):
+        b32 = m.group("addr").upper()
+        try:
+            addr = base64.b32decode(b32 + "=" * (-len(b32) % 8)).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if "@" in addr and _verify(keys, b"ticketmx/unsubscribe", addr, m.group("mac")):
+            return addr
+    return None
 
 
 # --------------------------------------------------------------------------- #

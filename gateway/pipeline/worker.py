@@ -41,6 +41,7 @@ class StatsSink(Protocol):
     def notifications_queued(self, n: int) -> None: ...
     def budget_exceeded(self) -> None: ...
     def acks_suppressed(self, reasons: dict[str, int]) -> None: ...
+    def acknowledgements(self, results: dict[str, int]) -> None: ...
 
 
 class MetricsSink:
@@ -57,6 +58,10 @@ class MetricsSink:
     def acks_suppressed(self, reasons: dict[str, int]) -> None:
         for reason, n in reasons.items():
             self.metrics.acks_suppressed.labels(reason=reason).inc(n)
+
+    def acknowledgements(self, results: dict[str, int]) -> None:
+        for result, n in results.items():
+            self.metrics.acks.labels(result=result).inc(n)
 
     def outcome(self, state: str, latency: float | None) -> None:
         self.metrics.outcomes.labels(state=state).inc()
@@ -221,6 +226,8 @@ class Worker:
             if self.hook is not None:
                 self.hook.keys = self.ctx.keys  # mail to the team carries Message-IDs signed for its ticket
             self._keys_loaded = True
+            if self.hook is not None:  # List-Unsubscribe tokens are signed with the threading key
+                self.hook.notifier.unsubscribe_keys = self.ctx.keys
         if self._unsettled:
             await self._put_back()  # before claiming more: nothing of ours stays stranded
         if await self.store.control_get(PAUSE_KEY):
@@ -367,6 +374,8 @@ class Worker:
             if verdict.action == DROP:
                 if stage.name == "bounce" and "bounce" in verdict.data:
                     return _bounce_delivery(sid, msg, verdict.data["bounce"], common)
+                if verdict.data.get("opt_out"):  # stage unsubscribe: recorded by the notification hook
+                    return Delivery(sid, "suppress", opt_out=verdict.data["opt_out"], **common)
                 return Delivery(sid, "suppress", **common)
             if verdict.action == QUARANTINE:
                 return Delivery(sid, "quarantine", **common)
@@ -386,6 +395,7 @@ class Worker:
             before = self.hook.queued if self.hook is not None else 0
             if self.hook is not None:
                 self.hook.take_suppressed()  # only what this transaction commits is counted
+                self.hook.take_ack_results()
             results = await self.store.deliver(deliveries, now, on_delivered=self.hook)
             if self.hook is not None and self.hook.queued > before:
                 self.stats.notifications_queued(self.hook.queued - before)
@@ -396,6 +406,13 @@ class Worker:
                 report = getattr(self.stats, "acks_suppressed", None)
                 if report is not None:
                     report(by_reason)
+            if self.hook is not None and (decided := self.hook.take_ack_results()):
+                by_result: dict[str, int] = {}
+                for result in decided.values():
+                    by_result[result] = by_result.get(result, 0) + 1
+                report = getattr(self.stats, "acknowledgements", None)
+                if report is not None:
+                    report(by_result)
         except Exception as exc:
             if len(deliveries) == 1:
                 d = deliveries[0]

@@ -187,6 +187,7 @@ class Delivery:
     history: tuple[dict[str, Any], ...] = ()              # the stage decisions for the spool entry
     traceback: str = ""                                   # quarantine after an exception (never logged)
     headers: tuple[tuple[str, str], ...] = ()             # the inbound headers (acknowledgement decisions)
+    opt_out: str = ""                                     # a verified unsubscribe request: this contact opts out
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +300,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def purge(self, now: float, raw_days: float, quarantine_days: float,
-                    closed_ticket_days: float) -> dict[str, int]:
-        """Retention: drop raw mail of finished entries, quarantined entries and closed tickets
-        older than the given days (0 = keep forever). Returns counts by kind."""
+                    closed_ticket_days: float, relay_days: float = 0.0) -> dict[str, int]:
+        """Retention: drop raw mail of finished entries, quarantined entries, closed tickets and
+        finished (sent / dead) relay notifications older than the given days (0 = keep forever).
+        Returns counts by kind ("relay" only when relay_days > 0)."""

@@ -113,6 +113,7 @@ class PgSyncConnection:
     """``execute`` / ``executemany`` for synchronous code running under :func:`run_sync`."""
 
     dialect = "postgresql"
+    cipher: Any = None  # the store's gateway.store.crypto.Cipher, for code that gets only the connection
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn

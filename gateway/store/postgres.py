@@ -107,7 +107,9 @@ class PostgresStore(Store):
     async def run_sync(self, conn: asyncpg.Connection, fn: Callable[..., T], *args: Any) -> T:
         """``fn(sync_conn, *args)``, its statements on ``conn`` (in the caller's transaction) through
         :class:`PgSyncConnection` (:mod:`gateway.store.pg_sync`)."""
-        return await run_sync(fn, PgSyncConnection(conn), *args)
+        sync = PgSyncConnection(conn)
+        sync.cipher = self.cipher  # what runs inside encrypts with the store's key (see relay.queue)
+        return await run_sync(fn, sync, *args)
 
     async def transaction(self, fn: Callable[[Any], T], durable: bool = True) -> T:
         """``fn(conn)`` as one transaction, ``conn`` shaped like ``sqlite3.Connection`` (see
@@ -412,11 +414,17 @@ class PostgresStore(Store):
 
     # -- retention, keys ---------------------------------------------------------
     async def purge(self, now: float, raw_days: float, quarantine_days: float,
-                    closed_ticket_days: float) -> dict[str, int]:
+                    closed_ticket_days: float, relay_days: float = 0.0) -> dict[str, int]:
         day = 86400.0
         out = {"raw": 0, "quarantined": 0, "tickets": 0}
         async with self.pool.acquire() as conn:
             async with conn.transaction():
+                if relay_days > 0:  # the Message-IDs stay in message_ids: replies to old mail still thread
+                    done = "state IN ('sent','dead') AND finished_at < $1"
+                    await conn.execute(f"DELETE FROM relay_recipients WHERE notification_id IN (SELECT id FROM"
+                                       f" relay_queue WHERE {done})", now - relay_days * day)
+                    out["relay"] = _count(await conn.execute(f"DELETE FROM relay_queue WHERE {done}",
+                                                             now - relay_days * day))
                 if raw_days > 0:
                     done = ("state IN ('ticket_created','article_added','suppressed') AND finished_at < $1"
                             " AND (octet_length(raw) > 0 OR chunks > 0)")
@@ -467,11 +475,17 @@ class PostgresStore(Store):
                                            " FOR UPDATE", prefetch=4):
                     await conn.execute("UPDATE spool_chunks SET data=$1 WHERE spool_id=$2 AND seq=$3",
                                        c.rotate_bytes(bytes(r[2])), r[0], r[1])
-                async for r in conn.cursor("SELECT id, body_text, body_html, new_text FROM articles ORDER BY id"
-                                           " FOR UPDATE", prefetch=200):
-                    await conn.execute("UPDATE articles SET body_text=$1, body_html=$2, new_text=$3 WHERE id=$4",
-                                       c.rotate_text(r[1]), c.rotate_text(r[2]), c.rotate_text(r[3]), r[0])
+                async for r in conn.cursor("SELECT id, body_text, body_html, new_text, subject FROM articles"
+                                           " ORDER BY id FOR UPDATE", prefetch=200):
+                    await conn.execute("UPDATE articles SET body_text=$1, body_html=$2, new_text=$3, subject=$4"
+                                       " WHERE id=$5", c.rotate_text(r[1]), c.rotate_text(r[2]), c.rotate_text(r[3]),
+                                       c.rotate_text(r[4]), r[0])
                     out["articles"] += 1
+                for table in ("attachments", "stripped_attachments"):
+                    for r in await conn.fetch(f"SELECT id, filename FROM {table} ORDER BY id FOR UPDATE"):
+                        await conn.execute(f"UPDATE {table} SET filename=$1 WHERE id=$2", c.rotate_text(r[1]), r[0])
+                from relay.queue import rotate_queue
+                await self.run_sync(conn, lambda sync: rotate_queue(sync, c))
                 async for r in conn.cursor("SELECT sha256, data FROM blobs ORDER BY sha256 FOR UPDATE",
                                            prefetch=50):
                     await conn.execute("UPDATE blobs SET data=$1 WHERE sha256=$2", c.rotate_bytes(bytes(r[1])), r[0])

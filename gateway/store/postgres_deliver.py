@@ -287,7 +287,7 @@ class PgDeliverTx:
             " WHERE $3 <> '' ON CONFLICT DO NOTHING)"
             " SELECT id FROM a",
             ticket_id, spool_id, art.message_id, art.from_addr, art.from_name, json.dumps(list(art.to_addrs)),
-            json.dumps(list(art.cc_addrs)), json.dumps(list(art.rcpt_tos)), art.subject,
+            json.dumps(list(art.cc_addrs)), json.dumps(list(art.rcpt_tos)), self.cipher.enc_text(art.subject),
             self.cipher.enc_text(art.body_text), self.cipher.enc_text(art.body_html), art.visibility, art.kind,
             self.cipher.enc_text(art.new_text or art.body_text), self.now)
         for att in art.attachments:
@@ -296,12 +296,12 @@ class PgDeliverTx:
                                    att.sha256, self.cipher.enc_bytes(att.content))
             await conn.execute("INSERT INTO attachments (article_id, filename, content_type, size, sha256, inline,"
                                " content_id) VALUES ($1,$2,$3,$4,$5,$6,$7)",
-                               article_id, att.filename, att.content_type, len(att.content), att.sha256,
+                               article_id, self.cipher.enc_text(att.filename), att.content_type, len(att.content), att.sha256,
                                int(att.inline), att.content_id)
         for s in art.stripped:
             await conn.execute("INSERT INTO stripped_attachments (article_id, filename, content_type, size, sha256,"
                                " reason) VALUES ($1,$2,$3,$4,$5,$6)",
-                               article_id, s.filename, s.content_type, s.size, s.sha256, s.reason)
+                               article_id, self.cipher.enc_text(s.filename), s.content_type, s.size, s.sha256, s.reason)
         return article_id
 
     async def apply_updates(self, ticket_id: int, actor: str, updates: dict[str, Any]) -> None:

@@ -94,6 +94,14 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 DB_MODE = 0o600
 
 
+class CipherConnection(sqlite3.Connection):
+    """The writer connection, carrying the store's :class:`Cipher` (set per transaction), so code that
+    runs inside a transaction with only the connection (relay.queue.enqueue, called from the
+    notification hook) encrypts what it writes without every caller having to pass the key."""
+
+    cipher: Cipher | None = None
+
+
 def private_db_files(path: Path) -> None:
     """Make the database file 0600 before SQLite opens it, whatever the umask.
 
@@ -140,7 +148,7 @@ class SqliteStore(Store):
         self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         try:
             private_db_files(self.path)
-            self._w = await aiosqlite.connect(self.path, isolation_level=None)
+            self._w = await aiosqlite.connect(self.path, isolation_level=None, factory=CipherConnection)
             await self._w.execute("PRAGMA journal_mode=WAL")
             await self._w.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
             await self._w.execute("PRAGMA busy_timeout=10000")
@@ -200,6 +208,7 @@ class SqliteStore(Store):
 
         def tx() -> T:
             conn = self._w._conn  # the sqlite3 connection owned by aiosqlite's thread
+            conn.cipher = self.cipher
             if not durable:
                 conn.execute("PRAGMA synchronous=NORMAL")
             try:
@@ -490,11 +499,17 @@ class SqliteStore(Store):
         await self.transaction(fn)
 
     async def purge(self, now: float, raw_days: float, quarantine_days: float,
-                    closed_ticket_days: float) -> dict[str, int]:
+                    closed_ticket_days: float, relay_days: float = 0.0) -> dict[str, int]:
         day = 86400.0
 
         def fn(conn: sqlite3.Connection) -> dict[str, int]:
             out = {"raw": 0, "quarantined": 0, "tickets": 0}
+            if relay_days > 0:  # the Message-IDs stay in message_ids: replies to old mail still thread
+                done = "state IN ('sent','dead') AND finished_at < ?"
+                conn.execute(f"DELETE FROM relay_recipients WHERE notification_id IN (SELECT id FROM relay_queue"
+                             f" WHERE {done})", (now - relay_days * day,))
+                out["relay"] = conn.execute(f"DELETE FROM relay_queue WHERE {done}",
+                                            (now - relay_days * day,)).rowcount
             if raw_days > 0:
                 done = ("state IN ('ticket_created','article_added','suppressed') AND finished_at < ?"
                         " AND (length(raw) > 0 OR chunks > 0 OR id IN (SELECT spool_id FROM spool_raw))")
@@ -544,10 +559,16 @@ class SqliteStore(Store):
             for sid, seq, data in conn.execute("SELECT spool_id, seq, data FROM spool_chunks").fetchall():
                 conn.execute("UPDATE spool_chunks SET data=? WHERE spool_id=? AND seq=?",
                              (c.rotate_bytes(bytes(data)), sid, seq))
-            for aid, t, h, n in conn.execute("SELECT id, body_text, body_html, new_text FROM articles").fetchall():
-                conn.execute("UPDATE articles SET body_text=?, body_html=?, new_text=? WHERE id=?",
-                             (c.rotate_text(t), c.rotate_text(h), c.rotate_text(n), aid))
+            for aid, t, h, n, subj in conn.execute(
+                    "SELECT id, body_text, body_html, new_text, subject FROM articles").fetchall():
+                conn.execute("UPDATE articles SET body_text=?, body_html=?, new_text=?, subject=? WHERE id=?",
+                             (c.rotate_text(t), c.rotate_text(h), c.rotate_text(n), c.rotate_text(subj), aid))
                 out["articles"] += 1
+            for table in ("attachments", "stripped_attachments"):
+                for xid, name in conn.execute(f"SELECT id, filename FROM {table}").fetchall():
+                    conn.execute(f"UPDATE {table} SET filename=? WHERE id=?", (c.rotate_text(name), xid))
+            from relay.queue import rotate_queue
+            rotate_queue(conn, c)
             for sha, data in conn.execute("SELECT sha256, data FROM blobs").fetchall():
                 conn.execute("UPDATE blobs SET data=? WHERE sha256=?", (c.rotate_bytes(bytes(data)), sha))
                 out["blobs"] += 1

@@ -269,7 +269,7 @@ class DeliverTx:
             " rcpt_tos, subject, body_text, body_html, visibility, kind, new_text, created_at)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (ticket_id, spool_id, art.message_id, art.from_addr, art.from_name, json.dumps(list(art.to_addrs)),
-             json.dumps(list(art.cc_addrs)), json.dumps(list(art.rcpt_tos)), art.subject,
+             json.dumps(list(art.cc_addrs)), json.dumps(list(art.rcpt_tos)), self.cipher.enc_text(art.subject),
              self.cipher.enc_text(art.body_text), self.cipher.enc_text(art.body_html), art.visibility, art.kind,
              self.cipher.enc_text(art.new_text or art.body_text), self.now)).lastrowid
         for att in art.attachments:
@@ -277,12 +277,12 @@ class DeliverTx:
                 insert_blob(conn, att.sha256, self.cipher.enc_bytes(att.content))
             conn.execute("INSERT INTO attachments (article_id, filename, content_type, size, sha256, inline,"
                          " content_id) VALUES (?,?,?,?,?,?,?)",
-                         (article_id, att.filename, att.content_type, len(att.content), att.sha256,
+                         (article_id, self.cipher.enc_text(att.filename), att.content_type, len(att.content), att.sha256,
                           int(att.inline), att.content_id))
         for s in art.stripped:
             conn.execute("INSERT INTO stripped_attachments (article_id, filename, content_type, size, sha256,"
                          " reason) VALUES (?,?,?,?,?,?)",
-                         (article_id, s.filename, s.content_type, s.size, s.sha256, s.reason))
+                         (article_id, self.cipher.enc_text(s.filename), s.content_type, s.size, s.sha256, s.reason))
         if art.message_id:
             conn.execute("INSERT OR IGNORE INTO message_ids (message_id, ticket_id, article_id) VALUES (?,?,?)",
                          (art.message_id, ticket_id, article_id))
