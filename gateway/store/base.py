@@ -186,6 +186,7 @@ class Delivery:
     history: tuple[dict[str, Any], ...] = ()              # the stage decisions for the spool entry
     traceback: str = ""                                   # quarantine after an exception (never logged)
     headers: tuple[tuple[str, str], ...] = ()             # the inbound headers (acknowledgement decisions)
+    report: dict[str, Any] | None = None                  # a DSN/MDN about one of our mails (see relay.reports)
 
 
 @dataclass(frozen=True, slots=True)
