@@ -148,8 +148,8 @@ def enqueue(conn: sqlite3.Connection, n: Notification, now: float | None = None)
                      " VALUES (?,?,?,?) ON CONFLICT DO NOTHING", [(mail_id, a, "to", now) for a in rcpts] +
                      [(mail_id, a, "bcc", now) for a in bcc])
     if n.ticket_id is not None:  # only onto a ticket that exists (none for tests and system mail)
-        conn.execute("INSERT INTO message_ids (message_id, ticket_id, article_id) SELECT ?, id, CAST(? AS BIGINT) FROM tickets"
-                     " WHERE id=? ON CONFLICT DO NOTHING", (n.message_id, n.article_id, n.ticket_id))
+        conn.execute("INSERT INTO message_ids (message_id, ticket_id, article_id) SELECT ?, id, CAST(? AS BIGINT)"
+                     " FROM tickets WHERE id=? ON CONFLICT DO NOTHING", (n.message_id, n.article_id, n.ticket_id))
     assert mail_id is not None
     return mail_id
 
@@ -446,4 +446,5 @@ def queue_row_json(d: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["Notification", "OutboundMail", "RcptOutcome", "AttemptOutcome", "RelayQueue", "enqueue", "claim",
-           "record", "release", "renew", "retry", "retry_dead", "mark_undeliverable", "delivery_failed", "queue_row_json", "STATES"]
+           "record", "release", "renew", "retry", "retry_dead", "mark_undeliverable", "delivery_failed",
+           "queue_row_json", "STATES", "BOUNCED"]

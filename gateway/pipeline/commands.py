@@ -21,7 +21,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["CommandSet", "parse_commands", "format_result", "strip_command_lines", "strip_command_html", "OPERATIONS", "DEFAULT_FIELDS", "MAX_COMMANDS"]
+__all__ = ["CommandSet", "parse_commands", "format_result", "strip_command_lines", "strip_command_html",
+           "OPERATIONS", "DEFAULT_FIELDS", "MAX_COMMANDS"]
 
 OPERATIONS = ("AddRequest", "EditRequest", "CloseRequest", "PickupRequest")
 DEFAULT_FIELDS: dict[str, set[str] | None] = {

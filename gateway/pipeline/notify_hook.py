@@ -94,8 +94,9 @@ class NotifyHook:
                 if strip_command_lines(text, self.delimiter).strip():  # commands only: no reply mail
                     to = [row[4]]
                     cc = [p for (p,) in conn.execute(
-                        "SELECT c.email FROM participants p JOIN contacts c ON c.id=p.contact_id WHERE p.ticket_id=?"
-                        " AND p.role='cc' AND c.undeliverable=0", (r.ticket_id,)) if p not in to and p not in self.own]
+                        "SELECT c.email FROM participants p JOIN contacts c ON c.id=p.contact_id WHERE"
+                        " p.ticket_id=? AND p.role='cc' AND c.undeliverable=0", (r.ticket_id,))
+                          if p not in to and p not in self.own]
                     # the customer message the agent answered (named by the agent's mail client), else the last
                     named = header_ids(d.headers, "In-Reply-To") + header_ids(d.headers, "References")[::-1]
                     th = conversation(conn, r.ticket_id, agents=self.agents, named=named)
