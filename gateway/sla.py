@@ -25,9 +25,13 @@ TARGETS = (("first_response", "sla_first_level", "first_response_at IS NULL"),
 
 def escalate(conn: sqlite3.Connection, cfg: Config, notifier: Any, now: float) -> int:
     """Queue the escalations due at ``now`` inside the caller's transaction; returns how many."""
+    from relay.conversation import conversation, thread_keys_sync
     from relay.notify import MailboxInfo, TicketInfo
     from relay.queue import enqueue
     from .pipeline.agent_notify import Team, sla_warning
+    if not getattr(notifier, "keys", True):  # sign the Message-IDs as every mail about a ticket
+        notifier.keys = thread_keys_sync(conn, cfg.twoway.keys if cfg.twoway else ())
+    agents = {a.address.lower() for a in cfg.twoway.agents} if cfg.twoway else set()
     mailboxes = {mb.address: mb for mb in cfg.mailboxes}
     sent = 0
     team: Team | None = None
@@ -49,8 +53,10 @@ def escalate(conn: sqlite3.Connection, cfg: Config, notifier: Any, now: float) -
                 ticket = TicketInfo(tid, number, subject, status=status, queue=queue, assignee=assignee,
                                     requester=req, requester_name=req_name, sla_due=created + seconds * level)
                 mailbox = MailboxInfo(mbox, mb.name if mb else "", mb.language if mb else None)
+                th = conversation(conn, tid, agents=agents)  # threads on the customer's last message
                 enqueue(conn, notifier.escalation(ticket=ticket, mailbox=mailbox, to=[q.escalation[level - 1]],
-                                                  level=level, target=target, now=now))
+                                                  level=level, target=target, now=now, in_reply_to=th.in_reply_to,
+                                                  references=th.references))
                 conn.execute(f"UPDATE tickets SET {column}=? WHERE id=?", (level, tid))
                 conn.execute("INSERT INTO ticket_history (ticket_id, at, actor, action, detail) VALUES"
                              " (?, ?, 'system', 'escalated', ?)",

@@ -136,6 +136,9 @@ class Notifier:
             # a relative path that is not below the working directory: try the source tree's
             path = resolve_templates_dir(path) or default_templates_dir()
         self.templates_dir = path
+        # Threading MAC keys (first signs): when set, a mail about a ticket gets a signed Message-ID
+        # (gateway/pipeline/tokens.py: mint_message_id) that inbound threading verifies.
+        self.keys: tuple[bytes, ...] = ()
         self.env = SandboxedEnvironment(
             loader=jinja2.FileSystemLoader(path),
             autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False,
@@ -179,7 +182,7 @@ class Notifier:
               context: Mapping[str, Any] | None = None, in_reply_to: str | None = None,
               references: Sequence[str] = (), dedupe_key: str | None = None, coalesce_key: str | None = None,
               not_before: float = 0.0, automatic: bool | None = None, now: float | None = None,
-              lazy: bool = False, message_id: str | None = None) -> Notification:
+              lazy: bool = False, message_id: str | None = None, article_id: int | None = None) -> Notification:
         """Validate everything that reaches a header and make the notification.
 
         ``lazy=True`` renders nothing now: the notification carries a render spec (JSON-able: event,
@@ -205,8 +208,13 @@ class Notifier:
         irt = _msgid(in_reply_to, "In-Reply-To") if in_reply_to else None
         irt = irt if irt and len(irt) <= MAX_MSGID else None
         num = re.sub(r"[^A-Za-z0-9._-]", "", ticket.number) or "ticket"
-        message_id = (_msgid(message_id, "Message-ID") if message_id
-                      else f"{num}.{event}.{secrets.token_hex(8)}@{self.hostname}")
+        if message_id:  # the caller's own (agent notifications sign theirs)
+            message_id = _msgid(message_id, "Message-ID")
+        elif self.keys and ticket.id is not None:
+            from gateway.pipeline.tokens import mint_message_id
+            message_id = mint_message_id(ticket.id, self.keys, self.hostname).strip("<>")
+        else:  # no ticket (system mail) or no key yet: unsigned, still unique
+            message_id = f"{num}.{event}.{secrets.token_hex(8)}@{self.hostname}"
         auto = AUTO_SUBMITTED.get(event) if automatic is None else ("auto-generated" if automatic else None)
         tctx = ticket.context()
         spec = {"v": 1, "event": event, "lang": lang, "mailbox": {"address": mbox, "name": mailbox.name},
@@ -219,7 +227,8 @@ class Notifier:
         return Notification(event=event, mail_from=self.cfg.mail_from or from_addr,
                             recipients=tuple(dict.fromkeys(to + cc)), bcc=tuple(bcc), message=raw,
                             message_id=message_id, ticket_id=ticket.id, mailbox=mbox, dedupe_key=dedupe_key,
-                            coalesce_key=coalesce_key, not_before=not_before, render=spec if lazy else None)
+                            coalesce_key=coalesce_key, not_before=not_before, render=spec if lazy else None,
+                            article_id=article_id)
 
     def render_message(self, spec: Mapping[str, Any]) -> bytes:
         """The RFC 5322 bytes of a render spec (see :meth:`build`)."""
@@ -262,42 +271,57 @@ class Notifier:
     def acknowledgement(self, *, ticket: TicketInfo, mailbox: MailboxInfo, to: str,
                         inbound_message_id: str | None = None, references: Sequence[str] = (),
                         key: str | None = None, now: float | None = None,
-                        context: Mapping[str, Any] | None = None, lazy: bool = False) -> Notification:
+                        context: Mapping[str, Any] | None = None, lazy: bool = False,
+                        article_id: int | None = None) -> Notification:
         """The "we got your message" mail; ``key`` (e.g. the spool id) makes it idempotent."""
         now = time.time() if now is None else now
         return self.build("ack", ticket=ticket, mailbox=mailbox, to=[to], in_reply_to=inbound_message_id,
-                          references=references, context=context, now=now, lazy=lazy,
+                          references=references, context=context, now=now, lazy=lazy, article_id=article_id,
                           dedupe_key=f"ack:{key if key is not None else ticket.id}",
                           not_before=now + self.cfg.ack_delay if self.cfg.ack_delay else 0.0)
 
     def agent_reply(self, *, ticket: TicketInfo, mailbox: MailboxInfo, to: Sequence[str], body_text: str,
                     body_html: str = "", cc: Sequence[str] = (), article_id: int | None = None,
                     internal: bool = False, agent_name: str = "", in_reply_to: str | None = None,
-                    references: Sequence[str] = (), now: float | None = None) -> Notification | None:
-        """An agent's public reply; internal notes never leave (None)."""
+                    references: Sequence[str] = (), now: float | None = None, command_delimiter: str = "$",
+                    status: tuple[str, str] | None = None, answers: int | None = None) -> Notification | None:
+        """An agent's public reply; internal notes never leave (None).
+
+        Command lines (``$Field=Value$``, ``command_delimiter``) are taken out of the text and the
+        HTML: they are instructions to us, not words for the customer. ``status`` = (old, new) when
+        the same mail changed the ticket's status: the reply says so (one mail, not a second
+        status mail). ``answers`` is the customer article it answers (threading)."""
         if internal:
             return None
+        from gateway.pipeline.commands import strip_command_html, strip_command_lines
+        body_text = strip_command_lines(body_text, command_delimiter)
         if body_html:
             import nh3  # agents' HTML goes out as written, minus scripts, handlers and other active content
-            body_html = nh3.clean(body_html)
+            body_html = strip_command_html(nh3.clean(body_html), command_delimiter)
+        context: dict[str, Any] = {"body_text": body_text, "body_html": body_html, "agent_name": agent_name}
+        if status:
+            context.update(old_status=status[0], new_status=status[1])
         return self.build("reply", ticket=ticket, mailbox=mailbox, to=to, cc=cc, in_reply_to=in_reply_to,
-                          references=references, automatic=False, now=now,
-                          context={"body_text": body_text, "body_html": body_html, "agent_name": agent_name},
-                          dedupe_key=f"reply:{article_id}" if article_id is not None else None)
+                          references=references, automatic=False, now=now, context=context,
+                          dedupe_key=f"reply:{article_id}" if article_id is not None else None, article_id=answers)
 
     def status_change(self, *, ticket: TicketInfo, mailbox: MailboxInfo, to: Sequence[str], old: str, new: str,
-                      references: Sequence[str] = (), now: float | None = None) -> Notification:
+                      references: Sequence[str] = (), now: float | None = None, in_reply_to: str | None = None,
+                      answers: int | None = None) -> Notification:
         """Status changes of one ticket within ``[relay] coalesce`` make one mail (the latest state)."""
         now = time.time() if now is None else now
         return self.build("status", ticket=ticket, mailbox=mailbox, to=to, references=references, now=now,
+                          in_reply_to=in_reply_to, article_id=answers,
                           context={"old_status": old, "new_status": new},
                           coalesce_key=f"status:{ticket.id}" if self.cfg.coalesce else None,
                           not_before=now + self.cfg.coalesce if self.cfg.coalesce else 0.0)
 
     def escalation(self, *, ticket: TicketInfo, mailbox: MailboxInfo, to: Sequence[str], level: int,
-                   target: str, bcc: Sequence[str] = (), now: float | None = None) -> Notification:
+                   target: str, bcc: Sequence[str] = (), now: float | None = None, in_reply_to: str | None = None,
+                   references: Sequence[str] = ()) -> Notification:
         """SLA breach (``target`` = first_response | resolution) at escalation ``level`` (1 agent, 2 manager…)."""
         return self.build("escalation", ticket=ticket, mailbox=mailbox, to=to, bcc=bcc, now=now,
+                          in_reply_to=in_reply_to, references=references,
                           context={"level": level, "target": target},
                           dedupe_key=f"escalation:{ticket.id}:{target}:{level}")
 
@@ -676,7 +700,7 @@ def acknowledge(conn: sqlite3.Connection, notifier: Notifier, *, ticket: TicketI
                 inbound_message_id: str | None = None, references: Sequence[str] = (), key: str | None = None,
                 own_addresses: Collection[str] = (), suspicious: bool = False,
                 now: float | None = None, auth: Mapping[str, Any] | None = None,
-                client_ip: str | None = None) -> tuple[AckDecision, int | None]:
+                client_ip: str | None = None, article_id: int | None = None) -> tuple[AckDecision, int | None]:
     """Decide, render, queue and count an acknowledgement - all inside the caller's transaction.
 
     ``auth`` is the spool entry's SMTP-time authentication result (see :func:`from_authenticated`;
@@ -700,7 +724,7 @@ def acknowledge(conn: sqlite3.Connection, notifier: Notifier, *, ticket: TicketI
         return decision, None
     n = notifier.acknowledgement(ticket=ticket, mailbox=mailbox, to=sender.strip().lower(),
                                  inbound_message_id=inbound_message_id, references=references, key=key, now=now,
-                                 lazy=True)
+                                 lazy=True, article_id=article_id)
     mail_id = enqueue(conn, n, now)
     record_ack(conn, sender, now, client)
     return decision, mail_id

@@ -9,6 +9,7 @@ Life of a notification::
             some recipient got a temporary failure              -> deferred (next_attempt_at from the interval list)
             lifetime used up / a recipient got 5xx, none left   -> dead (visible, counted, replayable)
     retry ID | --dead                                           -> queued (dead/deferred recipients only)
+    sent, then a DSN reports a permanent failure for a recipient -> bounced (relay/reports.py)
 
 Delivery is at-least-once: a worker killed after the smarthost accepted DATA but before its
 result was committed leaves the row ``sending``; once the lease has expired (or at the next
@@ -31,8 +32,8 @@ from typing import Any
 
 from .schedule import next_attempt
 
-QUEUED, SENDING, DEFERRED, SENT, DEAD = "queued", "sending", "deferred", "sent", "dead"
-STATES = (QUEUED, SENDING, DEFERRED, SENT, DEAD)
+QUEUED, SENDING, DEFERRED, SENT, DEAD, BOUNCED = "queued", "sending", "deferred", "sent", "dead", "bounced"
+STATES = (QUEUED, SENDING, DEFERRED, SENT, DEAD, BOUNCED)
 LIVE = (QUEUED, SENDING, DEFERRED)
 
 _ADDR = re.compile(r"^[^@\s<>\x00-\x1f\x7f,;]+@[^@\s<>\x00-\x1f\x7f,;]+$")
@@ -54,6 +55,7 @@ class Notification:
     coalesce_key: str | None = None
     not_before: float = 0.0             # optional delay (epoch seconds)
     render: dict[str, Any] | None = None  # lazy: rendered by the worker at send time (then message is b"")
+    article_id: int | None = None       # the customer article it answers (recorded with its Message-ID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +178,8 @@ def enqueue(conn: sqlite3.Connection, n: Notification, now: float | None = None)
                      " VALUES (?,?,?,?) ON CONFLICT DO NOTHING", [(mail_id, a, "to", now) for a in rcpts] +
                      [(mail_id, a, "bcc", now) for a in bcc])
     if n.ticket_id is not None:  # only onto a ticket that exists (none for tests and system mail)
-        conn.execute("INSERT INTO message_ids (message_id, ticket_id, article_id) SELECT ?, id, NULL FROM tickets"
-                     " WHERE id=? ON CONFLICT DO NOTHING", (n.message_id, n.ticket_id))
+        conn.execute("INSERT INTO message_ids (message_id, ticket_id, article_id) SELECT ?, id, CAST(? AS BIGINT)"
+                     " FROM tickets WHERE id=? ON CONFLICT DO NOTHING", (n.message_id, n.article_id, n.ticket_id))
     assert mail_id is not None
     return mail_id
 
@@ -225,11 +227,11 @@ def record(conn: sqlite3.Connection, outcome: AttemptOutcome, now: float, interv
     mid = outcome.mail_id
     for r in outcome.rcpts:
         state = {"sent": SENT, "perm": DEAD, "temp": DEFERRED}[r.status]
-        conn.execute("UPDATE relay_recipients SET state=?, code=?, reply=?, host=?, updated_at=?"
-                     " WHERE notification_id=? AND address=? AND state NOT IN (?,?)",
-                     (state, r.code, r.reply[:500], r.host, now, mid, r.address, SENT, DEAD))
-        if r.status == "perm" and not r.message_fault:
-            mark_undeliverable(conn, r.address, f"{r.code} {r.reply}"[:300], now)
+        changed = conn.execute("UPDATE relay_recipients SET state=?, code=?, reply=?, host=?, updated_at=?"
+                               " WHERE notification_id=? AND address=? AND state NOT IN (?,?)",
+                               (state, r.code, r.reply[:500], r.host, now, mid, r.address, SENT, DEAD)).rowcount
+        if r.status == "perm" and not r.message_fault and changed:
+            delivery_failed(conn, mid, r.address, f"{r.code} {r.reply}", now, source="smtp")
     row = conn.execute("SELECT state, lease_owner, attempts, lifetime_from, sent_at FROM relay_queue WHERE id=?"
                        + (" FOR UPDATE" if _postgres(conn) else ""), (mid,)).fetchone()  # vs. a takeover
     if row is None:
@@ -264,6 +266,39 @@ def record(conn: sqlite3.Connection, outcome: AttemptOutcome, now: float, interv
                  " sent_at=?, finished_at=? WHERE id=?",
                  (final, error[:500] if final == DEAD else "", outcome.host, new_sent_at, now, mid))
     return final
+
+
+def delivery_failed(conn: sqlite3.Connection, mail_id: int, address: str, detail: str, now: float, *,
+                    source: str, bounced: bool = False) -> bool:
+    """The one path for "notification ``mail_id`` could not reach ``address``", whoever says so:
+    the smarthost's 5xx at send time (``source="smtp"``) or a DSN that came back later
+    (``source="dsn"``, ``bounced=True``). The contact is marked undeliverable, the ticket's history
+    says "delivery to x failed: 5.1.1 …", and for a DSN the recipient and - once nothing of it is
+    still on its way - the notification show ``bounced`` in ``ticketmx relay queue``.
+
+    Only a recipient of that notification is ever marked (a report naming anyone else is not about
+    our mail). Returns False when there was nothing to record (not a recipient, already recorded)."""
+    row = conn.execute("SELECT ticket_id, event, state FROM relay_queue WHERE id=?", (mail_id,)).fetchone()
+    if row is None:
+        return False
+    ticket_id, event, state = row
+    detail = " ".join(detail.split())[:300] or "permanent failure"
+    if bounced:
+        changed = conn.execute("UPDATE relay_recipients SET state=?, reply=?, updated_at=? WHERE notification_id=?"
+                               " AND lower(address)=? AND state<>?",
+                               (BOUNCED, detail, now, mail_id, address.lower(), BOUNCED)).rowcount
+        if not changed:
+            return False
+        if state not in LIVE:
+            conn.execute("UPDATE relay_queue SET state=?, last_error=?, finished_at=COALESCE(finished_at, ?)"
+                         " WHERE id=?", (BOUNCED, f"bounced: {address}: {detail}"[:500], now, mail_id))
+    mark_undeliverable(conn, address, detail, now)
+    if ticket_id is not None:
+        conn.execute("INSERT INTO ticket_history (ticket_id, at, actor, action, detail) SELECT id, ?, 'system',"
+                     " 'delivery_failed', ? FROM tickets WHERE id=?",
+                     (now, json.dumps({"text": f"delivery to {address} failed: {detail}", "recipient": address,
+                                       "notification_id": mail_id, "event": event, "source": source}), ticket_id))
+    return True
 
 
 def mark_undeliverable(conn: sqlite3.Connection, address: str, reason: str, now: float) -> None:
@@ -450,4 +485,5 @@ def queue_row_json(d: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["Notification", "OutboundMail", "RcptOutcome", "AttemptOutcome", "RelayQueue", "enqueue", "claim",
-           "record", "release", "renew", "retry", "retry_dead", "mark_undeliverable", "queue_row_json", "STATES"]
+           "record", "release", "renew", "retry", "retry_dead", "mark_undeliverable", "delivery_failed",
+           "queue_row_json", "STATES", "BOUNCED"]

@@ -113,15 +113,30 @@ async def test_command_result_to_agent_status_change_to_requester_and_stripped_n
     cmd = simple_message(subject="Re: [HD-1000] with a program", sender="ann@agents.test", message_id="k@agents.test",
                          body="Done.\r\n$Status=Closed$\r\n$Colour=Red$\r\n")
     await gw.wait_done(await send(gw.port, cmd, sender="ann@agents.test"))
-    await wait_for(lambda: len(sink.messages) == 5)  # + reply to Alice, result to Ann, status change to Alice
-    by_rcpt: dict[str, list[str]] = {}
+    await wait_for(lambda: len(sink.messages) == 4)  # + reply to Alice (saying it is closed), result to Ann
+    await asyncio.sleep(0.5)
+    assert len(sink.messages) == 4  # one agent mail, one customer mail: no separate "is now closed"
+    by_rcpt: dict[str, list] = {}
     for _f, rcpts, raw in sink.messages[2:]:
-        by_rcpt.setdefault(rcpts[0], []).append(email.message_from_bytes(raw, policy=email.policy.default)["Subject"])
-    assert any("Result of your email commands" in s for s in by_rcpt["ann@agents.test"])
-    assert any("is now closed" in s for s in by_rcpt["alice@customer.test"])
-    result = next(email.message_from_bytes(raw, policy=email.policy.default) for _f, r, raw in sink.messages
-                  if r == ["ann@agents.test"])
+        by_rcpt.setdefault(rcpts[0], []).append(email.message_from_bytes(raw, policy=email.policy.default))
+    (reply,) = by_rcpt["alice@customer.test"]
+    text = reply.get_body(("plain",)).get_content()
+    assert "Done." in text and "is now closed" in text and "$" not in text
+    (result,) = by_rcpt["ann@agents.test"]
+    assert "Result of your email commands" in result["Subject"]
     assert "Colour" in result.get_body(("plain",)).get_content()  # the refused command and why
+    assert result["In-Reply-To"] == "<k@agents.test>"  # threaded on the agent's own mail
+    # commands only, no words for the customer: the status mail is the one customer mail
+    only = simple_message(subject="Re: [HD-1000] with a program", sender="ann@agents.test",
+                          message_id="k2@agents.test", body="$Status=Pending$\r\n")
+    await gw.wait_done(await send(gw.port, only, sender="ann@agents.test"))
+    await wait_for(lambda: len(sink.messages) == 6)  # the result to Ann, the status mail to Alice
+    await asyncio.sleep(0.5)
+    assert len(sink.messages) == 6
+    (status,) = [email.message_from_bytes(raw, policy=email.policy.default) for _f, r, raw in sink.messages[4:]
+                 if r == ["alice@customer.test"]]
+    assert "is now pending" in status["Subject"]
+    assert status["In-Reply-To"] == "<s1@customer.test>" and "<s1@customer.test>" in status["References"]
 
 
 async def test_sla_escalation_levels_first_response(start_gateway, dns_server, sink):

@@ -100,6 +100,34 @@ def _received_hop(value: str) -> tuple[str | None, str | None]:
         return None, helo
 
 
+MAX_TRUSTED_HOPS = 20   # Received fields read; a message with more is never "only trusted hops"
+
+
+def only_trusted_hops(raw: bytes, peer_ip: str, policy: AuthPolicy) -> str | None:
+    """Why this message never crossed an untrusted hop, or None when it may have.
+
+    It must come from a configured trusted relay (the SMTP client, after PROXY protocol), and every
+    Received field in it must be either that relay's own local trace - a field with no ``from``
+    clause, as an MTA writes for mail it generated itself (a DSN, a locally submitted mail) - or a
+    hop from an address in ``trusted_relays``. A ``from`` clause without a readable address counts as
+    untrusted, and so does a message with more than :data:`MAX_TRUSTED_HOPS` Received fields: only
+    what our own MTAs wrote can make this true. (An outsider's mail relayed by the front MTA carries
+    the front MTA's ``Received: from <outsider> [ip]``, an untrusted hop.)"""
+    if not policy.trusted_relays or not policy.is_trusted_relay(peer_ip):
+        return None
+    fields = header_values(raw, "Received")
+    if len(fields) > MAX_TRUSTED_HOPS:
+        return None
+    for f in fields:
+        text = f.text()
+        if not re.match(r"from\s", text, re.I):
+            continue  # "by host (…) id …": written by the MTA for mail it generated
+        ip, _helo = _received_hop(text)
+        if ip is None or not policy.is_trusted_relay(ip):
+            return None
+    return f"client {peer_ip} is a trusted relay and no Received hop is untrusted ({len(fields)} read)"
+
+
 _NOT_IN_COMMENT = re.compile(r"[^\x20-\x7e]|[()\\;]")   # non-printable-ASCII, or comment syntax
 _NOT_IN_REASON = re.compile(r"[^\x20-\x7e]|[\"\\@]")
 _SPACES = re.compile(r"\s+")
@@ -386,6 +414,10 @@ class Authenticator:
                         from_info.error)
             elif act == "quarantine":
                 propose("quarantine", None, from_info.error)
+        internal = only_trusted_hops(raw, peer_ip, policy) if not effective_pass else None
+        if internal:  # our own MTAs made it (e.g. the front MTA's DSN): no DMARC policy refuses it
+            dmarc["policy_not_applied"] = internal
+            reasons.append(f"accept: DMARC policy not applied: {internal}")
         elif not effective_pass:
             for r in domain_results:
                 if r.result == "fail" and policy.honour_dmarc_policy:

@@ -13,8 +13,13 @@ A recognised bounce is dropped with ``"bounce: permanent failure for x@y"`` and 
                 "original_is_ours": bool, "verp": "<token>" or None, "verp_address": ... or None,
                 "standard": bool, "details": [{"recipient", "action", "status", "diagnostic"}]}}
 
-so the ticket/delivery stage can mark ``permanent`` contacts undeliverable, link the bounce to
-the notification it answers (``original_message_id`` / ``verp``) and add a system note.
+and the worker hands it to the store as ``Delivery.report``: when it names one of our notifications
+the notification hook (relay/reports.py) marks it ``bounced``, marks those of its recipients that
+failed permanently undeliverable and notes "delivery to x failed: 5.1.1 …" on the ticket.
+
+Read receipts (RFC 8098 MDNs, ``multipart/report; report-type=disposition-notification``) are
+dropped the same way with ``{"mdn": {"reader", "disposition", "original_message_id", "at"}}`` and
+recorded on the ticket of the notification they are about ("read by x at t").
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ from gateway.pipeline.model import ParsedMessage
 from gateway.pipeline.policy import BouncePolicy, policy_for
 from gateway.pipeline.stages import DROP, Context, Inbound, Verdict
 
-__all__ = ["BounceReport", "analyse_bounce", "BounceStage", "verp_token"]
+__all__ = ["BounceReport", "analyse_bounce", "analyse_mdn", "BounceStage", "verp_token"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +102,44 @@ def _is_dsn_report(content_type: str) -> bool:
     ct = content_type.lower()
     return ct.split(";", 1)[0].strip() == "multipart/report" and bool(
         re.search(r"report-type\s*=\s*\"?delivery-status", ct))
+
+
+def _is_mdn_report(content_type: str) -> bool:
+    ct = content_type.lower()
+    return ct.split(";", 1)[0].strip() == "multipart/report" and bool(
+        re.search(r"report-type\s*=\s*\"?disposition-notification", ct))
+
+
+def analyse_mdn(raw: bytes, parsed: ParsedMessage) -> dict[str, Any] | None:
+    """The read receipt in an RFC 8098 report: who (Final-Recipient, else the From), what
+    (the disposition type: displayed, deleted, …), about which message (Original-Message-ID,
+    else In-Reply-To) and when (the report's Date, if readable). None when it is not one."""
+    if not _is_mdn_report(parsed.header("Content-Type") or "") or len(raw) > _MAX_BOUNCE_SIZE:
+        return None
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    fields: email.message.Message | None = None
+    for part in msg.walk():
+        if part.get_content_type() == "message/disposition-notification":
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload and isinstance(payload[0], email.message.Message):
+                fields = payload[0]
+            break
+    if fields is None:
+        return None
+    reader = str(fields.get("Final-Recipient") or fields.get("Original-Recipient") or "")
+    reader = (reader.partition(";")[2] or reader).strip().strip("<>") or parsed.from_addr
+    disposition = str(fields.get("Disposition") or "").rpartition(";")[2].strip().split("/")[0].lower()
+    original = _strip_id(str(fields.get("Original-Message-ID") or "")) or (
+        parsed.in_reply_to[0] if parsed.in_reply_to else None)
+    at = None
+    try:
+        from email.utils import parsedate_to_datetime
+        dt = parsedate_to_datetime(parsed.header("Date") or "")
+        at = dt.timestamp() if dt is not None and dt.tzinfo is not None else None
+    except (TypeError, ValueError, IndexError):
+        pass
+    return {"reader": " ".join(reader.split())[:320], "disposition": re.sub(r"[^a-z-]", "", disposition)[:40]
+            or "displayed", "original_message_id": original, "at": at}
 
 
 def is_candidate(parsed: ParsedMessage, mail_from: str, policy: BouncePolicy) -> tuple[bool, bool]:
@@ -250,6 +293,9 @@ class BounceStage:
         if not policy.enabled:
             return Verdict()
         e = msg.entry
+        mdn = analyse_mdn(e.raw, msg.parsed)
+        if mdn is not None:
+            return Verdict(DROP, f"read receipt: {mdn['disposition']} by {mdn['reader']}", data={"mdn": mdn})
         report = analyse_bounce(e.raw, msg.parsed, e.mail_from, e.rcpt_tos, policy)
         if report is None:
             return Verdict()

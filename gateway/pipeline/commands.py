@@ -21,7 +21,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["CommandSet", "parse_commands", "format_result", "OPERATIONS", "DEFAULT_FIELDS", "MAX_COMMANDS"]
+__all__ = ["CommandSet", "parse_commands", "format_result", "strip_command_lines", "strip_command_html",
+           "OPERATIONS", "DEFAULT_FIELDS", "MAX_COMMANDS"]
 
 OPERATIONS = ("AddRequest", "EditRequest", "CloseRequest", "PickupRequest")
 DEFAULT_FIELDS: dict[str, set[str] | None] = {
@@ -120,6 +121,56 @@ def parse_commands(text: str, allowed_fields: Mapping[str, set[str] | frozenset[
             applied[canon] = value
             applied_src[canon] = written
     return CommandSet(applied=applied, refused=refused, superseded=superseded)
+
+
+def _is_command_line(line: str, delimiter: str) -> bool:
+    """A line :func:`parse_commands` reads as commands (quoted with ``>`` or not): only delimited
+    tokens, at least one of them ``Field=Value``."""
+    if delimiter not in line:
+        return False
+    whole, one = _command_line(delimiter)
+    line = line.lstrip()
+    while line.startswith(">"):          # a command line quoted from an earlier agent mail
+        line = line[1:].lstrip()
+    return bool(whole.match(line)) and any("=" in m.group(1) for m in one.finditer(line))
+
+
+def strip_command_lines(text: str, delimiter: str = "$") -> str:
+    """``text`` without its command lines, for what the customer receives: the lines
+    :func:`parse_commands` would act on, also when quoted, and the blank lines they leave at the
+    end. Every other line is kept as written ("costs $5$" is not a command: no ``=``)."""
+    if not text or delimiter not in text:
+        return text
+    lines = text.replace("\r\n", "\n").split("\n")
+    kept = [line for line in lines if not _is_command_line(line, delimiter)]
+    while kept and not kept[-1].strip() and len(kept) < len(lines):
+        kept.pop()
+    out = "\n".join(kept)
+    return out + "\n" if kept and text.endswith("\n") and not out.endswith("\n") else out
+
+
+_HTML_TEXT = re.compile(r"(?<=>)([^<]*)(?=<)|^([^<]+)|([^>]+)$")
+_HTML_BLOCK = re.compile(r"<(p|div|span|li|pre)(?:\s[^>]*)?>(?:\s|&nbsp;|<br\s*/?>)*</\1>", re.I)
+
+
+def strip_command_html(html: str, delimiter: str = "$") -> str:
+    """``html`` without command lines: every run of text between tags (and every line of it) that
+    reads as a command line is removed, then the elements left empty by that."""
+    if not html or delimiter not in html:
+        return html
+
+    def clean(m: re.Match[str]) -> str:
+        chunk = m.group(0)
+        if delimiter not in chunk:
+            return chunk
+        import html as _html
+        lines = chunk.split("\n")
+        return "\n".join("" if _is_command_line(_html.unescape(line), delimiter) else line for line in lines)
+
+    out = _HTML_TEXT.sub(clean, html)
+    for _ in range(3):
+        out = _HTML_BLOCK.sub("", out)
+    return out
 
 
 def format_result(commands: CommandSet, *, ticket: str = "") -> str:

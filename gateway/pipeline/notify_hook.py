@@ -5,6 +5,11 @@ acknowledgement (by default only when its From passed DMARC; rate-limited per re
 client IP and in all; never to automatic or undeliverable senders); an agent's public reply on a
 ticket is relayed to the requester and the ticket's other participants. Internal notes and
 automatic mail never leave. An acknowledgement not sent says why in the ticket history.
+
+What the customer receives is clean and threaded: command lines never leave, one agent mail makes
+one customer mail (a status change it made is said in the reply), and every mail about a ticket
+answers a message of the customer's conversation (relay/conversation.py). Delivery status
+notifications and read receipts about our mails are recorded here too (relay/reports.py).
 """
 from __future__ import annotations
 
@@ -29,6 +34,10 @@ class NotifyHook:
         self.mailboxes: dict[str, MailboxConfig] = {mb.address: mb for mb in cfg.mailboxes}
         self.own = {a.lower() for mb in cfg.mailboxes for a in mb.addresses()}
         self.queued = 0  # notifications queued by this hook (the relay worker is woken when > 0)
+        tw = cfg.twoway
+        self.agents = {a.address.lower() for a in tw.agents} if tw is not None else set()
+        self.delimiter = tw.command_delimiter if tw is not None else "$"
+        self.configured_keys = tw.keys if tw is not None else ()
         # spool id -> why its acknowledgement was not sent. Keyed by spool id so a transaction the store
         # retries (PostgreSQL) does not count twice; the worker takes it after a commit (metrics).
         self.suppressed: dict[str, str] = {}
@@ -52,14 +61,22 @@ class NotifyHook:
                      extra={"trace_id": d.spool_id})
         if r.state == QUARANTINED:  # by a stage, or by the store (a non-participant, replies only)
             self._team_quarantined(conn, d, r)
+        if d.report is not None:
+            from relay.reports import apply_report
+            apply_report(conn, d.report, d.spool_id, time.time())
             return
         if d.kind != "ticket" or d.article is None or r.ticket_id is None or r.reason == "already delivered":
             return
+        if not self.notifier.keys:  # sign our Message-IDs with the threading key (read once it exists)
+            from relay.conversation import thread_keys_sync
+            self.notifier.keys = thread_keys_sync(conn, self.configured_keys)
         mb = self.mailboxes.get(d.mailbox) or (self.cfg.mailboxes[0] if self.cfg.mailboxes else None)
         if mb is None:
             return
+        from relay.conversation import conversation, header_ids
         from relay.notify import ACK_REASON_TEXT, MailboxInfo, TicketInfo, acknowledge
         from relay.queue import enqueue
+        from .commands import strip_command_lines
         row = conn.execute("SELECT t.subject, t.status, t.queue, t.assignee, c.email, c.name FROM tickets t"
                            " JOIN contacts c ON c.id=t.requester_id WHERE t.id=?", (r.ticket_id,)).fetchone()
         ticket = TicketInfo(r.ticket_id, r.ticket_number or "", row[0], status=row[1], queue=row[2],
@@ -77,7 +94,8 @@ class NotifyHook:
                     conn, self.notifier, ticket=ticket, mailbox=mailbox, sender=art.from_addr,
                     headers=d.headers, mail_from=mail_from,
                     inbound_message_id=art.message_id or None, key=d.spool_id, own_addresses=self.own,
-                    suspicious="suspicious" in d.ticket_fields.flags, auth=auth, client_ip=peer_ip)
+                    suspicious="suspicious" in d.ticket_fields.flags, auth=auth, client_ip=peer_ip,
+                    references=header_ids(d.headers, "References"), article_id=r.article_id)
                 why = getattr(decision, "reason", "")
                 detail: dict[str, Any] = {"queued": mail_id is not None, "why": why}
                 if why != "already queued":  # a replay was counted the first time
@@ -91,30 +109,55 @@ class NotifyHook:
                 conn.execute("INSERT INTO ticket_history (ticket_id, at, actor, action, detail) VALUES"
                              " (?, ?, 'system', 'acknowledgement', ?)",
                              (r.ticket_id, time.time(), json.dumps(detail)))
-            elif r.state == ARTICLE_ADDED and d.thread.sender_is_agent and art.visibility == "public" and not held:
-                to = [row[4]]
-                cc = [p for (p,) in conn.execute(
-                    "SELECT c.email FROM participants p JOIN contacts c ON c.id=p.contact_id WHERE p.ticket_id=?"
-                    " AND p.role='cc' AND c.undeliverable=0", (r.ticket_id,)) if p not in to and p not in self.own]
-                n = self.notifier.agent_reply(ticket=ticket, mailbox=mailbox, to=to, cc=cc,
-                                              body_text=art.new_text or art.body_text, article_id=r.article_id,
-                                              agent_name=art.from_name, in_reply_to=art.message_id or None)
-                if n is not None:
-                    enqueue(conn, n)
-                    self.queued += 1
+            replied = False
+            if (r.state == ARTICLE_ADDED and d.thread.sender_is_agent and art.visibility == "public"
+                    and not held):
+                text = art.new_text or art.body_text
+                if strip_command_lines(text, self.delimiter).strip():  # commands only: no reply mail
+                    to = [row[4]]
+                    cc = [p for (p,) in conn.execute(
+                        "SELECT c.email FROM participants p JOIN contacts c ON c.id=p.contact_id WHERE"
+                        " p.ticket_id=? AND p.role='cc' AND c.undeliverable=0", (r.ticket_id,))
+                          if p not in to and p not in self.own]
+                    # the customer message the agent answered (named by the agent's mail client), else the last
+                    named = header_ids(d.headers, "In-Reply-To") + header_ids(d.headers, "References")[::-1]
+                    th = conversation(conn, r.ticket_id, agents=self.agents, named=named)
+                    n = self.notifier.agent_reply(ticket=ticket, mailbox=mailbox, to=to, cc=cc, body_text=text,
+                                                  article_id=r.article_id, agent_name=art.from_name,
+                                                  in_reply_to=th.in_reply_to, references=th.references,
+                                                  answers=th.article_id, command_delimiter=self.delimiter,
+                                                  status=self._status_change(conn, d, r))
+                    if n is not None:
+                        enqueue(conn, n)
+                        self.queued += 1
+                        replied = True
             if d.thread.sender_is_agent:
-                self._commands(conn, d, r, ticket, mailbox, manual)
+                self._commands(conn, d, r, ticket, mailbox, replied, manual)
             elif art.stripped and not manual:
-                self._stripped(conn, d, ticket, mailbox)
+                self._stripped(conn, d, ticket, mailbox, r.article_id)
             self._team(conn, d, r, ticket, mailbox, held)
         except ValueError as exc:  # e.g. a header value refused (injection attempt): record, don't fail
             log.warning("notification for %s not queued: %s", r.ticket_number, exc, extra={"trace_id": d.spool_id})
 
 
+    @staticmethod
+    def _status_change(conn: sqlite3.Connection, d: Delivery, r: DeliveryResult) -> tuple[str, str] | None:
+        """(old, new) when this agent mail changed the ticket's status, else None."""
+        new = d.updates.get("status")
+        if not new:
+            return None
+        row = conn.execute("SELECT detail FROM ticket_history WHERE ticket_id=? AND action='command'"
+                           " ORDER BY id DESC LIMIT 1", (r.ticket_id,)).fetchone()
+        old = json.loads(row[0]).get("old_status", "") if row else ""
+        return (old, new) if old != new else None
+
     def _commands(self, conn: sqlite3.Connection, d: Delivery, r: DeliveryResult, ticket: Any, mailbox: Any,
-                  manual: bool = False) -> None:
-        """The result of an agent's email commands goes back to the agent, once; a status change they
-        made is announced to the requester (unless the reply itself already went out)."""
+                  replied: bool, manual: bool = False) -> None:
+        """The result of an agent's email commands goes back to the agent, once, threaded on the
+        agent's mail; a status change they made is announced to the requester in its own mail only
+        when no reply went out (the reply says it: one agent mail, one customer mail), never under
+        manual handling, never to a contact who opted out."""
+        from relay.conversation import conversation, header_ids
         from relay.notify import wants
         from relay.queue import enqueue
         result = next((h["detail"].get("text", "") for h in d.ticket_history if h.get("action") == "command_result"),
@@ -122,23 +165,25 @@ class NotifyHook:
         if result:
             n = self.notifier.build("commands", ticket=ticket, mailbox=mailbox, to=[d.article.from_addr],
                                     context={"result_text": result, "agent_name": d.article.from_name},
+                                    in_reply_to=d.article.message_id or None,
+                                    references=header_ids(d.headers, "References"),
                                     dedupe_key=f"commands:{d.spool_id}", lazy=True)
             enqueue(conn, n)
             self.queued += 1
-        new = d.updates.get("status")
-        if new:
-            row = conn.execute("SELECT detail FROM ticket_history WHERE ticket_id=? AND action='command'"
-                               " ORDER BY id DESC LIMIT 1", (r.ticket_id,)).fetchone()
-            old = json.loads(row[0]).get("old_status", "") if row else ""
-            if old != new and ticket.requester and not manual and wants(conn, ticket.requester, "status"):
-                enqueue(conn, self.notifier.status_change(ticket=ticket, mailbox=mailbox, to=[ticket.requester],
-                                                          old=old, new=new))
-                self.queued += 1
+        change = None if replied else self._status_change(conn, d, r)
+        if change and ticket.requester and not manual and wants(conn, ticket.requester, "status"):
+            th = conversation(conn, r.ticket_id, agents=self.agents)
+            enqueue(conn, self.notifier.status_change(ticket=ticket, mailbox=mailbox, to=[ticket.requester],
+                                                      old=change[0], new=change[1], in_reply_to=th.in_reply_to,
+                                                      references=th.references, answers=th.article_id))
+            self.queued += 1
 
-    def _stripped(self, conn: sqlite3.Connection, d: Delivery, ticket: Any, mailbox: Any) -> None:
+    def _stripped(self, conn: sqlite3.Connection, d: Delivery, ticket: Any, mailbox: Any,
+                  article_id: int | None = None) -> None:
         """Tell the sender once which attachments were removed — an automatic reply to the From like
         the acknowledgement, so under the same rules: the mailbox's policy (authenticated From only by
         default), never an automatic sender, and within the acknowledgement rate limits."""
+        from relay.conversation import header_ids
         from relay.notify import ack_client_key, auto_reply_decision, record_ack
         from relay.queue import enqueue
         art, now = d.article, time.time()
@@ -155,7 +200,8 @@ class NotifyHook:
         n = self.notifier.build("stripped", ticket=ticket, mailbox=mailbox, to=[art.from_addr],
                                 context={"stripped": [{"filename": s.filename, "reason": s.reason}
                                                       for s in art.stripped]},
-                                in_reply_to=art.message_id or None, dedupe_key=f"stripped:{d.spool_id}", lazy=True)
+                                in_reply_to=art.message_id or None, references=header_ids(d.headers, "References"),
+                                dedupe_key=f"stripped:{d.spool_id}", lazy=True, article_id=article_id)
         enqueue(conn, n)
         record_ack(conn, art.from_addr, now, client)
         self.queued += 1

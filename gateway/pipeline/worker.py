@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Protocol
 from ..config import Config
 from ..metrics import Metrics
 from ..recipients import RecipientMap
-from ..store.base import QUARANTINED, ArticleDraft, Delivery, SpoolEntry, Store, ThreadHints
+from ..store.base import QUARANTINED, Delivery, SpoolEntry, Store
 from .bigmime import LargePartSplitter
 from .budget import STEP_PARSE, BudgetExceeded, Meter, Slots
 from .mime import parse_message
@@ -373,7 +373,9 @@ class Worker:
             common = {"reason": verdict.reason, "history": tuple(history), "contact_updates": tuple(contact_updates)}
             if verdict.action == DROP:
                 if stage.name == "bounce" and "bounce" in verdict.data:
-                    return _bounce_delivery(sid, msg, verdict.data["bounce"], common)
+                    return Delivery(sid, "suppress", report={"type": "dsn", **verdict.data["bounce"]}, **common)
+                if stage.name == "bounce" and "mdn" in verdict.data:
+                    return Delivery(sid, "suppress", report={"type": "mdn", **verdict.data["mdn"]}, **common)
                 if verdict.data.get("opt_out"):  # stage unsubscribe: recorded by the notification hook
                     return Delivery(sid, "suppress", opt_out=verdict.data["opt_out"], **common)
                 return Delivery(sid, "suppress", **common)
@@ -439,29 +441,6 @@ class Worker:
             self.stats.outcome(r.state, max(0.0, now - received) if received else None)
             log.info("%s -> %s%s%s", r.spool_id, r.state, f" {r.ticket_number}" if r.ticket_number else "",
                      f" ({r.reason})" if r.reason else "", extra={"trace_id": r.spool_id})
-
-
-def _bounce_delivery(sid: str, msg: Inbound, bounce: dict, common: dict) -> Delivery:
-    """A bounce is suppressed, marks permanently failed recipients undeliverable (no more notifications
-    to them) and leaves a system note on the ticket of the notification that bounced, if we know it."""
-    permanent = [str(a).lower() for a in bounce.get("permanent", [])]
-    status = {str(d.get("recipient", "")).lower(): d for d in bounce.get("details", []) if isinstance(d, dict)}
-    updates = tuple(common["contact_updates"]) + tuple(
-        (addr, True, "bounced: " + " ".join(str(status.get(addr, {}).get(k, "")) for k in ("status", "diagnostic")
-                                            ).strip()[:200] or "bounced: permanent failure")
-        for addr in permanent)
-    original = bounce.get("original_message_id") or ""
-    note = None
-    if original:
-        lines = [f"Delivery failed permanently for: {', '.join(permanent)}" if permanent else "",
-                 f"Delivery delayed for: {', '.join(map(str, bounce.get('temporary', [])))}"
-                 if bounce.get("temporary") else "", f"Bounced message: <{original}>"]
-        note = ArticleDraft(from_addr="mailer-daemon", from_name="Mail delivery system", subject=msg.parsed.subject,
-                            body_text="\n".join(x for x in lines if x), body_html="", message_id="",
-                            visibility="internal", kind="system")
-    return Delivery(sid, "suppress", article=note,
-                    thread=ThreadHints(refs=(original,) if original else (), sender_is_agent=True, may_reopen=False),
-                    **{**common, "contact_updates": updates})
 
 
 def _received_at(spool_id: str) -> float:

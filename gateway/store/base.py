@@ -188,6 +188,7 @@ class Delivery:
     traceback: str = ""                                   # quarantine after an exception (never logged)
     headers: tuple[tuple[str, str], ...] = ()             # the inbound headers (acknowledgement decisions)
     opt_out: str = ""                                     # a verified unsubscribe request: this contact opts out
+    report: dict[str, Any] | None = None                  # a DSN/MDN about one of our mails (see relay.reports)
 
 
 @dataclass(frozen=True, slots=True)
