@@ -19,12 +19,41 @@ from .store.render import spool_dict
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 
 
+class _ConfigOption(argparse.Action):
+    """``--config FILE`` wherever it is given (before the command, after it, after the action).
+
+    argparse copies a subcommand's defaults over what the main parser parsed, so a plain option in
+    both places let the subcommand's default (None) silently win over ``ticketmx --config FILE
+    COMMAND``. This action never writes a default: it records every value given, in ``seen`` (one
+    action object is shared by every parser that has ``common`` as a parent), and :func:`main`
+    decides (two different files: a usage error naming both)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: list[str] = []
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        self.seen.append(str(values))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("ticketmx")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", "-c", metavar="FILE",
-                        help="TOML config file (default: $TICKETMX_CONFIG, else the embedded defaults)")
+    config = common.add_argument("--config", "-c", metavar="FILE", action=_ConfigOption, default=argparse.SUPPRESS,
+                                 help="TOML config file, before or after the command (default: $TICKETMX_CONFIG,"
+                                      " else the embedded defaults)")
     p = argparse.ArgumentParser(prog="ticketmx", description="Self-hosted mail-to-ticket gateway.",
                                 parents=[common])
+    p.set_defaults(config_seen=config.seen)  # type: ignore[attr-defined]
+    p.add_argument("--version", action="version", version=f"ticketmx {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("serve", parents=[common], help="run the gateway (SMTP, pipeline, metrics)")
     sub.add_parser("check-config", parents=[common], help="validate the config and exit (0 ok, 78 bad)")
@@ -76,8 +105,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _config_file(parser: argparse.ArgumentParser, seen: list[str]) -> str | None:
+    """The one config file named on the command line (None: $TICKETMX_CONFIG or the defaults)."""
+    distinct = list(dict.fromkeys(seen))
+    if len(distinct) > 1:
+        parser.error("--config given twice with different files: " + " and ".join(repr(f) for f in distinct)
+                     + "; give it once")
+    return distinct[0] if distinct else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    args.config = _config_file(parser, args.config_seen)
     try:
         cfg = load_config(args.config)
     except ConfigErrors as exc:
