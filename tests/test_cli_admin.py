@@ -17,7 +17,7 @@ def test_config_before_or_after_the_command(tmp_path):
     bad = _bad_config(tmp_path)
     for argv in (("--config", bad, "check-config"), ("check-config", "--config", bad), ("-c", bad, "check-config"),
                  (f"--config={bad}", "tickets", "list"), ("tickets", "--config", bad, "list"),
-                 ("tickets", "list", "-c", bad)):
+                 ("tickets", "list", "-c", bad), ("--config", bad, "spool", "find", "--since", "1d")):
         proc = run_cli(*argv, check=False)
         assert proc.returncode == 78, (argv, proc.returncode, proc.stdout, proc.stderr)
         assert f"{bad}: smtp.hostname" in proc.stderr, argv
