@@ -1,7 +1,6 @@
 """The commands an admin trips over (issue 20 section 2), through the real CLI against real stores."""
 from __future__ import annotations
 
-import json
 
 from .conftest import run_cli
 

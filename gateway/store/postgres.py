@@ -286,7 +286,8 @@ class PostgresStore(Store):
     async def spool_replay_quarantined(self) -> list[str]:
         rows = await self.pool.fetch(
             "UPDATE spool SET state=$1, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL"
-            " WHERE state=$2 RETURNING id, received_at", QUEUED, QUARANTINED)
+            " WHERE state=$2 AND (chunks > 0 OR octet_length(raw) > 0)"  # not those whose raw was deleted
+            " RETURNING id, received_at", QUEUED, QUARANTINED)
         return [r["id"] for r in sorted(rows, key=lambda r: (r["received_at"], r["id"]))]
 
     async def spool_release_held(self, spool_id: str, release: dict[str, Any], actor: str,

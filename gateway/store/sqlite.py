@@ -393,9 +393,11 @@ class SqliteStore(Store):
 
     async def spool_replay_quarantined(self) -> list[str]:
         def fn(conn: sqlite3.Connection) -> list[str]:
-            ids = [r[0] for r in conn.execute("SELECT id FROM spool WHERE state=?", (QUARANTINED,))]
+            # not those whose raw message an operator deleted (`spool delete`): nothing left to process
+            kept = "(chunks > 0 OR length(raw) > 0 OR id IN (SELECT spool_id FROM spool_raw))"
+            ids = [r[0] for r in conn.execute(f"SELECT id FROM spool WHERE state=? AND {kept}", (QUARANTINED,))]
             conn.execute("UPDATE spool SET state=?, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL"
-                         " WHERE state=?", (QUEUED, QUARANTINED))
+                         f" WHERE state=? AND {kept}", (QUEUED, QUARANTINED))
             return ids
         return await self.transaction(fn)
 

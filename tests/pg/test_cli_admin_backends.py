@@ -200,3 +200,6 @@ async def test_delete_removes_the_raw_message_and_records_it(start_gateway, back
         proc = await _cli(*argv, "--config", cfg, check=False)
         assert proc.returncode == 1 and fragment in proc.stderr, (argv, proc.stderr)
     assert (await gw.store.spool_get(sid)).state == "quarantined"
+    # a bulk replay of the quarantine leaves it alone too: nothing is left to make a ticket of
+    assert sid not in (await _cli_json("spool", "replay", "--quarantined", "--config", cfg))["replayed"]
+    assert (await gw.store.spool_get(sid)).state == "quarantined"
