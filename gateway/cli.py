@@ -7,33 +7,110 @@ import json
 import logging
 import os
 import sys
+import time
+from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 from .config import Config, load_config
 from .errors import ConfigErrors
 from .logsetup import setup_logging
 from .store import open_store
-from .store.base import ALL_STATES, Store
-from .store.render import spool_dict
+from .store.base import ALL_STATES, QUARANTINED, SUPPRESSED, SpoolEntry, SpoolQuery, Store, TicketQuery
+from .store.render import iso, spool_dict
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
+TICKET_STATUSES = ("new", "open", "pending", "resolved", "closed")
+_SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _since(text: str) -> float:
+    """``--since``: a duration back from now ("90m", "2d", "1w") or an ISO date/time (UTC unless it
+    says otherwise: "2026-11-20", "2026-11-20T10:00", "2026-11-20T10:00+01:00"). Epoch seconds."""
+    value = text.strip()
+    unit = value[-1:].lower()
+    if unit in _SINCE_UNITS and value[:-1].replace(".", "", 1).isdigit():
+        return time.time() - float(value[:-1]) * _SINCE_UNITS[unit]
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a duration like 2d, 12h, 90m, 1w nor an ISO date "
+                                          "like 2026-11-20 or 2026-11-20T10:00") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return n
+
+
+def _operator() -> str:
+    """Who runs this command, for the audit lines: the OS user (and who used sudo to become it)."""
+    import pwd
+    uid = os.geteuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid {uid}"
+    sudo = os.environ.get("SUDO_USER", "")
+    return f"{name} (sudo by {sudo})" if sudo and sudo != name else name
+
+
+class _ConfigOption(argparse.Action):
+    """``--config FILE`` wherever it is given (before the command, after it, after the action).
+
+    argparse copies a subcommand's defaults over what the main parser parsed, so a plain option in
+    both places let the subcommand's default (None) silently win over ``ticketmx --config FILE
+    COMMAND``. This action never writes a default: it records every value given, in ``seen`` (one
+    action object is shared by every parser that has ``common`` as a parent), and :func:`main`
+    decides (two different files: a usage error naming both)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: list[str] = []
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        self.seen.append(str(values))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("ticketmx")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", "-c", metavar="FILE",
-                        help="TOML config file (default: $TICKETMX_CONFIG, else the embedded defaults)")
+    config = common.add_argument("--config", "-c", metavar="FILE", action=_ConfigOption, default=argparse.SUPPRESS,
+                                 help="TOML config file, before or after the command (default: $TICKETMX_CONFIG,"
+                                      " else the embedded defaults)")
     p = argparse.ArgumentParser(prog="ticketmx", description="Self-hosted mail-to-ticket gateway.",
                                 parents=[common])
+    p.set_defaults(config_seen=config.seen)  # type: ignore[attr-defined]
+    p.add_argument("--version", action="version", version=f"ticketmx {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("serve", parents=[common], help="run the gateway (SMTP, pipeline, metrics)")
     sub.add_parser("check-config", parents=[common], help="validate the config and exit (0 ok, 78 bad)")
 
     t = sub.add_parser("tickets", parents=[common], help="list and show tickets")
     tsub = t.add_subparsers(dest="action", required=True, metavar="ACTION")
-    tl = tsub.add_parser("list", parents=[common], help="list tickets")
+    tl = tsub.add_parser("list", parents=[common], help="list tickets, newest first")
     tl.add_argument("--json", action="store_true", help="JSON array output")
-    tl.add_argument("--limit", type=int, default=None)
+    tl.add_argument("--status", choices=TICKET_STATUSES)
+    tl.add_argument("--queue", metavar="NAME")
+    tl.add_argument("--assignee", metavar="WHO")
+    tl.add_argument("--requester", metavar="ADDR")
+    tl.add_argument("--since", type=_since, metavar="WHEN", help="created since: 2d, 12h, 90m, 1w or an ISO date")
+    tl.add_argument("--limit", type=_positive, default=None, metavar="N")
     ts = tsub.add_parser("show", parents=[common], help="show one ticket with its articles")
     ts.add_argument("id", help="numeric id or ticket number (e.g. HD-1042)")
     ts.add_argument("--json", action="store_true", help="JSON object output")
@@ -53,6 +130,25 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("id", nargs="?")
     g.add_argument("--quarantined", action="store_true", help="replay every quarantined entry")
     sr.add_argument("--json", action="store_true")
+    sf = ssub.add_parser("find", parents=[common], help="trace a message: spool entries matching every criterion,"
+                                                        " newest first")
+    sf.add_argument("--message-id", metavar="ID", help="the Message-ID (with or without <>)")
+    sf.add_argument("--from", dest="sender", metavar="ADDR", help="envelope sender or header From address")
+    sf.add_argument("--rcpt", metavar="ADDR", help="envelope recipient (or the mailbox it reached)")
+    sf.add_argument("--since", type=_since, metavar="WHEN", help="received since: 2d, 12h, 90m, 1w or an ISO date")
+    sf.add_argument("--limit", type=_positive, default=50, metavar="N", help="at most N entries (default 50)")
+    sf.add_argument("--json", action="store_true")
+    srl = ssub.add_parser("release", parents=[common], help="process a quarantined entry as if it had passed the"
+                                                            " stage that held it (recorded)")
+    srl.add_argument("id")
+    srl.add_argument("--force", action="store_true",
+                     help="release from the identity check too (the From DMARC evaluated becomes the requester;"
+                          " handled as suspicious mail)")
+    srl.add_argument("--json", action="store_true")
+    sd = ssub.add_parser("delete", parents=[common], help="delete the raw message of a quarantined or suppressed"
+                                                          " entry (recorded)")
+    sd.add_argument("id")
+    sd.add_argument("--json", action="store_true")
 
     st = sub.add_parser("store", parents=[common], help="encryption keys of the store")
     stsub = st.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -78,14 +174,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _config_file(parser: argparse.ArgumentParser, seen: list[str]) -> str | None:
+    """The one config file named on the command line (None: $TICKETMX_CONFIG or the defaults)."""
+    distinct = list(dict.fromkeys(seen))
+    if len(distinct) > 1:
+        parser.error("--config given twice with different files: " + " and ".join(repr(f) for f in distinct)
+                     + "; give it once")
+    return distinct[0] if distinct else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    args.config = _config_file(parser, args.config_seen)
     try:
         cfg = load_config(args.config)
     except ConfigErrors as exc:
         for err in exc.errors:
             print(f"ticketmx: config error: {err}", file=sys.stderr)
         return EX_CONFIG
+    if args.command == "spool" and args.action == "find" and not (args.message_id or args.sender or args.rcpt
+                                                                   or args.since is not None):
+        parser.error("spool find: give at least one of --message-id, --from, --rcpt, --since")
     if args.command == "dkim" and args.action == "keygen":
         from relay.cli import dkim_keygen
         return dkim_keygen(args.domain, args.selector, args.algo, args.out, args.bits, group=args.group) or EX_OK
@@ -145,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers: dict[tuple[str, str], Callable[[Store, argparse.Namespace], Awaitable[int]]] = {
         ("tickets", "list"): _tickets_list, ("tickets", "show"): _tickets_show,
         ("spool", "list"): _spool_list, ("spool", "show"): _spool_show, ("spool", "replay"): _spool_replay,
+        ("spool", "find"): _spool_find, ("spool", "release"): _spool_release_cmd, ("spool", "delete"): _spool_delete,
         ("store", "rotate-key"): _rotate_key,
         ("relay", "queue"): _relay_store, ("relay", "retry"): _relay_store,
         ("pipeline", "status"): _pipeline, ("pipeline", "pause"): _pipeline, ("pipeline", "resume"): _pipeline,
@@ -174,12 +285,17 @@ def _dump(obj: Any) -> None:
 
 
 async def _tickets_list(store: Store, args: argparse.Namespace) -> int:
-    tickets = await store.tickets_list(args.limit)
+    query = TicketQuery(status=args.status or "", queue=args.queue or "", assignee=args.assignee or "",
+                        requester=args.requester or "", since=args.since, limit=args.limit, newest_first=True)
+    tickets = await store.tickets_list(query=query)
     if args.json:
         _dump(tickets)
         return EX_OK
+    print(f"{'NUMBER':<12} {'STATUS':<8} {'QUEUE':<12} {'CREATED (UTC)':<16} {'REQUESTER':<32} SUBJECT")
     for t in tickets:
-        print(f"{t['number']:<12} {t['status']:<8} {t['queue']:<12} {t['requester']:<32} {t['subject'][:60]}")
+        created = (t["created_at"] or "")[:16].replace("T", " ")
+        print(f"{t['number']:<12} {t['status']:<8} {t['queue']:<12} {created:<16} {t['requester']:<32} "
+              f"{t['subject'][:60]}")
     return EX_OK
 
 
@@ -222,10 +338,7 @@ async def _spool_show(store: Store, args: argparse.Namespace) -> int:
         async for chunk in store.spool_body_chunks(entry):  # a large message: streamed, not joined
             sys.stdout.buffer.write(chunk)
         return EX_OK
-    d = spool_dict(entry)
-    if entry.ticket_id is not None:
-        t = await store.ticket_get(str(entry.ticket_id))
-        d["ticket_number"] = t["number"] if t else None
+    d = await _spool_object(store, entry)
     if args.json:
         _dump(d)
         return EX_OK
@@ -234,10 +347,138 @@ async def _spool_show(store: Store, args: argparse.Namespace) -> int:
     return EX_OK
 
 
+async def _spool_object(store: Store, entry: SpoolEntry) -> dict[str, Any]:
+    """``spool show/find --json``: the spool object with its ticket number and operator audit lines."""
+    d = spool_dict(entry)
+    if entry.ticket_id is not None:
+        t = await store.ticket_get(str(entry.ticket_id))
+        d["ticket_number"] = t["number"] if t else None
+    d["raw_kept"] = _has_raw(entry)
+    d["audit"] = await store.spool_audit(entry.id)
+    return d
+
+
+def _has_raw(entry: SpoolEntry) -> bool:
+    """False once the raw message was deleted (`spool delete`, or retention's raw_days)."""
+    return bool(entry.raw) or entry.chunks > 0
+
+
+async def _spool_find(store: Store, args: argparse.Namespace) -> int:
+    mid = (args.message_id or "").strip()
+    if mid.startswith("<") and mid.endswith(">"):
+        mid = mid[1:-1].strip()
+    entries = await store.spool_find(SpoolQuery(message_id=mid, mail_from=(args.sender or "").strip(),
+                                                rcpt=(args.rcpt or "").strip(), since=args.since, limit=args.limit))
+    objects = [await _spool_object(store, e) for e in entries]
+    if args.json:
+        _dump(objects)
+        return EX_OK
+    print(f"{'ID':<19} {'RECEIVED (UTC)':<19} {'STATE':<14} {'TICKET':<10} {'FROM':<30} {'MESSAGE-ID':<36} REASON")
+    for d in objects:
+        received = (d["received_at"] or "")[:19].replace("T", " ")
+        print(f"{d['id']:<19} {received:<19} {d['state']:<14} {d['ticket_number'] or '-':<10} "
+              f"{d['mail_from'] or '<>':<30} {d['message_id'][:36]:<36} {d['reason']}")
+    if not objects:
+        print("(no matching spool entry)", file=sys.stderr)
+    return EX_OK
+
+
+# Why an entry cannot be released, by what held it (``None``: a stage whose decision may be skipped).
+_NOT_A_STAGE = ("was quarantined after the pipeline ({reason}), not by a stage's decision: there is no stage to "
+                "skip. `ticketmx spool replay {id}` runs it again")
+_BUDGET = ("was quarantined for going over [pipeline] message_budget ({reason}), not by a stage's decision: a "
+           "release does not lift the budget. Raise [pipeline] message_budget and use `ticketmx spool replay {id}`")
+_NO_SENDER = ("names no sender at all ({reason}): there is nobody to make a ticket for. `ticketmx spool delete "
+              "{id}` removes it")
+_TICKET_STAGE = ("was quarantined by the ticket stage itself ({reason}): skipping it makes no ticket. Fix the "
+                 "cause (config, template) and use `ticketmx spool replay {id}`")
+_IDENTITY = ("was held by the identity check ({reason}). Releasing it makes the From that DMARC evaluated the "
+             "requester although the MIME parser reads another; the message is then handled as suspicious mail "
+             "(its own ticket, flagged, never acting as an agent or on an existing ticket). Run again with "
+             "--force to do that (recorded)")
+
+
+def _holding_stage(entry: SpoolEntry) -> tuple[str | None, str]:
+    """(the stage whose quarantine a release skips once, "") or (None, why there is none)."""
+    from .pipeline.budget import REASON as BUDGET_REASON
+    fmt = {"reason": entry.reason, "id": entry.id}
+    if entry.reason.startswith(BUDGET_REASON):
+        return None, _BUDGET.format(**fmt)
+    held = next((h for h in reversed(entry.history) if h.get("action") == "quarantine"), None)
+    if held is None or not held.get("stage"):
+        return None, _NOT_A_STAGE.format(**fmt)
+    stage = str(held["stage"])
+    if stage == "sender":
+        return None, _NO_SENDER.format(**fmt)
+    if stage == "ticket":
+        return None, _TICKET_STAGE.format(**fmt)
+    return stage, ""
+
+
+async def _spool_release_cmd(store: Store, args: argparse.Namespace) -> int:
+    entry = await store.spool_get(args.id)
+    why = ""
+    stage: str | None = None
+    if entry is None:
+        why = "no such entry"
+    elif entry.state != QUARANTINED:
+        why = f"entry is {entry.state}: only a quarantined entry is released (`spool replay` re-runs a finished one)"
+    elif not _has_raw(entry):
+        why = "its raw message was deleted"
+    else:
+        stage, why = _holding_stage(entry)
+        if stage == "identity" and not args.force:
+            stage, why = None, _IDENTITY.format(reason=entry.reason, id=entry.id)
+    if stage is None or entry is None:
+        print(f"ticketmx: cannot release {args.id}: {why}", file=sys.stderr)
+        return EX_FAIL
+    who, now = _operator(), time.time()
+    forced = bool(args.force and stage == "identity")
+    release = {"stage": stage, "by": who, "at": now, "forced": forced}
+    if not await store.spool_release_held(entry.id, release, who, {"stage": stage, "reason": entry.reason,
+                                                                   "forced": forced}):
+        print(f"ticketmx: cannot release {args.id}: it changed meanwhile (no longer quarantined)", file=sys.stderr)
+        return EX_FAIL
+    if args.json:
+        _dump({"released": entry.id, "stage": stage, "by": who, "at": iso(now), "forced": forced})
+    else:
+        print(f"released {entry.id}: the {stage} stage is skipped once (recorded as released by {who}); the running "
+              "gateway picks it up within its poll interval")
+    return EX_OK
+
+
+async def _spool_delete(store: Store, args: argparse.Namespace) -> int:
+    entry = await store.spool_get(args.id)
+    why = ""
+    if entry is None:
+        why = "no such entry"
+    elif entry.state not in (QUARANTINED, SUPPRESSED):
+        why = f"entry is {entry.state}: only a quarantined or suppressed entry's message is deleted"
+    elif not _has_raw(entry):
+        why = "its raw message is already deleted"
+    elif not await store.spool_delete_raw(entry.id, _operator(), {"state": entry.state, "reason": entry.reason,
+                                                                  "size": entry.size, "message_id": entry.message_id}):
+        why = "it changed meanwhile"
+    if why or entry is None:
+        print(f"ticketmx: cannot delete {args.id}: {why}", file=sys.stderr)
+        return EX_FAIL
+    who = _operator()
+    if args.json:
+        _dump({"deleted": entry.id, "by": who})
+    else:
+        print(f"deleted the raw message of {entry.id} ({entry.size} bytes; the entry and its history stay, "
+              f"recorded as deleted by {who})")
+    return EX_OK
+
+
 async def _spool_replay(store: Store, args: argparse.Namespace) -> int:
     if args.quarantined:
         ids = await store.spool_replay_quarantined()
     else:
+        entry = await store.spool_get(args.id)
+        if entry is not None and not _has_raw(entry) and entry.state not in ("queued", "processing"):
+            print(f"ticketmx: cannot replay {args.id}: its raw message was deleted", file=sys.stderr)
+            return EX_FAIL
         ids = [args.id] if await store.spool_replay(args.id) else []
         if not ids:
             entry = await store.spool_get(args.id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -17,6 +17,10 @@ from prometheus_client.samples import Sample
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger(__name__)
+# One INFO line per refused message or recipient (docs/smtp.md, "Rejections in the log").
+reject_log = logging.getLogger("ticketmx.reject")
+_ADDR_MAX = 256      # characters of one address in a rejection line (a MAIL/RCPT line is at most ~1000)
+_RCPTS_SHOWN = 5     # recipients named in a rejection line; the rest are counted
 
 disable_created_metrics()  # no *_created series: they double the series count for nothing we use
 
@@ -81,8 +85,20 @@ class Metrics:
         """Export the DNS resolver's counters, read at scrape time from ``current()`` (no per-query cost)."""
         self.registry.register(_ResolverCollector(current))
 
-    def reject(self, code: int, reason: str) -> None:
-        self.rejected.labels(code=str(code), reason=reason).inc()
+    def reject(self, reply: Any, *, client: str, mail_from: str | None = None, rcpts: Sequence[str] = (),
+               reason: str = "") -> None:
+        """Count a refused message or recipient AND log it: one call, so no refusal is one without the
+        other. ``reply`` is the :class:`gateway.replies.Reply` sent; ``reason`` overrides its bounded
+        label. The line names the client, the envelope so far, the code, enhanced code and text; the
+        log formatter escapes control bytes, and addresses are cut short, so a line stays one line."""
+        label = reason or reply.reason or "other"
+        self.rejected.labels(code=str(reply.code), reason=label).inc()
+        if reject_log.isEnabledFor(logging.INFO):
+            shown = [_cut(r) for r in rcpts[:_RCPTS_SHOWN]]
+            more = f" (+{len(rcpts) - _RCPTS_SHOWN} more)" if len(rcpts) > _RCPTS_SHOWN else ""
+            reject_log.info("rejected client=%s from=<%s> rcpt=<%s>%s code=%d enhanced=%s reason=%s: %s",
+                            client or "?", "" if mail_from in (None, "<>") else _cut(mail_from or ""),
+                            ">,<".join(shown), more, reply.code, reply.enhanced, label, reply.text)
 
     def render(self, others: list[Snapshot] = ()) -> bytes:  # type: ignore[assignment]
         if not others:
@@ -93,6 +109,10 @@ class Metrics:
         """This process's metrics plus those of the other SMTP processes, as one exposition."""
         others = await self.remote() if self.remote is not None else []
         return self.render(others)
+
+
+def _cut(addr: str) -> str:
+    return addr if len(addr) <= _ADDR_MAX else addr[:_ADDR_MAX] + "..."
 
 
 def snapshot(metrics: Metrics) -> Snapshot:

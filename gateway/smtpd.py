@@ -42,6 +42,9 @@ _SIMPLE_PATH = re.compile(r"^\s*<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _TRACEBACK_FRAMES = 12
 _AIOSMTPD_MALFORMED = "553 5.1.3 Error: malformed address"  # aiosmtpd's reply to an unparsable address
+# aiosmtpd's reply to MAIL FROM with SIZE= over data_size_limit (rewritten to MESSAGE_TOO_BIG by with_enhanced)
+_AIOSMTPD_SIZE_REFUSED = "552 Error: message size exceeds fixed maximum message size"
+_AIOSMTPD_TOO_MUCH = "552 Error: Too much mail data"
 _MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*(?:\r?\n[ \t]+)?<([^>\r\n]{1,900})>")
 
 
@@ -94,6 +97,8 @@ class TicketmxSMTP(SMTP):
         self._junk = 0             # commands that moved nothing forward, since the last accepted message
         self._errors = 0           # 4xx/5xx replies caused by the client, since the last accepted message
         self._bad_address: Reply | None = None  # the reply for an unparsable MAIL/RCPT address
+        self._mail_arg: str | None = None  # the MAIL FROM argument while aiosmtpd's smtp_MAIL runs
+        self._rcpt_arg: str | None = None  # the RCPT TO argument while aiosmtpd's smtp_RCPT runs
 
     # -- deadlines ---------------------------------------------------------------------------------------
     def _reset_timeout(self, duration: float | None = None) -> None:
@@ -173,12 +178,41 @@ class TicketmxSMTP(SMTP):
             else:
                 if status == _AIOSMTPD_MALFORMED and self._bad_address is not None:
                     status = str(self._bad_address)
+                    self._reject_arg(self._bad_address)
+                elif status == _AIOSMTPD_TOO_MUCH:  # aiosmtpd's own DATA reader (an unusual stream reader)
+                    self.reject(replies.MESSAGE_TOO_BIG)
+                elif status == _AIOSMTPD_SIZE_REFUSED and self._mail_arg is not None:
+                    # the declared SIZE= is over the limit: refused at MAIL, before any data
+                    sender, _ = self._getaddr(self._strip_command_keyword("FROM:", self._mail_arg) or "")
+                    self.reject(replies.MESSAGE_TOO_BIG, mail_from=sender or self._mail_arg, rcpts=())
                 status = with_enhanced(status)
                 if status[0] in "45" and not status.startswith("421") and status[4:8] != "4.3.":
                     await super().push(status)
                     self._count_error()
                     return
         await super().push(status)
+
+    def reject(self, reply: Reply, mail_from: str | None = None, rcpts: "tuple[str, ...] | list[str] | None" = None,
+               reason: str = "") -> None:
+        """Count and log a refusal (:meth:`Metrics.reject`); the envelope is this session's unless given."""
+        env = self.envelope
+        self.state.metrics.reject(
+            reply, client=_peer_ip(self.session) if self.session is not None else (self._counted_ip or "?"),
+            mail_from=mail_from if mail_from is not None else (env.mail_from if env is not None else None),
+            rcpts=rcpts if rcpts is not None else (env.rcpt_tos if env is not None else ()), reason=reason)
+
+    def _reject_arg(self, reply: Reply, arg: str | None = None) -> None:
+        """A MAIL/RCPT argument refused for its syntax: logged as given (escaped, cut short)."""
+        arg = arg if arg is not None else (self._mail_arg if reply is replies.BAD_SENDER_SYNTAX else self._rcpt_arg)
+        if reply is replies.BAD_SENDER_SYNTAX:
+            self.reject(reply, mail_from=arg or "", rcpts=())
+        else:
+            self.reject(reply, rcpts=[arg or ""])
+
+    async def handle_exception(self, error: Exception) -> str:
+        status = await super().handle_exception(error)  # the handler logs the traceback
+        self.reject(replies.INTERNAL_ERROR)
+        return status
 
     def _count_error(self) -> None:
         """One more error the client caused (RFC 5321 4.2 replies 4xx/5xx, not our own 4.3.x failures);
@@ -258,13 +292,15 @@ class TicketmxSMTP(SMTP):
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
         if arg and _CONTROL.search(arg):  # a NUL or CR in the sender would reach the store and the logs
+            self._reject_arg(replies.BAD_SENDER_SYNTAX, arg)
             await self.push(str(replies.BAD_SENDER_SYNTAX))
             return
         self._bad_address = replies.BAD_SENDER_SYNTAX
+        self._mail_arg = arg or ""
         try:
             await super().smtp_MAIL(arg)
         finally:
-            self._bad_address = None
+            self._bad_address = self._mail_arg = None
         if self._txn_started is None and self.envelope is not None and self.envelope.mail_from:
             self._txn_started = self.loop.time()
             if self._txn_started + self.state.cfg.smtp.transaction_timeout < self._timer_at:
@@ -273,13 +309,15 @@ class TicketmxSMTP(SMTP):
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
         if arg and _CONTROL.search(arg):
+            self._reject_arg(replies.BAD_RECIPIENT_SYNTAX, arg)
             await self.push(str(replies.BAD_RECIPIENT_SYNTAX))
             return
         self._bad_address = replies.BAD_RECIPIENT_SYNTAX
+        self._rcpt_arg = arg or ""
         try:
             await super().smtp_RCPT(arg)
         finally:
-            self._bad_address = None
+            self._bad_address = self._rcpt_arg = None
 
     def _set_post_data_state(self) -> None:
         """Every way a transaction ends (DATA's reply, RSET, HELO/EHLO, STARTTLS) comes through here."""
@@ -398,8 +436,8 @@ class TicketmxSMTP(SMTP):
                     len(body) if spill is not None else header_section_end(body)) > max_head:
                 too_much, too_big = True, replies.HEADER_TOO_BIG  # (the head of a spill ends with its empty line)
             if too_much:
+                self.reject(too_big)  # before the envelope is reset: the line names it
                 self._set_post_data_state()
-                self.state.metrics.reject(too_big.code, too_big.reason)
                 await self.push(str(too_big))
                 return
             if spill is None:
@@ -530,7 +568,7 @@ class Handler:
         if self.limits.rates_on:
             reply = await self.limits.rate_check(_peer_ip(session), address.lower())
             if reply is not None:
-                self.metrics.reject(reply.code, reply.reason)
+                self.metrics.reject(reply, client=_peer_ip(session), mail_from=address, rcpts=())
                 return str(reply)
         envelope.mail_from = address  # "<>" for the null reverse-path (aiosmtpd needs it non-empty)
         envelope.mail_options.extend(mail_options)
@@ -541,10 +579,12 @@ class Handler:
                           rcpt_options: list[str]) -> str:
         mailbox = self.recipients.lookup(address)
         if mailbox is None:
-            self.metrics.reject(550, replies.UNKNOWN_RECIPIENT.reason)
+            self.metrics.reject(replies.UNKNOWN_RECIPIENT, client=_peer_ip(session), mail_from=envelope.mail_from,
+                                rcpts=(address,))
             return str(replies.UNKNOWN_RECIPIENT)
         if len(envelope.rcpt_tos) >= self.cfg.smtp.max_recipients:
-            self.metrics.reject(452, replies.TOO_MANY_RECIPIENTS.reason)
+            self.metrics.reject(replies.TOO_MANY_RECIPIENTS, client=_peer_ip(session),
+                                mail_from=envelope.mail_from, rcpts=(address,))
             return str(replies.TOO_MANY_RECIPIENTS)
         envelope.rcpt_tos.append(address)  # a custom hook must do this itself
         envelope.rcpt_options.extend(rcpt_options)
@@ -572,8 +612,8 @@ class Handler:
         for check in self.checks:
             result = await check.run(ctx)
             if result.action != CONTINUE and result.reply is not None:
-                self.metrics.reject(result.reply.code, result.reply.reason or check.name)
-                log.info("%s: %s refused by %s: %s", peer_ip, envelope.mail_from, check.name, result.reply)
+                self.metrics.reject(result.reply, client=peer_ip, mail_from=envelope.mail_from,
+                                    rcpts=envelope.rcpt_tos, reason=result.reply.reason or check.name)
                 return str(result.reply)
             if result.raw is not None:
                 ctx.raw = result.raw
@@ -603,7 +643,8 @@ class Handler:
         try:
             await self.spool.commit(entry)
         except Exception:
-            self.metrics.reject(451, replies.SPOOL_FAILED.reason)
+            self.metrics.reject(replies.SPOOL_FAILED, client=peer_ip, mail_from=envelope.mail_from,
+                                rcpts=envelope.rcpt_tos)
             return str(replies.SPOOL_FAILED)
         if self.limits.rates_on:
             self.limits.rate_hit(peer_ip, (envelope.mail_from or "").lower())
@@ -623,8 +664,7 @@ class Handler:
         # trigger one on every try must not be able to flood the log with it.
         tb = "".join(traceback.format_exception(type(error), error, error.__traceback__, limit=-_TRACEBACK_FRAMES))
         log.error("SMTP session error: %s: %s\n%s", type(error).__name__, str(error)[:300], tb.rstrip())
-        self.metrics.reject(451, replies.INTERNAL_ERROR.reason)
-        return str(replies.INTERNAL_ERROR)
+        return str(replies.INTERNAL_ERROR)  # counted and logged by TicketmxSMTP.handle_exception (its session)
 
 
 def _peer_ip(session: Session) -> str:

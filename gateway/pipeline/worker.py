@@ -360,7 +360,13 @@ class Worker:
         contact_updates: list[tuple[str, bool, str]] = []
         sid = msg.entry.id
         step = self.meter.step
+        skip, msg = _released(msg)
         for index, stage in enumerate(self.stages, 1):
+            if skip is not None and stage.name == skip["stage"]:
+                # An operator released the entry from this stage's quarantine (`ticketmx spool release`): once.
+                history.append({"stage": stage.name, "action": "released", "reason": skip["reason"]})
+                skip = None
+                continue
             step(sid, index)
             verdict = await stage.run(msg, self.ctx)
             history.append({"stage": stage.name, "action": verdict.action, "reason": verdict.reason})
@@ -441,6 +447,26 @@ class Worker:
             self.stats.outcome(r.state, max(0.0, now - received) if received else None)
             log.info("%s -> %s%s%s", r.spool_id, r.state, f" {r.ticket_number}" if r.ticket_number else "",
                      f" ({r.reason})" if r.reason else "", extra={"trace_id": r.spool_id})
+
+
+def _released(msg: Inbound) -> tuple[dict[str, str] | None, Inbound]:
+    """The stage an operator's release skips once, with the history reason naming who and when.
+
+    A forced release from the identity check (the From read two ways) makes the sender the From DMARC
+    evaluated, but never trusted: the message is handled as suspicious mail (its own ticket, flagged,
+    never acting as an agent or on an existing ticket)."""
+    rel = msg.entry.released
+    if not rel or not rel.get("stage"):
+        return None, msg
+    from ..store.render import iso
+    stage = str(rel["stage"])
+    reason = f"skipped once: released by {rel.get('by', '?')} at {iso(float(rel.get('at') or 0))}"
+    if rel.get("forced"):
+        reason += " (--force)"
+    if stage == "identity" and "suspicious" not in msg.entry.flags:
+        msg = replace(msg, entry=replace(msg.entry, flags=(*msg.entry.flags, "suspicious")))
+        reason += "; handled as suspicious mail"
+    return {"stage": stage, "reason": reason}, msg
 
 
 def _received_at(spool_id: str) -> float:

@@ -7,8 +7,9 @@ happens inside :meth:`Store.deliver`'s single transaction.
 from __future__ import annotations
 
 import abc
+import json
 from dataclasses import dataclass, field
-from typing import IO, Any, AsyncIterator, Iterator
+from typing import IO, Any, AsyncIterator, Iterator, Sequence
 
 from ..fileio import read_chunks
 
@@ -58,6 +59,9 @@ class SpoolEntry:
     body_size: int = 0
     chunks: int = 0
     interrupted: int = 0       # service starts that found it processing (docs/operations.md, "Crashes")
+    # An operator's `spool release` waiting for the pipeline: {"stage", "by", "at", "forced"}; that stage
+    # is skipped once (gateway/pipeline/worker.py), and the store clears it when the entry ends again.
+    released: dict[str, Any] | None = None
 
     @property
     def size(self) -> int:
@@ -81,6 +85,101 @@ def body_file_chunks(entry: SpoolEntry) -> Iterator[bytes]:
 def chunk_count(entry: SpoolEntry) -> int:
     """How many spool_chunks rows the entry has (or will have once inserted)."""
     return -(-entry.body_size // SPOOL_CHUNK) if entry.body is not None else entry.chunks
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolQuery:
+    """``ticketmx spool find``: entries matching every given criterion, newest first.
+
+    ``mail_from`` matches the envelope sender or the From address the SMTP side read (what DMARC
+    evaluated); ``rcpt`` an envelope recipient or the mailbox it mapped to; both case-insensitively.
+    ``since``: epoch seconds (received at or after)."""
+
+    message_id: str = ""
+    mail_from: str = ""
+    rcpt: str = ""
+    since: float | None = None
+    limit: int = 50
+
+    def matches(self, r: Any) -> bool:
+        """The exact test on a candidate row (the SQL only narrows the candidates)."""
+        if self.message_id and r["message_id"] != self.message_id:
+            return False
+        if self.mail_from:
+            want = self.mail_from.lower()
+            header = ((_loads(r["auth"]) or {}).get("from") or {}).get("addresses") or ()
+            if r["mail_from"].lower() != want and want not in (str(a).lower() for a in header):
+                return False
+        if self.rcpt:
+            want = self.rcpt.lower()
+            given = [*(_loads(r["rcpt_tos"]) or ()), *(_loads(r["mailboxes"]) or ())]
+            if want not in (str(a).lower() for a in given):
+                return False
+        return True
+
+
+def _loads(text: Any) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
+def _like_json_string(value: str) -> str | None:
+    """A LIKE pattern (ESCAPE '!') finding ``value`` as a JSON string in a JSON column, or None when the
+    JSON spelling could differ (non-ASCII is written as \\u escapes, quotes and backslashes escaped)."""
+    if not value.isascii() or '"' in value or "\\" in value:
+        return None
+    escaped = value.lower().replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    return f'%"{escaped}"%'
+
+
+def spool_id_floor(ts: float) -> str:
+    """The smallest spool id of a message received at or after ``ts`` (ids begin with the receive
+    time in ms as 11 hex digits, gateway/spool.py): a range on the primary key."""
+    return f"{max(0, int(ts * 1000)):011x}"
+
+
+# Light columns of a spool row: enough to match (SpoolQuery.matches) without reading any message.
+_FIND_COLUMNS = "s.id, s.mail_from, s.rcpt_tos, s.mailboxes, s.message_id, s.auth"
+_FIND_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TicketQuery:
+    """``ticketmx tickets list`` filters (all optional, combined with AND)."""
+
+    status: str = ""
+    queue: str = ""
+    assignee: str = ""
+    requester: str = ""
+    since: float | None = None      # created at or after (epoch seconds)
+    limit: int | None = None
+    newest_first: bool = False
+
+    def sql(self) -> tuple[str, tuple[Any, ...]]:
+        """WHERE/ORDER/LIMIT for ``tickets t JOIN contacts c`` with ``?`` placeholders (both stores)."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("t.status", self.status), ("t.queue", self.queue)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if self.assignee:
+            where.append("lower(t.assignee) = ?")
+            params.append(self.assignee.lower())
+        if self.requester:
+            where.append("c.email = ?")  # stored lower-cased
+            params.append(self.requester.lower())
+        if self.since is not None:
+            where.append("t.created_at >= ?")
+            params.append(self.since)
+        sql = (" WHERE " + " AND ".join(where) if where else "") + \
+            (" ORDER BY t.id DESC" if self.newest_first else " ORDER BY t.id")
+        if self.limit is not None:
+            sql += " LIMIT ?"
+            params.append(self.limit)
+        return sql, tuple(params)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,9 +380,68 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def spool_counts(self) -> dict[str, int]: ...
 
+    @abc.abstractmethod
+    async def query(self, sql: str, params: tuple[Any, ...] = ()) -> Sequence[Any]:
+        """A read with ``?`` placeholders; rows indexable by column name."""
+
+    async def spool_find(self, q: SpoolQuery) -> list[SpoolEntry]:
+        """Entries matching ``q``, newest first, at most ``q.limit``. The scan reads only light
+        columns, a page at a time down the primary key (ids are time-ordered, so ``since`` bounds it);
+        only the matches are then read whole."""
+        where: list[str] = []
+        params: list[Any] = []
+        if q.since is not None:
+            where.append("s.id >= ?")
+            params.append(spool_id_floor(q.since))
+        if q.message_id:
+            where.append("s.message_id = ?")
+            params.append(q.message_id)
+        if q.mail_from:
+            like = _like_json_string(q.mail_from)
+            if like is not None:
+                where.append("(lower(s.mail_from) = ? OR lower(s.auth) LIKE ? ESCAPE '!')")
+                params += [q.mail_from.lower(), like]
+        if q.rcpt:
+            like = _like_json_string(q.rcpt)
+            if like is not None:
+                where.append("(lower(s.rcpt_tos) LIKE ? ESCAPE '!' OR lower(s.mailboxes) LIKE ? ESCAPE '!')")
+                params += [like, like]
+        found: list[str] = []
+        before: str | None = None
+        while len(found) < q.limit:
+            page_where = where + (["s.id < ?"] if before is not None else [])
+            sql = (f"SELECT {_FIND_COLUMNS} FROM spool s" + (" WHERE " + " AND ".join(page_where) if page_where else "")
+                   + f" ORDER BY s.id DESC LIMIT {_FIND_PAGE}")
+            rows = await self.query(sql, tuple(params) + ((before,) if before is not None else ()))
+            found += [r["id"] for r in rows if q.matches(r)]
+            if len(rows) < _FIND_PAGE:
+                break
+            before = rows[-1]["id"]
+        entries = [await self.spool_get(sid) for sid in found[:q.limit]]
+        return [e for e in entries if e is not None]
+
+    @abc.abstractmethod
+    async def spool_release_held(self, spool_id: str, release: dict[str, Any], actor: str,
+                                 detail: dict[str, Any]) -> bool:
+        """An operator's release of a quarantined entry (``release``: the stage to skip once, who,
+        when): back in the queue with a fresh attempt count, and an audit line, in one transaction.
+        False when the entry is not quarantined (any more) or its raw message is gone."""
+
+    @abc.abstractmethod
+    async def spool_delete_raw(self, spool_id: str, actor: str, detail: dict[str, Any]) -> bool:
+        """Delete the raw message of a quarantined or suppressed entry (the row, its history and state
+        stay) and write an audit line, in one transaction. False when it is in another state or the raw
+        message is already gone."""
+
+    @abc.abstractmethod
+    async def spool_audit(self, spool_id: str) -> list[dict[str, Any]]:
+        """The operator actions on an entry, oldest first: ``{at, actor, action, detail}``."""
+
     # -- tickets ---------------------------------------------------------------
     @abc.abstractmethod
-    async def tickets_list(self, limit: int | None = None) -> list[dict[str, Any]]: ...
+    async def tickets_list(self, limit: int | None = None, query: TicketQuery | None = None
+                           ) -> list[dict[str, Any]]:
+        """Tickets, oldest first unless ``query.newest_first``; ``query``'s limit wins over ``limit``."""
 
     @abc.abstractmethod
     async def ticket_get(self, ref: str) -> dict[str, Any] | None:

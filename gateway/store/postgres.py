@@ -36,8 +36,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 import asyncpg
 
 from . import base
-from .base import (PROCESSING, QUARANTINED, QUEUED, Delivery, DeliveryResult, SpoolEntry, Store,
-                   body_file_chunks, chunk_count)
+from .base import (PROCESSING, QUARANTINED, QUEUED, SUPPRESSED, Delivery, DeliveryResult, SpoolEntry, Store,
+                   TicketQuery, body_file_chunks, chunk_count)
 from .crypto import Cipher
 from .pg_migrations import load_migrations
 from .pg_sync import PgSyncConnection, numbered_placeholders, run_sync
@@ -288,8 +288,37 @@ class PostgresStore(Store):
     async def spool_replay_quarantined(self) -> list[str]:
         rows = await self.pool.fetch(
             "UPDATE spool SET state=$1, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL"
-            " WHERE state=$2 RETURNING id, received_at", QUEUED, QUARANTINED)
+            " WHERE state=$2 AND (chunks > 0 OR octet_length(raw) > 0)"  # not those whose raw was deleted
+            " RETURNING id, received_at", QUEUED, QUARANTINED)
         return [r["id"] for r in sorted(rows, key=lambda r: (r["received_at"], r["id"]))]
+
+    async def spool_release_held(self, spool_id: str, release: dict[str, Any], actor: str,
+                                 detail: dict[str, Any]) -> bool:
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                done = _count(await conn.execute(
+                    "UPDATE spool SET state=$1, attempts=0, interrupted=0, next_attempt_at=0, reason='',"
+                    " finished_at=NULL, released=$2 WHERE id=$3 AND state=$4 AND (chunks > 0 OR octet_length(raw) > 0)",
+                    QUEUED, json.dumps(release), spool_id, QUARANTINED)) == 1
+                if done:
+                    await _audit(conn, spool_id, release["at"], actor, "released", detail)
+                return done
+
+    async def spool_delete_raw(self, spool_id: str, actor: str, detail: dict[str, Any]) -> bool:
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                row = await conn.fetchrow("SELECT state, chunks, octet_length(raw) AS n FROM spool WHERE id=$1"
+                                          " FOR UPDATE", spool_id)
+                if row is None or row["state"] not in (QUARANTINED, SUPPRESSED) or not (row["chunks"] or row["n"]):
+                    return False
+                await conn.execute("DELETE FROM spool_chunks WHERE spool_id=$1", spool_id)
+                await conn.execute("UPDATE spool SET raw=''::bytea, chunks=0, released='' WHERE id=$1", spool_id)
+                await _audit(conn, spool_id, time.time(), actor, "deleted", detail)
+                return True
+
+    async def spool_audit(self, spool_id: str) -> list[dict[str, Any]]:
+        return [{"at": iso(r["at"]), "actor": r["actor"], "action": r["action"], "detail": json.loads(r["detail"])}
+                for r in await self.pool.fetch("SELECT * FROM spool_audit WHERE spool_id=$1 ORDER BY id", spool_id)]
 
     async def spool_counts(self) -> dict[str, int]:
         counts = {s: 0 for s in base.ALL_STATES}
@@ -335,11 +364,11 @@ class PostgresStore(Store):
     _TICKET_SQL = ("SELECT t.*, c.email AS requester, c.name AS requester_name FROM tickets t"
                    " JOIN contacts c ON c.id=t.requester_id")
 
-    async def tickets_list(self, limit: int | None = None) -> list[dict[str, Any]]:
-        sql = self._TICKET_SQL + " ORDER BY t.id"
-        if limit is not None:
-            return [ticket_dict(r) for r in await self.pool.fetch(sql + " LIMIT $1", limit)]
-        return [ticket_dict(r) for r in await self.pool.fetch(sql)]
+    async def tickets_list(self, limit: int | None = None, query: TicketQuery | None = None
+                           ) -> list[dict[str, Any]]:
+        q = query or TicketQuery(limit=limit)
+        where, params = q.sql()
+        return [ticket_dict(r) for r in await self.query(self._TICKET_SQL + where, params)]
 
     async def ticket_get(self, ref: str) -> dict[str, Any] | None:
         async with self.pool.acquire() as conn:
@@ -518,3 +547,9 @@ def redact_url(url: str) -> str:
 
 
 __all__ = ["PostgresStore", "is_postgres_url", "redact_url"]
+
+
+async def _audit(conn: asyncpg.Connection, spool_id: str, at: float, actor: str, action: str,
+                 detail: dict[str, Any]) -> None:
+    await conn.execute("INSERT INTO spool_audit (spool_id, at, actor, action, detail) VALUES ($1,$2,$3,$4,$5)",
+                       spool_id, at, actor, action, json.dumps(detail, ensure_ascii=False))

@@ -339,5 +339,5 @@ class PgDeliverTx:
             rows, self._finished = self._finished, []
             await self.conn.executemany(
                 "UPDATE spool SET state=$1, reason=$2, ticket_id=$3, article_id=$4, finished_at=$5, history=$6,"
-                " claimed_by='', claimed_until=0, last_error=CASE WHEN $7 THEN $2 ELSE last_error END,"
+                " claimed_by='', claimed_until=0, released='', last_error=CASE WHEN $7 THEN $2 ELSE last_error END,"
                 " traceback=CASE WHEN $8<>'' THEN $8 ELSE traceback END WHERE id=$9", rows)

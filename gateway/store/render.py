@@ -40,7 +40,16 @@ def spool_from_row(r: Mapping[str, Any], cipher: Cipher = PLAIN, raw_stored: byt
         flags=tuple(_json(r["flags"], [])), state=r["state"], reason=r["reason"], attempts=r["attempts"],
         last_error=r["last_error"], history=tuple(_json(r["history"], [])), ticket_id=r["ticket_id"],
         article_id=r["article_id"], finished_at=r["finished_at"], traceback=r["traceback"],
-        interrupted=r["interrupted"], **_chunking(r, len(raw)))
+        interrupted=r["interrupted"], released=_released(r), **_chunking(r, len(raw)))
+
+
+def _released(r: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A pending operator release (migration 0013; absent in rows read before it)."""
+    try:
+        value = r["released"]
+    except (KeyError, IndexError):
+        return None
+    return _json(value, None)
 
 
 def _chunking(r: Mapping[str, Any], raw_len: int) -> dict[str, int]:

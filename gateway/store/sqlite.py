@@ -20,8 +20,8 @@ from typing import Any, AsyncIterator, Callable, TypeVar
 import aiosqlite
 
 from . import base
-from .base import (PROCESSING, QUARANTINED, QUEUED, Delivery, DeliveryResult, SpoolEntry, Store,
-                   SPOOL_CHUNK, body_file_chunks, chunk_count)
+from .base import (PROCESSING, QUARANTINED, QUEUED, SUPPRESSED, Delivery, DeliveryResult, SpoolEntry, Store,
+                   SPOOL_CHUNK, TicketQuery, body_file_chunks, chunk_count)
 from .migrations import load_migrations
 from .crypto import Cipher
 from ..secretfile import ensure_mode
@@ -402,11 +402,43 @@ class SqliteStore(Store):
 
     async def spool_replay_quarantined(self) -> list[str]:
         def fn(conn: sqlite3.Connection) -> list[str]:
-            ids = [r[0] for r in conn.execute("SELECT id FROM spool WHERE state=?", (QUARANTINED,))]
+            # not those whose raw message an operator deleted (`spool delete`): nothing left to process
+            kept = "(chunks > 0 OR length(raw) > 0 OR id IN (SELECT spool_id FROM spool_raw))"
+            ids = [r[0] for r in conn.execute(f"SELECT id FROM spool WHERE state=? AND {kept}", (QUARANTINED,))]
             conn.execute("UPDATE spool SET state=?, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL"
-                         " WHERE state=?", (QUEUED, QUARANTINED))
+                         f" WHERE state=? AND {kept}", (QUEUED, QUARANTINED))
             return ids
         return await self.transaction(fn)
+
+    async def spool_release_held(self, spool_id: str, release: dict[str, Any], actor: str,
+                                 detail: dict[str, Any]) -> bool:
+        def fn(conn: sqlite3.Connection) -> bool:
+            done = conn.execute(
+                "UPDATE spool SET state=?, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL,"
+                " released=? WHERE id=? AND state=? AND (chunks > 0 OR length(raw) > 0"
+                " OR id IN (SELECT spool_id FROM spool_raw))",
+                (QUEUED, json.dumps(release), spool_id, QUARANTINED)).rowcount == 1
+            if done:
+                _audit(conn, spool_id, release["at"], actor, "released", detail)
+            return done
+        return await self.transaction(fn)
+
+    async def spool_delete_raw(self, spool_id: str, actor: str, detail: dict[str, Any]) -> bool:
+        def fn(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT state, chunks, length(raw), (SELECT COUNT(*) FROM spool_raw WHERE spool_id=?)"
+                               " FROM spool WHERE id=?", (spool_id, spool_id)).fetchone()
+            if row is None or row[0] not in (QUARANTINED, SUPPRESSED) or not (row[1] or row[2] or row[3]):
+                return False
+            conn.execute("DELETE FROM spool_chunks WHERE spool_id=?", (spool_id,))
+            conn.execute("DELETE FROM spool_raw WHERE spool_id=?", (spool_id,))
+            conn.execute("UPDATE spool SET raw=x'', chunks=0, released='' WHERE id=?", (spool_id,))
+            _audit(conn, spool_id, time.time(), actor, "deleted", detail)
+            return True
+        return await self.transaction(fn)
+
+    async def spool_audit(self, spool_id: str) -> list[dict[str, Any]]:
+        return [{"at": iso(r["at"]), "actor": r["actor"], "action": r["action"], "detail": json.loads(r["detail"])}
+                for r in await self.query("SELECT * FROM spool_audit WHERE spool_id=? ORDER BY id", (spool_id,))]
 
     async def spool_counts(self) -> dict[str, int]:
         counts = {s: 0 for s in base.ALL_STATES}
@@ -436,13 +468,11 @@ class SqliteStore(Store):
     _TICKET_SQL = ("SELECT t.*, c.email AS requester, c.name AS requester_name FROM tickets t"
                    " JOIN contacts c ON c.id=t.requester_id")
 
-    async def tickets_list(self, limit: int | None = None) -> list[dict[str, Any]]:
-        sql = self._TICKET_SQL + " ORDER BY t.id"
-        params: tuple[Any, ...] = ()
-        if limit is not None:
-            sql += " LIMIT ?"
-            params = (limit,)
-        return [ticket_dict(r) for r in await self.query(sql, params)]
+    async def tickets_list(self, limit: int | None = None, query: TicketQuery | None = None
+                           ) -> list[dict[str, Any]]:
+        q = query or TicketQuery(limit=limit)
+        where, params = q.sql()
+        return [ticket_dict(r) for r in await self.query(self._TICKET_SQL + where, params)]
 
     async def ticket_get(self, ref: str) -> dict[str, Any] | None:
         if ref.isdigit():
@@ -574,6 +604,11 @@ class SqliteStore(Store):
                 out["blobs"] += 1
             return out
         return await self.transaction(fn)
+
+
+def _audit(conn: Any, spool_id: str, at: float, actor: str, action: str, detail: dict[str, Any]) -> None:
+    conn.execute("INSERT INTO spool_audit (spool_id, at, actor, action, detail) VALUES (?,?,?,?,?)",
+                 (spool_id, at, actor, action, json.dumps(detail, ensure_ascii=False)))
 
 
 __all__ = ["SqliteStore", "iso"]

@@ -311,7 +311,7 @@ class DeliverTx:
                article_id: int | None = None, number: str | None = None) -> DeliveryResult:
         self.conn.execute(
             "UPDATE spool SET state=?, reason=?, ticket_id=?, article_id=?, finished_at=?, history=?,"
-            " claimed_by='', last_error=CASE WHEN ? THEN ? ELSE last_error END,"
+            " claimed_by='', released='', last_error=CASE WHEN ? THEN ? ELSE last_error END,"
             " traceback=CASE WHEN ?<>'' THEN ? ELSE traceback END WHERE id=?",
             (state, reason, ticket_id, article_id, self.now,
              self.histories.get(d.spool_id) or json.dumps(list(d.history)),
