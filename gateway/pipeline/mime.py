@@ -43,6 +43,7 @@ from urllib.parse import unquote_to_bytes
 
 from inscriptis import get_text
 
+from gateway.auth.fromfield import read_mailboxes
 from gateway.pipeline.bigmime import is_marker, split_large_parts
 from gateway.pipeline.htmlbound import MAX_RENDER_TAGS, bound_html
 from gateway.pipeline.model import Attachment, ParsedMessage
@@ -592,6 +593,33 @@ def _slow_addresses(name: str, value: str, ctx: _Ctx) -> list[Pair]:
     return [(_display(n, ctx), _norm_addr(a)) for n, a in pairs]
 
 
+def _from_mailboxes(values: Iterable[str], ctx: _Ctx) -> list[Pair]:
+    """(display name, address) pairs of the From fields, read by the function the SMTP side uses for
+    DMARC (``gateway.auth.fromfield.read_mailboxes``) from the same text it reads (UTF-8, bad bytes
+    replaced), so that the requester and DMARC's From are one reading. Only the display names are
+    decoded further: legacy 8-bit bytes in them as any header text (body charset, detection, Latin-1)."""
+    out: list[Pair] = []
+    for raw in values:
+        value = _unfold(raw)
+        if len(value) > ctx.budget:
+            ctx.defect("address-unread:from")
+            continue
+        ctx.budget -= len(value)
+        data = value.encode("utf-8", "surrogateescape")
+        text = data.decode("utf-8", "replace")
+        pairs, problem = read_mailboxes(text)
+        if problem is not None:
+            ctx.defect("address-unread:from")
+            continue
+        names = [n for n, _ in pairs]
+        if "\ufffd" in text and not data.isascii():   # legacy bytes: names from the undamaged text
+            legacy, _ = read_mailboxes(data.decode("utf-8", "surrogateescape"))
+            if len(legacy) == len(pairs):
+                names = [n for n, _ in legacy]
+        out.extend((_display(n, ctx), _norm_addr(a)) for n, (_, a) in zip(names, pairs))
+    return out
+
+
 def _unique(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
@@ -910,7 +938,10 @@ def _build(raw_headers: Iterable[tuple[str, str]], plains: list[str], htmls: lis
     headers: list[tuple[str, str]] = []
     wanted: dict[str, list[str]] = {}          # undecoded-RFC-2047 text, for address/id parsing
     first: dict[str, str] = {}                 # first fully decoded value per header name
+    raw_from: list[str] = []                   # From as stored: read by the SMTP side's reader
     for name, raw in raw_headers:
+        if name.lower() == "from" and isinstance(raw, str):
+            raw_from.append(raw)
         try:
             text = _header_text(raw, ctx)
             value = _full_decode(text, ctx)
@@ -923,7 +954,7 @@ def _build(raw_headers: Iterable[tuple[str, str]], plains: list[str], htmls: lis
             wanted.setdefault(key, []).append(text)
             first.setdefault(key, value)
 
-    senders = _addresses("from", wanted.get("from", ()), ctx)
+    senders = _from_mailboxes(raw_from, ctx)
     msg_ids = _message_ids(wanted.get("message-id", ())[:1])
 
     body_html = "\n".join(htmls)

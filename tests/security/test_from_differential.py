@@ -160,7 +160,7 @@ async def test_the_requester_is_always_the_from_dmarc_evaluated(worker) -> None:
         elif got != _norm(info.addresses[0]):
             wrong.append((frm, f"requester {got!r} is not the authenticated From {info.addresses[0]!r}"))
         elif not info.error and got.rpartition("@")[2].strip("[]").rstrip(".").lower() not in {
-                d.lower() for d in info.domains}:
+                d.lower() for d in info.domains + info.unevaluated}:
             wrong.append((frm, f"requester {got!r} is not at a domain DMARC evaluated {info.domains}"))
         elif got == "env@envelope.test":
             wrong.append((frm, "MAIL FROM stood in for a message with a From field"))
