@@ -44,6 +44,7 @@ from urllib.parse import unquote_to_bytes
 from inscriptis import get_text
 
 from gateway.auth.fromfield import read_mailboxes
+from gateway.pipeline.charset_guess import MAX_GUESS, guess
 from gateway.pipeline.bigmime import is_marker, split_large_parts
 from gateway.pipeline.htmlbound import MAX_RENDER_TAGS, bound_html
 from gateway.pipeline.model import Attachment, ParsedMessage
@@ -105,6 +106,7 @@ MAX_ADDRESS_CHARS = 1_000    # one address (phrase + addr-spec) handed to the st
 MAX_ADDRESSES = 2_000        # addresses read per header name (To, Cc, ...)
 ADDRESS_PARSER_BUDGET = 8_000  # characters per message the stdlib address parsers may see in all
 _MAX_LABEL = 40          # longest charset/CTE label echoed into a defect string
+MAX_GUESSES = 32         # header values per message whose charset is guessed (charset_guess, ~0.2 ms each)
 
 
 # --------------------------------------------------------------------------- #
@@ -117,7 +119,7 @@ class TooManyParts(Exception):
 class _Ctx:
     """Mutable state of one parse: defects (ordered, de-duplicated) and the charset hint."""
 
-    __slots__ = ("_defects", "hint", "linesep", "raw", "budget", "parts")
+    __slots__ = ("_defects", "hint", "linesep", "raw", "budget", "parts", "guesses")
 
     def __init__(self, raw: bytes) -> None:
         self._defects: dict[str, None] = {}
@@ -128,6 +130,7 @@ class _Ctx:
         self.raw = raw
         self.budget = ADDRESS_PARSER_BUDGET   # characters left for the stdlib address parsers
         self.parts = 0                        # message objects the feed parser has built
+        self.guesses = MAX_GUESSES            # header values left whose charset may be guessed
 
     def parse(self, data: bytes) -> Message:
         """``data`` through the feed parser, stopped (TooManyParts) at MAX_MIME_PARTS parts or
@@ -226,18 +229,45 @@ def _codecs_for(label: str) -> tuple[str, ...] | None:
     return _SUPERSETS.get(canonical, (canonical,))
 
 
+@functools.lru_cache(maxsize=64)
+def _ascii_label(label: str) -> bool:
+    try:
+        return codecs.lookup(label.strip().strip("\"'").strip().lower()).name == "ascii"
+    except (LookupError, ValueError, TypeError):
+        return False
+
+
 def _strict(data: bytes, codec: str) -> str:
     # cp1252 is always decoded WHATWG style: its five holes map to C1 controls.
     return data.decode(codec, "ticketmx.latin1" if codec == "cp1252" else "strict")
 
 
-def _decode(data: bytes, label: str | None, ctx: _Ctx, hint: tuple[str, ...] = ()) -> str:
+# Japanese mailers label Shift_JIS or EUC-JP bytes as ISO-2022-JP (a 7-bit charset): try those first.
+_JP_8BIT = ("cp932", "euc_jp")
+
+
+def _guess(data: bytes, ctx: _Ctx) -> tuple[str, str] | None:
+    """charset_guess.guess within the message's budget (MAX_GUESSES values of at most MAX_GUESS bytes)."""
+    if len(data) > MAX_GUESS:
+        return None
+    if ctx.guesses <= 0:
+        ctx.defect(f"charset-guess-limit:{MAX_GUESSES}")
+        return None
+    ctx.guesses -= 1
+    return guess(data)
+
+
+def _decode(data: bytes, label: str | None, ctx: _Ctx, hint: tuple[str, ...] = (),
+            short: bool = False) -> str:
     """Decode bytes declared as ``label``; never raises, records every fallback taken.
 
     Order: declared charset (via superset) -> UTF-8 strict -> the declared charset with
     replacement when only a few bytes are bad (a stray invalid byte in CJK text) ->
-    UTF-8 with cp1252 for the invalid bytes.  ``hint`` is tried after UTF-8 when there
-    is no label (raw 8-bit headers).
+    UTF-8 with cp1252 for the invalid bytes.  ``hint`` (the body's charset) is tried after
+    UTF-8 when there is no label (raw 8-bit headers). ``short``: a header value (Subject, a
+    display name, an encoded word, a file name): as real MUAs read those, after UTF-8 come the
+    body's charset (also when a declared label does not fit), then detection (charset_guess),
+    and only then Latin-1 (cp1252).
     """
     if data.startswith(codecs.BOM_UTF8):
         data, label = data[3:], "utf-8"
@@ -282,13 +312,29 @@ def _decode(data: bytes, label: str | None, ctx: _Ctx, hint: tuple[str, ...] = (
         else:
             ctx.defect(f"charset-mismatch:{_short(label)}->utf-8" if label else "charset-missing:utf-8")
             return text
-    if not cands:
+    if short and cands:
+        for codec in _JP_8BIT if cands[0].startswith("iso2022_jp") else ():
+            try:
+                text = data.decode(codec)
+            except UnicodeError:
+                continue
+            ctx.defect(f"charset-mismatch:{_short(label or '')}->{codec}")
+            return text
+    if not cands or short:
         for codec in hint:
+            if codec in cands:
+                continue
             try:
                 text = _strict(data, codec)
             except (UnicodeError, LookupError):
                 continue
-            ctx.defect(f"charset-missing:{codec}")
+            ctx.defect(f"charset-mismatch:{_short(label)}->{codec}" if label else f"charset-missing:{codec}")
+            return text
+    if short:
+        found_guess = _guess(data, ctx)
+        if found_guess is not None:
+            text, codec = found_guess
+            ctx.defect(f"charset-mismatch:{_short(label)}->{codec}" if label else f"charset-guessed:{codec}")
             return text
     if cands and cands != _UTF8:
         try:
@@ -327,7 +373,7 @@ def _header_text(raw: str, ctx: _Ctx) -> str:
     """
     value = _unfold(raw)
     if not value.isascii():
-        value = _decode(value.encode("utf-8", "surrogateescape"), None, ctx, ctx.hint)
+        value = _decode(value.encode("utf-8", "surrogateescape"), None, ctx, ctx.hint, short=True)
         ctx.defect("header-8bit")
     elif "\x1b" in value:
         value = _decode(value.encode("ascii"), None, ctx)
@@ -361,7 +407,7 @@ def _decode_words(text: str, ctx: _Ctx) -> str:
     def flush() -> None:
         nonlocal run, run_charset
         if run:
-            out.append(_decode(bytes(run), run_charset, ctx))
+            out.append(_decode(bytes(run), run_charset, ctx, ctx.hint, short=True))
             run = bytearray()
         run_charset = ""
 
@@ -452,7 +498,7 @@ def _mime_header(value: str, ctx: _Ctx) -> tuple[str, dict[str, str]]:
                 else:
                     buf += val.encode("utf-8")
             # RFC 2231 wins over a plain parameter of the same name (it is the exact one).
-            params[base] = _decode(bytes(buf), charset or None, ctx, ctx.hint)
+            params[base] = _decode(bytes(buf), charset or None, ctx, ctx.hint, short=True)
     main = main.strip()
     if " " in main or "\t" in main or "(" in main:
         main = _TYPE_JUNK.sub("", main)
@@ -514,7 +560,7 @@ def _display(name: str, ctx: _Ctx) -> str:
     if name.startswith('"'):
         name = _unquote(name)
     if any("\udc80" <= c <= "\udcff" for c in name):     # registry output for unknown charsets
-        name = _decode(name.encode("utf-8", "surrogateescape"), None, ctx, ctx.hint)
+        name = _decode(name.encode("utf-8", "surrogateescape"), None, ctx, ctx.hint, short=True)
     return _collapse(_CTRL_RE.sub(" ", _decode_words(name, ctx)))
 
 
@@ -864,7 +910,7 @@ class _Walker:
                 label = m.group(1).decode("ascii") if m else None
             if label and not ctx.hint:
                 found = _codecs_for(label)
-                if found and found != _UTF8:
+                if found and found != _UTF8 and not _ascii_label(label):   # us-ascii says nothing
                     ctx.hint = found
             text = _newlines(_decode(data, label, ctx))
             if ctype == "text/html":
