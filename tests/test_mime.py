@@ -366,7 +366,7 @@ def test_message_rfc822_attachment() -> None:
     assert pm.body_text == "Outer body"
     (att,) = pm.attachments
     assert att.content_type == "message/rfc822"
-    assert att.filename == "message.eml"
+    assert att.filename == "inner subject.eml"      # named after its Subject (issue 20)
     assert att.content.startswith(b"From: inner@example.com\r\nSubject: inner subject\r\n\r\nInner body")
     assert att.sha256 == hashlib.sha256(att.content).hexdigest()
     assert parse_message(att.content).subject == "inner subject"

@@ -695,6 +695,7 @@ _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SCRIPT_OPEN = re.compile(r"<(script|style)\b")
 _TAG = re.compile(r"<[^<>]*+>")   # not "<[^>]*>": each "<" of "<<<…" would scan to the end
 _BLANK_RUN = re.compile(r"\n{3,}")
+_TITLE = re.compile(r"<title\b[^<>]{0,200}>([^<]{1,2000})", re.I)
 
 
 def _cte(raw: str | None) -> str:
@@ -791,7 +792,7 @@ def _html_to_text(html: str, ctx: _Ctx) -> str:
 class _Part:
     """The MIME fields of one part, read from the raw stored headers in one pass."""
 
-    __slots__ = ("ctype", "type_params", "disposition", "disp_params", "content_id", "cte")
+    __slots__ = ("ctype", "type_params", "disposition", "disp_params", "content_id", "cte", "declared")
 
     def __init__(self, part: Message, ctx: _Ctx) -> None:
         ct = cd = cid = cte = None
@@ -805,6 +806,7 @@ class _Part:
                 cid = value if cid is None else cid
             elif key == "content-transfer-encoding":
                 cte = value if cte is None else cte
+        self.declared = ct is not None           # a Content-Type field is present
         if ct is None:
             self.ctype, self.type_params = part.get_default_type(), {}
         else:
@@ -819,6 +821,22 @@ class _Part:
         self.cte = _cte(cte)
 
 
+_UNSAFE_NAME = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
+MAX_EML_NAME = 100       # characters of the Subject kept in a forwarded message's file name
+
+
+def _eml_name(inner: Message | None, ctx: _Ctx) -> str:
+    """A forwarded message's file name: its Subject made safe for a file name, plus ``.eml``
+    (``message.eml`` when it has none), the name the big helpdesks show."""
+    subject = ""
+    if inner is not None:
+        raw = next((v for k, v in inner.raw_items() if k.lower() == "subject"), None)
+        if isinstance(raw, str):
+            subject = _full_decode(_header_text(raw, ctx), ctx)
+    name = _collapse(_UNSAFE_NAME.sub(" ", subject))[:MAX_EML_NAME].strip(" .")
+    return f"{name}.eml" if name else "message.eml"
+
+
 class _Walker:
     """One recursive pass over the MIME tree collecting body texts and attachments."""
 
@@ -827,9 +845,12 @@ class _Walker:
         self.attachments: list[Attachment] = []
         self.elided = elided  # marker -> decoded body of the large parts bigmime took out
 
-    def walk(self, part: Message, depth: int = 0,
-             in_attachment: bool = False) -> tuple[list[str], list[str]]:
-        """Return (text/plain bodies, text/html bodies) of this subtree."""
+    def walk(self, part: Message, depth: int = 0, in_attachment: bool = False,
+             later: bool = False) -> tuple[list[str], list[str]]:
+        """Return (text/plain bodies, text/html bodies) of this subtree. ``later``: a part after the
+        first of a multipart/mixed (or related, ...): without a Content-Type of its own, or as a
+        multipart without any boundary part, it is a file (named ``file``), as the big helpdesks
+        read it, not more body text."""
         ctx = self.ctx
         if depth > _MAX_DEPTH:
             ctx.defect("mime-depth-limit")
@@ -850,6 +871,13 @@ class _Walker:
                 repaired = self._repair_boundary(part, info)
                 if repaired is not None:
                     return self._container(repaired.get_payload(), info, depth, attach)
+            if later and not attach and (not info.declared or maintype == "multipart"):
+                ctx.defect("part-without-type-as-file" if not info.declared else "multipart-as-file")
+                if not _filename(info.disp_params, info.type_params, ctx):
+                    info.disp_params = {**info.disp_params, "filename": "file"}
+                if maintype == "multipart":
+                    info.ctype = "application/octet-stream"
+                return self._leaf(part, info, True)
             return self._leaf(part, info, attach)
         except TooManyParts:
             raise
@@ -860,8 +888,9 @@ class _Walker:
     def _container(self, children: list, info: _Part, depth: int,
                    attach: bool) -> tuple[list[str], list[str]]:
         """alternative: first branch with text/plain, last with HTML; otherwise concatenate."""
-        results = [self.walk(child, depth + 1, attach)
-                   for child in children if isinstance(child, Message)]
+        files = info.ctype not in ("multipart/alternative", "multipart/digest")
+        results = [self.walk(child, depth + 1, attach, files and i > 0)
+                   for i, child in enumerate(c for c in children if isinstance(c, Message))]
         if info.ctype == "multipart/alternative":
             plain = next((p for p, _ in results if p), [])
             html = next((h for _, h in reversed(results) if h), [])
@@ -957,7 +986,8 @@ class _Walker:
             ctx.defect(f"message-bytes-failed:{type(exc).__name__}")
         if info.ctype in ("message/rfc822", "message/global") and not _filename(
                 info.disp_params, info.type_params, ctx):
-            info.disp_params = {**info.disp_params, "filename": "message.eml"}
+            inner = payload[0] if len(payload) == 1 and isinstance(payload[0], Message) else None
+            info.disp_params = {**info.disp_params, "filename": _eml_name(inner, ctx)}
         self._add(data, info, ctx)
 
     def _add(self, data: bytes, info: _Part, ctx: _Ctx) -> None:
@@ -1011,6 +1041,10 @@ def _build(raw_headers: Iterable[tuple[str, str]], plains: list[str], htmls: lis
     body_text = "\n".join(plains)
     if body_html and not body_text.strip():
         body_text = _html_to_text(body_html, ctx)
+        if not body_text.strip():                 # only a <title>: renderers drop it, the helpdesks keep it
+            m = _TITLE.search(body_html, 0, 65536)
+            if m:
+                body_text = _collapse(html_lib.unescape(m.group(1)))
 
     return ParsedMessage(
         subject=_collapse(first.get("subject", "")),
