@@ -120,3 +120,38 @@ def test_charset_guessing_is_bounded_per_message() -> None:
     assert f"charset-guess-limit:{MAX_GUESSES}" in pm.defects
     # 100x the header lines: linear work for the rest, no more guesses; generous margin for a busy machine
     assert large < small * 100 * 3, (small, large)
+
+
+def _from(value: bytes) -> bytes:
+    return b"From: " + value + b"\r\nTo: support@example.test\r\nSubject: s\r\n\r\nx\r\n"
+
+
+def test_both_readers_read_the_wild_senders_alike() -> None:
+    """DMARC's reading (parse_from) and the parser's (parse_message) agree on every shape, and none is
+    an error: the encoded word with a comma stays one phrase, the dotless domain is readable but
+    unevaluated, the comment is the name, needless quotes go."""
+    from gateway.auth.dmarc import parse_from
+    for value, addr, name, unevaluated in (
+            (b"=?iso-8859-1?Q?M=FCller,=20Hans?= <a@example.de>", "a@example.de", "Müller, Hans", ()),
+            (b"root@localhost", "root@localhost", "", ("localhost",)),
+            (b"Nagios <nagios@monitor>", "nagios@monitor", "Nagios", ("monitor",)),
+            (b"a@example.org (Display Name)", "a@example.org", "Display Name", ()),
+            (b'"john.doe"@example.com', "john.doe@example.com", "", ()),
+            (b'"quoted local"@example.com', '"quoted local"@example.com', "", ())):
+        info = parse_from(_from(value))
+        pm = parse_message(_from(value))
+        assert info.error is None and info.addresses == (addr,) and info.unevaluated == unevaluated, value
+        assert (pm.from_addr, pm.from_name) == (addr, name), value
+
+
+def test_a_dotless_from_address_never_makes_dmarc_pass() -> None:
+    """With root@localhost beside an evaluated, passing domain the message is not DMARC-authenticated:
+    the requester (the first address) was not evaluated."""
+    from gateway.auth.authenticator import Authenticator
+    from gateway.auth.dmarc import DmarcDomainResult, parse_from
+    passing = [DmarcDomainResult("example.org", "example.org", "pass")]
+    both = parse_from(_from(b"root@localhost, a@example.org"))
+    assert both.error is None and both.domains == ("example.org",)
+    assert Authenticator._combine_dmarc(both, passing)["result"] == "none"
+    assert Authenticator._combine_dmarc(parse_from(_from(b"a@example.org")), passing)["result"] == "pass"
+    assert Authenticator._combine_dmarc(parse_from(_from(b"root@localhost")), [])["result"] == "none"
