@@ -154,7 +154,9 @@ def test_malformed_addresses_do_not_raise(value: str) -> None:
 def test_address_in_display_name_and_comments() -> None:
     pm = parse_message(msg("From: john@example.com <attacker@evil.example>",
                            "To: Group: x@y.example, (c) z@w.example;", body=b"x"))
-    assert pm.from_addr == "attacker@evil.example"
+    # From is read by the SMTP side's reader (gateway.auth.fromfield): two mailboxes, the first is the
+    # requester, and DMARC evaluated both domains (issue 20: one reading of From on both sides).
+    assert (pm.from_addr, pm.from_count) == ("john@example.com", 2)
     assert pm.to == ("x@y.example", "z@w.example")
 
 
@@ -364,7 +366,7 @@ def test_message_rfc822_attachment() -> None:
     assert pm.body_text == "Outer body"
     (att,) = pm.attachments
     assert att.content_type == "message/rfc822"
-    assert att.filename == "message.eml"
+    assert att.filename == "inner subject.eml"      # named after its Subject (issue 20)
     assert att.content.startswith(b"From: inner@example.com\r\nSubject: inner subject\r\n\r\nInner body")
     assert att.sha256 == hashlib.sha256(att.content).hexdigest()
     assert parse_message(att.content).subject == "inner subject"

@@ -497,8 +497,8 @@ class Authenticator:
             overall = "fail"
         elif "temperror" in rs:
             overall = "temperror"
-        elif all(r == "pass" for r in rs):
-            overall = "pass"
+        elif all(r == "pass" for r in rs) and not from_info.unevaluated:
+            overall = "pass"   # never while a From address at a single-label domain went unevaluated
         else:
             overall = "none"
         # the strictest disposition among failing domains (RFC 7489 6.6.1)

@@ -5,12 +5,12 @@ a library (publicsuffixlist, ICANN and private sections).
 """
 from __future__ import annotations
 
-import email.utils
 import random
 import re
 from dataclasses import dataclass, field
 
 from .dns import DnsTempError, Resolver, to_ascii_domain
+from .fromfield import MAX_FROM_CHARS, read_mailboxes, simple_from
 from .headers import header_values
 
 __all__ = [
@@ -31,37 +31,34 @@ def valid_domain(d: str) -> bool:
 @dataclass(frozen=True)
 class FromInfo:
     """The RFC5322.From domains. ``error`` is set when DMARC cannot be applied (RFC 7489
-    6.6.1: no From, several From fields, or no usable domain)."""
+    6.6.1: no From, several From fields, or no usable domain). ``unevaluated``: single-label
+    domains (``root@localhost``): readable, but no DMARC policy can exist for them, so the
+    message is unauthenticated (dmarc=none, never pass), not malformed."""
 
     domains: tuple[str, ...] = ()
     addresses: tuple[str, ...] = ()
     error: str | None = None
+    unevaluated: tuple[str, ...] = ()   # single-label domains (root@localhost): no DMARC, no error
 
 
 def parse_from(raw: bytes) -> FromInfo:
+    """The From DMARC evaluates, read by :func:`gateway.auth.fromfield.read_mailboxes` (the reader
+    the MIME parser uses too). A single-label domain (``root@localhost`` from a monitoring system
+    behind an internal relay) is a readable address that DMARC cannot evaluate: it is listed in
+    ``unevaluated``, not an error, and the message is simply unauthenticated (dmarc=none)."""
     fields_ = header_values(raw, "From")
     if not fields_:
         return FromInfo(error="no From header field")
     if len(fields_) > 1:
         return FromInfo(error=f"{len(fields_)} From header fields")
-    value = fields_[0].text()
-    addrs = _simple_from(value)
-    if addrs is None:
-        # getaddresses is super-linear on some values and recurses on others: it never sees more than
-        # MAX_FROM_CHARS (the pipeline's reader has the same bound, mime.MAX_ADDRESS_CHARS), nor a value
-        # with too many groups or too deep comments.
-        if len(value) > MAX_FROM_CHARS:
-            return FromInfo(error=f"From header field too long to read ({len(value)} > {MAX_FROM_CHARS} characters)")
-        problem = _too_complex(value)
-        if problem is not None:
-            return FromInfo(error=f"From header field too complex to read: {problem}")
-        try:
-            addrs = [a for _n, a in email.utils.getaddresses([value]) if a]
-        except (RecursionError, ValueError, IndexError):  # the bounds above should make this unreachable
-            return FromInfo(error="From header field too complex to read: the address parser failed")
+    pairs, problem = read_mailboxes(fields_[0].text())
+    if problem is not None:
+        return FromInfo(error=problem)
+    addrs = [a for _n, a in pairs]
     if not addrs:
         return FromInfo(error="From header field has no address")
     domains: list[str] = []
+    unevaluated: list[str] = []
     for a in addrs:
         if "@" not in a:
             return FromInfo(addresses=tuple(addrs), error=f"From address without a domain: {_printable(a)}")
@@ -70,64 +67,21 @@ def parse_from(raw: bytes) -> FromInfo:
             dom = to_ascii_domain(dom)
         except ValueError:
             return FromInfo(addresses=tuple(addrs), error=f"From domain is not a valid domain: {_printable(dom)}")
-        if not valid_domain(dom):
+        if valid_domain(dom):
+            if dom not in domains:
+                domains.append(dom)
+        elif _LABEL_RE.match(dom) and not dom.isdigit():
+            if dom not in unevaluated:
+                unevaluated.append(dom)
+        else:
             return FromInfo(addresses=tuple(addrs), error=f"From domain is not a valid domain: {_printable(dom)}")
-        if dom not in domains:
-            domains.append(dom)
-    return FromInfo(domains=tuple(domains), addresses=tuple(addrs))
+    return FromInfo(domains=tuple(domains), addresses=tuple(addrs), unevaluated=tuple(unevaluated))
 
 
-MAX_FROM_CHARS = 1_000
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
-_ADDR = rf"{_ATEXT}+(?:\.{_ATEXT}+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
-# "Display Name <local@domain>" (phrase of atext, dots and spaces) or a bare "local@domain"
-# Possessive: the leading blanks and the phrase overlap, and backtracking between them was
-# quadratic on a long run of blanks.
-_SIMPLE_FROM = re.compile(rf"[ \t]*+(?:[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~. \t-]*+<({_ADDR})>|({_ADDR}))[ \t]*+")
-
-
+# Kept here for the tests that compare the fast path with getaddresses.
 def _simple_from(value: str) -> list[str] | None:
-    """The address of the everyday From value, exactly as ``email.utils.getaddresses`` finds it
-    (``tests/auth/test_dmarc_from.py`` compares them on random values); None for anything else."""
-    m = _SIMPLE_FROM.fullmatch(value)
-    if m is None:
-        return None
-    return [m.group(1) or m.group(2)]
-
-
-# email.utils.getaddresses recurses once per group (``a:``) and per nested comment: a From of 1,000
-# ``a:`` raised RecursionError (a 451 and a 1,000-line traceback on every try). A real From has one
-# group at most and comments nested a level or two; far beyond that it is not a From anyone can read,
-# so it goes through ``[auth] malformed_from`` like any other unreadable From.
-_MAX_COLONS = 64
-_MAX_COMMENT_DEPTH = 16
-
-
-def _too_complex(value: str) -> str | None:
-    """Why the stdlib parser must not be given ``value`` (None: it may). Linear, and only for the
-    rare From that the fast path did not read."""
-    if value.count(":") > _MAX_COLONS:
-        return f"more than {_MAX_COLONS} ':' (groups)"
-    if value.count("(") > _MAX_COMMENT_DEPTH:
-        depth = deepest = 0
-        escaped = quoted = False
-        for c in value:
-            if escaped:
-                escaped = False
-            elif c == "\\":
-                escaped = True
-            elif c == '"' and depth == 0:
-                quoted = not quoted
-            elif quoted:
-                continue
-            elif c == "(":
-                depth += 1
-                deepest = max(deepest, depth)
-            elif c == ")" and depth:
-                depth -= 1
-        if deepest > _MAX_COMMENT_DEPTH:
-            return f"comments nested deeper than {_MAX_COMMENT_DEPTH}"
-    return None
+    pairs = simple_from(value)
+    return None if pairs is None else [a for _n, a in pairs]
 
 
 def _printable(s: str) -> str:

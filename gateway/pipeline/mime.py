@@ -43,6 +43,8 @@ from urllib.parse import unquote_to_bytes
 
 from inscriptis import get_text
 
+from gateway.auth.fromfield import read_mailboxes
+from gateway.pipeline.charset_guess import MAX_GUESS, guess
 from gateway.pipeline.bigmime import is_marker, split_large_parts
 from gateway.pipeline.htmlbound import MAX_RENDER_TAGS, bound_html
 from gateway.pipeline.model import Attachment, ParsedMessage
@@ -104,6 +106,7 @@ MAX_ADDRESS_CHARS = 1_000    # one address (phrase + addr-spec) handed to the st
 MAX_ADDRESSES = 2_000        # addresses read per header name (To, Cc, ...)
 ADDRESS_PARSER_BUDGET = 8_000  # characters per message the stdlib address parsers may see in all
 _MAX_LABEL = 40          # longest charset/CTE label echoed into a defect string
+MAX_GUESSES = 32         # header values per message whose charset is guessed (charset_guess, ~0.2 ms each)
 
 
 # --------------------------------------------------------------------------- #
@@ -116,7 +119,7 @@ class TooManyParts(Exception):
 class _Ctx:
     """Mutable state of one parse: defects (ordered, de-duplicated) and the charset hint."""
 
-    __slots__ = ("_defects", "hint", "linesep", "raw", "budget", "parts")
+    __slots__ = ("_defects", "hint", "linesep", "raw", "budget", "parts", "guesses")
 
     def __init__(self, raw: bytes) -> None:
         self._defects: dict[str, None] = {}
@@ -127,6 +130,7 @@ class _Ctx:
         self.raw = raw
         self.budget = ADDRESS_PARSER_BUDGET   # characters left for the stdlib address parsers
         self.parts = 0                        # message objects the feed parser has built
+        self.guesses = MAX_GUESSES            # header values left whose charset may be guessed
 
     def parse(self, data: bytes) -> Message:
         """``data`` through the feed parser, stopped (TooManyParts) at MAX_MIME_PARTS parts or
@@ -225,18 +229,45 @@ def _codecs_for(label: str) -> tuple[str, ...] | None:
     return _SUPERSETS.get(canonical, (canonical,))
 
 
+@functools.lru_cache(maxsize=64)
+def _ascii_label(label: str) -> bool:
+    try:
+        return codecs.lookup(label.strip().strip("\"'").strip().lower()).name == "ascii"
+    except (LookupError, ValueError, TypeError):
+        return False
+
+
 def _strict(data: bytes, codec: str) -> str:
     # cp1252 is always decoded WHATWG style: its five holes map to C1 controls.
     return data.decode(codec, "ticketmx.latin1" if codec == "cp1252" else "strict")
 
 
-def _decode(data: bytes, label: str | None, ctx: _Ctx, hint: tuple[str, ...] = ()) -> str:
+# Japanese mailers label Shift_JIS or EUC-JP bytes as ISO-2022-JP (a 7-bit charset): try those first.
+_JP_8BIT = ("cp932", "euc_jp")
+
+
+def _guess(data: bytes, ctx: _Ctx) -> tuple[str, str] | None:
+    """charset_guess.guess within the message's budget (MAX_GUESSES values of at most MAX_GUESS bytes)."""
+    if len(data) > MAX_GUESS:
+        return None
+    if ctx.guesses <= 0:
+        ctx.defect(f"charset-guess-limit:{MAX_GUESSES}")
+        return None
+    ctx.guesses -= 1
+    return guess(data)
+
+
+def _decode(data: bytes, label: str | None, ctx: _Ctx, hint: tuple[str, ...] = (),
+            short: bool = False) -> str:
     """Decode bytes declared as ``label``; never raises, records every fallback taken.
 
     Order: declared charset (via superset) -> UTF-8 strict -> the declared charset with
     replacement when only a few bytes are bad (a stray invalid byte in CJK text) ->
-    UTF-8 with cp1252 for the invalid bytes.  ``hint`` is tried after UTF-8 when there
-    is no label (raw 8-bit headers).
+    UTF-8 with cp1252 for the invalid bytes.  ``hint`` (the body's charset) is tried after
+    UTF-8 when there is no label (raw 8-bit headers). ``short``: a header value (Subject, a
+    display name, an encoded word, a file name): as real MUAs read those, after UTF-8 come the
+    body's charset (also when a declared label does not fit), then detection (charset_guess),
+    and only then Latin-1 (cp1252).
     """
     if data.startswith(codecs.BOM_UTF8):
         data, label = data[3:], "utf-8"
@@ -281,13 +312,29 @@ def _decode(data: bytes, label: str | None, ctx: _Ctx, hint: tuple[str, ...] = (
         else:
             ctx.defect(f"charset-mismatch:{_short(label)}->utf-8" if label else "charset-missing:utf-8")
             return text
-    if not cands:
+    if short and cands:
+        for codec in _JP_8BIT if cands[0].startswith("iso2022_jp") else ():
+            try:
+                text = data.decode(codec)
+            except UnicodeError:
+                continue
+            ctx.defect(f"charset-mismatch:{_short(label or '')}->{codec}")
+            return text
+    if not cands or short:
         for codec in hint:
+            if codec in cands:
+                continue
             try:
                 text = _strict(data, codec)
             except (UnicodeError, LookupError):
                 continue
-            ctx.defect(f"charset-missing:{codec}")
+            ctx.defect(f"charset-mismatch:{_short(label)}->{codec}" if label else f"charset-missing:{codec}")
+            return text
+    if short:
+        found_guess = _guess(data, ctx)
+        if found_guess is not None:
+            text, codec = found_guess
+            ctx.defect(f"charset-mismatch:{_short(label)}->{codec}" if label else f"charset-guessed:{codec}")
             return text
     if cands and cands != _UTF8:
         try:
@@ -326,7 +373,7 @@ def _header_text(raw: str, ctx: _Ctx) -> str:
     """
     value = _unfold(raw)
     if not value.isascii():
-        value = _decode(value.encode("utf-8", "surrogateescape"), None, ctx, ctx.hint)
+        value = _decode(value.encode("utf-8", "surrogateescape"), None, ctx, ctx.hint, short=True)
         ctx.defect("header-8bit")
     elif "\x1b" in value:
         value = _decode(value.encode("ascii"), None, ctx)
@@ -360,7 +407,7 @@ def _decode_words(text: str, ctx: _Ctx) -> str:
     def flush() -> None:
         nonlocal run, run_charset
         if run:
-            out.append(_decode(bytes(run), run_charset, ctx))
+            out.append(_decode(bytes(run), run_charset, ctx, ctx.hint, short=True))
             run = bytearray()
         run_charset = ""
 
@@ -451,7 +498,7 @@ def _mime_header(value: str, ctx: _Ctx) -> tuple[str, dict[str, str]]:
                 else:
                     buf += val.encode("utf-8")
             # RFC 2231 wins over a plain parameter of the same name (it is the exact one).
-            params[base] = _decode(bytes(buf), charset or None, ctx, ctx.hint)
+            params[base] = _decode(bytes(buf), charset or None, ctx, ctx.hint, short=True)
     main = main.strip()
     if " " in main or "\t" in main or "(" in main:
         main = _TYPE_JUNK.sub("", main)
@@ -513,7 +560,7 @@ def _display(name: str, ctx: _Ctx) -> str:
     if name.startswith('"'):
         name = _unquote(name)
     if any("\udc80" <= c <= "\udcff" for c in name):     # registry output for unknown charsets
-        name = _decode(name.encode("utf-8", "surrogateescape"), None, ctx, ctx.hint)
+        name = _decode(name.encode("utf-8", "surrogateescape"), None, ctx, ctx.hint, short=True)
     return _collapse(_CTRL_RE.sub(" ", _decode_words(name, ctx)))
 
 
@@ -592,6 +639,33 @@ def _slow_addresses(name: str, value: str, ctx: _Ctx) -> list[Pair]:
     return [(_display(n, ctx), _norm_addr(a)) for n, a in pairs]
 
 
+def _from_mailboxes(values: Iterable[str], ctx: _Ctx) -> list[Pair]:
+    """(display name, address) pairs of the From fields, read by the function the SMTP side uses for
+    DMARC (``gateway.auth.fromfield.read_mailboxes``) from the same text it reads (UTF-8, bad bytes
+    replaced), so that the requester and DMARC's From are one reading. Only the display names are
+    decoded further: legacy 8-bit bytes in them as any header text (body charset, detection, Latin-1)."""
+    out: list[Pair] = []
+    for raw in values:
+        value = _unfold(raw)
+        if len(value) > ctx.budget:
+            ctx.defect("address-unread:from")
+            continue
+        ctx.budget -= len(value)
+        data = value.encode("utf-8", "surrogateescape")
+        text = data.decode("utf-8", "replace")
+        pairs, problem = read_mailboxes(text)
+        if problem is not None:
+            ctx.defect("address-unread:from")
+            continue
+        names = [n for n, _ in pairs]
+        if "\ufffd" in text and not data.isascii():   # legacy bytes: names from the undamaged text
+            legacy, _ = read_mailboxes(data.decode("utf-8", "surrogateescape"))
+            if len(legacy) == len(pairs):
+                names = [n for n, _ in legacy]
+        out.extend((_display(n, ctx), _norm_addr(a)) for n, (_, a) in zip(names, pairs))
+    return out
+
+
 def _unique(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
@@ -621,6 +695,7 @@ _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SCRIPT_OPEN = re.compile(r"<(script|style)\b")
 _TAG = re.compile(r"<[^<>]*+>")   # not "<[^>]*>": each "<" of "<<<…" would scan to the end
 _BLANK_RUN = re.compile(r"\n{3,}")
+_TITLE = re.compile(r"<title\b[^<>]{0,200}>([^<]{1,2000})", re.I)
 
 
 def _cte(raw: str | None) -> str:
@@ -717,7 +792,7 @@ def _html_to_text(html: str, ctx: _Ctx) -> str:
 class _Part:
     """The MIME fields of one part, read from the raw stored headers in one pass."""
 
-    __slots__ = ("ctype", "type_params", "disposition", "disp_params", "content_id", "cte")
+    __slots__ = ("ctype", "type_params", "disposition", "disp_params", "content_id", "cte", "declared")
 
     def __init__(self, part: Message, ctx: _Ctx) -> None:
         ct = cd = cid = cte = None
@@ -731,6 +806,7 @@ class _Part:
                 cid = value if cid is None else cid
             elif key == "content-transfer-encoding":
                 cte = value if cte is None else cte
+        self.declared = ct is not None           # a Content-Type field is present
         if ct is None:
             self.ctype, self.type_params = part.get_default_type(), {}
         else:
@@ -745,6 +821,22 @@ class _Part:
         self.cte = _cte(cte)
 
 
+_UNSAFE_NAME = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
+MAX_EML_NAME = 100       # characters of the Subject kept in a forwarded message's file name
+
+
+def _eml_name(inner: Message | None, ctx: _Ctx) -> str:
+    """A forwarded message's file name: its Subject made safe for a file name, plus ``.eml``
+    (``message.eml`` when it has none), the name the big helpdesks show."""
+    subject = ""
+    if inner is not None:
+        raw = next((v for k, v in inner.raw_items() if k.lower() == "subject"), None)
+        if isinstance(raw, str):
+            subject = _full_decode(_header_text(raw, ctx), ctx)
+    name = _collapse(_UNSAFE_NAME.sub(" ", subject))[:MAX_EML_NAME].strip(" .")
+    return f"{name}.eml" if name else "message.eml"
+
+
 class _Walker:
     """One recursive pass over the MIME tree collecting body texts and attachments."""
 
@@ -753,9 +845,12 @@ class _Walker:
         self.attachments: list[Attachment] = []
         self.elided = elided  # marker -> decoded body of the large parts bigmime took out
 
-    def walk(self, part: Message, depth: int = 0,
-             in_attachment: bool = False) -> tuple[list[str], list[str]]:
-        """Return (text/plain bodies, text/html bodies) of this subtree."""
+    def walk(self, part: Message, depth: int = 0, in_attachment: bool = False,
+             later: bool = False) -> tuple[list[str], list[str]]:
+        """Return (text/plain bodies, text/html bodies) of this subtree. ``later``: a part after the
+        first of a multipart/mixed (or related, ...): without a Content-Type of its own, or as a
+        multipart without any boundary part, it is a file (named ``file``), as the big helpdesks
+        read it, not more body text."""
         ctx = self.ctx
         if depth > _MAX_DEPTH:
             ctx.defect("mime-depth-limit")
@@ -776,6 +871,13 @@ class _Walker:
                 repaired = self._repair_boundary(part, info)
                 if repaired is not None:
                     return self._container(repaired.get_payload(), info, depth, attach)
+            if later and not attach and (not info.declared or maintype == "multipart"):
+                ctx.defect("part-without-type-as-file" if not info.declared else "multipart-as-file")
+                if not _filename(info.disp_params, info.type_params, ctx):
+                    info.disp_params = {**info.disp_params, "filename": "file"}
+                if maintype == "multipart":
+                    info.ctype = "application/octet-stream"
+                return self._leaf(part, info, True)
             return self._leaf(part, info, attach)
         except TooManyParts:
             raise
@@ -786,8 +888,9 @@ class _Walker:
     def _container(self, children: list, info: _Part, depth: int,
                    attach: bool) -> tuple[list[str], list[str]]:
         """alternative: first branch with text/plain, last with HTML; otherwise concatenate."""
-        results = [self.walk(child, depth + 1, attach)
-                   for child in children if isinstance(child, Message)]
+        files = info.ctype not in ("multipart/alternative", "multipart/digest")
+        results = [self.walk(child, depth + 1, attach, files and i > 0)
+                   for i, child in enumerate(c for c in children if isinstance(c, Message))]
         if info.ctype == "multipart/alternative":
             plain = next((p for p, _ in results if p), [])
             html = next((h for _, h in reversed(results) if h), [])
@@ -836,7 +939,7 @@ class _Walker:
                 label = m.group(1).decode("ascii") if m else None
             if label and not ctx.hint:
                 found = _codecs_for(label)
-                if found and found != _UTF8:
+                if found and found != _UTF8 and not _ascii_label(label):   # us-ascii says nothing
                     ctx.hint = found
             text = _newlines(_decode(data, label, ctx))
             if ctype == "text/html":
@@ -883,7 +986,8 @@ class _Walker:
             ctx.defect(f"message-bytes-failed:{type(exc).__name__}")
         if info.ctype in ("message/rfc822", "message/global") and not _filename(
                 info.disp_params, info.type_params, ctx):
-            info.disp_params = {**info.disp_params, "filename": "message.eml"}
+            inner = payload[0] if len(payload) == 1 and isinstance(payload[0], Message) else None
+            info.disp_params = {**info.disp_params, "filename": _eml_name(inner, ctx)}
         self._add(data, info, ctx)
 
     def _add(self, data: bytes, info: _Part, ctx: _Ctx) -> None:
@@ -910,7 +1014,10 @@ def _build(raw_headers: Iterable[tuple[str, str]], plains: list[str], htmls: lis
     headers: list[tuple[str, str]] = []
     wanted: dict[str, list[str]] = {}          # undecoded-RFC-2047 text, for address/id parsing
     first: dict[str, str] = {}                 # first fully decoded value per header name
+    raw_from: list[str] = []                   # From as stored: read by the SMTP side's reader
     for name, raw in raw_headers:
+        if name.lower() == "from" and isinstance(raw, str):
+            raw_from.append(raw)
         try:
             text = _header_text(raw, ctx)
             value = _full_decode(text, ctx)
@@ -923,7 +1030,7 @@ def _build(raw_headers: Iterable[tuple[str, str]], plains: list[str], htmls: lis
             wanted.setdefault(key, []).append(text)
             first.setdefault(key, value)
 
-    senders = _addresses("from", wanted.get("from", ()), ctx)
+    senders = _from_mailboxes(raw_from, ctx)
     msg_ids = _message_ids(wanted.get("message-id", ())[:1])
 
     body_html = "\n".join(htmls)
@@ -934,6 +1041,10 @@ def _build(raw_headers: Iterable[tuple[str, str]], plains: list[str], htmls: lis
     body_text = "\n".join(plains)
     if body_html and not body_text.strip():
         body_text = _html_to_text(body_html, ctx)
+        if not body_text.strip():                 # only a <title>: renderers drop it, the helpdesks keep it
+            m = _TITLE.search(body_html, 0, 65536)
+            if m:
+                body_text = _collapse(html_lib.unescape(m.group(1)))
 
     return ParsedMessage(
         subject=_collapse(first.get("subject", "")),

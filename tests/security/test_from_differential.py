@@ -2,7 +2,8 @@
 
 Two readers read From: the SMTP side (``gateway.auth.dmarc.parse_from``: what DMARC evaluates) and the
 pipeline's MIME parser (the email package's header registry). On ≥ 30,000 generated From values (quotes,
-comments, encoded words in the phrase and in the address, groups, CR/LF/NUL, white space before the colon,
+comments, encoded words in the phrase and in the address, encoded words carrying a comma or an address in
+the phrase, quoted local parts, single-label domains, groups, CR/LF/NUL, white space before the colon,
 obsolete routes, several addresses) each message goes the way the gateway takes it: the DATA check
 (refused, or normalised), the From reading stored with the spool entry, then the real pipeline stages. The
 outcome is a refusal, a quarantine, or a ticket article — and an article's sender is always the address
@@ -39,6 +40,8 @@ def _address(rng: random.Random) -> str:
         local = f'"{local}@{rng.choice(DOMAINS)}"'
     elif r < 0.22:
         local = f"=?utf-8?q?{local}=40{rng.choice(DOMAINS)}?="
+    elif r < 0.27:  # a quoted local part that needs no quotes (stored without them, issue 20)
+        local = f'"{local}"'
     domain = rng.choice(DOMAINS)
     if rng.random() < 0.05:
         domain = f"=?utf-8?q?{domain}?="
@@ -59,6 +62,10 @@ def _phrase(rng: random.Random) -> str:
         return f"=?utf-8?b?{__import__('base64').b64encode(_address(rng).encode()).decode()}?="
     if r < 0.7:
         return '"' + '\\"' * rng.randint(1, 5) + '"'
+    if r < 0.76:  # issue 20: an encoded word with a literal comma in the phrase (forbidden, common)
+        return f"=?iso-8859-1?Q?{rng.choice(ATOMS)},=20{rng.choice(ATOMS)}?="
+    if r < 0.8:   # ... and one that carries other specials, an address among them
+        return f"=?utf-8?Q?<{_address(rng)}>,_{rng.choice(ATOMS)}?="
     return " ".join(rng.choice(ATOMS) for _ in range(rng.randint(1, 3)))
 
 
@@ -160,7 +167,7 @@ async def test_the_requester_is_always_the_from_dmarc_evaluated(worker) -> None:
         elif got != _norm(info.addresses[0]):
             wrong.append((frm, f"requester {got!r} is not the authenticated From {info.addresses[0]!r}"))
         elif not info.error and got.rpartition("@")[2].strip("[]").rstrip(".").lower() not in {
-                d.lower() for d in info.domains}:
+                d.lower() for d in info.domains + info.unevaluated}:
             wrong.append((frm, f"requester {got!r} is not at a domain DMARC evaluated {info.domains}"))
         elif got == "env@envelope.test":
             wrong.append((frm, "MAIL FROM stood in for a message with a From field"))
