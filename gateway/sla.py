@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from .config import Config
+from .store.crypto import dec_stored_text
 
 log = logging.getLogger(__name__)
 OPEN = ("new", "open", "pending")
@@ -50,8 +51,9 @@ def escalate(conn: sqlite3.Connection, cfg: Config, notifier: Any, now: float) -
             for tid, number, subject, status, queue, assignee, mbox, created, level, req, req_name in rows:
                 level += 1
                 mb = mailboxes.get(mbox)
-                ticket = TicketInfo(tid, number, subject, status=status, queue=queue, assignee=assignee,
-                                    requester=req, requester_name=req_name, sla_due=created + seconds * level)
+                ticket = TicketInfo(tid, number, dec_stored_text(conn, subject), status=status, queue=queue,
+                                    assignee=assignee, requester=req, requester_name=req_name,
+                                    sla_due=created + seconds * level)
                 mailbox = MailboxInfo(mbox, mb.name if mb else "", mb.language if mb else None)
                 th = conversation(conn, tid, agents=agents)  # threads on the customer's last message
                 enqueue(conn, notifier.escalation(ticket=ticket, mailbox=mailbox, to=[q.escalation[level - 1]],

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from ..config import Config, MailboxConfig
+from ..store.crypto import dec_stored_text
 from ..store.base import ARTICLE_ADDED, QUARANTINED, TICKET_CREATED, Delivery, DeliveryResult
 from . import agent_notify
 
@@ -79,8 +80,8 @@ class NotifyHook:
         from .commands import strip_command_lines
         row = conn.execute("SELECT t.subject, t.status, t.queue, t.assignee, c.email, c.name FROM tickets t"
                            " JOIN contacts c ON c.id=t.requester_id WHERE t.id=?", (r.ticket_id,)).fetchone()
-        ticket = TicketInfo(r.ticket_id, r.ticket_number or "", row[0], status=row[1], queue=row[2],
-                            assignee=row[3], requester=row[4], requester_name=row[5])
+        ticket = TicketInfo(r.ticket_id, r.ticket_number or "", dec_stored_text(conn, row[0]), status=row[1],
+                            queue=row[2], assignee=row[3], requester=row[4], requester_name=row[5])
         mailbox = MailboxInfo(mb.address, mb.name, mb.language, mb.acknowledge)
         art = d.article
         try:

@@ -4,15 +4,23 @@ Fernet (AES-128-CBC + HMAC-SHA256, from the well-kept ``cryptography`` package).
 holds one key per line: the first encrypts, every key decrypts — rotation is: put a new key on
 the first line, keep the old ones below, run ``ticketmx store rotate-key``, then drop the old
 lines. Values carry a prefix, so rows written before encryption was enabled stay readable.
+
+Equality-only lookup keys (the ticket's normalised subject, ``tickets.subject_key``) cannot be
+Fernet-encrypted (random IV): they are stored as a keyed hash instead (:meth:`Cipher.match_key`).
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 BLOB_PREFIX = b"ENC1:"
 TEXT_PREFIX = "enc1:"
+MATCH_PREFIX = "hk1:"
+_MATCH_LABEL = b"ticketmx subject match key v1"
 
 
 class Cipher:
@@ -20,6 +28,10 @@ class Cipher:
 
     def __init__(self, keys: list[bytes] | None = None) -> None:
         self._f = MultiFernet([Fernet(k) for k in keys]) if keys else None
+        # One HMAC key per store key, derived (so the key file stays the only secret); the first hashes,
+        # all are tried on lookup so a rotation does not break matching while the old key is listed.
+        self._hk = [hmac.new(base64.urlsafe_b64decode(k), _MATCH_LABEL, hashlib.sha256).digest()
+                    for k in keys or ()]
 
     @classmethod
     def from_file(cls, path: str | None) -> "Cipher":
@@ -55,12 +67,43 @@ class Cipher:
             raise InvalidToken("stored text is encrypted but no [store] encryption_key_file is configured")
         return self._f.decrypt(text[len(TEXT_PREFIX):].encode()).decode()
 
+    def match_key(self, key: str) -> str:
+        """What to store for an equality-only lookup key: ``hk1:`` + hex HMAC-SHA256 of ``key`` under the
+        first store key when encryption is on (the key itself does not reach the disk); unchanged when off
+        or empty ("" means "no key" to the callers)."""
+        if not self._hk or not key:
+            return key
+        return MATCH_PREFIX + hmac.new(self._hk[0], key.encode(), hashlib.sha256).hexdigest()
+
+    def match_candidates(self, key: str) -> tuple[str, ...]:
+        """Stored values that mean ``key``: its hash under every store key, and the plain value (rows
+        written before encryption was enabled and not yet converted by ``ticketmx store rotate-key``)."""
+        if not self._hk or not key:
+            return (key,)
+        return (*(MATCH_PREFIX + hmac.new(k, key.encode(), hashlib.sha256).hexdigest() for k in self._hk), key)
+
+    def rotate_match_key(self, stored: str) -> str:
+        """Hash a plain stored lookup key (rotate-key converts rows from before encryption). A hash stays as
+        it is: its input is gone, so it keeps matching only while its store key is in the key file."""
+        return stored if _is_match_hash(stored) else self.match_key(stored)
+
     def rotate_bytes(self, data: bytes) -> bytes:
         """Re-encrypt with the first key (plaintext gets encrypted)."""
         return self.enc_bytes(self.dec_bytes(data)) if self._f else data
 
     def rotate_text(self, text: str) -> str:
         return self.enc_text(self.dec_text(text)) if self._f else text
+
+
+def dec_stored_text(conn: object, text: str) -> str:
+    """Decrypt a text column read on a store connection inside a transaction (the connection carries the
+    store's cipher: gateway.store.sqlite / pg_sync); plaintext rows read as they are."""
+    return (getattr(conn, "cipher", None) or Cipher()).dec_text(text)
+
+
+def _is_match_hash(value: str) -> bool:
+    digest = value[len(MATCH_PREFIX):]
+    return value.startswith(MATCH_PREFIX) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
 
 
 def generate_key() -> str:

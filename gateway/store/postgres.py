@@ -368,7 +368,7 @@ class PostgresStore(Store):
                            ) -> list[dict[str, Any]]:
         q = query or TicketQuery(limit=limit)
         where, params = q.sql()
-        return [ticket_dict(r) for r in await self.query(self._TICKET_SQL + where, params)]
+        return [ticket_dict(r, self.cipher) for r in await self.query(self._TICKET_SQL + where, params)]
 
     async def ticket_get(self, ref: str) -> dict[str, Any] | None:
         async with self.pool.acquire() as conn:
@@ -382,7 +382,7 @@ class PostgresStore(Store):
                     row = await conn.fetchrow(self._TICKET_SQL + " WHERE t.number=$1", ref)
                 if row is None:
                     return None
-                ticket = ticket_dict(row)
+                ticket = ticket_dict(row, self.cipher)
                 tid = ticket["id"]
                 arts = await conn.fetch("SELECT * FROM articles WHERE ticket_id=$1 ORDER BY id", tid)
                 atts = await conn.fetch("SELECT at.* FROM attachments at JOIN articles a ON a.id=at.article_id"
@@ -510,6 +510,10 @@ class PostgresStore(Store):
                                        " WHERE id=$5", c.rotate_text(r[1]), c.rotate_text(r[2]), c.rotate_text(r[3]),
                                        c.rotate_text(r[4]), r[0])
                     out["articles"] += 1
+                async for r in conn.cursor("SELECT id, subject, subject_key FROM tickets ORDER BY id FOR UPDATE",
+                                           prefetch=500):
+                    await conn.execute("UPDATE tickets SET subject=$1, subject_key=$2 WHERE id=$3",
+                                       c.rotate_text(r[1]), c.rotate_match_key(r[2]), r[0])
                 for table in ("attachments", "stripped_attachments"):
                     for r in await conn.fetch(f"SELECT id, filename FROM {table} ORDER BY id FOR UPDATE"):
                         await conn.execute(f"UPDATE {table} SET filename=$1 WHERE id=$2", c.rotate_text(r[1]), r[0])

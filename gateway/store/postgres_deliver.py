@@ -244,9 +244,10 @@ class PgDeliverTx:
             if row is not None and self.denied is None:
                 self.denied = (row[0], row[1])
         if h.subject_days > 0 and h.subject_key:
-            row = await conn.fetchrow(sql + "requester_id=$1 AND subject_key=$2 AND created_at>=$3"
-                                      " ORDER BY id DESC LIMIT 1",
-                                      contact_id, h.subject_key, self.now - h.subject_days * DAY)
+            row = await conn.fetchrow(sql + "requester_id=$1 AND subject_key = ANY($2::text[]) AND created_at>=$3"
+                                      " ORDER BY id DESC LIMIT 1", contact_id,
+                                      list(self.cipher.match_candidates(h.subject_key)),
+                                      self.now - h.subject_days * DAY)
             if row is not None:
                 return tup(row)
         return None
@@ -270,10 +271,10 @@ class PgDeliverTx:
             " h AS (INSERT INTO ticket_history (ticket_id, at, actor, action, detail)"
             " SELECT id, $15, $16, 'created', $17 FROM t)"
             " SELECT id, number FROM t",
-            self.prefix, self.start, art.subject, contact_id, d.queue, d.mailbox,
+            self.prefix, self.start, self.cipher.enc_text(art.subject), contact_id, d.queue, d.mailbox,
             json.dumps(list(dict.fromkeys(f.flags))), f.priority or "normal", f.category or "", f.assignee or "",
-            json.dumps(list(dict.fromkeys(f.tags))), json.dumps(f.fields), d.thread.subject_key, linked_to,
-            self.now, art.from_addr, json.dumps(detail, ensure_ascii=False))
+            json.dumps(list(dict.fromkeys(f.tags))), json.dumps(f.fields), self.cipher.match_key(d.thread.subject_key),
+            linked_to, self.now, art.from_addr, json.dumps(detail, ensure_ascii=False))
         return row[0], row[1]
 
     async def article(self, ticket_id: int, spool_id: str, art: ArticleDraft) -> int:

@@ -80,9 +80,9 @@ def spool_dict(e: SpoolEntry, ticket_number: str | None = None) -> dict[str, Any
     }
 
 
-def ticket_dict(r: Mapping[str, Any]) -> dict[str, Any]:
+def ticket_dict(r: Mapping[str, Any], cipher: Cipher = PLAIN) -> dict[str, Any]:
     return {
-        "id": r["id"], "number": r["number"], "subject": r["subject"], "requester": r["requester"],
+        "id": r["id"], "number": r["number"], "subject": cipher.dec_text(r["subject"]), "requester": r["requester"],
         "requester_name": r["requester_name"], "queue": r["queue"], "mailbox": r["mailbox"],
         "status": r["status"], "flags": _json(r["flags"], []), "priority": r["priority"],
         "category": r["category"], "assignee": r["assignee"], "tags": _json(r["tags"], []),

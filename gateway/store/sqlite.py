@@ -472,7 +472,7 @@ class SqliteStore(Store):
                            ) -> list[dict[str, Any]]:
         q = query or TicketQuery(limit=limit)
         where, params = q.sql()
-        return [ticket_dict(r) for r in await self.query(self._TICKET_SQL + where, params)]
+        return [ticket_dict(r, self.cipher) for r in await self.query(self._TICKET_SQL + where, params)]
 
     async def ticket_get(self, ref: str) -> dict[str, Any] | None:
         if ref.isdigit():
@@ -481,7 +481,7 @@ class SqliteStore(Store):
             rows = await self.query(self._TICKET_SQL + " WHERE t.number=?", (ref,))
         if not rows:
             return None
-        ticket = ticket_dict(rows[0])
+        ticket = ticket_dict(rows[0], self.cipher)
         tid = ticket["id"]
         arts = await self.query("SELECT * FROM articles WHERE ticket_id=? ORDER BY id", (tid,))
         atts = await self.query("SELECT at.* FROM attachments at JOIN articles a ON a.id=at.article_id"
@@ -594,6 +594,9 @@ class SqliteStore(Store):
                 conn.execute("UPDATE articles SET body_text=?, body_html=?, new_text=?, subject=? WHERE id=?",
                              (c.rotate_text(t), c.rotate_text(h), c.rotate_text(n), c.rotate_text(subj), aid))
                 out["articles"] += 1
+            for tid, subj, skey in conn.execute("SELECT id, subject, subject_key FROM tickets").fetchall():
+                conn.execute("UPDATE tickets SET subject=?, subject_key=? WHERE id=?",
+                             (c.rotate_text(subj), c.rotate_match_key(skey), tid))
             for table in ("attachments", "stripped_attachments"):
                 for xid, name in conn.execute(f"SELECT id, filename FROM {table}").fetchall():
                     conn.execute(f"UPDATE {table} SET filename=? WHERE id=?", (c.rotate_text(name), xid))

@@ -238,8 +238,10 @@ class DeliverTx:
             if row is not None and self.denied is None:
                 self.denied = (row[0], row[1])
         if h.subject_days > 0 and h.subject_key:
-            row = conn.execute(sql + "requester_id=? AND subject_key=? AND created_at>=? ORDER BY id DESC",
-                               (contact_id, h.subject_key, self.now - h.subject_days * DAY)).fetchone()
+            keys = self.cipher.match_candidates(h.subject_key)  # hashed when encryption is on
+            row = conn.execute(sql + f"requester_id=? AND subject_key IN ({','.join('?' * len(keys))})"
+                               " AND created_at>=? ORDER BY id DESC",
+                               (contact_id, *keys, self.now - h.subject_days * DAY)).fetchone()
             if row is not None:
                 return row
         return None
@@ -250,9 +252,11 @@ class DeliverTx:
             "INSERT INTO tickets (subject, requester_id, queue, mailbox, flags, priority, category, assignee,"
             " tags, fields, subject_key, linked_ticket_id, created_at, updated_at)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (art.subject, contact_id, d.queue, d.mailbox, json.dumps(list(dict.fromkeys(f.flags))),
+            (self.cipher.enc_text(art.subject), contact_id, d.queue, d.mailbox,
+             json.dumps(list(dict.fromkeys(f.flags))),
              f.priority or "normal", f.category or "", f.assignee or "", json.dumps(list(dict.fromkeys(f.tags))),
-             json.dumps(f.fields), d.thread.subject_key, linked_to, self.now, self.now)).lastrowid
+             json.dumps(f.fields), self.cipher.match_key(d.thread.subject_key), linked_to, self.now,
+             self.now)).lastrowid
         number = f"{self.prefix}{self.start + ticket_id - 1}"
         self.conn.execute("UPDATE tickets SET number=? WHERE id=?", (number, ticket_id))
         self.participant(ticket_id, contact_id, "requester")

@@ -542,6 +542,51 @@ async def test_encryption_at_rest_and_rotation(make_store, backend):
     assert await store.blob_get(sha) == b"TOPSECRETBLOB" * 10
 
 
+async def test_encrypted_subject_and_its_matching_key(make_store, backend):
+    """With encryption on, tickets.subject is encrypted and tickets.subject_key is a keyed hash (still an
+    equality match for threading by subject); rows from before encryption keep threading and are converted
+    by rotate-key; a hash made under a key dropped from the key file no longer matches (documented)."""
+    old, new = generate_key().encode(), generate_key().encode()
+    store = await make_store()
+
+    async def send(sid: str, subject: str, at: float) -> Any:
+        hint = ThreadHints(subject_key=subject.lower(), subject_days=5)
+        return await spool_and_deliver(store, sid, ticket(sid, article(f"{sid}@c.test", subject=subject),
+                                                          thread=hint), now=at)
+
+    async def stored() -> dict[str, tuple[str, str]]:
+        q = "SELECT number, subject, subject_key FROM tickets ORDER BY id"
+        rows = await (store.pool.fetch(q) if backend == "postgres" else store.query(q))
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    assert (await send("s1", "Printer on fire", T0)).ticket_number == "HD-1000"
+    assert await stored() == {"HD-1000": ("Printer on fire", "printer on fire")}  # plain store: as before
+    store.cipher = Cipher([old])  # encryption switched on: the plain row still threads
+    assert (await send("s2", "Printer on fire", T0 + 60)).state == "article_added"
+    r = await send("s3", "Scanner jammed", T0 + 120)
+    assert (r.state, r.ticket_number) == ("ticket_created", "HD-1001")
+    subj, key = (await stored())["HD-1001"]
+    assert subj.startswith("enc1:") and key.startswith("hk1:") and len(key) == 4 + 64
+    assert "scanner" not in (subj + key).lower()
+    r = await send("s4", "Scanner jammed", T0 + 180)
+    assert (r.state, r.ticket_number) == ("article_added", "HD-1001")
+    assert [t["subject"] for t in await store.tickets_list()] == ["Printer on fire", "Scanner jammed"]
+    assert (await store.ticket_get("HD-1001"))["subject"] == "Scanner jammed"
+    # rotate-key: plain subjects encrypted, plain matching keys hashed (under the new first key)
+    store.cipher = Cipher([new, old])
+    assert await store.rotate_key() == {"spool": 4, "articles": 4, "blobs": 0}
+    now = await stored()
+    assert all(s.startswith("enc1:") and k.startswith("hk1:") for s, k in now.values())
+    assert not any(w in repr(now).lower() for w in ("printer", "scanner"))
+    assert (await send("s5", "Printer on fire", T0 + 240)).ticket_number == "HD-1000"
+    assert (await send("s6", "Scanner jammed", T0 + 300)).ticket_number == "HD-1001"  # old key still listed
+    store.cipher = Cipher([new])
+    assert [t["subject"] for t in await store.tickets_list()] == ["Printer on fire", "Scanner jammed"]
+    assert (await send("s7", "Printer on fire", T0 + 360)).ticket_number == "HD-1000"
+    r = await send("s8", "Scanner jammed", T0 + 420)  # hashed under the dropped key: no longer matched
+    assert (r.state, r.ticket_number) == ("ticket_created", "HD-1002")
+
+
 # -- the same inputs give the same JSON on both backends -----------------------------------------------
 async def scenario(store: Any) -> dict[str, Any]:
     """A bit of everything; returns the CLI's JSON views of the result."""

@@ -62,10 +62,9 @@ async def two_way(gw, sink) -> None:
     assert (await gw.wait_done(await send(gw.port, follow))).state == "article_added"
 
 
-# Still stored in clear, on purpose for now (docs/security.md, "Encryption at rest"): the ticket's subject
-# (tickets.subject, listed by `ticketmx tickets`) and its case-folded matching key (tickets.subject_key,
-# an equality lookup). Every other class must be absent; a new leak, or this one fixed, fails the test.
-KNOWN_CLEAR = ["subject"]
+# Every class must be absent, the ticket's subject included (tickets.subject is encrypted, its matching key
+# tickets.subject_key a keyed hash); a new leak fails the test.
+KNOWN_CLEAR: list[str] = []
 
 
 def leaks(data: bytes) -> list[str]:
@@ -91,13 +90,15 @@ async def test_sqlite_files_hold_no_plaintext_after_a_conversation(start_gateway
     data = b"".join(p.read_bytes() for p in files)
     assert len(data) > 10_000 and f"{db}-wal" in map(str, files)
     assert leaks(data) == KNOWN_CLEAR, f"plaintext in {', '.join(map(str, files))}"
-    # and the subject only in the ticket row: not in the articles, the relay queue or the spool
+    # not in any table's values either (case-folded: the matching key is lower-cased), nor the matching key
     conn = sqlite3.connect(db)
     try:
-        others = b"".join(str(v).encode() for t in ("articles", "relay_queue", "spool", "spool_raw", "attachments")
-                          for row in conn.execute(f"SELECT * FROM {t}") for v in row)
-        assert SECRETS["subject"].encode() not in others
-        assert conn.execute("SELECT count(*) FROM tickets WHERE subject LIKE '%zebracrossing%'").fetchone()[0] == 1
+        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        values = b"".join(str(v).encode().lower() for t in tables for row in conn.execute(f'SELECT * FROM "{t}"')
+                          for v in row)
+        assert b"zebracrossing" not in values and len(values) > 10_000
+        (subject, key), = conn.execute("SELECT subject, subject_key FROM tickets").fetchall()
+        assert subject.startswith("enc1:") and key.startswith("hk1:"), (subject[:8], key[:8])
     finally:
         conn.close()
     # still readable through the store: the ticket and the queued mail (decrypted on read)
@@ -118,6 +119,8 @@ async def test_sqlite_files_hold_no_plaintext_after_a_conversation(start_gateway
     gw.store.cipher = Cipher([new_key])
     assert SECRETS["agent reply text"].encode() in await q.message(rows_id + 1)
     assert (await gw.store.ticket_get("HD-1000"))["articles"][0]["attachments"][0]["filename"] == SECRETS["attachment name"]
+    assert (await gw.store.ticket_get("HD-1000"))["subject"] == SECRETS["subject"]
+    assert [t["subject"] for t in await gw.store.tickets_list()] == [SECRETS["subject"]]
 
 
 async def test_relay_rows_are_purged_by_retention(start_gateway, dns_server, sink, tmp_path):
@@ -173,3 +176,25 @@ async def test_postgres_tables_hold_no_plaintext(start_gateway, dns_server, sink
         await gw.gw.stop(grace=1.0)
         await drop_database(admin, url)
     assert leaks(data) == KNOWN_CLEAR
+    assert b"zebracrossing" not in data.lower()  # nor the case-folded matching key
+
+
+async def test_escalation_mail_carries_the_decrypted_subject(start_gateway, dns_server, sink, tmp_path):
+    """The SLA escalation reads tickets.subject itself (gateway/sla.py): decrypted, not ``enc1:…``."""
+    import time
+
+    from gateway.sla import run_once
+    from relay.notify import Notifier
+    dns_server.set_zone({**CUSTOMER, **AGENTS})
+    cfg = relay_cfg(sink.port)
+    cfg["queue"] = [{"name": "IT", "first_response": "1h", "escalation": ["team@example.test"]}]
+    gw = await start_gateway(store={"encryption_key_file": key_file(tmp_path)}, **cfg)
+    assert (await gw.wait_done(await send(gw.port, conversation_mail()))).state == "ticket_created"
+    await wait_for(lambda: len(sink.messages) == 1)  # the acknowledgement
+    notifier = Notifier(gw.gw.cfg.relay, hostname="mx.example.test")
+    assert await run_once(gw.store, gw.gw.cfg, notifier, now=time.time() + 3700) == 1
+    gw.gw.relay.wake()
+    await wait_for(lambda: any(m[1][0] == "team@example.test" for m in sink.messages))
+    esc = next(email.message_from_bytes(m[2], policy=email.policy.default) for m in sink.messages
+               if m[1][0] == "team@example.test")
+    assert esc["Subject"].endswith(SECRETS["subject"]) and "enc1:" not in esc.get_body(("plain",)).get_content()
