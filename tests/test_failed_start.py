@@ -7,6 +7,7 @@ nothing listened and the process never exited (the store's connection thread is 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -60,13 +62,13 @@ def _created(srv: ServeProcess) -> None:
     srv.log.write_text("")
 
 
-def test_a_database_locked_past_the_busy_timeout_exits_75_within_bounded_time(tmp_path, dns_server):
-    srv = ServeProcess(tmp_path, dns_server.port)
-    _created(srv)
+@contextlib.contextmanager
+def exclusive_lock(db: Path) -> Iterator[None]:
+    """Another process's view of the database: a thread holds ``BEGIN EXCLUSIVE`` on it until the block ends."""
     holding, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        conn = sqlite3.connect(tmp_path / "serve.db", isolation_level=None)
+        conn = sqlite3.connect(db, isolation_level=None)
         conn.execute("BEGIN EXCLUSIVE")
         holding.set()
         release.wait(60)
@@ -77,10 +79,17 @@ def test_a_database_locked_past_the_busy_timeout_exits_75_within_bounded_time(tm
     holder.start()
     try:
         assert holding.wait(10)
-        code, seconds, log = _run_serve(srv, timeout=60)
+        yield
     finally:
         release.set()
         holder.join()
+
+
+def test_a_database_locked_past_the_busy_timeout_exits_75_within_bounded_time(tmp_path, dns_server):
+    srv = ServeProcess(tmp_path, dns_server.port)
+    _created(srv)
+    with exclusive_lock(tmp_path / "serve.db"):
+        code, seconds, log = _run_serve(srv, timeout=60)
     assert code == EX_TEMPFAIL, log
     assert 9.0 < seconds < 10.0 + 8.0, seconds  # the 10 s busy timeout, then out at once
     _assert_one_line(log, "database is locked")
@@ -167,28 +176,12 @@ def test_a_worker_that_cannot_open_the_store_says_so_once_and_comes_back(tmp_pat
     while not re.findall(r"pipeline worker \S+ started \(pid (\d+)\)", srv.log.read_text()):
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        conn = sqlite3.connect(tmp_path / "serve.db", isolation_level=None)
-        conn.execute("BEGIN EXCLUSIVE")
-        holding.set()
-        release.wait(60)
-        conn.execute("ROLLBACK")
-        conn.close()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert holding.wait(10)
+    with exclusive_lock(tmp_path / "serve.db"):
         srv.proc.send_signal(signal.SIGHUP)  # a reload starts a new worker at once: it meets the lock
         deadline = time.monotonic() + 30
         while "could not open the store; next try in" not in srv.log.read_text():
             assert time.monotonic() < deadline, srv.log.read_text()[-3000:]
             time.sleep(0.2)
-    finally:
-        release.set()
-        holder.join()
     log = srv.log.read_text()
     assert log.count("cannot open the store: OperationalError: database is locked; exiting with code 75") >= 1, log
     assert "could not open the store; next try in" in log
