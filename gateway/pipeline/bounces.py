@@ -44,6 +44,25 @@ __all__ = ["BounceReport", "analyse_bounce", "analyse_mdn", "BounceStage", "verp
 
 log = logging.getLogger(__name__)
 
+
+class _QuietDetectorErrors(logging.Filter):
+    """flufl.bounce logs each of its detectors that raises on hostile input (a From with a raw 8-bit byte
+    makes several of them call ``.lower()`` on a Header object) at ERROR with a full traceback: thousands
+    of lines a sender could provoke at will. Here each becomes one short DEBUG line; the stage already
+    treats a failing detector as "no failures found"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            record.msg = f"{record.getMessage()}: {record.exc_info[1]!r}"[:300]
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+logging.getLogger("flufl.bounce").addFilter(_QuietDetectorErrors())
+
 # Subjects of non-delivery reports that are not RFC 3464 DSNs (and of those that are).
 _BOUNCE_SUBJECT = re.compile(
     r"^(?:undeliver(?:able|ed)|delivery (?:status notification|failure|has failed|failed|report)"

@@ -405,3 +405,16 @@ def test_corpus_no_false_positives() -> None:
         if v.action != CONTINUE:
             found.append(f"{path.parent.name}/{path.name}")
     assert found == ["mime_emails/raw_email_with_mimepart_without_content_type.eml"]
+
+
+def test_a_detector_choking_on_hostile_bytes_logs_one_quiet_line(caplog):
+    """A raw 8-bit byte in From made flufl.bounce log an ERROR with a full traceback per detector and
+    message: a sender could flood the log at will. Now: one DEBUG line each, no traceback."""
+    import logging
+    raw = b"From: mailer-daemon\xff@x.test\r\nSubject: Undelivered Mail\r\nTo: support@example.test\r\n\r\nfailed\r\n"
+    with caplog.at_level(logging.DEBUG):
+        analyse_bounce(raw, parse_message(raw), "", ["support@example.test"], BouncePolicy())
+    flufl = [r for r in caplog.records if r.name.startswith("flufl.bounce")]
+    assert flufl, "the hostile From did not reach a detector: the test proves nothing"
+    assert all(r.levelno == logging.DEBUG and not r.exc_info and len(r.getMessage()) <= 300 for r in flufl)
+    assert "Traceback" not in caplog.text
