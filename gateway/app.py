@@ -13,7 +13,7 @@ import signal
 import time
 from dataclasses import replace
 
-from .checks import DataCheck, HeaderSectionCheck, LoopCheck
+from .checks import DataCheck
 from .config import Config, deep_check, load_config
 from .errors import ConfigErrors
 from .limits import Limits, LocalLimits
@@ -23,6 +23,7 @@ from .pipeline.stages import build_pipeline
 from .pipeline.worker import MetricsSink, Worker, make_executor
 from .recipients import RecipientMap
 from .errors import ConfigError
+from .smtp_group import build_checks
 from .smtpd import Handler, SmtpListener, _tls_context
 from .spool import SpoolWriter
 from .store import open_store
@@ -329,23 +330,6 @@ def _relay_keys(cfg: Config) -> tuple[bytes, ...]:
     """The relay's DKIM private keys (not part of RelayConfig's equality): a key file rotated under
     the same name is a relay change too."""
     return tuple(k.private_key for k in cfg.relay.dkim) if cfg.relay is not None else ()
-
-
-def build_checks(cfg: Config, executor: concurrent.futures.Executor | None, resolver: list) -> list[DataCheck]:
-    """The SMTP-time check chain of one SMTP process. ``resolver`` is a one-item box holding that
-    process's DNS resolver (and cache): reused across reloads unless ``[dns]`` changed."""
-    checks: list[DataCheck] = [HeaderSectionCheck(),
-                               LoopCheck(cfg.smtp.hostname, cfg.smtp.loop_marker, cfg.smtp.max_received_headers)]
-    from .auth.dns import Resolver
-    from .auth.smtp_check import AuthCheck
-    current = resolver[0]
-    if current is None or getattr(current, "ticketmx_dns_cfg", None) != cfg.dns:
-        current = resolver[0] = Resolver(cfg.dns.nameservers, cfg.dns.timeout)
-        current.ticketmx_dns_cfg = cfg.dns
-    checks.append(AuthCheck.from_config(cfg, executor, resolver=current))
-    from .pipeline.policy import PipelinePolicy, build_data_checks
-    checks += build_data_checks(cfg.policy or PipelinePolicy(), cfg.mailbox_policies)
-    return checks
 
 
 async def serve(cfg: Config, config_path: str | None) -> int:

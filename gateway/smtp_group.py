@@ -24,6 +24,7 @@ reset by the kernel and the client retries (no accepted message is lost: the
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import multiprocessing
@@ -33,6 +34,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .checks import DataCheck, HeaderSectionCheck, LoopCheck
 from .config import Config
 from .limits import Limits
 from .metrics import Metrics, Snapshot, retire, snapshot
@@ -129,6 +131,23 @@ class RemoteLimits:
         self.link.send(("hit", ip, sender))
 
 
+def build_checks(cfg: Config, executor: concurrent.futures.Executor | None, resolver: list) -> list[DataCheck]:
+    """The SMTP-time check chain of one SMTP process. ``resolver`` is a one-item box holding that
+    process's DNS resolver (and cache): reused across reloads unless ``[dns]`` changed."""
+    checks: list[DataCheck] = [HeaderSectionCheck(),
+                               LoopCheck(cfg.smtp.hostname, cfg.smtp.loop_marker, cfg.smtp.max_received_headers)]
+    from .auth.dns import Resolver
+    from .auth.smtp_check import AuthCheck
+    current = resolver[0]
+    if current is None or getattr(current, "ticketmx_dns_cfg", None) != cfg.dns:
+        current = resolver[0] = Resolver(cfg.dns.nameservers, cfg.dns.timeout)
+        current.ticketmx_dns_cfg = cfg.dns
+    checks.append(AuthCheck.from_config(cfg, executor, resolver=current))
+    from .pipeline.policy import PipelinePolicy, build_data_checks
+    checks += build_data_checks(cfg.policy or PipelinePolicy(), cfg.mailbox_policies)
+    return checks
+
+
 def child_main(cfg: Config, slot: int, listen: Listen, conn: multiprocessing.connection.Connection) -> None:
     """Entry point of an SMTP child process."""
     from .allocator import tune
@@ -153,7 +172,6 @@ def child_main(cfg: Config, slot: int, listen: Listen, conn: multiprocessing.con
 
 
 async def _child(cfg: Config, slot: int, listen: Listen, conn: multiprocessing.connection.Connection) -> None:
-    from .app import build_checks
     from .pipeline.worker import make_executor
     from .recipients import RecipientMap
     from .smtpd import Handler, SmtpListener
