@@ -21,7 +21,6 @@ ALLOWED: list[list[str]] = [
      "gateway.pipeline.rspamd", "gateway.pipeline.senders", "gateway.pipeline.spam",
      "gateway.pipeline.stages", "gateway.pipeline.twoway", "gateway.pipeline.unsubscribe",
      "gateway.recipients", "gateway.twoway_config", "relay.config", "relay.dkim", "relay.notify"],
-    ["gateway.pipeline.bigmime", "gateway.pipeline.mime"],
 ]
 
 

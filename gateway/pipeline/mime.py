@@ -26,7 +26,6 @@ from __future__ import annotations
 import binascii
 import codecs
 import email
-import email.headerregistry
 import email.policy
 import email.utils
 import functools
@@ -48,48 +47,10 @@ from gateway.pipeline.charset_guess import MAX_GUESS, guess
 from gateway.pipeline.bigmime import is_marker, split_large_parts
 from gateway.pipeline.htmlbound import MAX_RENDER_TAGS, bound_html
 from gateway.pipeline.model import Attachment, ParsedMessage
+from gateway.pipeline.mimepolicy import MAX_MIME_PARAMS, POLICY as _POLICY, _PARAM_RE, _unquote
 
 __all__ = ["parse_message"]
 
-class _CachingHeaderRegistry(email.headerregistry.HeaderRegistry):
-    """policy.default's header factory, remembering what it built.
-
-    The feed parser asks each part for its content type several times while it parses
-    (``get_content_type`` / ``get_content_maintype`` -> a fresh Content-Type parse each
-    time): on a four-part 50 KB message that was about two thirds of the parse. Header
-    objects are immutable str subclasses, so one built for ``(name, value)`` can be handed
-    out again. Bounded: the cache is dropped when it grows past ``_MAX``.
-    """
-
-    _MAX = 2048
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._cache: dict[tuple[str, str], object] = {}
-
-    def __call__(self, name, value):  # type: ignore[no-untyped-def] - HeaderRegistry's signature
-        key = (name, value)
-        try:
-            return self._cache[key]
-        except (KeyError, TypeError):
-            pass
-        if isinstance(value, str) and len(value) > _MAX_MIME_HEADER and name.lower() in _MIME_HEADERS:
-            # The registry's Content-Type parse is super-linear in the parameters and runs several
-            # times per part: hand it only what the feed parser needs (see _compact_mime).
-            return super().__call__(name, _compact_mime(value))
-        header = super().__call__(name, value)
-        if not isinstance(value, str) or len(value) > 2000:
-            return header  # long values (huge To: lists, attacks) are parsed, never kept
-        if len(self._cache) >= self._MAX:
-            self._cache.clear()
-        try:
-            self._cache[key] = header
-        except TypeError:  # an unhashable value: never cached
-            pass
-        return header
-
-
-_POLICY = email.policy.default.clone(header_factory=_CachingHeaderRegistry())
 # For re-serialising attached messages: write stored header values untouched.
 _GEN_POLICIES = {
     nl: email.policy.default.clone(refold_source="none", linesep=nl) for nl in ("\r\n", "\n")
@@ -99,9 +60,6 @@ _MAX_DEPTH = 64          # MIME nesting we follow; deeper parts are dropped (wit
 # behind them are super-linear; real mail stays far below each limit.
 MAX_MIME_PARTS = 10_000      # parts per message; beyond: a plain linear reading and a quarantine
 MAX_MIME_NESTING = 100       # nested multiparts; beyond: the same (the walker follows 64)
-MAX_MIME_PARAMS = 64         # parameters read per Content-Type / Content-Disposition
-_MAX_MIME_HEADER = 2_000     # longer Content-Type/-Disposition values reach the registry compacted
-_MIME_HEADERS = frozenset({"content-type", "content-disposition"})
 MAX_ADDRESS_CHARS = 1_000    # one address (phrase + addr-spec) handed to the stdlib address parsers
 MAX_ADDRESSES = 2_000        # addresses read per header name (To, Cc, ...)
 ADDRESS_PARSER_BUDGET = 8_000  # characters per message the stdlib address parsers may see in all
@@ -453,18 +411,7 @@ def _full_decode(text: str, ctx: _Ctx) -> str:
 # --------------------------------------------------------------------------- #
 # MIME parameters (Content-Type / Content-Disposition)
 # --------------------------------------------------------------------------- #
-_PARAM_RE = re.compile(r';\s*([^\s=;"]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"?|[^;]*))?')
-_QUOTED_PAIR = re.compile(r'\\([\\"])')
 _TYPE_JUNK = re.compile(r"\s+|\([^)]*\)")
-
-
-def _unquote(value: str) -> str:
-    value = value.strip()
-    if value.startswith('"'):
-        value = value[1:-1] if len(value) > 1 and value.endswith('"') else value[1:]
-        if "\\" in value:
-            value = _QUOTED_PAIR.sub(r"\1", value)
-    return value
 
 
 def _mime_header(value: str, ctx: _Ctx) -> tuple[str, dict[str, str]]:
@@ -503,24 +450,6 @@ def _mime_header(value: str, ctx: _Ctx) -> tuple[str, dict[str, str]]:
     if " " in main or "\t" in main or "(" in main:
         main = _TYPE_JUNK.sub("", main)
     return main.lower(), params
-
-
-_COMPACT_KEEP = frozenset({"boundary", "charset", "type", "report-type", "protocol", "micalg"})
-
-
-def _compact_mime(value: str) -> str:
-    """A long Content-Type/-Disposition value cut to its main value and the plain parameters the
-    feed parser and generator use (linear: our own parameter regex, at most MAX_MIME_PARAMS)."""
-    main, _, rest = value.partition(";")
-    out = [main.strip()[:200]]
-    for count, m in enumerate(_PARAM_RE.finditer(";" + rest)):
-        if count >= MAX_MIME_PARAMS:
-            break
-        name = m.group(1).lower()
-        if name in _COMPACT_KEEP:
-            val = _unquote(m.group(2) or "")[:200].replace("\\", "\\\\").replace('"', '\\"')
-            out.append(f'{name}="{val}"')
-    return "; ".join(out)
 
 
 def _filename(disp_params: dict[str, str], type_params: dict[str, str], ctx: _Ctx) -> str:
