@@ -19,7 +19,7 @@ from .errors import ConfigErrors
 from .limits import Limits, LocalLimits
 from .metrics import Metrics, MetricsServer
 from .pipeline.process import WorkerPool
-from .pipeline.stages import build_pipeline
+from .pipeline.assemble import build_pipeline
 from .pipeline.worker import MetricsSink, Worker, make_executor
 from .recipients import RecipientMap
 from .errors import ConfigError

@@ -12,15 +12,15 @@ import socket
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
 from .errors import ConfigError, ConfigErrors
 from .ratelimit import Rate, parse_rate
 from .units import parse_duration, parse_size
 from .secretfile import exposure
+from .tomltable import Table, expect_str
 
 ENV_CONFIG = "TICKETMX_CONFIG"
-T = TypeVar("T")
 
 
 def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
@@ -193,59 +193,8 @@ def sqlite_path_from_url(url: str) -> Path:
     raise ValueError(f"not a sqlite URL: {url!r}")
 
 
-class _Table:
-    """Reads one TOML table, remembering which keys were used so leftovers are reported."""
-
-    def __init__(self, data: Any, prefix: str, errors: list[ConfigError], file: str | None) -> None:
-        self.prefix = prefix
-        self.errors = errors
-        self.file = file
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            self.error("", "expected a table")
-            data = {}
-        self.data: dict[str, Any] = data
-        self.used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix and name else (self.prefix or name)
-
-    def error(self, name: str, message: str) -> None:
-        self.errors.append(ConfigError(self.key(name), message, self.file))
-
-    def get(self, name: str, default: T, convert: Callable[[Any], T] | None = None) -> T:
-        self.used.add(name)
-        if name not in self.data:
-            return default
-        value = self.data[name]
-        try:
-            return convert(value) if convert else value
-        except (ValueError, TypeError, OSError) as exc:  # OSError: a converter that reads a file
-            self.error(name, str(exc))
-            return default
-
-    def has(self, name: str) -> bool:
-        return name in self.data
-
-    def sub(self, name: str) -> "_Table":
-        self.used.add(name)
-        return _Table(self.data.get(name), self.key(name), self.errors, self.file)
-
-    def finish(self) -> None:
-        for name in self.data:
-            if name not in self.used:
-                self.error(name, "unknown key")
-
-
-def _str(v: Any) -> str:
-    if not isinstance(v, str):
-        raise TypeError(f"expected a string, got {type(v).__name__}")
-    return v
-
-
 def _nonempty_str(v: Any) -> str:
-    s = _str(v)
+    s = expect_str(v)
     if not s.strip():
         raise ValueError("must not be empty")
     return s
@@ -277,7 +226,7 @@ def _ack_policy(v: Any) -> str:
     (which meant "on") is the safe "authenticated" rather than the backscatter-prone "always"."""
     if isinstance(v, bool):
         return "authenticated" if v else "never"
-    s = _str(v).strip().lower()
+    s = expect_str(v).strip().lower()
     if s not in ACK_POLICIES:
         raise ValueError("expected one of " + ", ".join(f'"{p}"' for p in ACK_POLICIES))
     return s
@@ -330,7 +279,7 @@ def _nameservers(v: Any) -> tuple[tuple[str, int], ...]:
 
 
 def _metrics_listen(v: Any) -> tuple[str, int] | None:
-    s = _str(v)
+    s = expect_str(v)
     return parse_hostport(s) if s else None
 
 
@@ -358,7 +307,7 @@ def _store_url(v: Any) -> str:
 
 
 def _log_level(v: Any) -> str:
-    s = _str(v).upper()
+    s = expect_str(v).upper()
     if s not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ValueError("expected one of debug, info, warning, error, critical")
     return s
@@ -385,7 +334,7 @@ def _smtp_processes(v: Any) -> int:
 
 
 def _event_loop(v: Any) -> str:
-    s = _str(v).lower()
+    s = expect_str(v).lower()
     if s not in {"auto", "uvloop", "asyncio"}:
         raise ValueError("expected \"auto\", \"uvloop\" or \"asyncio\"")
     if s == "uvloop":
@@ -416,14 +365,14 @@ def _count_or_share(v: Any) -> int | float:
 
 
 def _path_or_none(v: Any) -> str | None:
-    s = _str(v)
+    s = expect_str(v)
     return s or None
 
 
 def build_config(data: dict[str, Any], file: str | None = None) -> Config:
     """Validate a parsed TOML document into a Config, raising ConfigErrors listing every problem."""
     errors: list[ConfigError] = []
-    root = _Table(data, "", errors, file)
+    root = Table(data, "", errors, file)
 
     t = root.sub("smtp")
     d = SmtpConfig()
@@ -494,7 +443,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
     d2 = StoreConfig()
     store = StoreConfig(
         url=t.get("url", d2.url, _store_url),
-        ticket_prefix=t.get("ticket_prefix", d2.ticket_prefix, _str),
+        ticket_prefix=t.get("ticket_prefix", d2.ticket_prefix, expect_str),
         ticket_start=t.get("ticket_start", d2.ticket_start, _int_range(1)),
         encryption_key_file=t.get("encryption_key_file", None, _path_or_none),
         pool_min=t.get("pool_min", d2.pool_min, _int_range(0, 1000)),
@@ -523,7 +472,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         root.error("mailbox", "expected an array of tables ([[mailbox]])")
         raw_mb = []
     for i, item in enumerate(raw_mb):
-        mt = _Table(item, f"mailbox[{i}]", errors, file)
+        mt = Table(item, f"mailbox[{i}]", errors, file)
         if "address" not in mt.data:
             mt.error("address", "required")
         mb = MailboxConfig(
@@ -534,7 +483,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
             pipeline=mt.get("pipeline", {}, _dict),
             acknowledge=mt.get("acknowledge", "authenticated", _ack_policy),
             language=mt.get("language", None, _path_or_none),
-            name=mt.get("name", "", _str),
+            name=mt.get("name", "", expect_str),
             template=mt.get("template", None, lambda v, _p=mt.prefix: _template(v, f"{_p}.template")),
         )
         for j, addr in enumerate(mb.addresses()):
@@ -647,7 +596,7 @@ def _template(v: Any, prefix: str) -> Any:
 
 
 def _stage_list(v: Any) -> tuple[str, ...]:
-    from .pipeline.stages import known_stage_names
+    from .pipeline.policy import known_stage_names
     names = _str_list(v)
     if not names:
         return ()  # the recommended order

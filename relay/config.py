@@ -20,9 +20,9 @@ from email.utils import parseaddr
 from typing import Any, Callable, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from gateway.config import _str, _Table
 from gateway.errors import ConfigError
 from gateway.secretfile import exposure
+from gateway.tomltable import Table, expect_str
 from gateway.units import parse_duration
 
 from .schedule import parse_intervals, parse_skip_times
@@ -155,8 +155,8 @@ class RelayConfig:
 
 # -- the table reader ---------------------------------------------------------------------------
 
-class _T(_Table):
-    """gateway.config's table reader (unknown keys and bad values name the dotted key), fileless."""
+class _T(Table):
+    """gateway.tomltable's table reader (unknown keys and bad values name the dotted key), fileless."""
 
     def __init__(self, data: Any, prefix: str, errors: list[ConfigError]) -> None:
         super().__init__(data, prefix, errors, None)
@@ -186,7 +186,7 @@ def _templates_dir(v: Any) -> str:
 
 
 def _nonempty(v: Any) -> str:
-    s = _str(v).strip()
+    s = expect_str(v).strip()
     if not s:
         raise ValueError("must not be empty")
     return s
@@ -227,7 +227,7 @@ def _positive_duration(v: Any) -> float:
 
 def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     def conv(v: Any) -> str:
-        s = _str(v).lower()
+        s = expect_str(v).lower()
         if s not in options:
             raise ValueError("expected one of " + ", ".join(f'"{o}"' for o in options))
         return s
@@ -292,7 +292,7 @@ def _ack_limits(v: Any) -> tuple[tuple[int, float], ...]:
 
 
 def _timezone(v: Any) -> str:
-    s = _str(v).strip()
+    s = expect_str(v).strip()
     if s:
         try:
             ZoneInfo(s)
@@ -395,7 +395,7 @@ def _smarthost(data: Any, prefix: str, errors: list[ConfigError]) -> SmarthostCo
         if tls == "none" and not h["allow_insecure_auth"]:
             t.error("auth", "would send the token in clear text: use tls = \"starttls\" or \"implicit\"")
         oauth = OAuthConfig(token_url=url, client_id=t.get("oauth_client_id", "", _nonempty),
-                            scope=t.get("oauth_scope", "", _str), client_secret=secret, refresh_token=refresh,
+                            scope=t.get("oauth_scope", "", expect_str), client_secret=secret, refresh_token=refresh,
                             refresh_token_file=refresh_file,
                             timeout=t.get("oauth_timeout", 15.0, _positive_duration),
                             verify_cert=h["verify_cert"], ca_file=h["ca_file"])
@@ -446,7 +446,7 @@ def _dkim(data: Any, prefix: str, errors: list[ConfigError]) -> DkimKeyConfig | 
             t.error("algorithm", f"{key_file} holds an {detected} key")
         algorithm = detected
         try:
-            from .dkim import load_private_key
+            from .dkimkey import load_private_key
             load_private_key(key, algorithm)
         except ValueError as exc:
             t.error("key_file", f"{key_file} is not a DKIM private key (PEM RSA, or the base64 ed25519 seed"

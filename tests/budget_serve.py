@@ -1,7 +1,7 @@
 """``ticketmx`` with a test-only pipeline stage, ``spin``, for the message-budget tests.
 
 Run as a script (``python tests/budget_serve.py serve --config …``): it registers the stage in
-``gateway.pipeline.stages.STAGES`` here AND in the spawned pipeline worker processes, which import this
+``gateway.pipeline.policy.STAGES`` here AND in the spawned pipeline worker processes, which import this
 file as their ``__mp_main__`` — no hook in the product. Subjects that trigger it:
 
 * ``spin-forever``: a pure-Python loop that never ends (what a super-linear parser looks like from
@@ -52,7 +52,7 @@ class SpinStage:
 
 
 def register() -> None:
-    from gateway.pipeline.stages import STAGES
+    from gateway.pipeline.policy import STAGES
     STAGES[SpinStage.name] = SpinStage
 
 

@@ -104,7 +104,8 @@ CLASSES: dict[str, tuple[Callable[[int], bytes], int]] = {
 def pipeline_context() -> tuple[object, list]:
     """The real Config and every stage (two-way stages included, an agent, a routing rule, redaction)."""
     from gateway.pipeline.routing import parse_routing
-    from gateway.pipeline.stages import Context, build_pipeline
+    from gateway.pipeline.assemble import build_pipeline
+    from gateway.pipeline.stages import Context
     from gateway.twoway_config import parse_twoway
     mbs = (MailboxConfig(address="support@example.test", queue="IT"),)
     tw = parse_twoway({"threading": {}, "agent": [{"address": "alice@example.org"}],

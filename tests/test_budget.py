@@ -21,7 +21,7 @@ import pytest
 
 from gateway.config import build_config
 from gateway.errors import ConfigErrors
-from gateway.pipeline.stages import DEFAULT_ORDER, STAGES
+from gateway.pipeline.policy import DEFAULT_ORDER, STAGES
 
 from .budget_serve import SpinStage
 from .conftest import BASE_CONFIG, ROOT, queued_id, simple_message, wait_port

@@ -8,7 +8,7 @@ from email.message import EmailMessage
 import aiosmtplib
 import pytest
 
-from gateway.pipeline import stages as stages_mod
+from gateway.pipeline.policy import STAGES
 from gateway.pipeline.stages import Verdict
 from gateway.pipeline.worker import MetricsSink, Worker
 
@@ -145,7 +145,7 @@ class ExplodingStage:
 
 
 async def test_message_failing_three_times_is_quarantined(gateway, monkeypatch):
-    monkeypatch.setitem(stages_mod.STAGES, "explode", ExplodingStage)
+    monkeypatch.setitem(STAGES, "explode", ExplodingStage)
     gw = gateway.gw
     await gw.worker.close()
     gw.worker = Worker(gw.cfg, gw.store, MetricsSink(gw.metrics), gw.executor, stage_names=("explode", "ticket"))
@@ -174,7 +174,7 @@ async def test_retention_purges_raw_and_quarantine_but_keeps_tickets(start_gatew
 
 
 async def test_repeated_failures_pause_processing_until_resumed(start_gateway, monkeypatch):
-    monkeypatch.setitem(stages_mod.STAGES, "explode", ExplodingStage)
+    monkeypatch.setitem(STAGES, "explode", ExplodingStage)
     gateway = await start_gateway(pipeline={"pause_after_failures": 2, "max_attempts": 1})
     gw = gateway.gw
     await gw.worker.close()

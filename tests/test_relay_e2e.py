@@ -167,11 +167,11 @@ async def test_sla_escalation_levels_first_response(start_gateway, dns_server, s
 
 
 async def test_admin_is_told_when_processing_pauses(start_gateway, sink, monkeypatch):
-    from gateway.pipeline import stages as stages_mod
+    from gateway.pipeline.policy import STAGES
     from gateway.pipeline.worker import MetricsSink, Worker
 
     from .test_pipeline import ExplodingStage
-    monkeypatch.setitem(stages_mod.STAGES, "explode", ExplodingStage)
+    monkeypatch.setitem(STAGES, "explode", ExplodingStage)
     cfg = relay_cfg(sink.port)
     cfg["pipeline"] = {"pause_after_failures": 2, "max_attempts": 1, "admin_address": "ops@example.test"}
     gateway = await start_gateway(**cfg)

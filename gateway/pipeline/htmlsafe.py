@@ -20,7 +20,7 @@ styles of a vetted property list) and removes everything that executes or loads:
   ``@import``, backslash escapes or comments;
 * links get ``rel="noopener noreferrer nofollow"`` and ``target="_blank"``.
 
-Stage ``html`` (:class:`HtmlStage`) applies it to ``parsed.body_html`` and continues with
+Stage ``html`` (:class:`gateway.pipeline.stages.HtmlStage`) applies it to ``parsed.body_html`` and continues with
 ``{"html": <sanitised>, "remote_images_blocked": n}``: the ticket stores and shows only that
 (and the text rendering); the raw original stays in the spool.
 """
@@ -29,15 +29,12 @@ from __future__ import annotations
 import re
 import threading
 import unicodedata
-from collections.abc import Mapping
 from urllib.parse import unquote
 
 import nh3
 
-from gateway.pipeline.policy import HtmlPolicy, policy_for
-from gateway.pipeline.stages import Context, Inbound, Verdict
 
-__all__ = ["sanitize_html", "sanitize_html_report", "HtmlStage", "url_scheme"]
+__all__ = ["sanitize_html", "sanitize_html_report", "url_scheme"]
 
 _TAGS = (set(nh3.ALLOWED_TAGS) | {"font", "tfoot", "big", "center", "u", "s", "strike"}) - {"map", "area"}
 _CLEAN_CONTENT = {"script", "style", "svg", "math", "iframe", "object", "embed", "applet", "noscript",
@@ -215,19 +212,3 @@ def sanitize_html_report(html: str, allow_remote: bool = False, *, allow_data_im
 def sanitize_html(html: str, allow_remote: bool = False, *, allow_data_images: bool = True) -> str:
     """Sanitised HTML safe to show in the ticket view (see the module docstring)."""
     return sanitize_html_report(html, allow_remote, allow_data_images=allow_data_images)[0]
-
-
-class HtmlStage:
-    name = "html"
-
-    def __init__(self, policy: HtmlPolicy | None = None, per_mailbox: Mapping[str, HtmlPolicy] | None = None) -> None:
-        self.policy = policy or HtmlPolicy()
-        self.per_mailbox = dict(per_mailbox or {})
-
-    async def run(self, msg: Inbound, ctx: Context) -> Verdict:
-        policy: HtmlPolicy = policy_for(self.policy, self.per_mailbox, msg, ctx)
-        if not policy.enabled or not msg.parsed.body_html:
-            return Verdict()
-        html, blocked = sanitize_html_report(msg.parsed.body_html, policy.allow_remote_images,
-                                             allow_data_images=policy.allow_data_images)
-        return Verdict(data={"html": html, "remote_images_blocked": blocked})

@@ -16,7 +16,8 @@ appended to the global ones unless ``inherit_rules = false``.
 
 :func:`parse_pipeline_policy` raises :class:`gateway.errors.ConfigError` naming the dotted
 key of the first problem (unknown key, wrong type, bad value, regex that does not compile).
-:func:`build_stages` turns a policy (plus per-mailbox policies) into stage instances.
+:func:`gateway.pipeline.assemble.build_stages` turns a policy (plus per-mailbox policies) into
+stage instances; this module imports no stage (configuration knows nothing of what reads it).
 See docs/pipeline.md for every key and its default.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..netaddr import ip_in_networks
 from gateway.errors import ConfigError
@@ -34,7 +36,8 @@ from gateway.units import parse_duration, parse_size
 __all__ = [
     "AutomaticPolicy", "BouncePolicy", "SpamCondition", "SpamRule", "SpamPolicy", "RspamdPolicy",
     "SenderPolicy", "AttachmentPolicy", "HtmlPolicy", "PipelinePolicy", "parse_pipeline_policy",
-    "build_stages", "build_data_checks", "policy_for", "STAGE_TABLES", "RECOMMENDED_ORDER",
+    "policy_for", "STAGE_TABLES", "RECOMMENDED_ORDER", "DEFAULT_ORDER", "STAGES", "known_stage_names",
+    "parse_url",
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -85,6 +88,36 @@ STAGE_TABLES = {
 # Where the lead should put our stages relative to the existing ones ("sender", "ticket").
 RECOMMENDED_ORDER = ("bounce", "automatic", "sender_policy", "spam", "rspamd", "sender",
                      "attachments", "html", "ticket")
+# Every built-in stage, in the order used when [pipeline] stages is not set.
+DEFAULT_ORDER = ("identity", "unsubscribe", "bounce", "automatic", "sender_policy", "spam", "rspamd", "sender", "attachments", "html",
+                 "quotes", "forward", "thread", "route", "commands", "redact", "ticket")
+# Plug-in stages by name, registered at run time (tests, extensions): gateway.pipeline.assemble
+# builds them, [pipeline] stages may name them.
+STAGES: dict[str, type] = {}
+
+
+def known_stage_names() -> set[str]:
+    """The names `[pipeline] stages` may list: every built-in stage and the plug-ins registered."""
+    return set(DEFAULT_ORDER) | set(STAGES)
+
+
+def parse_url(url: str) -> tuple[str, str, int, str]:
+    """``http://host:port/prefix`` -> (scheme, host, port, path of the checkv2 endpoint)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"no host in {url!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as e:
+        raise ValueError(f"bad port in {url!r}: {e}") from None
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("the URL may not carry a query, fragment or credentials (use password = ...)")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/checkv2"):
+        path += "/checkv2"
+    return parts.scheme, parts.hostname, port, path
 
 
 # --------------------------------------------------------------------------- #
@@ -352,7 +385,6 @@ def _networks(key: str, v: Any) -> tuple[Network, ...]:
 
 def _url(key: str, v: Any) -> str:
     s = _string(key, v, empty=False).strip()
-    from .rspamd import parse_url   # local import: rspamd.py imports this module
     try:
         parse_url(s)
     except ValueError as e:
@@ -672,44 +704,3 @@ def policy_for(default: Any, per_mailbox: Mapping[str, Any] | None, msg: Any, ct
     if not per_mailbox:
         return default
     return per_mailbox.get(primary_mailbox(msg, ctx), default)
-
-
-def build_stages(policy: PipelinePolicy, mailboxes: Mapping[str, PipelinePolicy] | None = None
-                 ) -> dict[str, Any]:
-    """Stage instances by name, each with its global policy and the per-mailbox overrides."""
-    from .attachments import AttachmentsStage
-    from .automatic import AutomaticStage
-    from .bounces import BounceStage
-    from .htmlsafe import HtmlStage
-    from .rspamd import RspamdStage
-    from .senders import SenderPolicyStage
-    from .spam import SpamStage
-
-    mailboxes = mailboxes or {}
-
-    def per(attr: str) -> dict[str, Any]:
-        return {addr: getattr(p, attr) for addr, p in mailboxes.items()}
-
-    stages = [
-        AutomaticStage(policy.automatic, per("automatic")),
-        BounceStage(policy.bounce, per("bounce")),
-        SpamStage(policy.spam, per("spam")),
-        RspamdStage(policy.rspamd, per("rspamd")),
-        SenderPolicyStage(policy.sender_policy, per("sender_policy")),
-        AttachmentsStage(policy.attachments, per("attachments")),
-        HtmlStage(policy.html, per("html")),
-    ]
-    return {s.name: s for s in stages}
-
-
-def build_data_checks(policy: PipelinePolicy, mailboxes: Mapping[str, PipelinePolicy] | None = None
-                      ) -> list[Any]:
-    """SMTP-time checks contributed by these policies (today: the rspamd reject-at-DATA check,
-    when rspamd is enabled for the global policy or any mailbox and some reject_score is set)."""
-    from .rspamd import RspamdCheck
-
-    mailboxes = mailboxes or {}
-    pols = [policy.rspamd, *(p.rspamd for p in mailboxes.values())]
-    if any(p.enabled and p.reject_at_data and p.reject_score is not None for p in pols):
-        return [RspamdCheck(policy.rspamd, {a: p.rspamd for a, p in mailboxes.items()})]
-    return []

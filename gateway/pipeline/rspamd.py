@@ -28,11 +28,10 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from gateway.checks import CONTINUE as CHECK_CONTINUE
 from gateway.checks import DEFER, REJECT, CheckResult, DataContext
-from gateway.pipeline.policy import RspamdPolicy, policy_for
+from gateway.pipeline.policy import RspamdPolicy, parse_url, policy_for
 from gateway.pipeline.stages import CONTINUE, DROP, QUARANTINE, Context, Inbound, Verdict
 from gateway.http11 import read_response
 from gateway.replies import Reply
@@ -62,25 +61,6 @@ class RspamdResult:
     def summary(self) -> dict[str, Any]:
         return {"score": self.score, "required_score": self.required_score, "action": self.action,
                 "symbols": list(self.symbols[:30])}
-
-
-def parse_url(url: str) -> tuple[str, str, int, str]:
-    """``http://host:port/prefix`` -> (scheme, host, port, path of the checkv2 endpoint)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
-    if not parts.hostname:
-        raise ValueError(f"no host in {url!r}")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as e:
-        raise ValueError(f"bad port in {url!r}: {e}") from None
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError("the URL may not carry a query, fragment or credentials (use password = ...)")
-    path = parts.path.rstrip("/")
-    if not path.endswith("/checkv2"):
-        path += "/checkv2"
-    return parts.scheme, parts.hostname, port, path
 
 
 def _hv(value: str) -> str:

@@ -7,6 +7,7 @@ returns a :class:`Verdict`: continue, drop (suppress with reason), quarantine
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
 from typing import Any, Awaitable, Callable, Protocol
 
 from ..config import Config, MailboxConfig
@@ -14,6 +15,7 @@ from ..recipients import RecipientMap
 from ..store.base import (ArticleDraft, AttachmentDraft, SpoolEntry, StrippedAttachment, ThreadHints,
                           TicketFields)
 from .model import ParsedMessage
+from .policy import HtmlPolicy, policy_for
 
 CONTINUE = "continue"
 DROP = "drop"
@@ -314,6 +316,25 @@ class TicketStage:
             note=automatic))
 
 
+class HtmlStage:
+    """Stage ``html``: the sanitised body_html (gateway/pipeline/htmlsafe.py) the ticket stores and shows."""
+
+    name = "html"
+
+    def __init__(self, policy: HtmlPolicy | None = None, per_mailbox: Mapping[str, HtmlPolicy] | None = None) -> None:
+        self.policy = policy or HtmlPolicy()
+        self.per_mailbox = dict(per_mailbox or {})
+
+    async def run(self, msg: Inbound, ctx: Context) -> Verdict:
+        from .htmlsafe import sanitize_html_report
+        policy: HtmlPolicy = policy_for(self.policy, self.per_mailbox, msg, ctx)
+        if not policy.enabled or not msg.parsed.body_html:
+            return Verdict()
+        html, blocked = sanitize_html_report(msg.parsed.body_html, policy.allow_remote_images,
+                                             allow_data_images=policy.allow_data_images)
+        return Verdict(data={"html": html, "remote_images_blocked": blocked})
+
+
 def _thanks_only(new_text: str, name: str, tw: Any) -> bool:
     """Whether a customer's reply only thanks / confirms ([threading] thanks_phrases; see pipeline/thanks.py)."""
     from .thanks import is_thanks_only
@@ -342,37 +363,3 @@ def _attachments(p: ParsedMessage, found: dict[str, Any] | None
         ctype = p.attachments[index].content_type if index is not None else ""
         stripped.append(StrippedAttachment(x["filename"], ctype, x["size"], x["sha256"], x["reason"]))
     return tuple(kept), tuple(stripped)
-
-
-def _registry() -> dict[str, type]:
-    from .twoway import TWOWAY_STAGES
-    from .unsubscribe import UnsubscribeStage
-    return {cls.name: cls for cls in (IdentityStage, UnsubscribeStage, SenderStage, TicketStage, *TWOWAY_STAGES)}
-
-
-STAGES: dict[str, type] = {}
-DEFAULT_ORDER = ("identity", "unsubscribe", "bounce", "automatic", "sender_policy", "spam", "rspamd", "sender", "attachments", "html",
-                 "quotes", "forward", "thread", "route", "commands", "redact", "ticket")
-
-
-def known_stage_names() -> set[str]:
-    return set(DEFAULT_ORDER) | set(_registry()) | set(STAGES)
-
-
-def build_pipeline(cfg: Config, names: tuple[str, ...] | None = None) -> list[Stage]:
-    """Stage instances in order: ``names``, else ``[pipeline] stages``, else the recommended order."""
-    from .policy import PipelinePolicy, build_stages
-    built = build_stages(cfg.policy or PipelinePolicy(), cfg.mailbox_policies)
-    registry = {**_registry(), **STAGES}  # STAGES: plug-ins registered at run time (tests, extensions)
-    out: list[Stage] = []
-    order = tuple(names or cfg.pipeline.stages or DEFAULT_ORDER)
-    if IdentityStage.name not in order:
-        order = (IdentityStage.name, *order)  # not optional: no stage may act on a sender read two ways
-    for name in order:
-        if name in registry:
-            out.append(registry[name]())
-        elif name in built:
-            out.append(built[name])
-        else:
-            raise ValueError(f"unknown pipeline stage {name!r}")
-    return out

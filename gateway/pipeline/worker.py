@@ -23,7 +23,8 @@ from ..store.base import QUARANTINED, Delivery, SpoolEntry, Store
 from .bigmime import LargePartSplitter
 from .budget import STEP_PARSE, BudgetExceeded, Meter, Slots
 from .mime import parse_message
-from .stages import CONTINUE, DROP, QUARANTINE, TICKET, Context, Inbound, Stage, build_pipeline
+from .assemble import build_pipeline
+from .stages import CONTINUE, DROP, QUARANTINE, TICKET, Context, Inbound, Stage
 
 log = logging.getLogger(__name__)
 

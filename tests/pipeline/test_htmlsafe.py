@@ -7,7 +7,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from gateway.pipeline.htmlsafe import HtmlStage, sanitize_html, sanitize_html_report, url_scheme
+from gateway.pipeline.htmlsafe import sanitize_html, sanitize_html_report, url_scheme
+from gateway.pipeline.stages import HtmlStage
 from gateway.pipeline.policy import HtmlPolicy
 from gateway.pipeline.stages import CONTINUE
 

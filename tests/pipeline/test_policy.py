@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import ConfigError
+from gateway.pipeline.assemble import _registry, build_data_checks, build_stages
 from gateway.pipeline.policy import (
-    RECOMMENDED_ORDER, AutomaticPolicy, PipelinePolicy, build_data_checks, build_stages, parse_mailbox_policies,
-    parse_pipeline_policy)
-from gateway.pipeline.stages import DEFAULT_ORDER, _registry
+    DEFAULT_ORDER, RECOMMENDED_ORDER, AutomaticPolicy, PipelinePolicy, parse_mailbox_policies, parse_pipeline_policy)
 
 ROOT = Path(__file__).resolve().parents[2]
 

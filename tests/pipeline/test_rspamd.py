@@ -18,7 +18,8 @@ import pytest
 from gateway.checks import CONTINUE as CHECK_CONTINUE
 from gateway.checks import DEFER, REJECT, DataContext, header_end
 from gateway.errors import ConfigError
-from gateway.pipeline.policy import RspamdPolicy, build_data_checks, parse_pipeline_policy
+from gateway.pipeline.assemble import build_data_checks
+from gateway.pipeline.policy import RspamdPolicy, parse_pipeline_policy
 from gateway.pipeline.rspamd import RspamdCheck, RspamdClient, RspamdError, RspamdStage, decide, parse_url
 from gateway.pipeline.stages import CONTINUE, DROP, QUARANTINE
 
