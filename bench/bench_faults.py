@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import sqlite3
 import string
@@ -36,22 +35,12 @@ sys.path.insert(0, str(ROOT))
 
 from tests.auth.dnsserver import TestDnsServer  # noqa: E402
 from tests.conftest import free_port, simple_message, toml_dump, wait_port  # noqa: E402
+from tests.test_store_write_error import fill_filesystem  # noqa: E402
 
 
 def _mount(path: Path, size: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-
-
-def _fill(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _config(work: Path, db: Path, dns_port: int, **pipeline: object) -> tuple[Path, int]:
@@ -110,7 +99,7 @@ def unstick(n: int, hold: float) -> None:
             time.sleep(1.0)  # the background WAL checkpoint is done: it would eat the reserve below
             for i in range(3):
                 (mnt / f"reserve{i}").write_bytes(b"\0" * 512 * 1024)
-            _fill(mnt / "filler")
+            fill_filesystem(mnt / "filler")
             for i in range(3):  # room for the resume command, and little more
                 (mnt / f"reserve{i}").unlink()
                 try:
@@ -180,7 +169,7 @@ def failed_start() -> None:
             run("locked (BEGIN EXCLUSIVE held)")
             release.set()
             holder.join()
-            _fill(mnt / "filler")
+            fill_filesystem(mnt / "filler")
             run("disk full")
             (mnt / "filler").unlink()
             subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)

@@ -62,7 +62,8 @@ def _send(port: int, n: int) -> list[str]:
     return asyncio.run(go())
 
 
-def _fill(path) -> None:
+def fill_filesystem(path) -> None:
+    """Write zeros to ``path`` until its filesystem is full (ENOSPC): a real full disk, not a simulated one."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
     try:
         while True:
@@ -83,7 +84,7 @@ def test_entries_stranded_by_a_full_disk_are_put_back_once_space_is_freed(tmp_pa
         time.sleep(1.0)  # the background WAL checkpoint is done: it would eat the reserve below
         for i in range(3):
             (small_fs / f"reserve{i}").write_bytes(b"\0" * 512 * 1024)
-        _fill(small_fs / "filler")
+        fill_filesystem(small_fs / "filler")
         for i in range(3):  # room for the resume command, and little more
             (small_fs / f"reserve{i}").unlink()
             try:
