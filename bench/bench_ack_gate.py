@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gateway.store.sqlite import SqliteStore  # noqa: E402
-from relay.config import parse_relay_config  # noqa: E402
+from gateway.config.relay import parse_relay_config  # noqa: E402
 from relay.notify import MailboxInfo, Notifier, TicketInfo, acknowledge  # noqa: E402
 
 MB = MailboxInfo("support@example.test", "IT Support")

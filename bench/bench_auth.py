@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa  # noqa: E402
 from gateway.auth import Authenticator, AuthPolicy, Resolver  # noqa: E402
 from gateway.auth import dkimcheck  # noqa: E402
 from gateway.auth.smtp_check import AuthCheck  # noqa: E402
-from gateway.checks import DataContext  # noqa: E402
-from gateway.recipients import RecipientMap  # noqa: E402
+from gateway.smtp.checks import DataContext  # noqa: E402
+from gateway.smtp.recipients import RecipientMap  # noqa: E402
 from gateway.auth.spfcheck import check_spf  # noqa: E402
 from tests.auth.dnsserver import TestDnsServer  # noqa: E402
 

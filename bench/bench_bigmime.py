@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.pipeline.bigmime import split_large_parts  # noqa: E402
+from gateway.pipeline.parse.bigmime import split_large_parts  # noqa: E402
 
 MB = 1_000_000
 MiB = 1 << 20

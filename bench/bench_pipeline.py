@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from gateway.config import load_config  # noqa: E402
-from gateway.pipeline import worker as worker_mod  # noqa: E402
-from gateway.pipeline.worker import Worker, make_executor  # noqa: E402
+from gateway.config.load import load_config  # noqa: E402
+from gateway.pipeline.runner import worker as worker_mod  # noqa: E402
+from gateway.pipeline.runner.worker import Worker, make_executor  # noqa: E402
 from gateway.spool import new_spool_id  # noqa: E402
 from gateway.store import open_store  # noqa: E402
 from gateway.store.base import SpoolEntry  # noqa: E402

@@ -187,7 +187,7 @@ def _name(pid: int) -> str:
     except OSError:
         comm = ""
     if comm.startswith("ticketmx-smtp"):
-        return "smtp process"  # [smtp] processes > 1: the extra SMTP processes (gateway/smtp_group.py)
+        return "smtp process"  # [smtp] processes > 1: the extra SMTP processes (gateway/smtp/group.py)
     if "multiprocessing.spawn" in joined or "multiprocessing-fork" in joined:
         return "pipeline worker"
     if "multiprocessing.resource_tracker" in joined:

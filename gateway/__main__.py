@@ -1,6 +1,6 @@
 """``python -m gateway`` is the same as the ``ticketmx`` command."""
 import sys
 
-from .cli import main
+from gateway.cli import main
 
 sys.exit(main())

@@ -13,21 +13,21 @@ import signal
 import time
 from dataclasses import replace
 
-from .checks import DataCheck
-from .config import Config, deep_check, load_config
-from .errors import ConfigErrors
-from .limits import Limits, LocalLimits
-from .metrics import Metrics, MetricsServer
-from .pipeline.process import WorkerPool
-from .pipeline.assemble import build_pipeline
-from .pipeline.worker import MetricsSink, Worker, make_executor
-from .recipients import RecipientMap
-from .errors import ConfigError
-from .smtp_group import build_checks
-from .smtpd import Handler, SmtpListener, _tls_context
-from .spool import SpoolWriter
-from .store import open_store
-from .store.base import Store
+from gateway.smtp.checks import DataCheck
+from gateway.config.load import Config, deep_check, load_config
+from gateway.config.errors import ConfigErrors
+from gateway.smtp.limits import Limits, LocalLimits
+from gateway.runtime.metrics import Metrics, MetricsServer
+from gateway.pipeline.runner.process import WorkerPool
+from gateway.pipeline.runner.assemble import build_pipeline
+from gateway.pipeline.runner.worker import MetricsSink, Worker, make_executor
+from gateway.smtp.recipients import RecipientMap
+from gateway.config.errors import ConfigError
+from gateway.smtp.group import build_checks
+from gateway.smtpd import Handler, SmtpListener, _tls_context
+from gateway.spool import SpoolWriter
+from gateway.store import open_store
+from gateway.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Gateway:
         self.relay = None                          # relay.worker.RelayWorker when a smarthost is configured
         self.listener: SmtpListener | None = None
         self.limits = Limits(cfg)                  # session counts and rates of every SMTP process
-        self.group = None                          # gateway.smtp_group.SmtpGroup with [smtp] processes > 1
+        self.group = None                          # gateway.smtp.group.SmtpGroup with [smtp] processes > 1
         self.metrics_server: MetricsServer | None = None
         self._ready = False
         self._stopped = False
@@ -84,7 +84,7 @@ class Gateway:
             # The SMTP spool writer's commits (each one a 250 waiting) never carry a WAL checkpoint:
             # this process runs them in the background instead (docs/architecture.md, Durability).
             await self.store.defer_checkpoints(run_here=True)
-            from .pipeline.twoway import ensure_thread_key
+            from gateway.pipeline.stages.twoway import ensure_thread_key
             await ensure_thread_key(self.store)  # before any worker starts: one key for all of them
             # Entries a previous run left in processing: their attempt is refunded and counted as an
             # interruption instead (docs/operations.md, "Crashes and interruptions").
@@ -124,7 +124,7 @@ class Gateway:
         # they all listen: a client connecting early would otherwise always land on this process.
         await self.listener.start(reuse_port=extra > 0, serve=extra == 0)
         if extra > 0:
-            from .smtp_group import SmtpGroup
+            from gateway.smtp.group import SmtpGroup
             self.group = SmtpGroup(self.cfg, extra, self.listener.addresses, self.limits, self.metrics, wake)
             self.metrics.remote = self.group.snapshots
             await self.group.start()
@@ -133,7 +133,7 @@ class Gateway:
         self._retention_task = asyncio.get_running_loop().create_task(self._retention(), name="retention")
         self._sync_sla()
         self._ready = True
-        from .store.postgres import redact_url
+        from gateway.store.postgres import redact_url
         log.info("ticketmx ready (%d mailboxes, store %s)", len(self.cfg.mailboxes), redact_url(self.cfg.store.url))
 
     async def stop(self, grace: float | None = None) -> None:
@@ -297,7 +297,7 @@ class Gateway:
 
         from relay.notify import Notifier
 
-        from .sla import run_once
+        from relay.sla import run_once
         owner = f"{socket.gethostname()}:{os.getpid()}"
         while True:
             try:
@@ -350,7 +350,7 @@ async def serve(cfg: Config, config_path: str | None) -> int:
     except Exception as exc:
         log.debug("start failed", exc_info=True)
         return await _failed_start(gw, EX_FAIL, f"{type(exc).__name__}: {exc}")
-    from .eventloop import name as loop_name
+    from gateway.runtime.eventloop import name as loop_name
     log.info("ready (event loop: %s)", loop_name())
     _sd_notify("READY=1")
     watchdog = loop.create_task(_watchdog(), name="watchdog")

@@ -11,12 +11,12 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
-from .config import Config, load_config
-from .errors import ConfigErrors
-from .logsetup import setup_logging
-from .store import open_store
-from .store.base import ALL_STATES, QUARANTINED, SUPPRESSED, SpoolEntry, SpoolQuery, Store, TicketQuery
-from .store.render import iso, spool_dict
+from gateway.config.load import Config, load_config
+from gateway.config.errors import ConfigErrors
+from gateway.runtime.logsetup import setup_logging
+from gateway.store import open_store
+from gateway.store.base import ALL_STATES, QUARANTINED, SUPPRESSED, SpoolEntry, SpoolQuery, Store, TicketQuery
+from gateway.store.render import iso, spool_dict
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 TICKET_STATUSES = ("new", "open", "pending", "resolved", "closed")
@@ -161,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
 
     from relay.cli import register as register_relay
     register_relay(sub, common)  # relay test|queue|retry, dkim keygen
-    from .contacts_cli import register as register_contacts
+    from gateway.contacts_cli import register as register_contacts
     register_contacts(sub, common)  # contacts optout|show
 
     pl = sub.add_parser("pipeline", parents=[common], help="pause / resume message processing")
@@ -206,12 +206,12 @@ def main(argv: list[str] | None = None) -> int:
             return EX_CONFIG
         return asyncio.run(relay_test(cfg.relay, args.to, args.host, hostname=cfg.smtp.hostname)) or EX_OK
     if args.command == "store" and args.action == "genkey":
-        from .store.crypto import generate_key
+        from gateway.store.crypto import generate_key
         key = generate_key()
         if not args.out:
             print(key)  # into the operator's own shell redirection: prefer --out (mode 0600)
             return EX_OK
-        from .secretfile import create_private
+        from gateway.config.secretfile import create_private
         try:
             create_private(args.out, (key + "\n").encode())
         except FileExistsError:
@@ -223,23 +223,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ticketmx: key written to {args.out} (mode 0600)", file=sys.stderr)
         return EX_OK
     if args.command == "check-config":
-        from .config import deep_check
+        from gateway.config.load import deep_check
         if errors := deep_check(cfg):  # every notification template rendered once
             for err in errors:
                 print(f"ticketmx: config error: {err}", file=sys.stderr)
             return EX_CONFIG
-        from .pipeline.notify_hook import config_warnings
+        from gateway.pipeline.stages.notify_hook import config_warnings
         for warning in config_warnings(cfg):
             print(f"ticketmx: warning: {warning}", file=sys.stderr)
         print(f"{cfg.source or '(embedded defaults)'}: OK ({len(cfg.mailboxes)} mailboxes)")
         return EX_OK
     if args.command == "serve":
-        from .allocator import tune
-        tune()  # before the first large buffer (gateway/allocator.py)
+        from gateway.runtime.allocator import tune
+        tune()  # before the first large buffer (gateway/runtime/allocator.py)
         setup_logging(cfg.log.level, cfg.log.json)
-        from .app import serve
+        from gateway.app import serve
         try:
-            from .eventloop import run
+            from gateway.runtime.eventloop import run
             code = run(serve(cfg, args.config), cfg.smtp.event_loop)
         except OSError as exc:
             print(f"ticketmx: cannot start: {exc}", file=sys.stderr)
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         ("relay", "queue"): _relay_store, ("relay", "retry"): _relay_store,
         ("pipeline", "status"): _pipeline, ("pipeline", "pause"): _pipeline, ("pipeline", "resume"): _pipeline,
     }
-    from .contacts_cli import HANDLERS as contacts_handlers
+    from gateway.contacts_cli import HANDLERS as contacts_handlers
     handlers.update(contacts_handlers)
     return asyncio.run(_with_store(cfg, args, handlers[(args.command, args.action)]))
 
@@ -400,7 +400,7 @@ _IDENTITY = ("was held by the identity check ({reason}). Releasing it makes the 
 
 def _holding_stage(entry: SpoolEntry) -> tuple[str | None, str]:
     """(the stage whose quarantine a release skips once, "") or (None, why there is none)."""
-    from .pipeline.budget import REASON as BUDGET_REASON
+    from gateway.pipeline.runner.budget import REASON as BUDGET_REASON
     fmt = {"reason": entry.reason, "id": entry.id}
     if entry.reason.startswith(BUDGET_REASON):
         return None, _BUDGET.format(**fmt)
@@ -494,7 +494,7 @@ async def _spool_replay(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _pipeline(store: Store, args: argparse.Namespace) -> int:
-    from .pipeline.worker import PAUSE_KEY
+    from gateway.pipeline.runner.worker import PAUSE_KEY
     if args.action == "pause":
         await store.control_set(PAUSE_KEY, "paused by an operator")
     elif args.action == "resume":

@@ -40,7 +40,7 @@ def _address(value: str) -> str | None:
 
 async def contact_status(store: Any, addr: str) -> dict[str, Any]:
     """The stable JSON shape of ``contacts show --json`` (docs/cli.md)."""
-    from .store.render import iso
+    from gateway.store.render import iso
     rel = await store.query("SELECT undeliverable, reason, opt_out, updated_at FROM relay_contacts WHERE email=?",
                             (addr,))
     con = await store.query("SELECT id, name, undeliverable, undeliverable_reason FROM contacts WHERE email=?",

@@ -17,18 +17,20 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
-from . import replies, smtp_fastinit
-from .auth.headers import header_section_end
-from .checks import CONTINUE, DataCheck, DataContext, header_end
-from .config import Config
-from .metrics import Metrics
-from .netaddr import ip_in_networks
-from .limits import Limits, LimitsClient, LocalLimits
-from .recipients import RecipientMap
-from .replies import Reply, with_enhanced
-from .spill import DataSpill
-from .spool import SpoolWriter, new_spool_id
-from .store.base import SpoolEntry
+from gateway.smtp import replies
+
+from gateway.smtp import fastinit as smtp_fastinit
+from gateway.auth.headers import header_section_end
+from gateway.smtp.checks import CONTINUE, DataCheck, DataContext, header_end
+from gateway.config.load import Config
+from gateway.runtime.metrics import Metrics
+from gateway.config.netaddr import ip_in_networks
+from gateway.smtp.limits import Limits, LimitsClient, LocalLimits
+from gateway.smtp.recipients import RecipientMap
+from gateway.smtp.replies import Reply, with_enhanced
+from gateway.smtp.spill import DataSpill
+from gateway.spool import SpoolWriter, new_spool_id
+from gateway.store.base import SpoolEntry
 
 smtp_fastinit.install()
 
@@ -54,7 +56,7 @@ class ServerState:
     def __init__(self, cfg: Config, metrics: Metrics, limits: LimitsClient | None = None) -> None:
         self.cfg = cfg
         self.metrics = metrics
-        # Session counts and rates across every SMTP process of the gateway (gateway/limits.py).
+        # Session counts and rates across every SMTP process of the gateway (gateway/smtp/limits.py).
         self.limits: LimitsClient = limits if limits is not None else LocalLimits(Limits(cfg))
         self.sessions: set["TicketmxSMTP"] = set()
         self.draining = False

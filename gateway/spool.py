@@ -7,8 +7,8 @@ import secrets
 import time
 from typing import Callable
 
-from .metrics import Metrics
-from .store.base import SpoolEntry, Store
+from gateway.runtime.metrics import Metrics
+from gateway.store.base import SpoolEntry, Store
 
 log = logging.getLogger(__name__)
 

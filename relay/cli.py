@@ -13,7 +13,7 @@ import stat
 import sys
 from typing import Any, Callable
 
-from .queue import STATES, RelayQueue, queue_row_json
+from relay.queue import STATES, RelayQueue, queue_row_json
 
 EX_OK, EX_FAIL, EX_USAGE = 0, 1, 2
 
@@ -70,7 +70,7 @@ async def relay_retry(store: Any, mail_id: int | None = None, dead: bool = False
 async def relay_test(cfg: Any, to: str, host: str | None = None, out: Callable[[str], Any] = print,
                      hostname: str | None = None) -> int:
     """``ticketmx relay test --to ADDR [--host NAME]``; ``cfg`` is the RelayConfig."""
-    from .worker import relay_test as run
+    from relay.worker import relay_test as run
     return await run(cfg, to, host, out=out, hostname=hostname)
 
 
@@ -86,7 +86,7 @@ def dkim_keygen(domain: str, selector: str, algo: str = "rsa", out_path: str = "
     given to the file, so the gateway reads a key it cannot rewrite; else ``0600``. There is no
     default file name: a key written silently into whatever directory the admin stood in is a key
     nobody finds again (or everybody can read)."""
-    from .dkim import keygen
+    from relay.dkim import keygen
     err = err or (lambda s: print(s, file=sys.stderr))
     if not out_path:
         err("ticketmx: dkim keygen needs --out FILE (e.g. /etc/ticketmx/dkim/SELECTOR.DOMAIN.key)")

@@ -34,10 +34,10 @@ from typing import Any, Callable, Protocol
 
 import aiosmtplib
 
-from .config import RelayConfig, SmarthostConfig
-from .oauth import OAuthError, TokenProvider
-from .queue import RcptOutcome
-from .schedule import in_window, window_end
+from gateway.config.relay import RelayConfig, SmarthostConfig
+from relay.oauth import OAuthError, TokenProvider
+from relay.queue import RcptOutcome
+from relay.schedule import in_window, window_end
 
 log = logging.getLogger(__name__)
 

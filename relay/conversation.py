@@ -93,7 +93,7 @@ def conversation(conn: sqlite3.Connection, ticket_id: int, *, agents: Collection
 
 def thread_keys_sync(conn: sqlite3.Connection, configured: Sequence[bytes] = ()) -> tuple[bytes, ...]:
     """The threading MAC keys (``[threading] keys``, else the random key kept in the store's
-    ``control`` table, see :func:`gateway.pipeline.twoway.ensure_thread_key`), read inside a
+    ``control`` table, see :func:`gateway.pipeline.stages.twoway.ensure_thread_key`), read inside a
     transaction; () when there is none yet."""
     if configured:
         return tuple(configured)

@@ -18,8 +18,8 @@ from typing import Any, Iterable
 
 import dkim
 
-from .config import DkimKeyConfig
-from .dkimkey import load_private_key
+from gateway.config.relay import DkimKeyConfig
+from relay.dkimkey import load_private_key
 
 # -- fast RSA -------------------------------------------------------------------------------------
 # dkimpy computes the RSA signature with its own pure-Python modular arithmetic: about 10-25 ms per
@@ -132,7 +132,7 @@ def keygen(domain: str, selector: str, algo: str = "rsa", out_path: str | os.Pat
     path = os.fspath(out_path)
     if not path:
         raise ValueError("an output path for the private key is required")
-    from gateway.secretfile import create_private
+    from gateway.config.secretfile import create_private
     # 0600 (0640 with the service's group) whatever the umask; never overwrites
     create_private(path, private, 0o640 if group is not None else 0o600, group=group)
     # TXT strings are at most 255 octets each: split the value into quoted chunks.

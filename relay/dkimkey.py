@@ -1,6 +1,6 @@
 """A DKIM private key file's contents checked and put in the form dkimpy signs with.
 
-A leaf: relay/config.py checks `[[relay.dkim]] key_file` with it, relay/dkim.py's signer loads
+A leaf: gateway/config/relay.py checks `[[relay.dkim]] key_file` with it, relay/dkim.py's signer loads
 keys with it, and neither has to import the other for that.
 """
 from __future__ import annotations

@@ -42,14 +42,14 @@ from typing import Any, Collection, Iterable, Mapping, Sequence
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from .config import RelayConfig, resolve_templates_dir
-from .queue import Notification, enqueue
+from gateway.config.relay import RelayConfig, resolve_templates_dir
+from relay.queue import Notification, enqueue
 
 EVENTS = ("ack", "reply", "status", "escalation", "test", "commands", "stripped", "paused")
 AUTO_SUBMITTED = {"ack": "auto-replied", "status": "auto-generated", "escalation": "auto-generated",
                   "commands": "auto-replied", "stripped": "auto-replied", "paused": "auto-generated",
                   "test": "auto-generated"}
-# Mail to the team (gateway/pipeline/agent_notify.py): agent notifications, on-call alerts, conflicts.
+# Mail to the team (gateway/pipeline/stages/agent_notify.py): agent notifications, on-call alerts, conflicts.
 EVENTS += ("notify", "alert", "conflict")
 AUTO_SUBMITTED.update({"notify": "auto-generated", "alert": "auto-generated", "conflict": "auto-generated"})
 NON_CRITICAL = frozenset({"ack", "status"})  # a contact may opt out of these; they carry List-Unsubscribe
@@ -137,7 +137,7 @@ class Notifier:
             path = resolve_templates_dir(path) or default_templates_dir()
         self.templates_dir = path
         # Threading MAC keys (first signs): when set, a mail about a ticket gets a signed Message-ID
-        # (gateway/pipeline/tokens.py: mint_message_id) that inbound threading verifies.
+        # (gateway/pipeline/stages/tokens.py: mint_message_id) that inbound threading verifies.
         self.keys: tuple[bytes, ...] = ()
         self.env = SandboxedEnvironment(
             loader=jinja2.FileSystemLoader(path),
@@ -211,7 +211,7 @@ class Notifier:
         if message_id:  # the caller's own (agent notifications sign theirs)
             message_id = _msgid(message_id, "Message-ID")
         elif self.keys and ticket.id is not None:
-            from gateway.pipeline.tokens import mint_message_id
+            from gateway.pipeline.stages.tokens import mint_message_id
             message_id = mint_message_id(ticket.id, self.keys, self.hostname).strip("<>")
         else:  # no ticket (system mail) or no key yet: unsigned, still unique
             message_id = f"{num}.{event}.{secrets.token_hex(8)}@{self.hostname}"
@@ -293,7 +293,7 @@ class Notifier:
         status mail). ``answers`` is the customer article it answers (threading)."""
         if internal:
             return None
-        from gateway.pipeline.commands import strip_command_html, strip_command_lines
+        from gateway.pipeline.stages.commands import strip_command_html, strip_command_lines
         body_text = strip_command_lines(body_text, command_delimiter)
         if body_html:
             import nh3  # agents' HTML goes out as written, minus scripts, handlers and other active content
@@ -329,7 +329,7 @@ class Notifier:
 def unsubscribe_uri(mailbox: str, recipient: str, keys: Sequence[bytes]) -> str:
     """``mailto:<mailbox>?subject=unsubscribe%20<token>`` (RFC 2369, RFC 6068): the mail a client sends
     for the recipient's "unsubscribe" button; the signed token names the recipient (stage unsubscribe)."""
-    from gateway.pipeline.tokens import unsubscribe_token
+    from gateway.pipeline.stages.tokens import unsubscribe_token
     return f"mailto:{_addr(mailbox, 'mailbox address')}?subject=unsubscribe%20{unsubscribe_token(recipient, keys)}"
 
 

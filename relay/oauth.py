@@ -34,7 +34,7 @@ from urllib.parse import urlencode, urlsplit
 
 from gateway.http11 import read_response
 
-from .config import OAuthConfig
+from gateway.config.relay import OAuthConfig
 
 REFRESH_MARGIN = 300.0
 MAX_BODY = 1 << 20

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .schedule import next_attempt
+from relay.schedule import next_attempt
 
 QUEUED, SENDING, DEFERRED, SENT, DEAD, BOUNCED = "queued", "sending", "deferred", "sent", "dead", "bounced"
 STATES = (QUEUED, SENDING, DEFERRED, SENT, DEAD, BOUNCED)

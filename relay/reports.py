@@ -1,6 +1,6 @@
 """Reports about our mails: delivery status notifications (RFC 3464) and read receipts (RFC 8098).
 
-The pipeline's ``bounce`` stage recognises them (gateway/pipeline/bounces.py) and the worker hands
+The pipeline's ``bounce`` stage recognises them (gateway/pipeline/stages/bounces.py) and the worker hands
 them over as ``Delivery.report``; the notification hook applies them here, inside the transaction
 that ends the report's spool entry, so a replayed report records nothing twice.
 
@@ -16,7 +16,7 @@ import sqlite3
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from .queue import delivery_failed
+from relay.queue import delivery_failed
 
 __all__ = ["apply_report", "mdn_text"]
 

@@ -1,6 +1,6 @@
 """Retry schedules: interval lists like ``"1m, 5m*2, 30m*3, 2h*10"`` and the next attempt time.
 
-A list item is a duration (``gateway.units.parse_duration``: ``ms``/``s``/``m``/``h``/``d``) optionally
+A list item is a duration (``gateway.config.units.parse_duration``: ``ms``/``s``/``m``/``h``/``d``) optionally
 followed by ``*N`` (repeat N times). After the n-th failed attempt a notification waits the n-th
 interval; past the end of the list the last interval repeats. A notification whose next attempt
 would fall after its maximum lifetime gets one last attempt at the expiry time; a failure at or
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, tzinfo
 
-from gateway.units import parse_duration
+from gateway.config.units import parse_duration
 
 _ITEM = re.compile(r"^\s*([0-9.]+\s*[a-zA-Z]*)\s*(?:\*\s*(\d+))?\s*$")
 MAX_REPEAT = 10000

@@ -36,11 +36,11 @@ from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .client import CIRCUIT_VALUE, CLOSED, HostFailure, Smarthost, SmarthostPool, overlong_line
-from .config import RelayConfig
-from .dkim import DkimSigner
-from .notify import Notifier, purge_ack_log
-from .queue import DEAD, DEFERRED, SENT, AttemptOutcome, OutboundMail, RelayQueue
+from relay.client import CIRCUIT_VALUE, CLOSED, HostFailure, Smarthost, SmarthostPool, overlong_line
+from gateway.config.relay import RelayConfig
+from relay.dkim import DkimSigner
+from relay.notify import Notifier, purge_ack_log
+from relay.queue import DEAD, DEFERRED, SENT, AttemptOutcome, OutboundMail, RelayQueue
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class RelayMetrics:
         self.attempt = Histogram("ticketmx_relay_attempt_duration_seconds",
                                  "One delivery attempt across the smarthosts (sign + send).", buckets=BUCKETS,
                                  registry=r)
-        # ticketmx_relay_acknowledgements_total lives in gateway.metrics.Metrics: the pipeline decides
+        # ticketmx_relay_acknowledgements_total lives in gateway.runtime.metrics.Metrics: the pipeline decides
         # acknowledgements (in its worker processes), not the relay worker.
 
     # Observer
@@ -235,7 +235,7 @@ class RelayWorker:
         except Exception as exc:  # a bug or a bad key: never lose the row, try again on schedule
             log.exception("relay: delivery of notification %d raised", m.id)
             outcome = AttemptOutcome(m.id, [], f"internal error: {type(exc).__name__}", "", self.owner)
-            from .queue import RcptOutcome
+            from relay.queue import RcptOutcome
             outcome.rcpts = [RcptOutcome(a, "temp", None, outcome.error) for a in m.pending]
         try:
             state = await self._record(outcome)
@@ -350,7 +350,7 @@ def _deferral_reason(outcome: AttemptOutcome) -> str:
 
 def sample_message(cfg: RelayConfig, to: str, hostname: str) -> tuple[bytes, str]:
     """The mail ``ticketmx relay test`` sends: (bytes, Message-ID without brackets)."""
-    from .notify import _addr, _safe, compose
+    from relay.notify import _addr, _safe, compose
     _addr(to, "--to")
     mid = make_msgid("relaytest", domain=hostname)
     headers = [("From", cfg.from_addr or f"ticketmx <postmaster@{hostname}>"), ("To", to),
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import tomllib
 
-    from .config import parse_relay_config
+    from gateway.config.relay import parse_relay_config
     p = argparse.ArgumentParser(prog="python -m relay.worker", description="Run a relay worker on a database.")
     p.add_argument("--db", required=True, help="SQLite database path")
     p.add_argument("--config", required=True, help="TOML file with a [relay] table")

@@ -116,9 +116,44 @@ def tree(root: Path = ROOT) -> list[str]:
             for pkg in sorted(counts)]
 
 
+# Top-level modules that belong to a room of their own or to a package beside them.
+OWN_ROOMS = {"gateway.smtpd": "gateway.smtp", "gateway.spool": "gateway.spool"}
+
+
+def room(module: str) -> str:
+    """The room a module lives in: its package below gateway/ (gateway.pipeline.stages, gateway.smtp, …;
+    gateway/smtpd.py counts with the SMTP session's package beside it, gateway/spool.py is a room of its
+    own), `gateway` for the service at the top (app, cli), `relay` for relay/."""
+    if module in OWN_ROOMS:
+        return OWN_ROOMS[module]
+    parts = module.split(".")
+    if parts[0] == "relay":
+        return "relay"
+    depth = 3 if parts[:2] == ["gateway", "pipeline"] else 2
+    return ".".join(parts[:depth]) if len(parts) >= depth else "gateway"
+
+
+def rooms(g: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Room -> the other rooms its modules import."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for mod, deps in g.items():
+        out[room(mod)]
+        for dep in deps:
+            if room(dep) != room(mod):
+                out[room(mod)].add(room(dep))
+    return dict(out)
+
+
 def main() -> int:
     print("\n".join(tree()))
-    found = cycles(graph())
+    g = graph()
+    print("\nwho imports whom (room -> rooms it imports):")
+    r = rooms(g)
+    for name in sorted(r):
+        print(f"  {name:28} -> {', '.join(sorted(r[name])) or '-'}")
+    loops = cycles(r)
+    print(f"room cycles: {len(loops)}" + "".join(f"\n  {' '.join(c)}" for c in loops))
+    found = cycles(g)
     print(f"\nimport cycles: {len(found)}")
     for comp in found:
         print(f"  ({len(comp)}) " + " ".join(comp))

@@ -1,7 +1,7 @@
 """``ticketmx`` with a test-only pipeline stage, ``spin``, for the message-budget tests.
 
 Run as a script (``python tests/budget_serve.py serve --config …``): it registers the stage in
-``gateway.pipeline.policy.STAGES`` here AND in the spawned pipeline worker processes, which import this
+``gateway.config.pipeline.STAGES`` here AND in the spawned pipeline worker processes, which import this
 file as their ``__mp_main__`` — no hook in the product. Subjects that trigger it:
 
 * ``spin-forever``: a pure-Python loop that never ends (what a super-linear parser looks like from
@@ -28,7 +28,7 @@ class SpinStage:
     name = "spin"
 
     async def run(self, msg, ctx):  # noqa: ANN001, ANN201 - the Stage protocol
-        from gateway.pipeline.stages import Verdict
+        from gateway.pipeline.stages.core import Verdict
         subject = msg.parsed.subject
         if "spin-forever" in subject:
             while True:
@@ -52,7 +52,7 @@ class SpinStage:
 
 
 def register() -> None:
-    from gateway.pipeline.policy import STAGES
+    from gateway.config.pipeline import STAGES
     STAGES[SpinStage.name] = SpinStage
 
 

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Callable
 import pytest
 
 from gateway.app import Gateway
-from gateway.config import Config, build_config
+from gateway.config.load import Config, build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 def _corpora() -> Path:

@@ -10,8 +10,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from gateway.config import Config, MailboxConfig, SmtpConfig
-from gateway.recipients import RecipientMap
+from gateway.config.load import Config, MailboxConfig, SmtpConfig
+from gateway.smtp.recipients import RecipientMap
 
 HEAD = ("To: support@example.test\r\nSubject: help\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n"
         "Message-ID: <h1@example.org>\r\nMIME-Version: 1.0\r\n")
@@ -103,10 +103,10 @@ CLASSES: dict[str, tuple[Callable[[int], bytes], int]] = {
 
 def pipeline_context() -> tuple[object, list]:
     """The real Config and every stage (two-way stages included, an agent, a routing rule, redaction)."""
-    from gateway.pipeline.routing import parse_routing
-    from gateway.pipeline.assemble import build_pipeline
-    from gateway.pipeline.stages import Context
-    from gateway.twoway_config import parse_twoway
+    from gateway.pipeline.stages.routing import parse_routing
+    from gateway.pipeline.runner.assemble import build_pipeline
+    from gateway.pipeline.stages.core import Context
+    from gateway.config.twoway import parse_twoway
     mbs = (MailboxConfig(address="support@example.test", queue="IT"),)
     tw = parse_twoway({"threading": {}, "agent": [{"address": "alice@example.org"}],
                        "routing": {"rule": [{"name": "r", "conditions": [{"field": "body", "op": "contains",
@@ -121,8 +121,8 @@ def pipeline_context() -> tuple[object, list]:
 def pipeline_cost(raw: bytes, ctx_stages: tuple[object, list] | None = None,
                   per_stage: dict[str, float] | None = None) -> float:
     """CPU seconds to parse ``raw`` and run every stage on it (each stage runs, whatever the verdicts)."""
-    from gateway.pipeline.mime import parse_message
-    from gateway.pipeline.stages import Inbound
+    from gateway.pipeline.parse.mime import parse_message
+    from gateway.pipeline.stages.core import Inbound
     from gateway.store.base import SpoolEntry
     ctx, stages = ctx_stages or pipeline_context()
     entry = SpoolEntry(id="sp-1", received_at=time.time(), mail_from="alice@example.org",
@@ -154,7 +154,7 @@ def smtp_cost(raw: bytes, per_reader: dict[str, float] | None = None) -> float:
     from gateway.auth import dkimcheck
     from gateway.auth.dmarc import parse_from
     from gateway.auth.headers import header_fields, header_values, strip_forged_authres
-    from gateway.checks import header_end
+    from gateway.smtp.checks import header_end
     readers: dict[str, Callable[[], object]] = {
         "header_end": lambda: header_end(raw),
         "header_fields": lambda: header_fields(raw),

@@ -5,7 +5,7 @@
   ``None`` with the reason, which the fixtures turn into a skip message.
 * :func:`fresh_database` / :func:`drop_database` — one database per test (the role may CREATEDB).
 * Run as a program (``python -m tests.pg_support serve --config X``) it is ``ticketmx serve`` with the
-  PostgreSQL wiring patched in when this checkout's ``gateway.config`` / ``open_store`` do not accept
+  PostgreSQL wiring patched in when this checkout's ``gateway.config.load`` / ``open_store`` do not accept
   ``postgresql://`` URLs yet (see :func:`install_shim`); once they do, it changes nothing.
 """
 from __future__ import annotations
@@ -119,8 +119,8 @@ async def drop_database(admin_url: str, db_url: str) -> None:
 # -- `ticketmx serve` on PostgreSQL before the lead's wiring lands ------------------------------------------
 def wiring_missing() -> list[str]:
     """What of the PostgreSQL wiring this checkout lacks (empty once config.py/open_store have it)."""
-    from gateway.config import build_config
-    from gateway.errors import ConfigErrors
+    from gateway.config.load import build_config
+    from gateway.config.errors import ConfigErrors
     missing = []
     try:
         cfg = build_config({"store": {"url": "postgresql://u:p@127.0.0.1:1/db"}}, "probe")
@@ -160,19 +160,19 @@ def install_shim() -> list[str]:
         return []
     import gateway.app
     import gateway.cli
-    import gateway.config
-    import gateway.pipeline.process
+    import gateway.config.load
+    import gateway.pipeline.runner.process
     import gateway.store
     from gateway.store.postgres import is_postgres_url
     if "config" in missing:
-        original_url = gateway.config._store_url
+        original_url = gateway.config.load._store_url
 
         def _store_url(v):  # noqa: ANN001, ANN202
             s = str(v)
             return s if is_postgres_url(s) else original_url(v)
-        gateway.config._store_url = _store_url
+        gateway.config.load._store_url = _store_url
     _original_open_store = gateway.store.open_store
-    for mod in (gateway.store, gateway.app, gateway.cli, gateway.pipeline.process):
+    for mod in (gateway.store, gateway.app, gateway.cli, gateway.pipeline.runner.process):
         mod.open_store = pg_open_store
     return missing
 

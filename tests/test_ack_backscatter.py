@@ -17,8 +17,8 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from gateway.config import load_config
-from gateway.errors import ConfigErrors
+from gateway.config.load import load_config
+from gateway.config.errors import ConfigErrors
 from relay.notify import ack_client_key, from_authenticated
 
 from .auth.helpers import rsa_key, sign

@@ -19,9 +19,9 @@ from datetime import datetime
 import aiosmtplib
 import pytest
 
-from gateway.config import build_config
-from gateway.errors import ConfigErrors
-from gateway.pipeline.policy import DEFAULT_ORDER, STAGES
+from gateway.config.load import build_config
+from gateway.config.errors import ConfigErrors
+from gateway.config.pipeline import DEFAULT_ORDER, STAGES
 
 from .budget_serve import SpinStage
 from .conftest import BASE_CONFIG, ROOT, queued_id, simple_message, wait_port

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import load_config
-from gateway.errors import ConfigErrors
+from gateway.config.load import load_config
+from gateway.config.errors import ConfigErrors
 
 from .conftest import ROOT, run_cli
 

@@ -14,8 +14,8 @@ import time
 import aiosmtplib
 import pytest
 
-from gateway.pipeline.tokens import verify_message_id
-from gateway.pipeline.twoway import thread_keys
+from gateway.pipeline.stages.tokens import verify_message_id
+from gateway.pipeline.stages.twoway import thread_keys
 from relay.cli import relay_queue
 
 from .conftest import simple_message
@@ -109,7 +109,7 @@ async def test_one_clean_mail_threaded_on_the_customers_message(gw, sink):
 async def test_every_automatic_mail_carries_threading_headers(gw, sink):
     from email.message import EmailMessage
 
-    from gateway.sla import run_once
+    from relay.sla import run_once
     from relay.notify import Notifier
     msg = EmailMessage()
     msg["From"] = "Alice <alice@customer.test>"

@@ -16,7 +16,7 @@ Documents: README.md, docs/*.md, conf/ticketmx.example.toml. Extraction rules, k
   answered "unknown key" for it or its table. Dotted spans that are Python modules (``relay.notify``) or
   file names (``relay.md``) are not config keys.
 * **Metric names**: every ``ticketmx_[a-z0-9_]+`` anywhere; it must be a metric of the registries
-  (``gateway.metrics.Metrics``, ``relay.worker.RelayMetrics``) with the sample suffixes prometheus_client
+  (``gateway.runtime.metrics.Metrics``, ``relay.worker.RelayMetrics``) with the sample suffixes prometheus_client
   exposes (``_total``, ``_bucket``, ``_count``, ``_sum``); a name ending in ``_`` (``ticketmx_relay_*``)
   is a prefix that must match some metric.
 """
@@ -30,8 +30,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from gateway.config import build_config
-from gateway.errors import ConfigError, ConfigErrors
+from gateway.config.load import build_config
+from gateway.config.errors import ConfigError, ConfigErrors
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "conf" / "ticketmx.example.toml"]
@@ -184,7 +184,7 @@ def config_refs_in(text: str) -> Iterator[tuple[str, bool]]:
 def metric_names() -> set[str]:
     from prometheus_client import CollectorRegistry
 
-    from gateway.metrics import Metrics
+    from gateway.runtime.metrics import Metrics
     from relay.worker import RelayMetrics
     from types import SimpleNamespace
 

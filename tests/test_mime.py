@@ -1,4 +1,4 @@
-"""Tests for gateway.pipeline.mime.parse_message (no network)."""
+"""Tests for gateway.pipeline.parse.mime.parse_message (no network)."""
 from __future__ import annotations
 
 import base64
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.pipeline.mime import parse_message
-from gateway.pipeline.model import ParsedMessage
+from gateway.pipeline.parse.mime import parse_message
+from gateway.pipeline.parse.model import ParsedMessage
 
 from .conftest import CORPORA
 
@@ -453,7 +453,7 @@ def test_header_cache_gives_the_same_parse_and_stays_bounded() -> None:
     """The parser's header cache (speed) must not change any result, nor keep huge values."""
     import email.policy
 
-    from gateway.pipeline import mime
+    from gateway.pipeline.parse import mime
     long_to = ", ".join(f"user{i}@example.test" for i in range(200))
     raw = (f"From: A <a@example.test>\r\nTo: {long_to}\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n"
            "MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n"
@@ -479,7 +479,7 @@ def test_header_lookups_use_an_index_that_replace_never_copies():
     import dataclasses
     import pickle
 
-    from gateway.pipeline.model import ParsedMessage
+    from gateway.pipeline.parse.model import ParsedMessage
     p = ParsedMessage("s", "", "", 0, (), (), (), "", (), (), "", "", "",
                       headers=(("From", "a@example.org"), ("X-Tag", "1"), ("x-tag", "2")))
     assert p.header("X-TAG") == "1" and p.header_all("x-Tag") == ["1", "2"]

@@ -8,9 +8,9 @@ from email.message import EmailMessage
 import aiosmtplib
 import pytest
 
-from gateway.pipeline.policy import STAGES
-from gateway.pipeline.stages import Verdict
-from gateway.pipeline.worker import MetricsSink, Worker
+from gateway.config.pipeline import STAGES
+from gateway.pipeline.stages.core import Verdict
+from gateway.pipeline.runner.worker import MetricsSink, Worker
 
 from .conftest import queued_id, simple_message
 
@@ -261,7 +261,7 @@ async def test_batch_wait_gathers_mail_arriving_together_into_one_batch(start_ga
 
 
 def test_batch_wait_config(tmp_path):
-    from gateway.errors import ConfigErrors
+    from gateway.config.errors import ConfigErrors
 
     from .conftest import make_config
     assert make_config(tmp_path).pipeline.batch_wait == 0.02

@@ -142,7 +142,7 @@ async def test_command_result_to_agent_status_change_to_requester_and_stripped_n
 async def test_sla_escalation_levels_first_response(start_gateway, dns_server, sink):
     """Past the first-response target the team is told (level 1), past twice the target the manager
     (level 2); an agent's public answer stops further escalation."""
-    from gateway.sla import run_once
+    from relay.sla import run_once
     from relay.notify import Notifier
     cfg = relay_cfg(sink.port)
     cfg["queue"] = [{"name": "IT", "first_response": "1h",
@@ -167,8 +167,8 @@ async def test_sla_escalation_levels_first_response(start_gateway, dns_server, s
 
 
 async def test_admin_is_told_when_processing_pauses(start_gateway, sink, monkeypatch):
-    from gateway.pipeline.policy import STAGES
-    from gateway.pipeline.worker import MetricsSink, Worker
+    from gateway.config.pipeline import STAGES
+    from gateway.pipeline.runner.worker import MetricsSink, Worker
 
     from .test_pipeline import ExplodingStage
     monkeypatch.setitem(STAGES, "explode", ExplodingStage)

@@ -61,7 +61,7 @@ async def test_opt_out_by_unsubscribe_mail_and_cli(start_gateway, dns_server, si
                                   sender="mallory@customer.test"))
     await wait_for(lambda: len(sink.messages) == 2)
     mallory_uri = parse(sink.messages[1][2])["List-Unsubscribe"].strip()
-    from gateway.pipeline.tokens import unsubscribe_token
+    from gateway.pipeline.stages.tokens import unsubscribe_token
     alice_b32 = unsubscribe_token("alice@customer.test", b"k" * 32).split(".")[1]
     mac = mallory_uri.strip("<>").rsplit(".", 1)[1]
     forged = f"<mailto:support@example.test?subject=unsubscribe%20u1.{alice_b32}.{mac}>"
@@ -141,7 +141,7 @@ async def test_status_mail_carries_list_unsubscribe_and_cli_opt_out_stops_it(sta
 
 
 def test_unsubscribe_token_names_its_address_and_needs_the_key():
-    from gateway.pipeline.tokens import unsubscribe_token, verify_unsubscribe_token
+    from gateway.pipeline.stages.tokens import unsubscribe_token, verify_unsubscribe_token
     key, other = b"a" * 32, b"b" * 32
     tok = unsubscribe_token("Alice@Customer.test", [key])
     assert verify_unsubscribe_token(f"unsubscribe {tok}", [key]) == "alice@customer.test"

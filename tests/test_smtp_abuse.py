@@ -12,8 +12,8 @@ import aiosmtplib
 import pytest
 import trustme
 
-from gateway.checks import CheckResult, DataContext
-from gateway.logsetup import JsonFormatter, TextFormatter, escape_controls
+from gateway.smtp.checks import CheckResult, DataContext
+from gateway.runtime.logsetup import JsonFormatter, TextFormatter, escape_controls
 
 from .conftest import queued_id, simple_message
 
@@ -238,7 +238,7 @@ async def test_reserved_slots_stay_free_for_fresh_addresses(start_gateway):
 
 
 def test_reserved_sessions_config_is_validated(tmp_path):
-    from gateway.errors import ConfigErrors
+    from gateway.config.errors import ConfigErrors
 
     from .conftest import make_config
     assert make_config(tmp_path, smtp={"max_sessions": 50}).smtp.reserved_sessions == 5  # 10% by default

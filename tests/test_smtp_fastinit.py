@@ -6,7 +6,7 @@ import inspect
 import aiosmtpd.smtp as smtp_mod
 import pytest
 
-from gateway import smtp_fastinit
+from gateway.smtp import fastinit as smtp_fastinit
 
 
 class _Handler:

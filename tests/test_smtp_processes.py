@@ -16,9 +16,9 @@ import urllib.request
 import aiosmtplib
 import pytest
 
-from gateway.config import Config
-from gateway.errors import ConfigErrors
-from gateway.limits import Limits
+from gateway.config.load import Config
+from gateway.config.errors import ConfigErrors
+from gateway.smtp.limits import Limits
 
 from .conftest import BASE_CONFIG, make_config, merge, queued_id, simple_message, toml_dump
 

@@ -8,7 +8,7 @@ import logging
 import aiosmtplib
 import pytest
 
-from gateway.logsetup import TextFormatter
+from gateway.runtime.logsetup import TextFormatter
 
 from .conftest import simple_message
 

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from gateway.errors import ConfigError, ConfigErrors
+from gateway.config.errors import ConfigError, ConfigErrors
 
 from .conftest import make_config, simple_message
 from .smarthost import sink, wait_for  # noqa: F401 - sink is a fixture
@@ -101,8 +101,8 @@ async def test_agent_is_told_about_a_new_ticket_and_answers_from_the_mail_client
     assert "Alice <alice@customer.test> opened ticket HD-1000" in body
     assert "> It is on fire.\n> Please help." in body
     assert en["In-Reply-To"] == "<q1@customer.test>" and "<q1@customer.test>" in en["References"]
-    # our Message-ID, MAC-signed for the ticket (gateway/pipeline/tokens.py)
-    from gateway.pipeline.tokens import verify_message_id
+    # our Message-ID, MAC-signed for the ticket (gateway/pipeline/stages/tokens.py)
+    from gateway.pipeline.stages.tokens import verify_message_id
     key = base64.b64decode(await gw.store.control_get("threading_key"))
     assert verify_message_id(en["Message-ID"], (key,)) == str(e.ticket_id)
     assert en["Message-ID"] != de["Message-ID"]
@@ -295,7 +295,7 @@ def test_config_errors_name_the_key(tmp_path):
 async def test_sla_warning_reaches_the_queue_notify_list_when_asked(gw_factory, sink):
     import time
 
-    from gateway.sla import run_once
+    from relay.sla import run_once
     from relay.notify import Notifier
     gw = await gw_factory(queue=[{"name": "IT", "notify": [ANN, GROUP], "notify_events": ["sla_warning"],
                                   "first_response": "1h", "escalation": ["manager@staff.test"]}])

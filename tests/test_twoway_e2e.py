@@ -169,8 +169,8 @@ async def test_mailbox_ticket_template_maps_fields_and_attaches_the_original(sta
 
 def test_ticket_template_config_errors_name_the_key(tmp_path):
     from .test_config_cli import write
-    from gateway.config import load_config
-    from gateway.errors import ConfigErrors
+    from gateway.config.load import load_config
+    from gateway.config.errors import ConfigErrors
     path = write(tmp_path, '[[mailbox]]\naddress = "a@x.test"\n[mailbox.template]\n'
                            'fields = [{ name = "n", type = "float" }]\n')
     with pytest.raises(ConfigErrors) as exc:

@@ -12,10 +12,10 @@ Use::
 
 See docs/auth.md for the policy keys, the reply codes and the decisions taken.
 """
-from .authenticator import Authenticator, AuthVerdict, stamp
-from .config import ACTIONS, AuthPolicy, parse_auth_policy
-from .dns import DnsAnswer, DnsTempError, Resolver
-from .headers import prepend_header, strip_forged_authres
+from gateway.auth.authenticator import Authenticator, AuthVerdict, stamp
+from gateway.config.auth import ACTIONS, AuthPolicy, parse_auth_policy
+from gateway.auth.dns import DnsAnswer, DnsTempError, Resolver
+from gateway.auth.headers import prepend_header, strip_forged_authres
 
 __all__ = [
     "Authenticator",

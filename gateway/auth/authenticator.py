@@ -34,13 +34,13 @@ import authres
 import authres.arc
 import authres.dmarc
 
-from . import dkimcheck
-from .config import AuthPolicy
-from .dmarc import (Discovery, DmarcDomainResult, FromInfo, OrgDomains, aligned, discover_policy,
+from gateway.auth import dkimcheck
+from gateway.config.auth import AuthPolicy
+from gateway.auth.dmarc import (Discovery, DmarcDomainResult, FromInfo, OrgDomains, aligned, discover_policy,
                     evaluate_domain, parse_from)
-from .dns import Resolver
-from .headers import header_values, prepend_header, strip_forged_authres
-from .spfcheck import SpfCache, SpfResult, check_spf, helo_is_domain
+from gateway.auth.dns import Resolver
+from gateway.auth.headers import header_values, prepend_header, strip_forged_authres
+from gateway.auth.spfcheck import SpfCache, SpfResult, check_spf, helo_is_domain
 
 __all__ = ["Authenticator", "AuthVerdict", "stamp"]
 

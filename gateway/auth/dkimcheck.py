@@ -40,10 +40,10 @@ import dkim
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from ..fileio import read_chunks
-from . import bodyhash, dkimfast, fastcanon
-from .dns import DnsTempError, Resolver
-from .headers import body_start, header_fields
+from gateway.runtime.fileio import read_chunks
+from gateway.auth import bodyhash, dkimfast, fastcanon
+from gateway.auth.dns import DnsTempError, Resolver
+from gateway.auth.headers import body_start, header_fields
 
 __all__ = ["SigPlan", "Plan", "plan", "fetch_keys", "verify_sync", "MAX_SIGNATURES", "MAX_ARC_SETS"]
 

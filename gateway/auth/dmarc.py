@@ -9,9 +9,9 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from .dns import DnsTempError, Resolver, to_ascii_domain
-from .fromfield import MAX_FROM_CHARS, read_mailboxes, simple_from
-from .headers import header_values
+from gateway.auth.dns import DnsTempError, Resolver, to_ascii_domain
+from gateway.auth.fromfield import MAX_FROM_CHARS, read_mailboxes, simple_from
+from gateway.auth.headers import header_values
 
 __all__ = [
     "FromInfo", "parse_from", "DmarcRecord", "parse_dmarc_record", "OrgDomains",

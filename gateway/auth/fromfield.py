@@ -1,7 +1,7 @@
 """The one reading of a From field's mailboxes (docs/security.md, invariant 8).
 
 Both readers of From use :func:`read_mailboxes`: the SMTP side (``dmarc.parse_from``, what DMARC
-evaluates) and the pipeline's MIME parser (``gateway.pipeline.mime``, the requester's display name).
+evaluates) and the pipeline's MIME parser (``gateway.pipeline.parse.mime``, the requester's display name).
 One function means the two cannot drift apart; the identity stage still compares their results,
 because they may be given different text (header section boundaries, unfolding).
 

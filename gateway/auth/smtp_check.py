@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import concurrent.futures
 
-from ..checks import CONTINUE, DEFER, REJECT, CheckResult, DataContext
-from ..config import Config
-from ..recipients import RecipientMap
-from ..replies import Reply
-from .authenticator import Authenticator
-from .config import AuthPolicy, parse_auth_policy
-from .dns import Resolver
-from .headers import fold_header, line_ending, strip_forged_authres
+from gateway.smtp.checks import CONTINUE, DEFER, REJECT, CheckResult, DataContext
+from gateway.config.load import Config
+from gateway.smtp.recipients import RecipientMap
+from gateway.smtp.replies import Reply
+from gateway.auth.authenticator import Authenticator
+from gateway.config.auth import AuthPolicy, parse_auth_policy
+from gateway.auth.dns import Resolver
+from gateway.auth.headers import fold_header, line_ending, strip_forged_authres
 
 
 class AuthCheck:

@@ -30,7 +30,7 @@ from typing import Callable
 
 import spf
 
-from .dns import DnsAnswer, DnsTempError, Resolver
+from gateway.auth.dns import DnsAnswer, DnsTempError, Resolver
 
 __all__ = ["SpfCache", "SpfResult", "check_spf", "helo_is_domain"]
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import IO, Any, AsyncIterator, Iterator, Sequence
 
-from ..fileio import read_chunks
+from gateway.runtime.fileio import read_chunks
 
 # Spool states. ``queued`` and ``processing`` are live; the rest are terminal.
 QUEUED = "queued"
@@ -60,7 +60,7 @@ class SpoolEntry:
     chunks: int = 0
     interrupted: int = 0       # service starts that found it processing (docs/operations.md, "Crashes")
     # An operator's `spool release` waiting for the pipeline: {"stage", "by", "at", "forced"}; that stage
-    # is skipped once (gateway/pipeline/worker.py), and the store clears it when the entry ends again.
+    # is skipped once (gateway/pipeline/runner/worker.py), and the store clears it when the entry ends again.
     released: dict[str, Any] | None = None
 
     @property

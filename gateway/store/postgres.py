@@ -35,14 +35,14 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import asyncpg
 
-from . import base
-from .base import (PROCESSING, QUARANTINED, QUEUED, SUPPRESSED, Delivery, DeliveryResult, SpoolEntry, Store,
+from gateway.store import base
+from gateway.store.base import (PROCESSING, QUARANTINED, QUEUED, SUPPRESSED, Delivery, DeliveryResult, SpoolEntry, Store,
                    TicketQuery, body_file_chunks, chunk_count)
-from .crypto import Cipher
-from .pg_migrations import load_migrations
-from .pg_sync import PgSyncConnection, numbered_placeholders, run_sync
-from .postgres_deliver import PgDeliverTx, delivery_lock_keys, take_locks
-from .render import article_dict, iso, spool_from_row, ticket_dict
+from gateway.store.crypto import Cipher
+from gateway.store.pg_migrations import load_migrations
+from gateway.store.pg_sync import PgSyncConnection, numbered_placeholders, run_sync
+from gateway.store.postgres_deliver import PgDeliverTx, delivery_lock_keys, take_locks
+from gateway.store.render import article_dict, iso, spool_from_row, ticket_dict
 
 log = logging.getLogger(__name__)
 

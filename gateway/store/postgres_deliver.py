@@ -25,9 +25,9 @@ from typing import Any
 
 import asyncpg
 
-from .base import (ARTICLE_ADDED, QUARANTINED, SUPPRESSED, TICKET_CREATED, ArticleDraft, Delivery,
+from gateway.store.base import (ARTICLE_ADDED, QUARANTINED, SUPPRESSED, TICKET_CREATED, ArticleDraft, Delivery,
                    DeliveryResult, ThreadHints)
-from .crypto import Cipher
+from gateway.store.crypto import Cipher
 
 DAY = 86400.0
 CLOSED_STATES = ("resolved", "closed")

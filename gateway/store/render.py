@@ -9,8 +9,8 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from .base import SpoolEntry
-from .crypto import Cipher
+from gateway.store.base import SpoolEntry
+from gateway.store.crypto import Cipher
 
 PLAIN = Cipher()
 

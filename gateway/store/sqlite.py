@@ -19,15 +19,15 @@ from typing import Any, AsyncIterator, Callable, TypeVar
 
 import aiosqlite
 
-from . import base
-from .base import (PROCESSING, QUARANTINED, QUEUED, SUPPRESSED, Delivery, DeliveryResult, SpoolEntry, Store,
+from gateway.store import base
+from gateway.store.base import (PROCESSING, QUARANTINED, QUEUED, SUPPRESSED, Delivery, DeliveryResult, SpoolEntry, Store,
                    SPOOL_CHUNK, TicketQuery, body_file_chunks, chunk_count)
-from .migrations import load_migrations
-from .crypto import Cipher
-from ..secretfile import ensure_mode
-from .render import article_dict, iso, spool_from_row, ticket_dict
-from .sqlite_deliver import STREAM_BLOB_MIN, DeliverTx, file_pieces, insert_streamed, memory_pieces
-from .crypto import BLOB_PREFIX
+from gateway.store.migrations import load_migrations
+from gateway.store.crypto import Cipher
+from gateway.config.secretfile import ensure_mode
+from gateway.store.render import article_dict, iso, spool_from_row, ticket_dict
+from gateway.store.sqlite_deliver import STREAM_BLOB_MIN, DeliverTx, file_pieces, insert_streamed, memory_pieces
+from gateway.store.crypto import BLOB_PREFIX
 
 T = TypeVar("T")
 

@@ -11,8 +11,8 @@ import sqlite3
 from dataclasses import replace
 from typing import IO, Any, Iterable, Iterator
 
-from .crypto import Cipher
-from .base import (ARTICLE_ADDED, QUARANTINED, SUPPRESSED, TICKET_CREATED, ArticleDraft, Delivery,
+from gateway.store.crypto import Cipher
+from gateway.store.base import (ARTICLE_ADDED, QUARANTINED, SUPPRESSED, TICKET_CREATED, ArticleDraft, Delivery,
                    DeliveryResult, ThreadHints)
 
 DAY = 86400.0

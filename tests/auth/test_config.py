@@ -5,7 +5,7 @@ import ipaddress
 import pytest
 
 from gateway.auth import AuthPolicy, parse_auth_policy
-from gateway.errors import ConfigError
+from gateway.config.errors import ConfigError
 
 
 def test_defaults_honour_published_policy():

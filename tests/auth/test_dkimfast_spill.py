@@ -1,7 +1,7 @@
 """DKIM on spilled mail is plain dkimpy's verdict (issue 18, item 4).
 
 A message over ``[smtp] spill_threshold`` keeps its header section in memory and streams its body
-into a file (``gateway/spill.py``); DKIM body hashes are then computed from the file
+into a file (``gateway/smtp/spill.py``); DKIM body hashes are then computed from the file
 (``dkimcheck.file_body_hashes``) and the signatures checked on the header section alone (dkimfast,
 or dkimpy with the streamed hashes). Every byte pattern around the header/body boundary must give
 the same verdict as plain dkimpy (``dkim.DKIM(...).verify``, run in a process of its own so none of
@@ -27,7 +27,7 @@ import dkim
 
 from gateway.auth import dkimcheck
 from gateway.auth.headers import body_start
-from gateway.spill import DataSpill
+from gateway.smtp.spill import DataSpill
 
 from .helpers import ed_key, rsa_key
 

@@ -173,7 +173,7 @@ def test_header_fields_match_the_line_by_line_splitter() -> None:
 
 
 def test_checks_header_end_is_the_first_blank_line_of_either_kind() -> None:
-    """gateway.checks.header_end, the spill's split (``body_start``) and DKIM's split all follow
+    """gateway.smtp.checks.header_end, the spill's split (``body_start``) and DKIM's split all follow
     ``header_section_end``, which is dkimpy's ``rfc822_parse`` rule: the first empty line, a line
     ending in LF or CRLF (so LF LF, LF CRLF and CRLF CRLF all count; a bare CR never ends a line).
     Tested against splitting the message into lines the way dkimpy does."""
@@ -181,7 +181,7 @@ def test_checks_header_end_is_the_first_blank_line_of_either_kind() -> None:
     import re
 
     from gateway.auth.headers import body_start, header_section_end
-    from gateway.checks import header_end
+    from gateway.smtp.checks import header_end
     rng = random.Random(2822)
     for _ in range(50000):
         raw = b"".join(rng.choice([b"a", b"\r", b"\n", b"\r\n", b"\n\n", b"\r\n\r\n", b":", b" "])

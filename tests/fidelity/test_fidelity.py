@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiosmtplib
 
-from gateway.pipeline.mime import MAX_GUESSES, parse_message
+from gateway.pipeline.parse.mime import MAX_GUESSES, parse_message
 
 from ..conftest import queued_id
 

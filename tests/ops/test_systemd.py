@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from gateway.config import load_config
+from gateway.config.load import load_config
 
 from ..conftest import ROOT
 

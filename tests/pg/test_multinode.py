@@ -24,7 +24,7 @@ import pytest
 
 pytest.importorskip("asyncpg", reason="asyncpg is not installed (pip install asyncpg): PostgreSQL tests skipped")
 
-from gateway.config import StoreConfig  # noqa: E402
+from gateway.config.load import StoreConfig  # noqa: E402
 from gateway.store.postgres import PostgresStore  # noqa: E402
 
 from ..conftest import ROOT, free_port, queued_id, simple_message, toml_dump, wait_port  # noqa: E402

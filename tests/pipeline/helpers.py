@@ -5,10 +5,10 @@ import asyncio
 import time
 from typing import Any
 
-from gateway.config import Config, MailboxConfig, SmtpConfig
-from gateway.pipeline.mime import parse_message
-from gateway.pipeline.stages import Context, Inbound, Verdict
-from gateway.recipients import RecipientMap
+from gateway.config.load import Config, MailboxConfig, SmtpConfig
+from gateway.pipeline.parse.mime import parse_message
+from gateway.pipeline.stages.core import Context, Inbound, Verdict
+from gateway.smtp.recipients import RecipientMap
 from gateway.store.base import SpoolEntry
 
 MAILBOXES = (

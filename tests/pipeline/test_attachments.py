@@ -9,11 +9,11 @@ from urllib.parse import quote
 
 import pytest
 
-from gateway.errors import ConfigError
-from gateway.pipeline.attachments import AttachmentsStage, analyse_attachments, decode_tnef, safe_filename
-from gateway.pipeline.mime import parse_message
-from gateway.pipeline.policy import AttachmentPolicy, parse_pipeline_policy
-from gateway.pipeline.stages import CONTINUE
+from gateway.config.errors import ConfigError
+from gateway.pipeline.stages.attachments import AttachmentsStage, analyse_attachments, decode_tnef, safe_filename
+from gateway.pipeline.parse.mime import parse_message
+from gateway.config.pipeline import AttachmentPolicy, parse_pipeline_policy
+from gateway.pipeline.stages.core import CONTINUE
 
 from .helpers import inbound, run
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.pipeline.automatic import AutomaticStage, classify
-from gateway.pipeline.mime import parse_message
-from gateway.pipeline.policy import AutomaticPolicy, parse_pipeline_policy
-from gateway.pipeline.stages import CONTINUE, DROP
+from gateway.pipeline.stages.automatic import AutomaticStage, classify
+from gateway.pipeline.parse.mime import parse_message
+from gateway.config.pipeline import AutomaticPolicy, parse_pipeline_policy
+from gateway.pipeline.stages.core import CONTINUE, DROP
 
 from .helpers import context, inbound, message, run
 

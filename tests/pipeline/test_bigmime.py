@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.pipeline.bigmime import MARKER_PREFIX, LargePartSplitter, is_marker, split_large_parts
+from gateway.pipeline.parse.bigmime import MARKER_PREFIX, LargePartSplitter, is_marker, split_large_parts
 from tests.conftest import CORPORA
 
 MiB = 1 << 20
@@ -680,8 +680,8 @@ def test_email_boundary_is_what_the_feed_parser_reads() -> None:
     import email
     import random
 
-    from gateway.pipeline import bigmime
-    from gateway.pipeline.mime import _POLICY
+    from gateway.pipeline.parse import bigmime
+    from gateway.pipeline.parse.mime import _POLICY
     rng = random.Random(2046)
     atoms = [b"multipart/mixed", b"multipart/alternative", b";", b" ", b"\t", b"boundary=", b"boundary*=",
              b"boundary*0=", b"boundary*1=", b'"', b"abc", b"=_Part_1", b"----=_NextPart_000", b"(c)", b"\\",
@@ -700,7 +700,7 @@ def test_a_split_attachment_reaches_the_parsed_message_without_a_copy() -> None:
     """The decoded body leaves the splitter as ``bytes`` sharing the decoder's buffer, and the parser
     takes it as it is: parsing the skeleton allocates nothing near the attachment's size (it used to
     copy it once, so a 38 MB attachment was held twice at the worker's peak)."""
-    from gateway.pipeline.mime import parse_message
+    from gateway.pipeline.parse.mime import parse_message
     data = blob(8_000_000, 41)
     raw = message(CRLF, "multipart/mixed; boundary=s", multipart(CRLF, "s", [
         (b"Content-Type: text/plain\r\n\r\nsee attached\r\n"), att(CRLF, "application/octet-stream", b64(data))]))

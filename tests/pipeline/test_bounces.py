@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.pipeline.bounces import BounceStage, analyse_bounce, verp_token
-from gateway.pipeline.mime import parse_message
-from gateway.pipeline.policy import BouncePolicy, parse_pipeline_policy
-from gateway.pipeline.stages import CONTINUE, DROP
+from gateway.pipeline.stages.bounces import BounceStage, analyse_bounce, verp_token
+from gateway.pipeline.parse.mime import parse_message
+from gateway.config.pipeline import BouncePolicy, parse_pipeline_policy
+from gateway.pipeline.stages.core import CONTINUE, DROP
 from tests.conftest import CORPORA
 
 from .helpers import inbound, message, run

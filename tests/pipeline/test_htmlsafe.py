@@ -7,10 +7,10 @@ from html.parser import HTMLParser
 
 import pytest
 
-from gateway.pipeline.htmlsafe import sanitize_html, sanitize_html_report, url_scheme
-from gateway.pipeline.stages import HtmlStage
-from gateway.pipeline.policy import HtmlPolicy
-from gateway.pipeline.stages import CONTINUE
+from gateway.pipeline.stages.htmlsafe import sanitize_html, sanitize_html_report, url_scheme
+from gateway.pipeline.stages.core import HtmlStage
+from gateway.config.pipeline import HtmlPolicy
+from gateway.pipeline.stages.core import CONTINUE
 
 from .helpers import inbound, run
 
@@ -293,7 +293,7 @@ def test_audit_itself_catches_the_raw_payloads() -> None:
 
 def test_style_cache_agrees_with_the_vetting() -> None:
     """Cached style results are the vetted ones, for good and bad values alike, on repeat."""
-    from gateway.pipeline import htmlsafe
+    from gateway.pipeline.stages import htmlsafe
     for value in ("margin:0", "color: red; position: fixed", "background:url(http://x)", "width:expression(1)",
                   "font-weight:bold;color:rgb(1,2,3)", "x" * 1500):
         for _ in range(2):
@@ -305,7 +305,7 @@ def test_style_cache_agrees_with_the_vetting() -> None:
 def test_style_fast_path_in_the_filter_sanitises_like_the_first_time() -> None:
     """The attribute filter answers repeated style values from the cache: the second and later
     sanitising of the same HTML (cache warm) gives exactly what the first one (cache cold) gave."""
-    from gateway.pipeline import htmlsafe
+    from gateway.pipeline.stages import htmlsafe
     values = ["margin:0", "color: red; position: fixed", "background:url(http://x)", "width:expression(1)",
               "font-weight:bold;color:rgb(1,2,3)", "x" * 1500, "COLOR:Blue", "behavior:url(a.htc)"]
     html = "".join(f'<p style="{v}" onclick="x()">p{i}</p><span STYLE="{v}">s</span>'

@@ -13,7 +13,7 @@ import time
 import aiosmtplib
 import pytest
 
-from gateway.pipeline.mime import parse_message
+from gateway.pipeline.parse.mime import parse_message
 
 from ..conftest import queued_id
 from ..hostile import CLASSES, pipeline_context, pipeline_cost, smtp_cost
@@ -64,7 +64,7 @@ def test_smtp_readers_cost_is_linear_and_bounded(name: str) -> None:
 def test_limits_leave_a_trace() -> None:
     """What a limit cut is recorded; too many MIME parts become a quarantine with a reason."""
     from ..pipeline.helpers import context, entry, run
-    from gateway.pipeline.stages import Inbound, TicketStage
+    from gateway.pipeline.stages.core import Inbound, TicketStage
     assert "address-unread:from" in parse_message(CLASSES["from_quotes"][0](50_000)).defects
     assert "mime-params-limit:64" in parse_message(CLASSES["ctype_params"][0](1000)).defects
     assert "html-attributes-cut" in parse_message(CLASSES["html_attributes"][0](1000)).defects

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import ConfigError
-from gateway.pipeline.assemble import _registry, build_data_checks, build_stages
-from gateway.pipeline.policy import (
+from gateway.config.errors import ConfigError
+from gateway.pipeline.runner.assemble import _registry, build_data_checks, build_stages
+from gateway.config.pipeline import (
     DEFAULT_ORDER, RECOMMENDED_ORDER, AutomaticPolicy, PipelinePolicy, parse_mailbox_policies, parse_pipeline_policy)
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.checks import CONTINUE as CHECK_CONTINUE
-from gateway.checks import DEFER, REJECT, DataContext, header_end
-from gateway.errors import ConfigError
-from gateway.pipeline.assemble import build_data_checks
-from gateway.pipeline.policy import RspamdPolicy, parse_pipeline_policy
-from gateway.pipeline.rspamd import RspamdCheck, RspamdClient, RspamdError, RspamdStage, decide, parse_url
-from gateway.pipeline.stages import CONTINUE, DROP, QUARANTINE
+from gateway.smtp.checks import CONTINUE as CHECK_CONTINUE
+from gateway.smtp.checks import DEFER, REJECT, DataContext, header_end
+from gateway.config.errors import ConfigError
+from gateway.pipeline.runner.assemble import build_data_checks
+from gateway.config.pipeline import RspamdPolicy, parse_pipeline_policy
+from gateway.pipeline.stages.rspamd import RspamdCheck, RspamdClient, RspamdError, RspamdStage, decide, parse_url
+from gateway.pipeline.stages.core import CONTINUE, DROP, QUARANTINE
 
 from .helpers import MAILBOXES, context, inbound, message
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import ConfigError
-from gateway.pipeline.policy import parse_pipeline_policy
-from gateway.pipeline.senders import SenderPolicyStage, classify_sender
-from gateway.pipeline.stages import CONTINUE, DROP, QUARANTINE
+from gateway.config.errors import ConfigError
+from gateway.config.pipeline import parse_pipeline_policy
+from gateway.pipeline.stages.senders import SenderPolicyStage, classify_sender
+from gateway.pipeline.stages.core import CONTINUE, DROP, QUARANTINE
 
 from .helpers import inbound, message, run
 

@@ -5,10 +5,10 @@ import tomllib
 
 import pytest
 
-from gateway.errors import ConfigError
-from gateway.pipeline.policy import parse_pipeline_policy
-from gateway.pipeline.spam import SpamStage
-from gateway.pipeline.stages import CONTINUE, DROP, QUARANTINE
+from gateway.config.errors import ConfigError
+from gateway.config.pipeline import parse_pipeline_policy
+from gateway.pipeline.stages.spam import SpamStage
+from gateway.pipeline.stages.core import CONTINUE, DROP, QUARANTINE
 
 from .helpers import inbound, message, run
 

@@ -11,8 +11,8 @@ import random
 
 import pytest
 
-from gateway.pipeline import mime
-from gateway.pipeline.bigmime import split_large_parts
+from gateway.pipeline.parse import mime
+from gateway.pipeline.parse.bigmime import split_large_parts
 from tests.conftest import CORPORA
 from tests.pipeline.test_bigmime import BUILDERS, CRLF, LF, b64, blob, qp
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from relay.config import parse_relay_config
+from gateway.config.relay import parse_relay_config
 from relay.queue import Notification, RelayQueue
 from relay.worker import RelayWorker
 

@@ -7,7 +7,7 @@ import json
 from prometheus_client import CollectorRegistry
 
 from relay.cli import NEEDS_STORE, dispatch_store, register, relay_queue, relay_retry, relay_test
-from relay.config import parse_relay_config
+from gateway.config.relay import parse_relay_config
 from relay.worker import RelayMetrics
 
 from .conftest import free_port, host, relay_table, wait_for

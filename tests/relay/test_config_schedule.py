@@ -6,8 +6,8 @@ from datetime import datetime
 
 import pytest
 
-from gateway.errors import ConfigError
-from relay.config import RelayConfigError, parse_relay_config
+from gateway.config.errors import ConfigError
+from gateway.config.relay import RelayConfigError, parse_relay_config
 from relay.schedule import delay_after, in_window, next_attempt, parse_intervals, parse_skip_times, window_end
 
 EXAMPLE = """

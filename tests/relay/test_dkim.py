@@ -7,7 +7,7 @@ import dkim
 import pytest
 
 from relay.cli import dkim_keygen
-from relay.config import parse_relay_config
+from gateway.config.relay import parse_relay_config
 from relay.dkim import DkimSigner, keygen, txt_value
 from relay.notify import MailboxInfo, Notifier, TicketInfo
 
@@ -155,6 +155,6 @@ def test_keygen_out_is_readable_by_the_service_group(tmp_path):
     finally:
         os.umask(old)
     # the 0640 key is accepted as a [[relay.dkim]] key_file (group bits are allowed, "other" bits are not)
-    from relay.config import parse_relay_config
+    from gateway.config.relay import parse_relay_config
     cfg = parse_relay_config({"dkim": [{"domain": "example.test", "selector": "s1", "key_file": path}]})
     assert cfg.dkim[0].algorithm == "ed25519"

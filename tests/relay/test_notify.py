@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from relay.config import parse_relay_config
+from gateway.config.relay import parse_relay_config
 from relay.notify import (HeaderInjection, MailboxInfo, Notifier, TicketInfo, acknowledge, set_opt_out,
                           should_acknowledge, wants)
 from relay.queue import RelayQueue, enqueue

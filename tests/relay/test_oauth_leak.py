@@ -97,7 +97,7 @@ def _leaks(text: str) -> bool:
 
 @pytest.mark.parametrize("mode", ["description", "code", "text", "status"])
 async def test_token_provider_error_keeps_only_the_code(echoing, mode):
-    from relay.config import OAuthConfig
+    from gateway.config.relay import OAuthConfig
     ep = await echoing(mode)
     for cfg in (OAuthConfig(token_url=ep.url, client_id="cid", client_secret=SECRET),
                 OAuthConfig(token_url=ep.url, client_id="cid", client_secret=SECRET, refresh_token=REFRESH)):

@@ -11,7 +11,7 @@ import trustme
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from relay.client import HostFailure, Smarthost
-from relay.config import parse_relay_config
+from gateway.config.relay import parse_relay_config
 from relay.oauth import OAuthError, TokenProvider
 from relay.queue import RelayQueue
 
@@ -254,7 +254,7 @@ async def test_xoauth2_refresh_token_rotation_and_revoked_token(sinks, server_ct
 
 
 async def test_token_refreshed_before_expiry(token_endpoint):
-    from relay.config import OAuthConfig
+    from gateway.config.relay import OAuthConfig
     ep = await token_endpoint(expires_in=100)
     now = [1000.0]
     tp = TokenProvider(OAuthConfig(token_url=ep.url, client_id="cid", client_secret="csecret"),
@@ -271,7 +271,7 @@ async def test_token_refreshed_before_expiry(token_endpoint):
 
 
 async def test_token_endpoint_refusal_is_secret_free(token_endpoint):
-    from relay.config import OAuthConfig
+    from gateway.config.relay import OAuthConfig
     ep = await token_endpoint()
     tp = TokenProvider(OAuthConfig(token_url=ep.url, client_id="cid", client_secret="hunter2-wrong"))
     with pytest.raises(OAuthError) as ei:

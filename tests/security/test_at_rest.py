@@ -143,7 +143,7 @@ async def test_relay_rows_are_purged_by_retention(start_gateway, dns_server, sin
 
 
 def test_relay_days_config(tmp_path):
-    from gateway.errors import ConfigErrors
+    from gateway.config.errors import ConfigErrors
 
     from ..conftest import make_config
     assert make_config(tmp_path).retention.relay_days == 30
@@ -180,10 +180,10 @@ async def test_postgres_tables_hold_no_plaintext(start_gateway, dns_server, sink
 
 
 async def test_escalation_mail_carries_the_decrypted_subject(start_gateway, dns_server, sink, tmp_path):
-    """The SLA escalation reads tickets.subject itself (gateway/sla.py): decrypted, not ``enc1:…``."""
+    """The SLA escalation reads tickets.subject itself (relay/sla.py): decrypted, not ``enc1:…``."""
     import time
 
-    from gateway.sla import run_once
+    from relay.sla import run_once
     from relay.notify import Notifier
     dns_server.set_zone({**CUSTOMER, **AGENTS})
     cfg = relay_cfg(sink.port)

@@ -19,9 +19,9 @@ import pytest
 from gateway.auth.authenticator import from_record
 from gateway.auth.dmarc import parse_from
 from gateway.auth.headers import header_section_problem, normalise_header_section
-from gateway.pipeline.mime import parse_message
-from gateway.pipeline.stages import Inbound
-from gateway.pipeline.worker import Worker, make_executor
+from gateway.pipeline.parse.mime import parse_message
+from gateway.pipeline.stages.core import Inbound
+from gateway.pipeline.runner.worker import Worker, make_executor
 from gateway.store.base import SpoolEntry
 
 from ..conftest import make_config
@@ -128,8 +128,8 @@ async def worker(tmp_path):
     store = open_store(cfg)
     await store.open()
     executor = make_executor()
-    from gateway.metrics import Metrics
-    from gateway.pipeline.worker import MetricsSink
+    from gateway.runtime.metrics import Metrics
+    from gateway.pipeline.runner.worker import MetricsSink
     w = Worker(cfg, store, MetricsSink(Metrics()), executor)
     yield w
     executor.shutdown()

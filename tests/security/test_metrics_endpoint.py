@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from gateway.metrics import Metrics, MetricsServer
+from gateway.runtime.metrics import Metrics, MetricsServer
 
 DEADLINE = 1.0
 CAP = 32

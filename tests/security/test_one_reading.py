@@ -15,7 +15,7 @@ import random
 import dkim
 
 from gateway.auth.headers import header_fields, header_section_problem, normalise_header_section, split_message
-from gateway.pipeline.mime import _POLICY
+from gateway.pipeline.parse.mime import _POLICY
 
 # Fragments every reader must agree on once accepted, and the ones the DATA check refuses.
 EVERYDAY = [

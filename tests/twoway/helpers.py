@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.pipeline.model import Attachment, ParsedMessage
+from gateway.pipeline.parse.model import Attachment, ParsedMessage
 
 
 def parsed(subject: str = "Printer on fire", from_addr: str = "alice@customer.test", from_name: str = "Alice",

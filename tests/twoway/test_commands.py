@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.pipeline.commands import DEFAULT_FIELDS, MAX_COMMANDS, CommandSet, format_result, parse_commands
+from gateway.pipeline.stages.commands import DEFAULT_FIELDS, MAX_COMMANDS, CommandSet, format_result, parse_commands
 
 FIELDS = {"Priority": {"Low", "Normal", "High"}, "Status": {"Open", "Closed"}, "Assignee": None,
           "Operation": {"AddRequest", "EditRequest", "CloseRequest", "PickupRequest"}}

@@ -5,9 +5,9 @@ import re
 import tomllib
 from pathlib import Path
 
-from gateway.pipeline.redact import parse_redaction, redact
-from gateway.pipeline.routing import parse_routing, route
-from gateway.pipeline.tokens import parse_keys, parse_token_style
+from gateway.pipeline.stages.redact import parse_redaction, redact
+from gateway.pipeline.stages.routing import parse_routing, route
+from gateway.pipeline.stages.tokens import parse_keys, parse_token_style
 
 from .helpers import parsed
 
@@ -66,8 +66,8 @@ def test_doc_threading_block_validates() -> None:
 
 def test_doc_team_mail_blocks_build_a_config() -> None:
     """The [[queue]] notify, [[agent]] language, [routing] alert and thanks blocks are valid config."""
-    from gateway.pipeline.thanks import is_thanks_only
-    from gateway.twoway_config import parse_twoway
+    from gateway.pipeline.stages.thanks import is_thanks_only
+    from gateway.config.twoway import parse_twoway
     blocks = _toml_blocks()
     tw = parse_twoway({k: blocks[k] for k in ("threading", "queue", "agent", "routing") if k in blocks})
     q = tw.queue("IT")

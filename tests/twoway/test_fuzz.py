@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import random
 
-from gateway.pipeline.commands import DEFAULT_FIELDS, parse_commands
-from gateway.pipeline.forwards import parse_inline_forward
-from gateway.pipeline.quotes import extract_signature, split_reply
-from gateway.pipeline.redact import redact
-from gateway.pipeline.subjects import normalize_subject
+from gateway.pipeline.stages.commands import DEFAULT_FIELDS, parse_commands
+from gateway.pipeline.stages.forwards import parse_inline_forward
+from gateway.pipeline.stages.quotes import extract_signature, split_reply
+from gateway.pipeline.stages.redact import redact
+from gateway.pipeline.stages.subjects import normalize_subject
 
 PIECES = [
     "Hello", "Thanks,", "Ann", "-- ", "> quoted", ">", "", " ", "On Mon, Apr 2, 2012 at 6:26 PM, X <x@y.test> wrote:",

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from gateway.pipeline.quotes import (
+from gateway.pipeline.stages.quotes import (
     ReplyParts,
     extract_signature,
     header_line,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.pipeline.quotes import extract_signature, split_reply, strip_html_quotes
+from gateway.pipeline.stages.quotes import extract_signature, split_reply, strip_html_quotes
 from tests.conftest import CORPORA
 
 from .conftest import RATES

@@ -7,7 +7,7 @@ def test_digit_prefilter_never_hides_a_card() -> None:
     """The cheap digit count in front of the card scan changes no result (random digit soup)."""
     import random
 
-    from gateway.pipeline import redact as mod
+    from gateway.pipeline.stages import redact as mod
     rng = random.Random(11)
     full = mod._may_hold_card
     try:

@@ -5,12 +5,12 @@ import hashlib
 
 import pytest
 
-from gateway.errors import ConfigError
-from gateway.pipeline.forwards import find_forwarded, parse_inline_forward
-from gateway.pipeline.importance import importance, importance_from_headers
-from gateway.pipeline.mime import parse_message
-from gateway.pipeline.model import Attachment
-from gateway.pipeline.redact import CARD_RULE, luhn_ok, parse_redaction, redact
+from gateway.config.errors import ConfigError
+from gateway.pipeline.stages.forwards import find_forwarded, parse_inline_forward
+from gateway.pipeline.stages.importance import importance, importance_from_headers
+from gateway.pipeline.parse.mime import parse_message
+from gateway.pipeline.parse.model import Attachment
+from gateway.pipeline.stages.redact import CARD_RULE, luhn_ok, parse_redaction, redact
 
 from .helpers import parsed
 

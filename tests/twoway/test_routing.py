@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import ConfigError
-from gateway.pipeline.routing import RoutingResult, parse_routing, route
+from gateway.config.errors import ConfigError
+from gateway.pipeline.stages.routing import RoutingResult, parse_routing, route
 
 from .helpers import parsed
 

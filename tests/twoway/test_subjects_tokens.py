@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import ConfigError
-from gateway.pipeline.subjects import is_forward_subject, is_reply_subject, normalize_subject, subject_key
-from gateway.pipeline.tokens import (
+from gateway.config.errors import ConfigError
+from gateway.pipeline.stages.subjects import is_forward_subject, is_reply_subject, normalize_subject, subject_key
+from gateway.pipeline.stages.tokens import (
     DEFAULT_STYLE,
     TokenStyle,
     find_tokens,

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from gateway.pipeline.quotes import split_reply
-from gateway.pipeline.thanks import is_thanks_only
+from gateway.pipeline.stages.quotes import split_reply
+from gateway.pipeline.stages.thanks import is_thanks_only
 
 THANKS_EN = [
     "Thanks, works now!", "Thank you very much, it works now.\n\nBest regards,\nAlice", "Perfect, thanks!",

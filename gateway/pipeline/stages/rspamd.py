@@ -1,0 +1,243 @@
+"""Optional rspamd integration over its HTTP API (``POST /checkv2``).
+
+Two users of one tiny client:
+
+* :class:`RspamdCheck` (``name = "rspamd"``), an SMTP-time check for ``gateway.smtp.checks``: a score
+  at or above ``reject_score`` answers ``550 5.7.1`` at end of DATA (the sending MTA bounces to its
+  user: no backscatter from us). Otherwise it lets the message through and leaves the score in the
+  spool entry's flags (``rspamd-score:<score>``) so the pipeline stage need not ask again.
+* :class:`RspamdStage` (``name = "rspamd"``), a pipeline stage: ``tag_score`` -> continue with
+  ``{"tags": [tag], "rspamd": {...}}``; ``quarantine_score`` -> quarantine; ``reject_score``
+  (when the SMTP check did not run) -> drop.
+
+Why a hand-written HTTP/1.1 client rather than aiohttp/httpx: one request shape (a POST with a
+body and a few headers, ``Connection: close``) to one known server; rspamd answers with
+``Content-Length``. About 80 lines with asyncio streams, bounded by one overall timeout, replace
+a dependency tree of a dozen packages in an SMTP server whose dependencies we keep small; chunked
+replies (from a proxy in front of rspamd) are decoded too. https works through ``ssl``.
+
+Errors (connection refused, timeout, non-200, bad JSON) raise :class:`RspamdError`; the callers
+apply ``on_error``: ``accept`` (fail open, the default) or ``tempfail`` (``451 4.7.1`` at DATA; in
+the pipeline the stage raises so the runner retries and finally quarantines).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.smtp.checks import CONTINUE as CHECK_CONTINUE
+from gateway.smtp.checks import DEFER, REJECT, CheckResult, DataContext
+from gateway.config.pipeline import RspamdPolicy, parse_url, policy_for
+from gateway.pipeline.stages.core import CONTINUE, DROP, QUARANTINE, Context, Inbound, Verdict
+from gateway.http11 import read_response
+from gateway.smtp.replies import Reply
+
+__all__ = ["RspamdError", "RspamdResult", "RspamdClient", "RspamdCheck", "RspamdStage", "decide",
+           "parse_url", "SPAM_REJECTED", "SCAN_TEMPFAIL"]
+
+SPAM_REJECTED = Reply(550, "5.7.1", "Message rejected as spam", "spam")
+SCAN_TEMPFAIL = Reply(451, "4.7.1", "Content scanner unavailable, please try again later", "scanner_unavailable")
+FLAG_PREFIX = "rspamd-score:"
+_MAX_RESPONSE = 4 * 1024 * 1024
+
+
+class RspamdError(Exception):
+    """rspamd could not give a verdict (unreachable, timeout, HTTP error, unreadable reply)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RspamdResult:
+    score: float
+    required_score: float | None = None
+    action: str = ""
+    symbols: tuple[str, ...] = ()
+    skipped: bool = False
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        return {"score": self.score, "required_score": self.required_score, "action": self.action,
+                "symbols": list(self.symbols[:30])}
+
+
+def _hv(value: str) -> str:
+    """A header value that cannot break the request (client-controlled HELO, addresses)."""
+    return "".join(c if c.isprintable() and c not in "\r\n" else "?" for c in value)[:998]
+
+
+class RspamdClient:
+    """``POST /checkv2`` to one rspamd worker."""
+
+    def __init__(self, url: str, timeout: float = 5.0, password: str = "") -> None:
+        self.scheme, self.host, self.port, self.path = parse_url(url)
+        self.timeout = timeout
+        self._password = password
+        self._ssl = ssl.create_default_context() if self.scheme == "https" else None
+
+    def _request(self, raw: bytes, *, ip: str, helo: str, mail_from: str, rcpts: list[str] | tuple[str, ...],
+                 queue_id: str) -> bytes:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        lines = [f"POST {self.path} HTTP/1.1", f"Host: {host}:{self.port}", "Connection: close",
+                 "Content-Type: message/rfc822", f"Content-Length: {len(raw)}", "User-Agent: ticketmx"]
+        if ip:
+            lines.append(f"IP: {_hv(ip)}")
+        if helo:
+            lines.append(f"Helo: {_hv(helo)}")
+        lines.append(f"From: {_hv(mail_from) or '<>'}")
+        for r in rcpts:
+            lines.append(f"Rcpt: {_hv(r)}")
+        if queue_id:
+            lines.append(f"Queue-Id: {_hv(queue_id)}")
+        if self._password:
+            lines.append(f"Password: {_hv(self._password)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "replace") + raw
+
+    async def check(self, raw: bytes, *, ip: str = "", helo: str = "", mail_from: str = "",
+                    rcpts: list[str] | tuple[str, ...] = (), queue_id: str = "") -> RspamdResult:
+        request = self._request(raw, ip=ip, helo=helo, mail_from=mail_from, rcpts=rcpts, queue_id=queue_id)
+        try:
+            async with asyncio.timeout(self.timeout):
+                status, body = await self._roundtrip(request)
+        except TimeoutError:
+            raise RspamdError(f"timeout after {self.timeout:g}s") from None
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            raise RspamdError(f"{type(exc).__name__}: {exc}") from None
+        if status != 200:
+            raise RspamdError(f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}")
+        try:
+            doc = json.loads(body)
+            score = float(doc["score"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RspamdError(f"unreadable reply: {exc}") from None
+        symbols = doc.get("symbols") or {}
+        names = sorted(symbols, key=lambda s: -abs(float((symbols.get(s) or {}).get("score", 0) or 0))) \
+            if isinstance(symbols, dict) else []
+        req = doc.get("required_score")
+        return RspamdResult(score=score, required_score=float(req) if isinstance(req, (int, float)) else None,
+                            action=str(doc.get("action", "")), symbols=tuple(names),
+                            skipped=bool(doc.get("is_skipped", False)), raw=doc)
+
+    async def _roundtrip(self, request: bytes) -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self._ssl,
+                                                       limit=64 * 1024)
+        try:
+            writer.write(request)
+            await writer.drain()
+            status, _headers, body = await read_response(reader, _MAX_RESPONSE)
+            return status, body
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (OSError, ssl.SSLError):
+                pass
+
+
+def decide(score: float, policy: RspamdPolicy) -> str:
+    """"reject" | "quarantine" | "tag" | "" for a score under this policy's thresholds."""
+    if policy.reject_score is not None and score >= policy.reject_score:
+        return "reject"
+    if policy.quarantine_score is not None and score >= policy.quarantine_score:
+        return "quarantine"
+    if policy.tag_score is not None and score >= policy.tag_score:
+        return "tag"
+    return ""
+
+
+def _client(policy: RspamdPolicy, cache: dict[tuple[str, float, str], RspamdClient]) -> RspamdClient:
+    key = (policy.url, policy.timeout, policy.password)
+    c = cache.get(key)
+    if c is None:
+        c = cache[key] = RspamdClient(policy.url, policy.timeout, policy.password)
+    return c
+
+
+class RspamdCheck:
+    """SMTP-time: reject at end of DATA when rspamd's score reaches ``reject_score``."""
+
+    name = "rspamd"
+
+    def __init__(self, policy: RspamdPolicy, per_mailbox: Mapping[str, RspamdPolicy] | None = None) -> None:
+        self.policy = policy
+        self.per_mailbox = {k.lower(): v for k, v in (per_mailbox or {}).items()}
+        self._clients: dict[tuple[str, float, str], RspamdClient] = {}
+
+    def _policies(self, ctx: DataContext) -> list[RspamdPolicy]:
+        addrs = [str(getattr(mb, "address", mb)).lower() for mb in (ctx.mailboxes or [])]
+        pols = [self.per_mailbox.get(a, self.policy) for a in addrs] or [self.policy]
+        return [p for p in pols if p.enabled]
+
+    async def run(self, ctx: DataContext) -> CheckResult:
+        pols = self._policies(ctx)
+        if not pols or ctx.size > min(p.max_size for p in pols):
+            return CheckResult()
+        first = pols[0]
+        try:
+            result = await _client(first, self._clients).check(
+                ctx.message(), ip=ctx.peer_ip, helo=ctx.helo, mail_from=ctx.mail_from, rcpts=list(ctx.rcpt_tos))
+        except RspamdError:
+            if any(p.on_error == "tempfail" for p in pols):
+                return CheckResult(DEFER, SCAN_TEMPFAIL)
+            return CheckResult()
+        # One message, several mailboxes: refuse it only if every one of them would.
+        if all(p.reject_at_data and p.reject_score is not None and result.score >= p.reject_score for p in pols):
+            return CheckResult(REJECT, SPAM_REJECTED)
+        return CheckResult(CHECK_CONTINUE, flags=[f"{FLAG_PREFIX}{result.score:.3f}"])
+
+
+def score_from_flags(flags: tuple[str, ...] | list[str]) -> float | None:
+    for f in flags:
+        if f.startswith(FLAG_PREFIX):
+            try:
+                return float(f[len(FLAG_PREFIX):])
+            except ValueError:
+                return None
+    return None
+
+
+class RspamdStage:
+    """Pipeline: tag / quarantine / drop by rspamd score (asks rspamd unless the SMTP check did)."""
+
+    name = "rspamd"
+
+    def __init__(self, policy: RspamdPolicy | None = None,
+                 per_mailbox: Mapping[str, RspamdPolicy] | None = None) -> None:
+        self.policy = policy or RspamdPolicy()
+        self.per_mailbox = dict(per_mailbox or {})
+        self._clients: dict[tuple[str, float, str], RspamdClient] = {}
+
+    async def run(self, msg: Inbound, ctx: Context) -> Verdict:
+        policy: RspamdPolicy = policy_for(self.policy, self.per_mailbox, msg, ctx)
+        if not policy.enabled:
+            return Verdict()
+        e = msg.entry
+        score = score_from_flags(e.flags)
+        info: dict[str, Any]
+        if score is not None:
+            info = {"score": score, "source": "smtp"}
+        elif e.size > policy.max_size:
+            return Verdict(data={"rspamd": {"skipped": f"message larger than {policy.max_size} bytes"}})
+        else:
+            try:
+                result = await _client(policy, self._clients).check(
+                    await msg.original(), ip=e.peer_ip, helo=e.helo, mail_from=e.mail_from, rcpts=e.rcpt_tos, queue_id=e.id)
+            except RspamdError as exc:
+                if policy.on_error == "tempfail":
+                    raise
+                return Verdict(data={"rspamd": {"error": str(exc)}})
+            score = result.score
+            info = {**result.summary(), "source": "pipeline"}
+        action = decide(score, policy)
+        if action == "reject":
+            return Verdict(DROP, f"rspamd: score {score:g} >= reject_score {policy.reject_score:g}",
+                           data={"rspamd": info})
+        if action == "quarantine":
+            return Verdict(QUARANTINE, f"rspamd: score {score:g} >= quarantine_score {policy.quarantine_score:g}",
+                           data={"rspamd": info})
+        if action == "tag":
+            return Verdict(CONTINUE, f"rspamd: tagged {policy.tag} (score {score:g})",
+                           data={"rspamd": info, "tags": [policy.tag]})
+        return Verdict(data={"rspamd": info})
