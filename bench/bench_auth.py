@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa  # noqa: E402
 
 from gateway.auth import Authenticator, AuthPolicy, Resolver  # noqa: E402
 from gateway.auth import dkimcheck  # noqa: E402
-from gateway.auth.smtp_check import AuthCheck  # noqa: E402
+from gateway.smtp.auth_check import AuthCheck  # noqa: E402
 from gateway.smtp.checks import DataContext  # noqa: E402
-from gateway.smtp.recipients import RecipientMap  # noqa: E402
+from gateway.config.recipients import RecipientMap  # noqa: E402
 from gateway.auth.spfcheck import check_spf  # noqa: E402
 from tests.auth.dnsserver import TestDnsServer  # noqa: E402
 

@@ -14,14 +14,15 @@ import time
 from dataclasses import replace
 
 from gateway.smtp.checks import DataCheck
-from gateway.config.load import Config, deep_check, load_config
+from gateway.config.load import Config, load_config
+from relay.notify import deep_check
 from gateway.config.errors import ConfigErrors
 from gateway.smtp.limits import Limits, LocalLimits
 from gateway.runtime.metrics import Metrics, MetricsServer
 from gateway.pipeline.runner.process import WorkerPool
 from gateway.pipeline.runner.assemble import build_pipeline
 from gateway.pipeline.runner.worker import MetricsSink, Worker, make_executor
-from gateway.smtp.recipients import RecipientMap
+from gateway.config.recipients import RecipientMap
 from gateway.config.errors import ConfigError
 from gateway.smtp.group import build_checks
 from gateway.smtpd import Handler, SmtpListener, _tls_context

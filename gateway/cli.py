@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ticketmx: key written to {args.out} (mode 0600)", file=sys.stderr)
         return EX_OK
     if args.command == "check-config":
-        from gateway.config.load import deep_check
+        from relay.notify import deep_check
         if errors := deep_check(cfg):  # every notification template rendered once
             for err in errors:
                 print(f"ticketmx: config error: {err}", file=sys.stderr)

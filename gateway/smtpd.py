@@ -26,7 +26,7 @@ from gateway.config.load import Config
 from gateway.runtime.metrics import Metrics
 from gateway.config.netaddr import ip_in_networks
 from gateway.smtp.limits import Limits, LimitsClient, LocalLimits
-from gateway.smtp.recipients import RecipientMap
+from gateway.config.recipients import RecipientMap
 from gateway.smtp.replies import Reply, with_enhanced
 from gateway.smtp.spill import DataSpill
 from gateway.spool import SpoolWriter, new_spool_id

@@ -42,6 +42,8 @@ from typing import Any, Collection, Iterable, Mapping, Sequence
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
+from gateway.config.errors import ConfigError
+from gateway.config.load import Config
 from gateway.config.relay import RelayConfig, resolve_templates_dir
 from relay.queue import Notification, enqueue
 
@@ -822,3 +824,16 @@ __all__ = ["Notifier", "MailboxInfo", "TicketInfo", "HeaderInjection", "AckDecis
            "is_noreply", "unsubscribe_uri", "unsubscribe_headers", "NON_CRITICAL", "EVENTS", "ACK_POLICIES",
            "ACK_REASON_TEXT", "ack_policy", "from_authenticated", "ack_client_key", "ack_rate_decision",
            "auto_reply_decision", "check_templates", "SAMPLE_CONTEXT"]
+
+
+def deep_check(cfg: Config) -> list[ConfigError]:
+    """Checks too slow for every load, run by ``check-config`` and by a reload (SIGHUP) before the
+    new config replaces the running one: every notification template rendered once with sample
+    data (when a smarthost is configured, i.e. notifications are sent). Each problem names
+    ``relay.templates`` and the template file."""
+    relay = cfg.relay
+    if relay is None or not relay.enabled:
+        return []
+    mailboxes = [MailboxInfo(mb.address, mb.name, mb.language, mb.acknowledge) for mb in cfg.mailboxes]
+    return [ConfigError("relay.templates", problem, cfg.source)
+            for problem in check_templates(relay, mailboxes, hostname=cfg.smtp.hostname)]

@@ -130,7 +130,9 @@ def room(module: str) -> str:
     if parts[0] == "relay":
         return "relay"
     depth = 3 if parts[:2] == ["gateway", "pipeline"] else 2
-    return ".".join(parts[:depth]) if len(parts) >= depth else "gateway"
+    if len(parts) < depth or (len(parts) == depth and not (ROOT.joinpath(*parts)).is_dir()):
+        return ".".join(parts[:depth - 1])    # a module at the top of gateway/ (app, cli) or gateway/pipeline/
+    return ".".join(parts[:depth])
 
 
 def rooms(g: dict[str, set[str]]) -> dict[str, set[str]]:

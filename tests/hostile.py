@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from gateway.config.load import Config, MailboxConfig, SmtpConfig
-from gateway.smtp.recipients import RecipientMap
+from gateway.config.recipients import RecipientMap
 
 HEAD = ("To: support@example.test\r\nSubject: help\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n"
         "Message-ID: <h1@example.org>\r\nMIME-Version: 1.0\r\n")

@@ -54,7 +54,7 @@ from typing import Any
 from gateway.config.netaddr import ip_in_networks
 from gateway.config.errors import ConfigError
 
-from gateway.auth.dns import to_ascii_domain
+from gateway.config.domains import to_ascii_domain
 
 __all__ = ["AuthPolicy", "parse_auth_policy", "ACTIONS"]
 

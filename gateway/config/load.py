@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gateway.config.errors import ConfigError, ConfigErrors
-from gateway.runtime.ratelimit import Rate, parse_rate
+from gateway.config.units import Rate, parse_rate
 from gateway.config.units import parse_duration, parse_size
 from gateway.config.secretfile import exposure
 from gateway.config.tomltable import Table, expect_str
@@ -652,20 +652,6 @@ def _validate_auth(cfg: Config, file: str | None) -> list[ConfigError]:
             except ConfigError as exc:
                 errors.append(ConfigError(exc.key, exc.message, file))
     return errors
-
-
-def deep_check(cfg: Config) -> list[ConfigError]:
-    """Checks too slow for every load, run by ``check-config`` and by a reload (SIGHUP) before the
-    new config replaces the running one: every notification template rendered once with sample
-    data (when a smarthost is configured, i.e. notifications are sent). Each problem names
-    ``relay.templates`` and the template file."""
-    relay = cfg.relay
-    if relay is None or not relay.enabled:
-        return []
-    from relay.notify import MailboxInfo, check_templates
-    mailboxes = [MailboxInfo(mb.address, mb.name, mb.language, mb.acknowledge) for mb in cfg.mailboxes]
-    return [ConfigError("relay.templates", problem, cfg.source)
-            for problem in check_templates(relay, mailboxes, hostname=cfg.smtp.hostname)]
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -44,3 +45,30 @@ def parse_duration(value: object) -> float:
     if not m or (unit not in _DURATION_UNITS and unit != ""):
         raise ValueError(f"invalid duration {value!r} (use e.g. \"500ms\", \"2s\", \"5m\", \"1h\")")
     return float(m.group(1)) * _DURATION_UNITS.get(unit or "s", 1.0)
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\S+)\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    count: int
+    window: float
+
+    def __str__(self) -> str:
+        return f"{self.count} per {self.window:g}s"
+
+
+def parse_rate(value: object) -> Rate | None:
+    """``"100/1m"`` -> Rate(100, 60.0); ``""`` -> None (no limit)."""
+    if value == "" or value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("expected a rate like \"100/1m\"")
+    m = _RATE.match(value)
+    if not m:
+        raise ValueError(f"invalid rate {value!r} (use e.g. \"100/1m\", \"20/10m\")")
+    window = parse_duration(m.group(2) if m.group(2)[0].isdigit() else "1" + m.group(2))
+    if int(m.group(1)) < 1 or window <= 0:
+        raise ValueError(f"invalid rate {value!r}: count and window must be positive")
+    return Rate(int(m.group(1)), window)

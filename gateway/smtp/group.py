@@ -137,7 +137,7 @@ def build_checks(cfg: Config, executor: concurrent.futures.Executor | None, reso
     checks: list[DataCheck] = [HeaderSectionCheck(),
                                LoopCheck(cfg.smtp.hostname, cfg.smtp.loop_marker, cfg.smtp.max_received_headers)]
     from gateway.auth.dns import Resolver
-    from gateway.auth.smtp_check import AuthCheck
+    from gateway.smtp.auth_check import AuthCheck
     current = resolver[0]
     if current is None or getattr(current, "ticketmx_dns_cfg", None) != cfg.dns:
         current = resolver[0] = Resolver(cfg.dns.nameservers, cfg.dns.timeout)
@@ -174,7 +174,7 @@ def child_main(cfg: Config, slot: int, listen: Listen, conn: multiprocessing.con
 
 async def _child(cfg: Config, slot: int, listen: Listen, conn: multiprocessing.connection.Connection) -> None:
     from gateway.pipeline.runner.worker import make_executor
-    from gateway.smtp.recipients import RecipientMap
+    from gateway.config.recipients import RecipientMap
     from gateway.smtpd import Handler, SmtpListener
     from gateway.spool import SpoolWriter
     from gateway.store import open_store

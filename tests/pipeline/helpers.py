@@ -8,7 +8,7 @@ from typing import Any
 from gateway.config.load import Config, MailboxConfig, SmtpConfig
 from gateway.pipeline.parse.mime import parse_message
 from gateway.pipeline.stages.core import Context, Inbound, Verdict
-from gateway.smtp.recipients import RecipientMap
+from gateway.config.recipients import RecipientMap
 from gateway.store.base import SpoolEntry
 
 MAILBOXES = (

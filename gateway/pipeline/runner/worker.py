@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Protocol
 
 from gateway.config.load import Config
 from gateway.runtime.metrics import Metrics
-from gateway.smtp.recipients import RecipientMap
+from gateway.config.recipients import RecipientMap
 from gateway.store.base import QUARANTINED, Delivery, SpoolEntry, Store
 from gateway.pipeline.parse.bigmime import LargePartSplitter
 from gateway.pipeline.runner.budget import STEP_PARSE, BudgetExceeded, Meter, Slots

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any, Awaitable, Callable, Protocol
 
 from gateway.config.load import Config, MailboxConfig
-from gateway.smtp.recipients import RecipientMap
+from gateway.config.recipients import RecipientMap
 from gateway.store.base import (ArticleDraft, AttachmentDraft, SpoolEntry, StrippedAttachment, ThreadHints,
                           TicketFields)
 from gateway.pipeline.parse.model import ParsedMessage

@@ -10,7 +10,7 @@ import concurrent.futures
 
 from gateway.smtp.checks import CONTINUE, DEFER, REJECT, CheckResult, DataContext
 from gateway.config.load import Config
-from gateway.smtp.recipients import RecipientMap
+from gateway.config.recipients import RecipientMap
 from gateway.smtp.replies import Reply
 from gateway.auth.authenticator import Authenticator
 from gateway.config.auth import AuthPolicy, parse_auth_policy

@@ -5,39 +5,10 @@ load tests run untouched.
 """
 from __future__ import annotations
 
-import re
 import time
 from collections import deque
-from dataclasses import dataclass
 
-from gateway.config.units import parse_duration
-
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\S+)\s*$")
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    count: int
-    window: float
-
-    def __str__(self) -> str:
-        return f"{self.count} per {self.window:g}s"
-
-
-def parse_rate(value: object) -> Rate | None:
-    """``"100/1m"`` -> Rate(100, 60.0); ``""`` -> None (no limit)."""
-    if value == "" or value is None:
-        return None
-    if not isinstance(value, str):
-        raise TypeError("expected a rate like \"100/1m\"")
-    m = _RATE.match(value)
-    if not m:
-        raise ValueError(f"invalid rate {value!r} (use e.g. \"100/1m\", \"20/10m\")")
-    window = parse_duration(m.group(2) if m.group(2)[0].isdigit() else "1" + m.group(2))
-    if int(m.group(1)) < 1 or window <= 0:
-        raise ValueError(f"invalid rate {value!r}: count and window must be positive")
-    return Rate(int(m.group(1)), window)
-
+from gateway.config.units import Rate
 
 class SlidingWindow:
     """At most ``rate.count`` events per ``rate.window`` seconds for each key."""
