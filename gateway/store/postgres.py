@@ -41,6 +41,7 @@ from .base import (PROCESSING, QUARANTINED, QUEUED, SUPPRESSED, Delivery, Delive
 from .crypto import Cipher
 from .pg_migrations import load_migrations
 from .pg_sync import PgSyncConnection, numbered_placeholders, run_sync
+from ..webhooks.outbox import on_delivered as webhook_events
 from .postgres_deliver import PgDeliverTx, delivery_lock_keys, take_locks
 from .render import article_dict, iso, spool_from_row, ticket_dict
 
@@ -109,6 +110,7 @@ class PostgresStore(Store):
         :class:`PgSyncConnection` (:mod:`gateway.store.pg_sync`)."""
         sync = PgSyncConnection(conn)
         sync.cipher = self.cipher  # what runs inside encrypts with the store's key (see relay.queue)
+        sync.webhooks = self.webhooks
         return await run_sync(fn, sync, *args)
 
     async def transaction(self, fn: Callable[[Any], T], durable: bool = True) -> T:
@@ -345,10 +347,13 @@ class PostgresStore(Store):
 
         async def body(conn: asyncpg.Connection) -> list[DeliveryResult]:
             await take_locks(conn, keys)
-            tx = PgDeliverTx(conn, now, self.ticket_prefix, self.ticket_start, self.cipher)
+            tx = PgDeliverTx(conn, now, self.ticket_prefix, self.ticket_start, self.cipher, self.webhooks)
             results = []
             for d in deliveries:
                 r = await tx.run(d)
+                if self.webhooks:  # events for the [[webhook]]s, committed with the change
+                    await tx.flush()  # a quarantine event reads the spool row
+                    await self.run_sync(conn, webhook_events, d, r, now)
                 if hook is not None:
                     await tx.flush()  # the hook sees the spool entry ended
                     await hook(conn, d, r)

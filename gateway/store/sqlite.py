@@ -26,6 +26,7 @@ from .migrations import load_migrations
 from .crypto import Cipher
 from ..secretfile import ensure_mode
 from .render import article_dict, iso, spool_from_row, ticket_dict
+from ..webhooks.outbox import on_delivered as webhook_events
 from .sqlite_deliver import STREAM_BLOB_MIN, DeliverTx, file_pieces, insert_streamed, memory_pieces
 from .crypto import BLOB_PREFIX
 
@@ -100,6 +101,7 @@ class CipherConnection(sqlite3.Connection):
     notification hook) encrypts what it writes without every caller having to pass the key."""
 
     cipher: Cipher | None = None
+    webhooks: tuple[Any, ...] = ()  # the store's [[webhook]]s, for the outbox (gateway/webhooks/outbox.py)
 
 
 def private_db_files(path: Path) -> None:
@@ -209,6 +211,7 @@ class SqliteStore(Store):
         def tx() -> T:
             conn = self._w._conn  # the sqlite3 connection owned by aiosqlite's thread
             conn.cipher = self.cipher
+            conn.webhooks = self.webhooks
             if not durable:
                 conn.execute("PRAGMA synchronous=NORMAL")
             try:
@@ -458,6 +461,8 @@ class SqliteStore(Store):
             results = []
             for d in deliveries:
                 r = tx.run(d)
+                if self.webhooks:  # events for the [[webhook]]s, committed with the change
+                    webhook_events(conn, d, r, now)
                 if on_delivered is not None:
                     on_delivered(conn, d, r)
                 results.append(r)
