@@ -43,39 +43,40 @@ def serve_proc(tmp_path, dns_server):
             p.proc.wait()
 
 
-def test_kill_9_during_delivery_loses_no_event(serve_proc, receiver, secret_file, tmp_path):
-    receiver.delay = 0.15  # each POST takes a while: the kill lands with POSTs in flight
-    srv = serve_proc(webhook=[hook(receiver, secret_file, events=["ticket.created"], max_in_flight=2)])
+def kill_9_during_delivery(srv: ServeProcess, receiver, timeout: float = 60) -> tuple[int, int]:
+    """Mail in, SIGKILL while POSTs are in flight, restart: every event delivered at least once.
+    Returns (rows leased at the kill, requests received)."""
     srv.start()
     asyncio.run(_send_all(srv.port))
     receiver.wait(lambda r: len(r.received) >= 4)
     srv.proc.send_signal(signal.SIGKILL)
     srv.proc.wait(timeout=30)
-    db = sqlite3.connect(tmp_path / "serve.db")
-    leased = db.execute("SELECT COUNT(*) FROM webhook_outbox WHERE state='leased'").fetchone()[0]
-    db.close()
+    leased = json.loads(srv.cli("webhook", "list", "--json"))[0]["counts"]["leased"]
     assert leased >= 1, "the kill did not land during a delivery"
-    srv.start()  # the same database: leased rows go back to the queue at start
+    srv.start()  # the same database: its leased rows are sent again
     srv.wait_all_done()
     tickets = srv.cli_json("tickets", "list")
     assert len(tickets) == N
-
-    def all_delivered() -> bool:
-        listing = json.loads(srv.cli("webhook", "list", "--json"))
-        return listing[0]["counts"]["delivered"] == N
-
-    deadline = time.monotonic() + 60
-    while not all_delivered():
+    deadline = time.monotonic() + timeout
+    while json.loads(srv.cli("webhook", "list", "--json"))[0]["counts"]["delivered"] != N:
         assert time.monotonic() < deadline, srv.cli("webhook", "list")
         time.sleep(0.3)
     srv.stop()
-    db = sqlite3.connect(tmp_path / "serve.db")
-    event_ids = {r[0] for r in db.execute("SELECT event_id FROM webhook_outbox")}
-    db.close()
     got = receiver.accepted()
     assert all(r.valid for r in receiver.received)
-    assert {r.headers["ticketmx-event-id"] for r in got} == event_ids and len(event_ids) == N
+    assert len({r.headers["ticketmx-event-id"] for r in got}) == N
     assert {r.json["ticket"]["number"] for r in got} == {t["number"] for t in tickets}
     # at least once: an event in flight at the kill may have arrived twice (same id: the receiver dedupes)
     assert len(receiver.received) >= N
-    print(f"received {len(receiver.received)} requests for {N} events, {leased} leased at the kill")
+    return leased, len(receiver.received)
+
+
+def test_kill_9_during_delivery_loses_no_event(serve_proc, receiver, secret_file, tmp_path):
+    receiver.delay = 0.15  # each POST takes a while: the kill lands with POSTs in flight
+    srv = serve_proc(webhook=[hook(receiver, secret_file, events=["ticket.created"], max_in_flight=2)])
+    leased, received = kill_9_during_delivery(srv, receiver)
+    db = sqlite3.connect(tmp_path / "serve.db")
+    event_ids = {r[0] for r in db.execute("SELECT event_id FROM webhook_outbox")}
+    db.close()
+    assert {r.headers["ticketmx-event-id"] for r in receiver.accepted()} == event_ids
+    print(f"received {received} requests for {N} events, {leased} leased at the kill")
