@@ -42,6 +42,7 @@ from .crypto import Cipher
 from .pg_migrations import load_migrations
 from .pg_sync import PgSyncConnection, numbered_placeholders, run_sync
 from ..webhooks.outbox import on_delivered as webhook_events
+from ..webhooks.outbox import rotate_outbox
 from .postgres_deliver import PgDeliverTx, delivery_lock_keys, take_locks
 from .render import article_dict, iso, spool_from_row, ticket_dict
 
@@ -459,6 +460,9 @@ class PostgresStore(Store):
                                        f" relay_queue WHERE {done})", now - relay_days * day)
                     out["relay"] = _count(await conn.execute(f"DELETE FROM relay_queue WHERE {done}",
                                                              now - relay_days * day))
+                    out["webhooks"] = _count(await conn.execute(  # finished webhook events, likewise
+                        "DELETE FROM webhook_outbox WHERE state IN ('delivered','dead') AND finished_at < $1",
+                        now - relay_days * day))
                 if raw_days > 0:
                     done = ("state IN ('ticket_created','article_added','suppressed') AND finished_at < $1"
                             " AND (octet_length(raw) > 0 OR chunks > 0)")
@@ -524,6 +528,7 @@ class PostgresStore(Store):
                         await conn.execute(f"UPDATE {table} SET filename=$1 WHERE id=$2", c.rotate_text(r[1]), r[0])
                 from relay.queue import rotate_queue
                 await self.run_sync(conn, lambda sync: rotate_queue(sync, c))
+                await self.run_sync(conn, lambda sync: rotate_outbox(sync, c))
                 async for r in conn.cursor("SELECT sha256, data FROM blobs ORDER BY sha256 FOR UPDATE",
                                            prefetch=50):
                     await conn.execute("UPDATE blobs SET data=$1 WHERE sha256=$2", c.rotate_bytes(bytes(r[1])), r[0])

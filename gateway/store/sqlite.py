@@ -27,6 +27,7 @@ from .crypto import Cipher
 from ..secretfile import ensure_mode
 from .render import article_dict, iso, spool_from_row, ticket_dict
 from ..webhooks.outbox import on_delivered as webhook_events
+from ..webhooks.outbox import rotate_outbox
 from .sqlite_deliver import STREAM_BLOB_MIN, DeliverTx, file_pieces, insert_streamed, memory_pieces
 from .crypto import BLOB_PREFIX
 
@@ -545,6 +546,9 @@ class SqliteStore(Store):
                              f" WHERE {done})", (now - relay_days * day,))
                 out["relay"] = conn.execute(f"DELETE FROM relay_queue WHERE {done}",
                                             (now - relay_days * day,)).rowcount
+                out["webhooks"] = conn.execute(  # finished webhook events, likewise
+                    "DELETE FROM webhook_outbox WHERE state IN ('delivered','dead') AND finished_at < ?",
+                    (now - relay_days * day,)).rowcount
             if raw_days > 0:
                 done = ("state IN ('ticket_created','article_added','suppressed') AND finished_at < ?"
                         " AND (length(raw) > 0 OR chunks > 0 OR id IN (SELECT spool_id FROM spool_raw))")
@@ -607,6 +611,7 @@ class SqliteStore(Store):
                     conn.execute(f"UPDATE {table} SET filename=? WHERE id=?", (c.rotate_text(name), xid))
             from relay.queue import rotate_queue
             rotate_queue(conn, c)
+            rotate_outbox(conn, c)
             for sha, data in conn.execute("SELECT sha256, data FROM blobs").fetchall():
                 conn.execute("UPDATE blobs SET data=? WHERE sha256=?", (c.rotate_bytes(bytes(data)), sha))
                 out["blobs"] += 1

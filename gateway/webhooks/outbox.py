@@ -60,6 +60,15 @@ def _open(cipher: Any, text: str) -> str:
     return cipher.dec_text(text) if cipher is not None else text
 
 
+def rotate_outbox(conn: Any, cipher: Any) -> int:
+    """Re-encrypt every payload with the cipher's first key (``ticketmx store rotate-key``)."""
+    n = 0
+    for rid, text in conn.execute("SELECT id, payload FROM webhook_outbox").fetchall():
+        conn.execute("UPDATE webhook_outbox SET payload=? WHERE id=?", (cipher.rotate_text(text), rid))
+        n += 1
+    return n
+
+
 def enqueue(conn: Any, event: str, body: Callable[[WebhookConfig, dict[str, Any]], dict[str, Any]],
             now: float, ticket_id: int | None = None, dedupe_key: str | None = None) -> list[int]:
     """Queue ``event`` for every webhook subscribed to it, inside the caller's transaction.

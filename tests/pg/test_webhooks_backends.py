@@ -80,3 +80,16 @@ async def test_ticket_updated_by_mail_command_store_path_on_both_backends(start_
     doc = receiver.received[0].json
     assert receiver.received[0].valid and doc["event"] == "ticket.updated"
     assert doc["changes"] == {"priority": "high"} and doc["ticket"]["priority"] == "high"
+
+
+async def test_retention_purges_finished_events_with_relay_days(make_store):
+    store = await make_store()
+    await _queue_events(store, 3)
+    box = outbox.WebhookOutbox(store)
+    now = time.time()
+    a, b, c = await box.claim("n", "h", 3, now, 60)
+    await box.record([outbox.Result(a.id, "n", outbox.DELIVERED, 200), outbox.Result(b.id, "n", outbox.DEAD, 410, "x")],
+                     now)
+    assert (await store.purge(now + 86400, 0, 0, 0, relay_days=2))["webhooks"] == 0  # not old enough
+    assert (await store.purge(now + 3 * 86400, 0, 0, 0, relay_days=2))["webhooks"] == 2
+    assert [r["id"] for r in await box.list()] == [c.id]  # the one still leased stays

@@ -285,3 +285,25 @@ def test_example_config_webhook_block_is_valid(tmp_path, secret_file):
     data["webhook"][0]["secret_file"] = secret_file
     cfg = build_config(data, "example")
     assert cfg.webhooks[0].name and cfg.webhooks[0].events
+
+
+async def test_payloads_are_encrypted_at_rest_and_survive_key_rotation(start_gateway, receiver, secret_file,
+                                                                       tmp_path):
+    from gateway.store.crypto import Cipher, generate_key
+    key = tmp_path / "store.key"
+    key.write_text(generate_key() + "\n")
+    key.chmod(0o600)
+    receiver.answer = lambda event_id, n: 503  # kept queued: the payload stays in the database
+    gw = await start_gateway(store={"encryption_key_file": str(key)}, webhook=[hook(receiver, secret_file)])
+    marker = "zebracrossing-webhook-marker"
+    assert (await gw.wait_done(await send(gw.port, simple_message(body=f"{marker}\r\n")))).state == "ticket_created"
+    await receiver.await_(lambda r: len(r.received) >= 1)
+    assert marker in receiver.received[0].json["article"]["text"]  # the receiver gets it in clear
+    (stored,) = await gw.store.query("SELECT payload FROM webhook_outbox")
+    assert stored[0].startswith("enc1:") and marker not in stored[0]
+    new = generate_key().encode()
+    gw.store.cipher = Cipher([new, key.read_text().strip().encode()])
+    await gw.store.rotate_key()
+    gw.store.cipher = Cipher([new])
+    body = await WebhookOutbox(gw.store).payload(1)
+    assert body is not None and marker.encode() in body
