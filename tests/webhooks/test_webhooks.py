@@ -110,6 +110,9 @@ async def test_dead_after_lifetime_then_retry_from_cli(start_gateway, receiver, 
     assert json.loads(out.stdout) == {"retried": [row["id"]]}
     (row,) = await wait_rows(gw.gw, lambda rs: rs and rs[0]["state"] == "delivered")
     assert receiver.accepted()[-1].headers["ticketmx-event-id"] == row["event_id"]
+    again = run_cli("webhook", "retry", str(row["id"]), "--config", str(cfg), check=False)
+    assert again.returncode == 1 and "it is delivered (only dead rows are retried)" in again.stderr
+    assert "no such event row" in run_cli("webhook", "retry", "999", "--config", str(cfg), check=False).stderr
     listing = json.loads(run_cli("webhook", "list", "--json", "--config", str(cfg)).stdout)
     assert listing[0]["name"] == "helpdesk" and listing[0]["counts"]["delivered"] == 1
     assert listing[0]["counts"]["dead"] == 0
