@@ -310,3 +310,21 @@ async def test_payloads_are_encrypted_at_rest_and_survive_key_rotation(start_gat
     gw.store.cipher = Cipher([new])
     body = await WebhookOutbox(gw.store).payload(1)
     assert body is not None and marker.encode() in body
+
+
+async def test_sighup_reload_starts_webhooks(start_gateway, receiver, secret_file, tmp_path, dns_server):
+    """A reload that adds a [[webhook]]: events of changes after it are queued and delivered."""
+    gw = await start_gateway()
+    assert (await gw.wait_done(await send(gw.port, simple_message(message_id="before@x.test")))).state \
+        == "ticket_created"
+    cfg = tmp_path / "reload.toml"
+    cfg.write_text(toml_dump(merge(BASE_CONFIG, {
+        "store": {"url": f"sqlite:///{tmp_path}/ticketmx.db"},
+        "dns": {"nameservers": [f"127.0.0.1:{dns_server.port}"], "timeout": "1s"},
+        "webhook": [hook(receiver, secret_file, events=["ticket.created"])]})))
+    assert gw.gw.reload(str(cfg))
+    sid = await send(gw.port, simple_message(subject="after", message_id="after@x.test"))
+    assert (await gw.wait_done(sid)).state == "ticket_created"
+    await receiver.await_(lambda r: len(r.accepted()) == 1)
+    assert receiver.received[0].json["ticket"]["subject"] == "after"
+    assert len(await rows(gw.gw)) == 1  # nothing for the ticket made before the reload
