@@ -129,16 +129,20 @@ def on_delivered(conn: Any, d: Any, r: Any, now: float) -> None:
     if r.reason == "already delivered":
         return
     event = TICKET_CREATED if r.state == "ticket_created" else ARTICLE_ADDED
-    if not _subscribers(conn, event):
-        return
-    ticket = ticket_snapshot(conn, r.ticket_id) if r.ticket_id is not None else None
     art = d.article
+    if _subscribers(conn, event):
+        ticket = ticket_snapshot(conn, r.ticket_id) if r.ticket_id is not None else None
 
-    def body(wh: WebhookConfig, env: dict[str, Any]) -> dict[str, Any]:
-        if wh.format == "postmark":
-            return P.postmark(art, d.headers, {**env, "ticket": ticket, "article_id": r.article_id})
-        return {**env, "ticket": ticket, "article": P.article_json(art, r.article_id)}
-    enqueue(conn, event, body, now, r.ticket_id, dedupe_key=f"article:{r.article_id}")
+        def body(wh: WebhookConfig, env: dict[str, Any]) -> dict[str, Any]:
+            if wh.format == "postmark":
+                return P.postmark(art, d.headers, {**env, "ticket": ticket, "article_id": r.article_id})
+            return {**env, "ticket": ticket, "article": P.article_json(art, r.article_id)}
+        enqueue(conn, event, body, now, r.ticket_id, dedupe_key=f"article:{r.article_id}")
+    if r.reopened and r.ticket_id is not None and _subscribers(conn, TICKET_UPDATED):  # a reply reopened it
+        row = conn.execute("SELECT detail FROM ticket_history WHERE ticket_id=? AND action='reopened'"
+                           " ORDER BY id DESC LIMIT 1", (r.ticket_id,)).fetchone()
+        was = (json.loads(row[0]) if row else {}).get("was")
+        ticket_updated(conn, r.ticket_id, art.from_addr, {"status": "open"}, {"status": was} if was else {}, now)
 
 
 def _quarantined(conn: Any, d: Any, r: Any, now: float) -> None:

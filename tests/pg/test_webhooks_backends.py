@@ -9,7 +9,8 @@ from gateway.webhooks.config import WebhookConfig
 
 from ..webhooks.conftest import receiver, secret_file  # noqa: F401 - fixtures
 from ..webhooks.test_webhooks import (  # noqa: F401 - collected by pytest
-    test_4xx_is_dead_at_once, test_mail_over_smtp_makes_signed_ticket_created, test_only_subscribed_events_are_queued,
+    test_4xx_is_dead_at_once, test_mail_command_and_reopen_make_ticket_updated,
+    test_mail_over_smtp_makes_signed_ticket_created, test_only_subscribed_events_are_queued,
     test_postmark_format, test_quarantine_makes_message_quarantined, test_relay_dead_letter_makes_notification_failed,
     test_retried_after_500s_then_delivered_with_one_event_id)
 

@@ -328,3 +328,26 @@ async def test_sighup_reload_starts_webhooks(start_gateway, receiver, secret_fil
     await receiver.await_(lambda r: len(r.accepted()) == 1)
     assert receiver.received[0].json["ticket"]["subject"] == "after"
     assert len(await rows(gw.gw)) == 1  # nothing for the ticket made before the reload
+
+
+async def test_mail_command_and_reopen_make_ticket_updated(start_gateway, dns_server, receiver, secret_file):
+    """An agent's `$Status=Closed$` over SMTP (DMARC-authenticated), then the customer's reply reopening
+    the ticket: two ticket.updated events, each with the change and the status before it."""
+    from ..test_twoway_e2e import TWOWAY, ZONE
+    dns_server.set_zone(ZONE)
+    gw = await start_gateway(webhook=[hook(receiver, secret_file, events=["ticket.updated"])], **TWOWAY)
+    e = await gw.wait_done(await send(gw.port, simple_message(message_id="t1@customer.test")))
+    number = e.ticket_id and (await gw.store.ticket_get(str(e.ticket_id)))["number"]
+    close = simple_message(subject=f"[{number}]", sender="ann@agents.test", message_id="cl@agents.test",
+                           body="$Status=Closed$\r\n")
+    await gw.wait_done(await send(gw.port, close, sender="ann@agents.test"))
+    await receiver.await_(lambda r: len(r.accepted()) == 1)
+    first = receiver.received[0].json
+    assert first["event"] == "ticket.updated" and first["actor"] == "ann@agents.test"
+    assert first["changes"] == {"status": "closed"} and first["previous"] == {"status": "new"}
+    again = simple_message(subject=f"Re: [{number}]", message_id="again@customer.test", body="Back again\r\n")
+    assert (await gw.wait_done(await send(gw.port, again))).state == "article_added"
+    await receiver.await_(lambda r: len(r.accepted()) == 2)
+    second = receiver.received[1].json
+    assert second["changes"] == {"status": "open"} and second["previous"] == {"status": "closed"}
+    assert second["actor"] == "alice@customer.test" and second["ticket"]["status"] == "open"
