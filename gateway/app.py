@@ -66,6 +66,9 @@ class Gateway:
         self._sla_task: asyncio.Task[None] | None = None
         self._relay_metrics = None                 # relay.worker.RelayMetrics, registered once, kept across reloads
         self._relay_swap: asyncio.Task[None] | None = None
+        self.webhooks = None                       # gateway.webhooks.worker.WebhookWorker with [[webhook]]s
+        self._webhook_metrics = None               # registered once, kept across reloads
+        self._webhooks_swap: asyncio.Task[None] | None = None
         self.resolver = None  # one DNS resolver (and cache) for the whole SMTP process
         self.metrics.watch_resolver(lambda: self.resolver)
 
@@ -80,6 +83,7 @@ class Gateway:
         return checks
 
     async def start(self) -> None:
+        self.store.webhooks = self.cfg.webhooks  # also on a store a test put in place of open_store's
         try:
             await self.store.open()
             # The SMTP spool writer's commits (each one a 250 waiting) never carry a WAL checkpoint:
@@ -99,6 +103,9 @@ class Gateway:
         if self.cfg.relay is not None and self.cfg.relay.enabled:
             self.relay = self._new_relay(self.cfg)
             await self.relay.start()
+        if self.cfg.webhooks:
+            self.webhooks = self._new_webhooks(self.cfg)
+            await self.webhooks.start()
         wake_relay = self._wake_relay  # whichever relay worker runs now (a reload may replace it)
         if self.cfg.pipeline.processes > 0:
             self.pool = WorkerPool(self.cfg, self.store, self.metrics, self.cfg.pipeline.processes, wake_relay)
@@ -159,6 +166,10 @@ class Gateway:
             await asyncio.gather(self._relay_swap, return_exceptions=True)
         if self.relay is not None:
             await self.relay.close(grace=min(10.0, self.cfg.smtp.shutdown_grace))
+        if self._webhooks_swap is not None:
+            await asyncio.gather(self._webhooks_swap, return_exceptions=True)
+        if self.webhooks is not None:
+            await self.webhooks.close(grace=min(10.0, self.cfg.smtp.shutdown_grace))
         for task in (self._depth_task, self._retention_task, self._sla_task):
             if task is not None:
                 task.cancel()
@@ -196,6 +207,7 @@ class Gateway:
                 log.warning("reload: %s changed; it takes effect at the next restart", what)
         new = replace(new, smtp=replace(new.smtp, listen=self.cfg.smtp.listen, processes=self.cfg.smtp.processes),
                       store=self.cfg.store, metrics=self.cfg.metrics)
+        webhooks_changed = new.webhooks != self.cfg.webhooks
         relay_changed = (new.relay != self.cfg.relay or new.smtp.hostname != self.cfg.smtp.hostname
                          or _relay_keys(new) != _relay_keys(self.cfg))
         self.cfg = new
@@ -218,6 +230,10 @@ class Gateway:
                                                                       name="relay-reload")
         else:
             self._sync_sla()  # [twoway] queue targets may have changed
+        if webhooks_changed:
+            self.store.webhooks = new.webhooks  # events queued from now on follow the new subscriptions
+            self._webhooks_swap = asyncio.get_running_loop().create_task(self._swap_webhooks(new),
+                                                                         name="webhooks-reload")
         log.info("config reloaded from %s (%d mailboxes)", path or "(embedded defaults)", len(new.mailboxes))
         _sd_notify(f"STATUS=running, config reloaded ({len(new.mailboxes)} mailboxes)")
         return True
@@ -242,6 +258,28 @@ class Gateway:
             except Exception as exc:  # one line: a locked or full store would repeat it every interval
                 log.error("retention purge failed: %s: %s", type(exc).__name__, " ".join(str(exc).split())[:300])
             await asyncio.sleep(r.interval)
+
+    # -- webhooks -------------------------------------------------------------------------------------
+    def _new_webhooks(self, cfg: Config):  # noqa: ANN202 - gateway.webhooks.worker.WebhookWorker
+        from gateway.webhooks.worker import WebhookMetrics, WebhookWorker
+        if self._webhook_metrics is None:
+            self._webhook_metrics = WebhookMetrics(self.metrics.registry)
+        return WebhookWorker(cfg.webhooks, self.store, metrics=self._webhook_metrics)
+
+    async def _swap_webhooks(self, cfg: Config) -> None:
+        """Reload with changed ``[[webhook]]``s: a worker on the new list, then the old one stopped
+        (leases keep them from sending a row twice; the old one releases what it had not sent)."""
+        old = self.webhooks
+        try:
+            new = self._new_webhooks(cfg) if cfg.webhooks else None
+            if new is not None:
+                await new.start(recover=False)
+            self.webhooks = new
+        except Exception:
+            log.exception("webhooks reload failed; the previous webhook worker keeps running")
+            return
+        if old is not None:
+            await old.close(grace=min(10.0, cfg.smtp.shutdown_grace))
 
     # -- relay ----------------------------------------------------------------------------------------
     def _new_relay(self, cfg: Config):  # noqa: ANN202 - relay.worker.RelayWorker, imported lazily

@@ -163,6 +163,8 @@ def _parser() -> argparse.ArgumentParser:
     register_relay(sub, common)  # relay test|queue|retry, dkim keygen
     from gateway.contacts_cli import register as register_contacts
     register_contacts(sub, common)  # contacts optout|show
+    from gateway.webhooks.cli import register as register_webhooks
+    register_webhooks(sub, common)  # webhook list|test|retry
 
     pl = sub.add_parser("pipeline", parents=[common], help="pause / resume message processing")
     plsub = pl.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -205,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             print("ticketmx: no [[relay.smarthost]] configured", file=sys.stderr)
             return EX_CONFIG
         return asyncio.run(relay_test(cfg.relay, args.to, args.host, hostname=cfg.smtp.hostname)) or EX_OK
+    if args.command == "webhook" and args.action == "test":
+        from gateway.webhooks.cli import run_test
+        return run_test(cfg, args.name)
     if args.command == "store" and args.action == "genkey":
         from gateway.store.crypto import generate_key
         key = generate_key()
@@ -262,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     from gateway.contacts_cli import HANDLERS as contacts_handlers
     handlers.update(contacts_handlers)
+    if args.command == "webhook":
+        from gateway.webhooks.cli import dispatch_store as webhook_cmd
+        return asyncio.run(_with_store(cfg, args, lambda store, a: webhook_cmd(cfg, store, a)))
     return asyncio.run(_with_store(cfg, args, handlers[(args.command, args.action)]))
 
 

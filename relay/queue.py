@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.webhooks.outbox import notification_failed
+
 from relay.schedule import next_attempt
 
 QUEUED, SENDING, DEFERRED, SENT, DEAD, BOUNCED = "queued", "sending", "deferred", "sent", "dead", "bounced"
@@ -256,6 +258,7 @@ def record(conn: sqlite3.Connection, outcome: AttemptOutcome, now: float, interv
                      " AND state IN (?,?)", (DEAD, reason, now, mid, QUEUED, DEFERRED))
         conn.execute("UPDATE relay_queue SET state=?, last_error=?, last_host=?, lease_owner='', lease_until=0,"
                      " sent_at=?, finished_at=? WHERE id=?", (DEAD, reason, outcome.host, new_sent_at, now, mid))
+        notification_failed(conn, mid, reason, now)  # [[webhook]]s: in this transaction
         return DEAD
     final = DEAD if counts.get(DEAD, 0) else SENT
     error = outcome.error
@@ -265,6 +268,8 @@ def record(conn: sqlite3.Connection, outcome: AttemptOutcome, now: float, interv
     conn.execute("UPDATE relay_queue SET state=?, last_error=?, last_host=?, lease_owner='', lease_until=0,"
                  " sent_at=?, finished_at=? WHERE id=?",
                  (final, error[:500] if final == DEAD else "", outcome.host, new_sent_at, now, mid))
+    if final == DEAD:
+        notification_failed(conn, mid, error, now)  # [[webhook]]s: in this transaction
     return final
 
 

@@ -16,7 +16,8 @@ Documents: README.md, docs/*.md, conf/ticketmx.example.toml. Extraction rules, k
   answered "unknown key" for it or its table. Dotted spans that are Python modules (``relay.notify``) or
   file names (``relay.md``) are not config keys.
 * **Metric names**: every ``ticketmx_[a-z0-9_]+`` anywhere; it must be a metric of the registries
-  (``gateway.runtime.metrics.Metrics``, ``relay.worker.RelayMetrics``) with the sample suffixes prometheus_client
+  (``gateway.runtime.metrics.Metrics``, ``relay.worker.RelayMetrics``,
+  ``gateway.webhooks.worker.WebhookMetrics``) with the sample suffixes prometheus_client
   exposes (``_total``, ``_bucket``, ``_count``, ``_sum``); a name ending in ``_`` (``ticketmx_relay_*``)
   is a prefix that must match some metric.
 """
@@ -193,6 +194,8 @@ def metric_names() -> set[str]:
     metrics.watch_resolver(lambda: SimpleNamespace(stats=ResolverStats()))  # as the gateway does
     regs = [metrics.registry, CollectorRegistry()]
     RelayMetrics(regs[1])
+    from gateway.webhooks.worker import WebhookMetrics
+    WebhookMetrics(regs[1])
     names: set[str] = set()
     for reg in regs:
         for fam in reg.collect():

@@ -10,9 +10,13 @@ def open_store(cfg: Config) -> Store:
     from gateway.store.crypto import Cipher
     st = cfg.store
     cipher = Cipher.from_file(st.encryption_key_file)
+    store: Store
     if st.is_postgres:
         from gateway.store.postgres import PostgresStore
-        return PostgresStore(st.url, st.ticket_prefix, st.ticket_start, cipher, pool_min=st.pool_min,
-                             pool_max=st.pool_max, claim_lease=st.claim_lease)
-    from gateway.store.sqlite import SqliteStore
-    return SqliteStore(cfg.sqlite_path(), st.ticket_prefix, st.ticket_start, cipher)
+        store = PostgresStore(st.url, st.ticket_prefix, st.ticket_start, cipher, pool_min=st.pool_min,
+                              pool_max=st.pool_max, claim_lease=st.claim_lease)
+    else:
+        from gateway.store.sqlite import SqliteStore
+        store = SqliteStore(cfg.sqlite_path(), st.ticket_prefix, st.ticket_start, cipher)
+    store.webhooks = cfg.webhooks  # the outbox queues events only for subscribed [[webhook]]s (webhooks/outbox.py)
+    return store

@@ -114,6 +114,7 @@ class PgSyncConnection:
 
     dialect = "postgresql"
     cipher: Any = None  # the store's gateway.store.crypto.Cipher, for code that gets only the connection
+    webhooks: tuple[Any, ...] = ()  # the store's [[webhook]]s, for the outbox (gateway/webhooks/outbox.py)
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn

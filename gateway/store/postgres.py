@@ -41,6 +41,8 @@ from gateway.store.base import (PROCESSING, QUARANTINED, QUEUED, SUPPRESSED, Del
 from gateway.store.crypto import Cipher
 from gateway.store.pg_migrations import load_migrations
 from gateway.store.pg_sync import PgSyncConnection, numbered_placeholders, run_sync
+from gateway.webhooks.outbox import on_delivered as webhook_events
+from gateway.webhooks.outbox import rotate_outbox
 from gateway.store.postgres_deliver import PgDeliverTx, delivery_lock_keys, take_locks
 from gateway.store.render import article_dict, iso, spool_from_row, ticket_dict
 
@@ -109,6 +111,7 @@ class PostgresStore(Store):
         :class:`PgSyncConnection` (:mod:`gateway.store.pg_sync`)."""
         sync = PgSyncConnection(conn)
         sync.cipher = self.cipher  # what runs inside encrypts with the store's key (see relay.queue)
+        sync.webhooks = self.webhooks
         return await run_sync(fn, sync, *args)
 
     async def transaction(self, fn: Callable[[Any], T], durable: bool = True) -> T:
@@ -345,10 +348,13 @@ class PostgresStore(Store):
 
         async def body(conn: asyncpg.Connection) -> list[DeliveryResult]:
             await take_locks(conn, keys)
-            tx = PgDeliverTx(conn, now, self.ticket_prefix, self.ticket_start, self.cipher)
+            tx = PgDeliverTx(conn, now, self.ticket_prefix, self.ticket_start, self.cipher, self.webhooks)
             results = []
             for d in deliveries:
                 r = await tx.run(d)
+                if self.webhooks:  # events for the [[webhook]]s, committed with the change
+                    await tx.flush()  # a quarantine event reads the spool row
+                    await self.run_sync(conn, webhook_events, d, r, now)
                 if hook is not None:
                     await tx.flush()  # the hook sees the spool entry ended
                     await hook(conn, d, r)
@@ -454,6 +460,9 @@ class PostgresStore(Store):
                                        f" relay_queue WHERE {done})", now - relay_days * day)
                     out["relay"] = _count(await conn.execute(f"DELETE FROM relay_queue WHERE {done}",
                                                              now - relay_days * day))
+                    out["webhooks"] = _count(await conn.execute(  # finished webhook events, likewise
+                        "DELETE FROM webhook_outbox WHERE state IN ('delivered','dead') AND finished_at < $1",
+                        now - relay_days * day))
                 if raw_days > 0:
                     done = ("state IN ('ticket_created','article_added','suppressed') AND finished_at < $1"
                             " AND (octet_length(raw) > 0 OR chunks > 0)")
@@ -519,6 +528,7 @@ class PostgresStore(Store):
                         await conn.execute(f"UPDATE {table} SET filename=$1 WHERE id=$2", c.rotate_text(r[1]), r[0])
                 from relay.queue import rotate_queue
                 await self.run_sync(conn, lambda sync: rotate_queue(sync, c))
+                await self.run_sync(conn, lambda sync: rotate_outbox(sync, c))
                 async for r in conn.cursor("SELECT sha256, data FROM blobs ORDER BY sha256 FOR UPDATE",
                                            prefetch=50):
                     await conn.execute("UPDATE blobs SET data=$1 WHERE sha256=$2", c.rotate_bytes(bytes(r[1])), r[0])

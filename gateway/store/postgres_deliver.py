@@ -27,7 +27,9 @@ import asyncpg
 
 from gateway.store.base import (ARTICLE_ADDED, QUARANTINED, SUPPRESSED, TICKET_CREATED, ArticleDraft, Delivery,
                    DeliveryResult, ThreadHints)
+from gateway.webhooks.outbox import ticket_updated
 from gateway.store.crypto import Cipher
+from gateway.store.pg_sync import PgSyncConnection, run_sync
 
 DAY = 86400.0
 CLOSED_STATES = ("resolved", "closed")
@@ -65,8 +67,9 @@ async def take_locks(conn: asyncpg.Connection, keys: list[int]) -> None:
 
 class PgDeliverTx:
     def __init__(self, conn: asyncpg.Connection, now: float, ticket_prefix: str, ticket_start: int,
-                 cipher: Cipher | None = None) -> None:
+                 cipher: Cipher | None = None, webhooks: tuple[Any, ...] = ()) -> None:
         self.conn = conn
+        self.webhooks = webhooks  # [[webhook]]s: ticket.updated is queued by apply_updates
         self.cipher = cipher or Cipher()
         self.denied: tuple[int, str] | None = None
         self.now = now
@@ -322,6 +325,10 @@ class PgDeliverTx:
             tags = list(dict.fromkeys(json.loads(current) + list(updates["tags"])))
             await conn.execute("UPDATE tickets SET tags=$1 WHERE id=$2", json.dumps(tags), ticket_id)
         await self.history(ticket_id, actor, "command", {"applied": updates, "old_status": old_status})
+        if self.webhooks:
+            sync = PgSyncConnection(conn)
+            sync.cipher, sync.webhooks = self.cipher, self.webhooks
+            await run_sync(ticket_updated, sync, ticket_id, actor, updates, {"status": old_status}, self.now)
 
     async def history(self, ticket_id: int, actor: str, action: str, detail: dict[str, Any]) -> None:
         await self.conn.execute("INSERT INTO ticket_history (ticket_id, at, actor, action, detail)"

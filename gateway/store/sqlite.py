@@ -26,6 +26,8 @@ from gateway.store.migrations import load_migrations
 from gateway.store.crypto import Cipher
 from gateway.config.secretfile import ensure_mode
 from gateway.store.render import article_dict, iso, spool_from_row, ticket_dict
+from gateway.webhooks.outbox import on_delivered as webhook_events
+from gateway.webhooks.outbox import rotate_outbox
 from gateway.store.sqlite_deliver import STREAM_BLOB_MIN, DeliverTx, file_pieces, insert_streamed, memory_pieces
 from gateway.store.crypto import BLOB_PREFIX
 
@@ -100,6 +102,7 @@ class CipherConnection(sqlite3.Connection):
     notification hook) encrypts what it writes without every caller having to pass the key."""
 
     cipher: Cipher | None = None
+    webhooks: tuple[Any, ...] = ()  # the store's [[webhook]]s, for the outbox (gateway/webhooks/outbox.py)
 
 
 def private_db_files(path: Path) -> None:
@@ -209,6 +212,7 @@ class SqliteStore(Store):
         def tx() -> T:
             conn = self._w._conn  # the sqlite3 connection owned by aiosqlite's thread
             conn.cipher = self.cipher
+            conn.webhooks = self.webhooks
             if not durable:
                 conn.execute("PRAGMA synchronous=NORMAL")
             try:
@@ -458,6 +462,8 @@ class SqliteStore(Store):
             results = []
             for d in deliveries:
                 r = tx.run(d)
+                if self.webhooks:  # events for the [[webhook]]s, committed with the change
+                    webhook_events(conn, d, r, now)
                 if on_delivered is not None:
                     on_delivered(conn, d, r)
                 results.append(r)
@@ -540,6 +546,9 @@ class SqliteStore(Store):
                              f" WHERE {done})", (now - relay_days * day,))
                 out["relay"] = conn.execute(f"DELETE FROM relay_queue WHERE {done}",
                                             (now - relay_days * day,)).rowcount
+                out["webhooks"] = conn.execute(  # finished webhook events, likewise
+                    "DELETE FROM webhook_outbox WHERE state IN ('delivered','dead') AND finished_at < ?",
+                    (now - relay_days * day,)).rowcount
             if raw_days > 0:
                 done = ("state IN ('ticket_created','article_added','suppressed') AND finished_at < ?"
                         " AND (length(raw) > 0 OR chunks > 0 OR id IN (SELECT spool_id FROM spool_raw))")
@@ -602,6 +611,7 @@ class SqliteStore(Store):
                     conn.execute(f"UPDATE {table} SET filename=? WHERE id=?", (c.rotate_text(name), xid))
             from relay.queue import rotate_queue
             rotate_queue(conn, c)
+            rotate_outbox(conn, c)
             for sha, data in conn.execute("SELECT sha256, data FROM blobs").fetchall():
                 conn.execute("UPDATE blobs SET data=? WHERE sha256=?", (c.rotate_bytes(bytes(data)), sha))
                 out["blobs"] += 1

@@ -11,6 +11,7 @@ import sqlite3
 from dataclasses import replace
 from typing import IO, Any, Iterable, Iterator
 
+from gateway.webhooks.outbox import ticket_updated
 from gateway.store.crypto import Cipher
 from gateway.store.base import (ARTICLE_ADDED, QUARANTINED, SUPPRESSED, TICKET_CREATED, ArticleDraft, Delivery,
                    DeliveryResult, ThreadHints)
@@ -306,6 +307,7 @@ class DeliverTx:
             tags = list(dict.fromkeys(json.loads(row[0]) + list(updates["tags"])))
             self.conn.execute("UPDATE tickets SET tags=? WHERE id=?", (json.dumps(tags), ticket_id))
         self.history(ticket_id, actor, "command", {"applied": updates, "old_status": old_status})
+        ticket_updated(self.conn, ticket_id, actor, updates, {"status": old_status}, self.now)  # [[webhook]]s
 
     def history(self, ticket_id: int, actor: str, action: str, detail: dict[str, Any]) -> None:
         self.conn.execute("INSERT INTO ticket_history (ticket_id, at, actor, action, detail) VALUES (?,?,?,?,?)",
