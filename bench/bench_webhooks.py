@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from gateway.store.sqlite import SqliteStore  # noqa: E402
 from gateway.webhooks import outbox  # noqa: E402
-from gateway.webhooks.config import WebhookConfig  # noqa: E402
+from gateway.config.webhooks import WebhookConfig  # noqa: E402
 from gateway.webhooks.worker import WebhookWorker  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdef0123456789"

@@ -177,7 +177,7 @@ class Config:
     mailbox_policies: dict[str, Any] = field(default_factory=dict)  # mailbox address -> PipelinePolicy
     twoway: Any = None          # gateway.config.twoway.TwoWayConfig: threading, agents, queues, commands, ...
     relay: Any = None           # gateway.config.relay.RelayConfig: outbound notifications (None-like when no smarthost)
-    webhooks: tuple[Any, ...] = ()  # gateway.webhooks.config.WebhookConfig per [[webhook]]
+    webhooks: tuple[Any, ...] = ()  # gateway.config.webhooks.WebhookConfig per [[webhook]]
     source: str | None = None  # the file it came from
 
     def sqlite_path(self) -> Path:
@@ -578,7 +578,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         errors.append(ConfigError(exc.key, exc.message, file))
         twoway = TwoWayConfig()
 
-    from gateway.webhooks.config import parse_webhooks
+    from gateway.config.webhooks import parse_webhooks
     root.used.add("webhook")
     webhooks = parse_webhooks(data.get("webhook"), errors, file)
 

@@ -303,7 +303,7 @@ class DeliveryResult:
 
 
 class Store(abc.ABC):
-    # The [[webhook]]s (gateway.webhooks.config.WebhookConfig): code running inside a transaction finds
+    # The [[webhook]]s (gateway.config.webhooks.WebhookConfig): code running inside a transaction finds
     # them on its connection (``conn.webhooks``) and queues events for them (gateway/webhooks/outbox.py).
     webhooks: tuple[Any, ...] = ()
     """Persistent state of the gateway."""

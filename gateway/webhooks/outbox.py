@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from gateway.webhooks import payload as P
-from gateway.webhooks.config import (ARTICLE_ADDED, MESSAGE_QUARANTINED, NOTIFICATION_FAILED, TICKET_CREATED, TICKET_UPDATED,
+from gateway.config.webhooks import (ARTICLE_ADDED, MESSAGE_QUARANTINED, NOTIFICATION_FAILED, TICKET_CREATED, TICKET_UPDATED,
                      WebhookConfig)
 
 QUEUED, LEASED, DELIVERED, DEAD = "queued", "leased", "delivered", "dead"

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from gateway.webhooks.config import WebhookConfig
+from gateway.config.webhooks import WebhookConfig
 from gateway.webhooks.outbox import DEAD, DELIVERED, QUEUED, STATES, Claimed, Result, WebhookOutbox
 from gateway.webhooks.sign import EVENT_HEADER, EVENT_ID_HEADER, HEADER, sign
 

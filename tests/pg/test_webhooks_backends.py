@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from gateway.webhooks import outbox
-from gateway.webhooks.config import WebhookConfig
+from gateway.config.webhooks import WebhookConfig
 
 from ..webhooks.conftest import receiver, secret_file  # noqa: F401 - fixtures
 from ..webhooks.test_webhooks import (  # noqa: F401 - collected by pytest
