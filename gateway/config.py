@@ -177,6 +177,7 @@ class Config:
     mailbox_policies: dict[str, Any] = field(default_factory=dict)  # mailbox address -> PipelinePolicy
     twoway: Any = None          # gateway.twoway_config.TwoWayConfig: threading, agents, queues, commands, ...
     relay: Any = None           # relay.config.RelayConfig: outbound notifications (None-like when no smarthost)
+    http_inbound: tuple[Any, ...] = ()  # gateway.inbound_config.InboundConfig of each [[http.inbound]]
     source: str | None = None  # the file it came from
 
     def sqlite_path(self) -> Path:
@@ -497,6 +498,12 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         mt.finish()
         mailboxes.append(mb)
 
+    from .inbound_config import parse_inbound
+    http_table = data.get("http")
+    root.used.add("http")
+    http_inbound = parse_inbound(http_table.get("inbound") if isinstance(http_table, dict) else None,
+                                 tuple(mb.address for mb in mailboxes), errors, file)
+
     t = root.sub("dns")
     dns = DnsConfig(
         nameservers=t.get("nameservers", (), _nameservers),
@@ -580,7 +587,8 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
     root.finish()
     cfg = Config(smtp=smtp, store=store, mailboxes=tuple(mailboxes), dns=dns, metrics=metrics,
                  pipeline=pipeline, log=log, retention=retention, auth=auth, policy=policy,
-                 mailbox_policies=mailbox_policies, twoway=twoway, relay=relay_cfg, source=file)
+                 mailbox_policies=mailbox_policies, twoway=twoway, relay=relay_cfg, source=file,
+                 http_inbound=http_inbound)
     errors.extend(_validate_auth(cfg, file))
     if errors:
         raise ConfigErrors(errors)
