@@ -121,7 +121,7 @@ class InboundService:
         elif inb.auth == "mailgun":
             raise InboundError(401, "Unauthorized", "a Mailgun post is a form with timestamp, token and signature")
         check_auth(inb, secret, authorization, form, self.guard)
-        if is_json(content_type):
+        if is_json(content_type) and inb.format in ("auto", "postmark"):
             doc = load_json(body)
         fmt = inb.format if inb.format != "auto" else detect_format(content_type, form, doc)
         posted = read_post(fmt, content_type, body, form, doc)
