@@ -14,10 +14,12 @@ nor the access token ever appears in an exception message or a log line. Of a re
 status and the RFC 6749 ``error`` code (checked by :func:`error_code`) are kept: ``error_description``
 is never copied anywhere, since a provider that echoes the request would leak the secret through it.
 
-HTTP: one form POST and a JSON answer is all this needs, so it is a small HTTP/1.1 client on asyncio
-streams (TLS verified by the default context; ``Content-Length``, chunked, or read-to-close bodies)
-rather than a new dependency (aiohttp/httpx are not installed here, and the gateway has no other HTTP
-client use). The transport is injectable (``post``) for other needs.
+HTTP: one form POST and a JSON answer, over httpx (gateway/runtime/httpclient.py: a client per event loop,
+made on first use, since the relay worker may run in a loop of its own). TLS is verified with the
+smarthost's ``oauth`` settings (``verify_cert``, ``ca_file``); answers are read up to ``MAX_BODY``. No
+httpx error text is ever copied into an :class:`OAuthError` for a malformed answer: h11 quotes the
+status line it refused, and a provider can echo the request (the secret) there. The transport is
+injectable (``post``) for other needs.
 """
 from __future__ import annotations
 
@@ -32,7 +34,9 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 from urllib.parse import urlencode, urlsplit
 
-from gateway.http11 import read_response
+import httpx
+
+from gateway.runtime.httpclient import LoopClients, TooLarge, read_limited
 
 from gateway.config.relay import OAuthConfig
 
@@ -62,41 +66,44 @@ def _ssl_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
     return ctx
 
 
+def token_clients(ssl_context: ssl.SSLContext | None) -> LoopClients:
+    """The httpx clients (one per event loop) for a token endpoint checked with ``ssl_context``."""
+    return LoopClients(verify=ssl_context or ssl.create_default_context(), trust_env=False,
+                       follow_redirects=False,
+                       headers={"User-Agent": "ticketmx-relay", "Accept": "application/json"})
+
+
 async def http_post_form(url: str, fields: dict[str, str], timeout: float,
-                         ssl_context: ssl.SSLContext | None = None) -> HttpResponse:
-    """POST ``fields`` as application/x-www-form-urlencoded; the whole exchange bounded by ``timeout``."""
-    return await asyncio.wait_for(_post(url, fields, ssl_context), timeout)
+                         ssl_context: ssl.SSLContext | None = None, clients: LoopClients | None = None
+                         ) -> HttpResponse:
+    """POST ``fields`` as application/x-www-form-urlencoded; the whole exchange bounded by ``timeout``.
+    Without ``clients`` a client is made for this one request."""
+    if clients is not None:
+        return await asyncio.wait_for(_post(url, fields, timeout, clients), timeout)
+    once = token_clients(ssl_context)
+    try:
+        return await asyncio.wait_for(_post(url, fields, timeout, once), timeout)
+    finally:
+        await once.aclose()
 
 
-async def _post(url: str, fields: dict[str, str], ssl_context: ssl.SSLContext | None) -> HttpResponse:
+async def _post(url: str, fields: dict[str, str], timeout: float, clients: LoopClients) -> HttpResponse:
     u = urlsplit(url)
     if u.scheme not in ("http", "https") or not u.hostname:
         raise OAuthError(f"bad token endpoint URL scheme/host: {u.scheme}://{u.hostname}")
-    port = u.port or (443 if u.scheme == "https" else 80)
-    ctx = (ssl_context or ssl.create_default_context()) if u.scheme == "https" else None
-    body = urlencode(fields).encode()
-    path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-    host_hdr = u.hostname if u.port is None else f"{u.hostname}:{u.port}"
-    if ":" in (u.hostname or "") and not host_hdr.startswith("["):
-        host_hdr = f"[{u.hostname}]" + (f":{u.port}" if u.port else "")
-    reader, writer = await asyncio.open_connection(u.hostname, port, ssl=ctx,
-                                                   server_hostname=u.hostname if ctx else None)
     try:
-        writer.write((f"POST {path} HTTP/1.1\r\nHost: {host_hdr}\r\nUser-Agent: ticketmx-relay\r\n"
-                      "Accept: application/json\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-                      f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body)
-        await writer.drain()
-        try:
-            status, headers, data = await read_response(reader, MAX_BODY)
-        except ValueError:  # never the answer's bytes: they may echo what we sent
-            raise OAuthError("token endpoint: malformed or oversized HTTP response") from None
-        return HttpResponse(status, headers, data)
-    finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except (ConnectionError, ssl.SSLError):
-            pass
+        async with clients.get().stream("POST", url, content=urlencode(fields).encode(), timeout=timeout,
+                                        headers={"Content-Type": "application/x-www-form-urlencoded"}) as resp:
+            data = await read_limited(resp, MAX_BODY)
+            return HttpResponse(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, data)
+    except httpx.TimeoutException:
+        raise asyncio.TimeoutError() from None
+    except (httpx.ConnectError, httpx.NetworkError) as exc:
+        # an OS-level failure (refused, unreachable, TLS verification): its text names no secret
+        cause = exc.__cause__ if isinstance(exc.__cause__, (OSError, ssl.SSLError)) else None
+        raise OSError(getattr(cause, "errno", None), str(cause or exc)) from None
+    except (httpx.HTTPError, TooLarge):  # never the answer's bytes: they may echo what we sent
+        raise OAuthError("token endpoint: malformed or oversized HTTP response") from None
 
 
 class TokenProvider:
@@ -113,9 +120,10 @@ class TokenProvider:
         self.requests = 0  # token requests made (tests, metrics)
         if post is None:
             ctx = _ssl_context(cfg.verify_cert, cfg.ca_file)
+            clients = token_clients(ctx)
 
             async def post(url: str, fields: dict[str, str], timeout: float) -> HttpResponse:
-                return await http_post_form(url, fields, timeout, ctx)
+                return await http_post_form(url, fields, timeout, ctx, clients)
         self._post = post
 
     def __repr__(self) -> str:

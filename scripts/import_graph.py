@@ -121,7 +121,7 @@ OWN_ROOMS = {"gateway.smtpd": "gateway.smtp", "gateway.spool": "gateway.spool"}
 
 
 def room(module: str) -> str:
-    """The room a module lives in: its package below gateway/ (gateway.pipeline.stages, gateway.smtp, …;
+    """The room a module lives in: its package below gateway/ (gateway.pipeline.stages.core, gateway.smtp, …;
     gateway/smtpd.py counts with the SMTP session's package beside it, gateway/spool.py is a room of its
     own), `gateway` for the service at the top (app, cli), `relay` for relay/."""
     if module in OWN_ROOMS:

@@ -133,6 +133,27 @@ _NOT_IN_REASON = re.compile(r"[^\x20-\x7e]|[\"\\@]")
 _SPACES = re.compile(r"\s+")
 
 
+def _provider_override(raw: bytes, authserv_id: str, results: list[DmarcDomainResult]) -> str | None:
+    """Why a trusted provider's verdict makes every failing From domain pass, or None: the topmost
+    Authentication-Results field naming ``authserv_id`` must report ``dmarc=pass`` with
+    ``header.from`` equal to each domain that did not pass here."""
+    want = authserv_id.strip().lower()
+    for f in header_values(raw, "Authentication-Results")[:MAX_TRUSTED_HOPS]:
+        try:
+            parsed = authres.parse_value(f.text())
+        except Exception:  # noqa: BLE001 - a malformed field is not a verdict
+            continue
+        if str(parsed.authserv_id or "").lower() != want:
+            continue
+        passed = {str(props.get(("header", "from")) or "").lower().rstrip(".")
+                  for res in parsed.results if res.method == "dmarc" and res.result == "pass"
+                  for props in [{(pp.type, pp.name): (pp.value or "") for pp in res.properties}]}
+        if all(r.result == "pass" or r.domain in passed for r in results):
+            return f"trusted provider {want} reported dmarc=pass"
+        return None  # only the topmost field of that provider counts
+    return None
+
+
 def _clean_comment(s: str, limit: int = 120) -> str:
     return _SPACES.sub(" ", _NOT_IN_COMMENT.sub(" ", s)).strip()[:limit]
 
@@ -294,8 +315,16 @@ class Authenticator:
 
     # ------------------------------------------------------------------ check
     async def check(self, *, peer_ip: str, helo: str, mail_from: str, raw: bytes,
-                    policy: AuthPolicy, body: IO[bytes] | None = None, body_size: int = 0) -> AuthVerdict:
-        """``body``: a large message's body in a file (``raw`` is then its header section only)."""
+                    policy: AuthPolicy, body: IO[bytes] | None = None, body_size: int = 0,
+                    spf: bool = True, unverifiable: str = "", trusted_authserv_id: str = "") -> AuthVerdict:
+        """``body``: a large message's body in a file (``raw`` is then its header section only).
+
+        For mail that did not come from the sender's MTA (HTTP inbound, docs/auth.md "HTTP inbound"):
+        ``spf=False`` checks no SPF (the client is not the sending MTA; DMARC then aligns DKIM only);
+        ``unverifiable``: why signatures cannot verify (a message rebuilt from a provider's fields): the
+        DMARC result is recorded but its disposition is not applied; ``trusted_authserv_id``: the
+        provider whose own ``dmarc=pass`` for the From domain (its Authentication-Results field, the
+        topmost with that authserv-id) counts as a DMARC pass, like a trusted ARC sealer's."""
         t0 = time.perf_counter()
         sender = _normalise_sender(mail_from)
         helo = (helo or "").strip()
@@ -322,7 +351,7 @@ class Authenticator:
         check_arc = p.arc_present  # no ARC header: cv=none without parsing the message again
 
         async def spf_mailfrom() -> SpfResult | None:
-            if not sender:
+            if not sender or not spf:
                 return None
             if relay is not None and relay["origin_ip"] is None:
                 return SpfResult("none", "mailfrom", sender.rsplit("@", 1)[-1].lower(), sender, peer_ip, helo,
@@ -331,7 +360,7 @@ class Authenticator:
                                    receiver=self.hostname, timeout=self.spf_timeout, cache=self.spf_cache)
 
         async def spf_helo() -> SpfResult | None:
-            if sender and not policy.check_helo:
+            if (sender and not policy.check_helo) or not spf:
                 return None
             if relay is not None and relay["origin_ip"] is None:
                 return SpfResult("none", "helo", helo.lower(), "", peer_ip, helo,
@@ -395,6 +424,11 @@ class Authenticator:
         arc["trusted_sealer"] = bool(arc.get("sets")) and policy.is_trusted_sealer(
             arc["sets"][-1].get("as_d") or "")
 
+        if override is None and trusted_authserv_id and dmarc["result"] != "pass" and domain_results:
+            override = _provider_override(raw, trusted_authserv_id, domain_results)
+            if override:
+                dmarc["override"] = "provider"
+                dmarc["override_reason"] = override
         effective_pass = dmarc["result"] == "pass" or override is not None
 
         # --- decision
@@ -414,7 +448,7 @@ class Authenticator:
                         from_info.error)
             elif act == "quarantine":
                 propose("quarantine", None, from_info.error)
-        internal = only_trusted_hops(raw, peer_ip, policy) if not effective_pass else None
+        internal = (unverifiable or only_trusted_hops(raw, peer_ip, policy)) if not effective_pass else None
         if internal:  # our own MTAs made it (e.g. the front MTA's DSN): no DMARC policy refuses it
             dmarc["policy_not_applied"] = internal
             reasons.append(f"accept: DMARC policy not applied: {internal}")
@@ -463,6 +497,7 @@ class Authenticator:
                    and (effective_pass or not policy.require_dmarc_for_actions))
 
         spf_dict = {
+            **({} if spf else {"checked": False, "reason": "not the sending MTA's connection (HTTP inbound)"}),
             "result": spf_for_dmarc.result if spf_for_dmarc else "none",
             "domain": spf_domain,
             "identity": "mailfrom" if sender else "helo",
@@ -582,7 +617,8 @@ class Authenticator:
                 comment.append(f"sp={(r.sp or r.p).upper()}")
                 comment.append(f"dis={r.disposition.upper()}")
             if dmarc.get("override") and r.result != "pass":
-                comment.append("override=trusted ARC sealer")
+                comment.append("override=trusted ARC sealer" if dmarc["override"] == "arc"
+                               else "override=trusted provider")
             kw = {"header_from": r.domain} if _safe_domain(r.domain) else {}
             if r.policy and r.result != "pass":
                 kw["policy"] = r.policy

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gateway.config.errors import ConfigError, ConfigErrors
-from gateway.config.units import Rate, parse_rate
+from gateway.config.units import parse_rate
+from gateway.runtime.ratelimit import Rate
 from gateway.config.units import parse_duration, parse_size
 from gateway.config.secretfile import exposure
 from gateway.config.tomltable import Table, expect_str
+from gateway.config.http import HttpConfig, parse_http
 
 ENV_CONFIG = "TICKETMX_CONFIG"
 
@@ -178,6 +180,8 @@ class Config:
     twoway: Any = None          # gateway.config.twoway.TwoWayConfig: threading, agents, queues, commands, ...
     relay: Any = None           # gateway.config.relay.RelayConfig: outbound notifications (None-like when no smarthost)
     webhooks: tuple[Any, ...] = ()  # gateway.config.webhooks.WebhookConfig per [[webhook]]
+    http: HttpConfig = HttpConfig()  # the HTTP API server ([http]; off unless listen is set)
+    http_inbound: tuple[Any, ...] = ()  # gateway.config.inbound.InboundConfig of each [[http.inbound]]
     source: str | None = None  # the file it came from
 
     def sqlite_path(self) -> Path:
@@ -498,6 +502,11 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         mt.finish()
         mailboxes.append(mb)
 
+    from gateway.config.inbound import parse_inbound
+    http_table = data.get("http")
+    http_inbound = parse_inbound(http_table.get("inbound") if isinstance(http_table, dict) else None,
+                                 tuple(mb.address for mb in mailboxes), errors, file)
+
     t = root.sub("dns")
     dns = DnsConfig(
         nameservers=t.get("nameservers", (), _nameservers),
@@ -510,6 +519,10 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
     t = root.sub("metrics")
     metrics = MetricsConfig(listen=t.get("listen", MetricsConfig().listen, _metrics_listen))
     t.finish()
+
+    t = root.sub("http")
+    t.used.add("inbound")  # [[http.inbound]]: gateway/config/inbound.py, above
+    http = parse_http(t, parse_hostport)
 
     t = root.sub("pipeline")
     d3 = PipelineConfig()
@@ -586,7 +599,8 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
     cfg = Config(smtp=smtp, store=store, mailboxes=tuple(mailboxes), dns=dns, metrics=metrics,
                  pipeline=pipeline, log=log, retention=retention, auth=auth, policy=policy,
                  mailbox_policies=mailbox_policies, twoway=twoway, relay=relay_cfg, webhooks=webhooks,
-                 source=file)
+                 http=http, source=file,
+                 http_inbound=http_inbound)
     errors.extend(_validate_auth(cfg, file))
     if errors:
         raise ConfigErrors(errors)

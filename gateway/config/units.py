@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from gateway.runtime.ratelimit import Rate
 
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -48,15 +49,6 @@ def parse_duration(value: object) -> float:
 
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\S+)\s*$")
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    count: int
-    window: float
-
-    def __str__(self) -> str:
-        return f"{self.count} per {self.window:g}s"
 
 
 def parse_rate(value: object) -> Rate | None:

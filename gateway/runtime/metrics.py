@@ -45,6 +45,10 @@ class Metrics:
         self.rejected = Counter("ticketmx_messages_rejected_total",
                                 "Messages or recipients refused (4xx/5xx), by SMTP code and reason.",
                                 ["code", "reason"], registry=r)
+        self.http_inbound = Counter("ticketmx_http_inbound_total",
+                                    "POST /api/v1/inbound posts by format and outcome (accepted, duplicate,"
+                                    " unauthorized, refused, deferred, too_large, unreadable, failed).",
+                                    ["format", "outcome"], registry=r)
         self.accept_latency = Histogram("ticketmx_smtp_accept_duration_seconds",
                                         "End of DATA to the 250 reply (checks + spool commit).",
                                         buckets=LATENCY_BUCKETS, registry=r)

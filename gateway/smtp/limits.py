@@ -15,7 +15,7 @@ from typing import Protocol
 
 from gateway.smtp import replies
 from gateway.config.load import Config
-from gateway.smtp.ratelimit import SlidingWindow
+from gateway.runtime.ratelimit import SlidingWindow
 from gateway.smtp.replies import Reply
 
 

@@ -62,6 +62,9 @@ class SpoolEntry:
     # An operator's `spool release` waiting for the pipeline: {"stage", "by", "at", "forced"}; that stage
     # is skipped once (gateway/pipeline/runner/worker.py), and the store clears it when the entry ends again.
     released: dict[str, Any] | None = None
+    # HTTP inbound (gateway/ingress/http_inbound.py): the idempotency key of the post, written to
+    # inbound_keys in the spool insert's transaction; a second entry with the same key fails to commit.
+    inbound_key: str = field(default="", compare=False)
 
     @property
     def size(self) -> int:
@@ -322,6 +325,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def spool_insert(self, entries: list[SpoolEntry]) -> None:
         """Commit entries durably (fsync) before returning: the caller then answers 250."""
+
+    async def inbound_lookup(self, key: str) -> str | None:
+        """The spool id committed with this HTTP inbound idempotency key, or None."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def spool_body_chunks(self, entry: SpoolEntry) -> AsyncIterator[bytes]:

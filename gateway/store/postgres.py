@@ -203,6 +203,13 @@ class PostgresStore(Store):
                         for i, chunk in enumerate(body_file_chunks(e)):
                             await conn.execute("INSERT INTO spool_chunks (spool_id, seq, data) VALUES ($1, $2, $3)",
                                                e.id, i, enc(chunk))
+                keys = [(e.inbound_key, e.id, e.received_at) for e in entries if e.inbound_key]
+                if keys:  # a repeated HTTP post: the primary key refuses it, with the whole transaction
+                    await conn.executemany("INSERT INTO inbound_keys (key, spool_id, created_at) VALUES ($1, $2, $3)",
+                                           keys)
+
+    async def inbound_lookup(self, key: str) -> str | None:
+        return await self.pool.fetchval("SELECT spool_id FROM inbound_keys WHERE key=$1", key)
 
     async def spool_body_chunks(self, entry: SpoolEntry) -> AsyncIterator[bytes]:
         for seq in range(entry.chunks):

@@ -285,7 +285,14 @@ class SqliteStore(Store):
                     n = min(SPOOL_CHUNK, e.body_size - offset)
                     insert_streamed(conn, "spool_chunks", "data", "INSERT INTO spool_chunks (spool_id, seq,"
                                     " data) VALUES (?,?,zeroblob(?))", (e.id, seq, n), file_pieces(e.body, offset, n))
+            keys = [(e.inbound_key, e.id, e.received_at) for e in entries if e.inbound_key]
+            if keys:  # a repeated HTTP post: the primary key refuses it, with the whole transaction
+                conn.executemany("INSERT INTO inbound_keys (key, spool_id, created_at) VALUES (?,?,?)", keys)
         await self.transaction(fn)
+
+    async def inbound_lookup(self, key: str) -> str | None:
+        rows = await self.query("SELECT spool_id FROM inbound_keys WHERE key=?", (key,))
+        return rows[0][0] if rows else None
 
     async def spool_body_chunks(self, entry: SpoolEntry) -> AsyncIterator[bytes]:
         """The body in order, in pieces of at most _READ_PIECE bytes for plaintext chunks (read through

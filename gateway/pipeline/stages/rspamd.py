@@ -10,11 +10,9 @@ Two users of one tiny client:
   ``{"tags": [tag], "rspamd": {...}}``; ``quarantine_score`` -> quarantine; ``reject_score``
   (when the SMTP check did not run) -> drop.
 
-Why a hand-written HTTP/1.1 client rather than aiohttp/httpx: one request shape (a POST with a
-body and a few headers, ``Connection: close``) to one known server; rspamd answers with
-``Content-Length``. About 80 lines with asyncio streams, bounded by one overall timeout, replace
-a dependency tree of a dozen packages in an SMTP server whose dependencies we keep small; chunked
-replies (from a proxy in front of rspamd) are decoded too. https works through ``ssl``.
+HTTP is httpx (gateway/runtime/httpclient.py): one pooled ``AsyncClient`` per process and event loop, so
+the SMTP processes and the pipeline workers each keep their own keep-alive connections to rspamd;
+the whole exchange is bounded by one overall timeout; https is verified against the system's CAs.
 
 Errors (connection refused, timeout, non-200, bad JSON) raise :class:`RspamdError`; the callers
 apply ``on_error``: ``accept`` (fail open, the default) or ``tempfail`` (``451 4.7.1`` at DATA; in
@@ -25,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+
+import httpx
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +33,7 @@ from gateway.smtp.checks import CONTINUE as CHECK_CONTINUE
 from gateway.smtp.checks import DEFER, REJECT, CheckResult, DataContext
 from gateway.config.pipeline import RspamdPolicy, parse_url, policy_for
 from gateway.pipeline.stages.core import CONTINUE, DROP, QUARANTINE, Context, Inbound, Verdict
-from gateway.http11 import read_response
+from gateway.runtime.httpclient import LoopClients, TooLarge, read_limited
 from gateway.smtp.replies import Reply
 
 __all__ = ["RspamdError", "RspamdResult", "RspamdClient", "RspamdCheck", "RspamdStage", "decide",
@@ -75,35 +75,39 @@ class RspamdClient:
         self.scheme, self.host, self.port, self.path = parse_url(url)
         self.timeout = timeout
         self._password = password
-        self._ssl = ssl.create_default_context() if self.scheme == "https" else None
-
-    def _request(self, raw: bytes, *, ip: str, helo: str, mail_from: str, rcpts: list[str] | tuple[str, ...],
-                 queue_id: str) -> bytes:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        lines = [f"POST {self.path} HTTP/1.1", f"Host: {host}:{self.port}", "Connection: close",
-                 "Content-Type: message/rfc822", f"Content-Length: {len(raw)}", "User-Agent: ticketmx"]
+        self.url = f"{self.scheme}://{host}:{self.port}{self.path}"
+        self._clients = LoopClients(
+            timeout=timeout, headers={"User-Agent": "ticketmx"}, follow_redirects=False, trust_env=False,
+            verify=ssl.create_default_context() if self.scheme == "https" else True)
+
+    def _headers(self, raw: bytes, *, ip: str, helo: str, mail_from: str, rcpts: list[str] | tuple[str, ...],
+                 queue_id: str) -> list[tuple[str, str]]:
+        headers = [("Content-Type", "message/rfc822")]
         if ip:
-            lines.append(f"IP: {_hv(ip)}")
+            headers.append(("IP", _hv(ip)))
         if helo:
-            lines.append(f"Helo: {_hv(helo)}")
-        lines.append(f"From: {_hv(mail_from) or '<>'}")
+            headers.append(("Helo", _hv(helo)))
+        headers.append(("From", _hv(mail_from) or "<>"))
         for r in rcpts:
-            lines.append(f"Rcpt: {_hv(r)}")
+            headers.append(("Rcpt", _hv(r)))
         if queue_id:
-            lines.append(f"Queue-Id: {_hv(queue_id)}")
+            headers.append(("Queue-Id", _hv(queue_id)))
         if self._password:
-            lines.append(f"Password: {_hv(self._password)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "replace") + raw
+            headers.append(("Password", _hv(self._password)))
+        return headers
 
     async def check(self, raw: bytes, *, ip: str = "", helo: str = "", mail_from: str = "",
                     rcpts: list[str] | tuple[str, ...] = (), queue_id: str = "") -> RspamdResult:
-        request = self._request(raw, ip=ip, helo=helo, mail_from=mail_from, rcpts=rcpts, queue_id=queue_id)
+        headers = self._headers(raw, ip=ip, helo=helo, mail_from=mail_from, rcpts=rcpts, queue_id=queue_id)
         try:
             async with asyncio.timeout(self.timeout):
-                status, body = await self._roundtrip(request)
-        except TimeoutError:
+                status, body = await self._roundtrip(raw, headers)
+        except (TimeoutError, httpx.TimeoutException):
             raise RspamdError(f"timeout after {self.timeout:g}s") from None
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+        except httpx.HTTPError as exc:
+            raise RspamdError(f"{type(exc).__name__}: {exc}") from None
+        except (OSError, ValueError) as exc:
             raise RspamdError(f"{type(exc).__name__}: {exc}") from None
         if status != 200:
             raise RspamdError(f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}")
@@ -120,20 +124,13 @@ class RspamdClient:
                             action=str(doc.get("action", "")), symbols=tuple(names),
                             skipped=bool(doc.get("is_skipped", False)), raw=doc)
 
-    async def _roundtrip(self, request: bytes) -> tuple[int, bytes]:
-        reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self._ssl,
-                                                       limit=64 * 1024)
-        try:
-            writer.write(request)
-            await writer.drain()
-            status, _headers, body = await read_response(reader, _MAX_RESPONSE)
-            return status, body
-        finally:
-            writer.close()
+    async def _roundtrip(self, raw: bytes, headers: list[tuple[str, str]]) -> tuple[int, bytes]:
+        client = self._clients.get()
+        async with client.stream("POST", self.url, content=raw, headers=headers) as response:
             try:
-                await writer.wait_closed()
-            except (OSError, ssl.SSLError):
-                pass
+                return response.status_code, await read_limited(response, _MAX_RESPONSE)
+            except TooLarge as exc:
+                raise ValueError(str(exc)) from None
 
 
 def decide(score: float, policy: RspamdPolicy) -> str:

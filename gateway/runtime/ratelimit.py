@@ -1,4 +1,4 @@
-"""Inbound rate limits per client IP and per sender address (450 4.7.1 at MAIL FROM).
+"""Sliding-window rate limits: per client IP and sender at MAIL FROM (450 4.7.1), per API token (429).
 
 Sliding-window counters in memory (per node). Off unless configured, so loopback
 load tests run untouched.
@@ -7,8 +7,17 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
 
-from gateway.config.units import Rate
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    count: int
+    window: float
+
+    def __str__(self) -> str:
+        return f"{self.count} per {self.window:g}s"
+
 
 class SlidingWindow:
     """At most ``rate.count`` events per ``rate.window`` seconds for each key."""
@@ -42,3 +51,9 @@ class SlidingWindow:
     def hit(self, key: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         self._trim(key, now).append(now)
+
+    def retry_after(self, key: str, now: float | None = None) -> float:
+        """Seconds until ``key`` may have one more event (0 when it may now)."""
+        now = time.monotonic() if now is None else now
+        q = self._trim(key, now)
+        return 0.0 if len(q) < self.rate.count else max(0.0, q[0] + self.rate.window - now)
