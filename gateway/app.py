@@ -1,7 +1,7 @@
 """The gateway service: starts resources in order, stops them in reverse.
 
-store -> spool writer -> pipeline worker -> metrics -> SMTP listener; on stop
-the listener closes first (421 to new sessions, transactions in flight finish
+store -> spool writer -> pipeline worker -> metrics -> HTTP API -> SMTP listener;
+on stop the listeners (SMTP, HTTP) close first (421 to new sessions, transactions in flight finish
 within the grace time), then the worker drains, then the store closes.
 """
 from __future__ import annotations
@@ -58,6 +58,7 @@ class Gateway:
         self.limits = Limits(cfg)                  # session counts and rates of every SMTP process
         self.group = None                          # gateway.smtp_group.SmtpGroup with [smtp] processes > 1
         self.metrics_server: MetricsServer | None = None
+        self.http = None                           # gateway.http.server.HttpServer when [http] listen is set
         self._ready = False
         self._stopped = False
         self._depth_task: asyncio.Task[None] | None = None
@@ -116,6 +117,11 @@ class Gateway:
             host, port = self.cfg.metrics.listen
             self.metrics_server = MetricsServer(self.metrics, host, port, lambda: self._ready)
             await self.metrics_server.start()
+        if self.cfg.http.enabled:
+            from .http.deps import Services
+            from .http.server import HttpServer
+            self.http = HttpServer(Services(self), self.cfg.http)
+            await self.http.start()
         handler = Handler(self.cfg, RecipientMap(self.cfg.mailboxes), self.spool, self.metrics,
                           self.build_checks(), LocalLimits(self.limits))
         self.listener = SmtpListener(self.cfg, handler, self.metrics)
@@ -147,6 +153,8 @@ class Gateway:
             closing.append(self.listener.close(grace))
         if self.group is not None:
             closing.append(self.group.close(grace))  # the other SMTP processes drain at the same time
+        if self.http is not None:
+            closing.append(self.http.close())  # requests in flight finish within [http] shutdown_grace
         await asyncio.gather(*closing)
         if self.spool is not None:
             await self.spool.close()
@@ -190,11 +198,13 @@ class Gateway:
         for what, old_v, new_v in (("smtp.listen", self.cfg.smtp.listen, new.smtp.listen),
                                    ("smtp.processes", self.cfg.smtp.processes, new.smtp.processes),
                                    ("store.url", self.cfg.store.url, new.store.url),
-                                   ("metrics.listen", self.cfg.metrics.listen, new.metrics.listen)):
+                                   ("metrics.listen", self.cfg.metrics.listen, new.metrics.listen),
+                                   ("http.listen", self.cfg.http.listen, new.http.listen)):
             if old_v != new_v:
                 log.warning("reload: %s changed; it takes effect at the next restart", what)
         new = replace(new, smtp=replace(new.smtp, listen=self.cfg.smtp.listen, processes=self.cfg.smtp.processes),
-                      store=self.cfg.store, metrics=self.cfg.metrics)
+                      store=self.cfg.store, metrics=self.cfg.metrics,
+                      http=replace(new.http, listen=self.cfg.http.listen))
         relay_changed = (new.relay != self.cfg.relay or new.smtp.hostname != self.cfg.smtp.hostname
                          or _relay_keys(new) != _relay_keys(self.cfg))
         self.cfg = new

@@ -17,6 +17,7 @@ from .logsetup import setup_logging
 from .store import open_store
 from .store.base import ALL_STATES, QUARANTINED, SUPPRESSED, SpoolEntry, SpoolQuery, Store, TicketQuery
 from .store.render import iso, spool_dict
+from .whoami import operator
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 TICKET_STATUSES = ("new", "open", "pending", "resolved", "closed")
@@ -52,14 +53,7 @@ def _positive(text: str) -> int:
 
 def _operator() -> str:
     """Who runs this command, for the audit lines: the OS user (and who used sudo to become it)."""
-    import pwd
-    uid = os.geteuid()
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        name = f"uid {uid}"
-    sudo = os.environ.get("SUDO_USER", "")
-    return f"{name} (sudo by {sudo})" if sudo and sudo != name else name
+    return operator()
 
 
 class _ConfigOption(argparse.Action):
@@ -163,6 +157,8 @@ def _parser() -> argparse.ArgumentParser:
     register_relay(sub, common)  # relay test|queue|retry, dkim keygen
     from .contacts_cli import register as register_contacts
     register_contacts(sub, common)  # contacts optout|show
+    from .http.token_cli import register as register_tokens
+    register_tokens(sub, common)  # token create|list|revoke
 
     pl = sub.add_parser("pipeline", parents=[common], help="pause / resume message processing")
     plsub = pl.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -262,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     from .contacts_cli import HANDLERS as contacts_handlers
     handlers.update(contacts_handlers)
+    from .http.token_cli import HANDLERS as token_handlers
+    handlers.update(token_handlers)
     return asyncio.run(_with_store(cfg, args, handlers[(args.command, args.action)]))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError, ConfigErrors
+from .http_config import HttpConfig, parse_http
 from .ratelimit import Rate, parse_rate
 from .units import parse_duration, parse_size
 from .secretfile import exposure
@@ -177,6 +178,7 @@ class Config:
     mailbox_policies: dict[str, Any] = field(default_factory=dict)  # mailbox address -> PipelinePolicy
     twoway: Any = None          # gateway.twoway_config.TwoWayConfig: threading, agents, queues, commands, ...
     relay: Any = None           # relay.config.RelayConfig: outbound notifications (None-like when no smarthost)
+    http: HttpConfig = HttpConfig()  # the HTTP API server ([http]; off unless listen is set)
     source: str | None = None  # the file it came from
 
     def sqlite_path(self) -> Path:
@@ -510,6 +512,8 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
     metrics = MetricsConfig(listen=t.get("listen", MetricsConfig().listen, _metrics_listen))
     t.finish()
 
+    http = parse_http(root.sub("http"), parse_hostport)
+
     t = root.sub("pipeline")
     d3 = PipelineConfig()
     pipeline = PipelineConfig(
@@ -580,7 +584,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
     root.finish()
     cfg = Config(smtp=smtp, store=store, mailboxes=tuple(mailboxes), dns=dns, metrics=metrics,
                  pipeline=pipeline, log=log, retention=retention, auth=auth, policy=policy,
-                 mailbox_policies=mailbox_policies, twoway=twoway, relay=relay_cfg, source=file)
+                 mailbox_policies=mailbox_policies, twoway=twoway, relay=relay_cfg, http=http, source=file)
     errors.extend(_validate_auth(cfg, file))
     if errors:
         raise ConfigErrors(errors)

@@ -71,3 +71,9 @@ class SlidingWindow:
     def hit(self, key: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         self._trim(key, now).append(now)
+
+    def retry_after(self, key: str, now: float | None = None) -> float:
+        """Seconds until ``key`` may have one more event (0 when it may now)."""
+        now = time.monotonic() if now is None else now
+        q = self._trim(key, now)
+        return 0.0 if len(q) < self.rate.count else max(0.0, q[0] + self.rate.window - now)

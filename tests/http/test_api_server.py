@@ -1,0 +1,162 @@
+"""The HTTP server core: tokens from the CLI, 401/403, problem+json for every error, limits."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+
+from .conftest import Api, cli
+
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM), r.headers
+    body = r.json()
+    assert body["status"] == status and body["title"] and body["type"] == "about:blank", body
+    return body
+
+
+async def test_token_from_cli_authenticates_over_http(api: Api) -> None:
+    token = await api.token("ops", "admin")
+    assert token.startswith("tmx_") and len(token) > 40
+    async with api.client(token) as c:
+        r = await c.get("/api/v1/me")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"name": "ops", "role": "admin", "queues": []}
+    # Only the hash is stored: the token's text is nowhere in the database file.
+    db = (api.config.parent / "ticketmx.db").read_bytes() + (api.config.parent / "ticketmx.db-wal").read_bytes()
+    assert token.encode() not in db
+
+
+async def test_without_or_with_a_bad_token_401(api: Api) -> None:
+    async with api.client() as c:
+        r = await c.get("/api/v1/me")
+        body = assert_problem(r, 401)
+        assert "Bearer" in r.headers["www-authenticate"]
+        assert "Authorization: Bearer" in body["detail"]
+        r = await c.get("/api/v1/me", headers={"Authorization": "Bearer tmx_nope"})
+        assert assert_problem(r, 401)["detail"] == "unknown or revoked API token"
+        r = await c.get("/api/v1/me", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+        assert_problem(r, 401)
+
+
+async def test_role_below_the_endpoint_403(api: Api) -> None:
+    token = await api.token("watcher", "viewer")
+    async with api.client(token) as c:
+        assert (await c.get("/api/v1/me")).status_code == 200
+        body = assert_problem(await c.get("/api/v1/audit"), 403)
+    assert "admin" in body["detail"] and "viewer" in body["detail"]
+
+
+async def test_revoked_token_401_at_once(api: Api) -> None:
+    token = await api.token("temp", "admin")
+    async with api.client(token) as c:
+        assert (await c.get("/api/v1/me")).status_code == 200
+        await cli(api.config, "token", "revoke", "temp")
+        assert_problem(await c.get("/api/v1/me"), 401)
+    code, _, err = await cli(api.config, "token", "revoke", "temp", check=False)
+    assert code == 1 and "no active token" in err
+    _, out, _ = await cli(api.config, "token", "list", "--json")
+    (row,) = json.loads(out)
+    assert row["name"] == "temp" and row["revoked"] and row["last_used"]
+    code, _, err = await cli(api.config, "token", "create", "--name", "temp", "--role", "viewer", check=False)
+    assert code == 1 and "exists" in err
+
+
+async def test_token_commands_are_audited(api: Api) -> None:
+    token = await api.token("root", "admin", "IT")
+    await cli(api.config, "token", "revoke", "root")
+    admin = await api.token("root2", "admin")
+    async with api.client(admin) as c:
+        r = await c.get("/api/v1/audit", params={"target": "root"})
+    assert r.status_code == 200, r.text
+    actions = [(row["action"], row["target"], row["client"]) for row in r.json()["items"]]
+    assert actions == [("token.revoke", "root", "local"), ("token.create", "root", "local")]
+    assert r.json()["items"][1]["detail"] == {"role": "admin", "queues": ["IT"]}
+    assert r.json()["items"][1]["actor"].startswith("cli:")
+    assert token  # printed once
+
+
+async def test_errors_are_problem_json(api: Api) -> None:
+    token = await api.token("ops", "admin")
+    async with api.client(token) as c:
+        body = assert_problem(await c.get("/api/v1/nothing-here"), 404)
+        assert "/api/v1/nothing-here" in body["detail"]
+        assert_problem(await c.delete("/api/v1/me"), 405)
+        body = assert_problem(await c.get("/api/v1/audit", params={"limit": "many"}), 422)
+        assert body["errors"][0]["loc"] == ["query", "limit"] and "limit" in body["detail"]
+        body = assert_problem(await c.get("/api/v1/audit", params={"since": "last tuesday"}), 422)
+        assert body["detail"].startswith("since:")
+
+
+async def test_body_over_the_limit_413_before_reading_it(start_api) -> None:
+    api = await start_api(http={"max_body_size": "2KiB"})
+    token = await api.token("ops", "admin")
+    async with api.client(token) as c:
+        body = assert_problem(await c.post("/api/v1/me", content=b"x" * 4096), 413)
+        assert "max_body_size" in body["detail"]
+        # under the limit: the route answers (405: /me takes no POST)
+        assert_problem(await c.post("/api/v1/me", content=b"z" * 100), 405)
+
+
+async def test_rate_limit_per_token_429_with_retry_after(start_api) -> None:
+    api = await start_api(http={"rate_per_token": "3/1m"})
+    one, two = await api.token("one", "viewer"), await api.token("two", "viewer")
+    async with api.client(one) as c:
+        for _ in range(3):
+            assert (await c.get("/api/v1/me")).status_code == 200
+        r = await c.get("/api/v1/me")
+        body = assert_problem(r, 429)
+        assert 1 <= int(r.headers["retry-after"]) <= 60 and "rate_per_token" in body["detail"]
+    async with api.client(two) as c:  # per token: the other one is not limited
+        assert (await c.get("/api/v1/me")).status_code == 200
+
+
+async def test_connection_cap_and_header_timeout(start_api) -> None:
+    api = await start_api(http={"max_connections": 2, "header_timeout": "500ms"})
+    port = api.gw.gw.http.port
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answer = await asyncio.wait_for(reader.read(), 5)  # answered and closed without sending anything
+    assert answer.startswith(b"HTTP/1.1 503") and b"max_connections" in answer
+    writer.close()
+    # The two silent connections are closed by the header timeout (408), freeing their slots.
+    for r, w in held:
+        data = await asyncio.wait_for(r.read(), 5)
+        assert data.startswith(b"HTTP/1.1 408") and b"header_timeout" in data
+        w.close()
+    assert api.gw.gw.http.refused == 1 and api.gw.gw.http.timed_out == 2
+    async with api.client() as c:
+        assert (await c.get("/healthz")).text == "ok\n"
+
+
+async def test_trickled_headers_are_cut_at_the_header_timeout(start_api) -> None:
+    api = await start_api(http={"header_timeout": "500ms"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.gw.gw.http.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\n")
+
+    async def trickle() -> None:  # a byte every 100 ms: each one would reset an idle timer
+        for _ in range(30):
+            await asyncio.sleep(0.1)
+            writer.write(b"X")
+    task = asyncio.create_task(trickle())
+    data = await asyncio.wait_for(reader.read(200), 5)
+    assert data.startswith(b"HTTP/1.1 408"), data
+    task.cancel()
+    writer.close()
+
+
+async def test_health_ready_and_metrics_on_the_http_port(api: Api) -> None:
+    async with api.client() as c:
+        assert (await c.get("/healthz")).text == "ok\n"
+        assert (await c.get("/readyz")).text == "ready\n"
+        r = await c.get("/metrics")
+        assert r.status_code == 200 and "ticketmx_smtp_sessions_total" in r.text
+    # the [metrics] listen server keeps working beside it
+    async with httpx.AsyncClient() as c:
+        r = await c.get(f"http://127.0.0.1:{api.gw.metrics_port}/metrics")
+        assert r.status_code == 200 and "ticketmx_smtp_sessions_total" in r.text
