@@ -291,7 +291,6 @@ def main() -> None:
             run("SQLite", f"sqlite:///{db}", work, args.tickets, args.articles, args.requests, time.perf_counter() - t0)
             print(f"  database: {db.stat().st_size / 2**20:.0f} MiB")
         if args.pg:
-            sys.path.insert(0, str(ROOT / "tests"))
             from tests.pg_support import drop_database, fresh_database
             url = asyncio.run(fresh_database(args.pg))
             try:
