@@ -186,6 +186,46 @@ class TicketQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class TicketPage:
+    """One page of ``GET /tickets``: newest first (by ticket id: creation order), tickets below
+    ``before`` (the cursor of the page before), at most ``limit``. ``text``: every term must occur in
+    the subject or text of an article (gateway/store/search.py). ``scope``: only tickets of these
+    queues (() = every queue: an admin's or an unscoped token's view)."""
+
+    status: str = ""
+    queue: str = ""
+    assignee: str = ""
+    requester: str = ""
+    since: float | None = None
+    text: str = ""
+    scope: tuple[str, ...] = ()
+    before: int | None = None
+    limit: int = 50
+
+    def filters(self) -> tuple[list[str], list[Any]]:
+        """WHERE terms (``?`` placeholders) for ``tickets t JOIN contacts c``, both stores."""
+        where: list[str] = []
+        params: list[Any] = []
+        base_sql, base_params = TicketQuery(self.status, self.queue, self.assignee, self.requester).sql()
+        if base_sql.startswith(" WHERE "):
+            where.append(base_sql[len(" WHERE "):base_sql.index(" ORDER BY")])
+            params += base_params
+        if self.since is not None:
+            # as an id bound too: the newest-first walk down the primary key stops at the first ticket
+            # created before ``since`` (tickets_created index) instead of reading the table to its start
+            where.append("t.created_at >= ? AND t.id >= (SELECT COALESCE(MIN(id), 0) FROM tickets"
+                         " WHERE created_at >= ?)")
+            params += [self.since, self.since]
+        if self.scope:
+            where.append(f"t.queue IN ({','.join('?' * len(self.scope))})")
+            params += list(self.scope)
+        if self.before is not None:
+            where.append("t.id < ?")
+            params.append(self.before)
+        return where, params
+
+
+@dataclass(frozen=True, slots=True)
 class AttachmentDraft:
     filename: str
     content_type: str
@@ -456,6 +496,32 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def ticket_get(self, ref: str) -> dict[str, Any] | None:
         """A ticket by numeric id or human number, with its articles and attachments."""
+
+    @abc.abstractmethod
+    async def tickets_page(self, page: TicketPage) -> tuple[list[dict[str, Any]], int | None]:
+        """(tickets, the id the next page continues below or None at the end): see :class:`TicketPage`.
+        A search page may hold fewer than ``limit`` tickets and still have a next one (the scan of one
+        request is bounded)."""
+
+    @abc.abstractmethod
+    async def ticket_update(self, ticket_id: int, updates: dict[str, Any], actor: str, now: float,
+                            hook: Any = None) -> dict[str, Any] | None:
+        """Set ticket fields (status, priority, assignee, queue, category; ``tags``: the whole new list)
+        exactly as an agent's mail commands do (the same code, the same "command" history line), in
+        one transaction with what ``hook(conn, ticket_id)`` queues (the status mail to the requester).
+        Returns {"old": {...}, "new": {...}} of the fields given, None when the ticket does not exist."""
+
+    @abc.abstractmethod
+    async def ticket_add_article(self, ticket_id: int, article: ArticleDraft, actor: str, now: float,
+                                 agent_reply: bool = False, hook: Any = None) -> int | None:
+        """Add an article written by an agent outside mail (the HTTP API): a note (internal) or, with
+        ``agent_reply``, a public answer that meets the first-response SLA; ``hook(conn, ticket_id,
+        article_id)`` runs in the same transaction (it queues the reply mail to the customer). The
+        article id, None when the ticket does not exist."""
+
+    @abc.abstractmethod
+    async def attachment_get(self, attachment_id: int) -> tuple[dict[str, Any], bytes] | None:
+        """(metadata with ``ticket_id``, ``queue``, ``filename``, ``content_type``, ``size``; content)."""
 
     @abc.abstractmethod
     async def blob_get(self, sha256: str) -> bytes | None: ...

@@ -82,6 +82,15 @@ class Cipher:
             return (key,)
         return (*(MATCH_PREFIX + hmac.new(k, key.encode(), hashlib.sha256).hexdigest() for k in self._hk), key)
 
+    def search_token(self, word: str) -> str:
+        """The full-text index's stand-in for ``word`` (gateway/store/search.py): ``h`` + 16 hex digits of
+        its HMAC under the first store key; the word itself does not reach the disk."""
+        return "h" + hmac.new(self._hk[0], word.encode(), hashlib.sha256).hexdigest()[:16]
+
+    def search_tokens(self, word: str) -> tuple[str, ...]:
+        """``word``'s index tokens under every store key (rows indexed before a rotation still match)."""
+        return tuple("h" + hmac.new(k, word.encode(), hashlib.sha256).hexdigest()[:16] for k in self._hk)
+
     def rotate_match_key(self, stored: str) -> str:
         """Hash a plain stored lookup key (rotate-key converts rows from before encryption). A hash stays as
         it is: its input is gone, so it keeps matching only while its store key is in the key file."""

@@ -29,11 +29,12 @@ from gateway.store.base import (ARTICLE_ADDED, QUARANTINED, SUPPRESSED, TICKET_C
                    DeliveryResult, ThreadHints)
 from gateway.webhooks.outbox import ticket_updated
 from gateway.store.crypto import Cipher
+from gateway.store.search import index_text
 from gateway.store.pg_sync import PgSyncConnection, run_sync
 
 DAY = 86400.0
 CLOSED_STATES = ("resolved", "closed")
-SETTABLE = ("status", "priority", "assignee", "category")
+SETTABLE = ("status", "priority", "assignee", "category", "queue")  # queue: by the HTTP API only
 
 
 def lock_key(kind: str, value: str) -> int:
@@ -288,12 +289,15 @@ class PgDeliverTx:
             " cc_addrs, rcpt_tos, subject, body_text, body_html, visibility, kind, new_text, created_at)"
             " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) RETURNING id),"
             " m AS (INSERT INTO message_ids (message_id, ticket_id, article_id) SELECT $3, $1, id FROM a"
-            " WHERE $3 <> '' ON CONFLICT DO NOTHING)"
+            " WHERE $3 <> '' ON CONFLICT DO NOTHING),"
+            # the full-text index (gateway/store/search.py), in the same statement
+            " s AS (UPDATE tickets SET search = strip(search || to_tsvector('simple', $16)) WHERE id=$1)"
             " SELECT id FROM a",
             ticket_id, spool_id, art.message_id, art.from_addr, art.from_name, json.dumps(list(art.to_addrs)),
             json.dumps(list(art.cc_addrs)), json.dumps(list(art.rcpt_tos)), self.cipher.enc_text(art.subject),
             self.cipher.enc_text(art.body_text), self.cipher.enc_text(art.body_html), art.visibility, art.kind,
-            self.cipher.enc_text(art.new_text or art.body_text), self.now)
+            self.cipher.enc_text(art.new_text or art.body_text), self.now,
+            index_text(self.cipher, art.subject) + " " + index_text(self.cipher, art.body_text))
         for att in art.attachments:
             if await conn.fetchval("SELECT 1 FROM blobs WHERE sha256=$1", att.sha256) is None:
                 await conn.execute("INSERT INTO blobs (sha256, data) VALUES ($1,$2) ON CONFLICT DO NOTHING",
@@ -308,7 +312,9 @@ class PgDeliverTx:
                                article_id, self.cipher.enc_text(s.filename), s.content_type, s.size, s.sha256, s.reason)
         return article_id
 
-    async def apply_updates(self, ticket_id: int, actor: str, updates: dict[str, Any]) -> None:
+    async def apply_updates(self, ticket_id: int, actor: str, updates: dict[str, Any],
+                            replace_tags: bool = False) -> None:
+        """As :meth:`gateway.store.sqlite_deliver.DeliverTx.apply_updates`."""
         conn = self.conn
         old_status = await conn.fetchval("SELECT status FROM tickets WHERE id=$1", ticket_id)
         for key in SETTABLE:
@@ -320,9 +326,9 @@ class PgDeliverTx:
             await conn.execute("UPDATE tickets SET closed_at=$1 WHERE id=$2", self.now, ticket_id)
         elif "status" in updates:
             await conn.execute("UPDATE tickets SET closed_at=NULL WHERE id=$1", ticket_id)
-        if updates.get("tags"):
+        if updates.get("tags") or (replace_tags and "tags" in updates):
             current = await conn.fetchval("SELECT tags FROM tickets WHERE id=$1", ticket_id)
-            tags = list(dict.fromkeys(json.loads(current) + list(updates["tags"])))
+            tags = list(dict.fromkeys(([] if replace_tags else json.loads(current)) + list(updates["tags"])))
             await conn.execute("UPDATE tickets SET tags=$1 WHERE id=$2", json.dumps(tags), ticket_id)
         await self.history(ticket_id, actor, "command", {"applied": updates, "old_status": old_status})
         if self.webhooks:

@@ -101,7 +101,7 @@ def article_dict(a: Mapping[str, Any], atts: list[Mapping[str, Any]], stripped: 
         "body_text": cipher.dec_text(a["body_text"]), "body_html": cipher.dec_text(a["body_html"]),
         "new_text": cipher.dec_text(a["new_text"]),
         "visibility": a["visibility"], "kind": a["kind"], "created_at": iso(a["created_at"]),
-        "attachments": [{"filename": cipher.dec_text(x["filename"]), "content_type": x["content_type"],
+        "attachments": [{"id": x["id"], "filename": cipher.dec_text(x["filename"]), "content_type": x["content_type"],
                          "size": x["size"],
                          "sha256": x["sha256"], "inline": bool(x["inline"]), "content_id": x["content_id"]}
                         for x in atts],

@@ -20,18 +20,21 @@ from typing import Any, AsyncIterator, Callable, TypeVar
 import aiosqlite
 
 from gateway.store import base
-from gateway.store.base import (PROCESSING, QUARANTINED, QUEUED, SUPPRESSED, Delivery, DeliveryResult, SpoolEntry, Store,
-                   SPOOL_CHUNK, TicketQuery, body_file_chunks, chunk_count)
+from gateway.store.base import (PROCESSING, QUARANTINED, QUEUED, SUPPRESSED, ArticleDraft, Delivery, DeliveryResult, SpoolEntry,
+                   Store, SPOOL_CHUNK, TicketPage, TicketQuery, body_file_chunks, chunk_count)
+from gateway.store.search import SEARCH_SHIFT, fts5_match, index_text, search_rowid
 from gateway.store.migrations import load_migrations
 from gateway.store.crypto import Cipher
 from gateway.config.secretfile import ensure_mode
 from gateway.store.render import article_dict, iso, spool_from_row, ticket_dict
-from gateway.webhooks.outbox import on_delivered as webhook_events
-from gateway.webhooks.outbox import rotate_outbox
 from gateway.store.sqlite_deliver import STREAM_BLOB_MIN, DeliverTx, file_pieces, insert_streamed, memory_pieces
 from gateway.store.crypto import BLOB_PREFIX
+from gateway.webhooks.outbox import on_delivered as webhook_events
+from gateway.webhooks.outbox import rotate_outbox
 
 T = TypeVar("T")
+SEARCH_BATCH = 256     # full-text index rows read per step of a search
+SEARCH_SCAN = 20_000   # ... and per request at most (a bounded request; the page then ends early)
 
 
 log = logging.getLogger(__name__)
@@ -517,6 +520,111 @@ class SqliteStore(Store):
             for r in await self.query("SELECT * FROM ticket_history WHERE ticket_id=? ORDER BY id", (tid,))]
         return ticket
 
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(conn)`` on the reader connection's thread: several dependent reads, one thread hop."""
+        assert self._r is not None, "store not open"
+        reader = self._r
+        return await reader._execute(lambda: fn(reader._conn))
+
+    async def tickets_page(self, page: TicketPage) -> tuple[list[dict[str, Any]], int | None]:
+        where, params = page.filters()
+        if not page.text:
+            sql = self._TICKET_SQL + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY t.id DESC LIMIT ?"
+            rows = await self.query(sql, (*params, page.limit + 1))
+            items = [ticket_dict(r, self.cipher) for r in rows[:page.limit]]
+            return items, (items[-1]["id"] if len(rows) > page.limit else None)
+        match = fts5_match(self.cipher, page.text)
+        if match is None:
+            return [], None
+
+        def search(conn: sqlite3.Connection) -> tuple[list[Any], int | None]:
+            # Matching articles newest ticket first (descending rowid, no sort), their tickets filtered a
+            # batch at a time; at most SEARCH_SCAN index rows per request (then a short page and a cursor).
+            hi = None if page.before is None else page.before << SEARCH_SHIFT
+            items: list[Any] = []
+            seen: set[int] = set()
+            scanned, last = 0, None
+            while True:
+                rows = conn.execute("SELECT rowid FROM ticket_search WHERE ticket_search MATCH ?"
+                                    + (" AND rowid < ?" if hi is not None else "") + " ORDER BY rowid DESC LIMIT ?",
+                                    (match, *(() if hi is None else (hi,)), SEARCH_BATCH)).fetchall()
+                scanned += len(rows)
+                ids = []
+                for (rowid,) in rows:
+                    if rowid >> SEARCH_SHIFT not in seen:
+                        seen.add(rowid >> SEARCH_SHIFT)
+                        ids.append(rowid >> SEARCH_SHIFT)
+                found = {}
+                if ids:
+                    cond = " AND ".join([f"t.id IN ({','.join('?' * len(ids))})", *where])
+                    found = {r["id"]: r for r in conn.execute(self._TICKET_SQL + " WHERE " + cond, (*ids, *params))}
+                for tid in ids:
+                    last = tid
+                    if tid in found:
+                        items.append(found[tid])
+                        if len(items) > page.limit:
+                            return items[:page.limit], items[page.limit - 1]["id"]
+                if len(rows) < SEARCH_BATCH:
+                    return items, None
+                if scanned >= SEARCH_SCAN:
+                    return items, last
+                hi = rows[-1][0]
+        rows, nxt = await self._read(search)
+        return [ticket_dict(r, self.cipher) for r in rows], nxt
+
+    async def ticket_update(self, ticket_id: int, updates: dict[str, Any], actor: str, now: float,
+                            hook: Any = None) -> dict[str, Any] | None:
+        def fields(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute("SELECT status, priority, assignee, queue, category, tags FROM tickets WHERE id=?",
+                               (ticket_id,)).fetchone()
+            if row is None:
+                return None
+            got = dict(zip(("status", "priority", "assignee", "queue", "category", "tags"), row))
+            got["tags"] = json.loads(got["tags"])
+            return {k: got[k] for k in updates if k in got}
+
+        def fn(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            old = fields(conn)
+            if old is None:
+                return None
+            DeliverTx(conn, now, self.ticket_prefix, self.ticket_start, self.cipher).apply_updates(
+                ticket_id, actor, updates, replace_tags=True)
+            conn.execute("UPDATE tickets SET updated_at=? WHERE id=?", (now, ticket_id))
+            if hook is not None:
+                hook(conn, ticket_id)
+            return {"old": old, "new": fields(conn)}
+        return await self.transaction(fn)
+
+    async def ticket_add_article(self, ticket_id: int, article: ArticleDraft, actor: str, now: float,
+                                 agent_reply: bool = False, hook: Any = None) -> int | None:
+        def fn(conn: sqlite3.Connection) -> int | None:
+            if conn.execute("SELECT 1 FROM tickets WHERE id=?", (ticket_id,)).fetchone() is None:
+                return None
+            tx = DeliverTx(conn, now, self.ticket_prefix, self.ticket_start, self.cipher)
+            article_id = tx.article(ticket_id, None, article)
+            conn.execute("UPDATE tickets SET updated_at=? WHERE id=?", (now, ticket_id))
+            if agent_reply:  # the first public agent answer meets the first-response SLA (as by mail)
+                conn.execute("UPDATE tickets SET first_response_at=COALESCE(first_response_at, ?) WHERE id=?",
+                             (now, ticket_id))
+            tx.history(ticket_id, actor, "article_added" if agent_reply else "note_added",
+                       {"article_id": article_id, "visibility": article.visibility, "via": "api"})
+            if hook is not None:
+                hook(conn, ticket_id, article_id)
+            return article_id
+        return await self.transaction(fn)
+
+    async def attachment_get(self, attachment_id: int) -> tuple[dict[str, Any], bytes] | None:
+        rows = await self.query("SELECT x.id, x.filename, x.content_type, x.size, x.sha256, a.ticket_id, t.queue,"
+                                " b.data FROM attachments x JOIN articles a ON a.id=x.article_id JOIN tickets t"
+                                " ON t.id=a.ticket_id JOIN blobs b ON b.sha256=x.sha256 WHERE x.id=?",
+                                (attachment_id,))
+        if not rows:
+            return None
+        r = rows[0]
+        meta = {"id": r["id"], "filename": self.cipher.dec_text(r["filename"]), "content_type": r["content_type"],
+                "size": r["size"], "sha256": r["sha256"], "ticket_id": r["ticket_id"], "queue": r["queue"]}
+        return meta, self.cipher.dec_bytes(bytes(r["data"]))
+
     async def contact_get(self, email: str) -> dict[str, Any] | None:
         rows = await self.query("SELECT * FROM contacts WHERE email=?", (email,))
         if not rows:
@@ -571,6 +679,8 @@ class SqliteStore(Store):
                 ids = [r[0] for r in conn.execute("SELECT id FROM tickets WHERE status='closed' AND closed_at < ?",
                                                   (now - closed_ticket_days * day,))]
                 for tid in ids:
+                    conn.execute("DELETE FROM ticket_search WHERE rowid >= ? AND rowid < ?",
+                                 (tid << SEARCH_SHIFT, (tid + 1) << SEARCH_SHIFT))
                     arts = "(SELECT id FROM articles WHERE ticket_id=?)"
                     conn.execute(f"DELETE FROM attachments WHERE article_id IN {arts}", (tid,))
                     conn.execute(f"DELETE FROM stripped_attachments WHERE article_id IN {arts}", (tid,))
@@ -610,6 +720,13 @@ class SqliteStore(Store):
                 conn.execute("UPDATE articles SET body_text=?, body_html=?, new_text=?, subject=? WHERE id=?",
                              (c.rotate_text(t), c.rotate_text(h), c.rotate_text(n), c.rotate_text(subj), aid))
                 out["articles"] += 1
+            # the full-text index again: hashed words under the new first key (plaintext rows too)
+            conn.execute("DELETE FROM ticket_search")
+            for tid, subj, body, n in conn.execute(
+                    "SELECT ticket_id, subject, body_text, row_number() OVER (PARTITION BY ticket_id ORDER BY id)"
+                    " FROM articles").fetchall():
+                conn.execute("INSERT INTO ticket_search (rowid, subject, body) VALUES (?,?,?)",
+                             (search_rowid(tid, n), index_text(c, c.dec_text(subj)), index_text(c, c.dec_text(body))))
             for tid, subj, skey in conn.execute("SELECT id, subject, subject_key FROM tickets").fetchall():
                 conn.execute("UPDATE tickets SET subject=?, subject_key=? WHERE id=?",
                              (c.rotate_text(subj), c.rotate_match_key(skey), tid))

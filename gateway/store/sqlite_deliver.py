@@ -13,12 +13,13 @@ from typing import IO, Any, Iterable, Iterator
 
 from gateway.webhooks.outbox import ticket_updated
 from gateway.store.crypto import Cipher
+from gateway.store.search import index_text, search_rowid
 from gateway.store.base import (ARTICLE_ADDED, QUARANTINED, SUPPRESSED, TICKET_CREATED, ArticleDraft, Delivery,
                    DeliveryResult, ThreadHints)
 
 DAY = 86400.0
 CLOSED_STATES = ("resolved", "closed")
-SETTABLE = ("status", "priority", "assignee", "category")
+SETTABLE = ("status", "priority", "assignee", "category", "queue")  # queue: by the HTTP API only
 
 
 STREAM_BLOB_MIN = 256 * 1024  # blobs from this size are written in pieces
@@ -291,9 +292,19 @@ class DeliverTx:
         if art.message_id:
             conn.execute("INSERT OR IGNORE INTO message_ids (message_id, ticket_id, article_id) VALUES (?,?,?)",
                          (art.message_id, ticket_id, article_id))
+        self.index(ticket_id, art)
         return article_id
 
-    def apply_updates(self, ticket_id: int, actor: str, updates: dict[str, Any]) -> None:
+    def index(self, ticket_id: int, art: ArticleDraft) -> None:
+        """The article in the full-text index, in this transaction (gateway/store/search.py)."""
+        n = self.conn.execute("SELECT COUNT(*) FROM articles WHERE ticket_id=?", (ticket_id,)).fetchone()[0]
+        self.conn.execute("INSERT INTO ticket_search (rowid, subject, body) VALUES (?,?,?)",
+                          (search_rowid(ticket_id, n), index_text(self.cipher, art.subject),
+                           index_text(self.cipher, art.body_text)))
+
+    def apply_updates(self, ticket_id: int, actor: str, updates: dict[str, Any], replace_tags: bool = False) -> None:
+        """Ticket fields from an agent's mail commands, or from the HTTP API (``replace_tags``: ``tags``
+        is the whole new list rather than tags to add), and the "command" history line."""
         old_status = self.conn.execute("SELECT status FROM tickets WHERE id=?", (ticket_id,)).fetchone()[0]
         for key in SETTABLE:
             if key in updates:
@@ -302,9 +313,9 @@ class DeliverTx:
             self.conn.execute("UPDATE tickets SET closed_at=? WHERE id=?", (self.now, ticket_id))
         elif "status" in updates:
             self.conn.execute("UPDATE tickets SET closed_at=NULL WHERE id=?", (ticket_id,))
-        if updates.get("tags"):
+        if updates.get("tags") or (replace_tags and "tags" in updates):
             row = self.conn.execute("SELECT tags FROM tickets WHERE id=?", (ticket_id,)).fetchone()
-            tags = list(dict.fromkeys(json.loads(row[0]) + list(updates["tags"])))
+            tags = list(dict.fromkeys(([] if replace_tags else json.loads(row[0])) + list(updates["tags"])))
             self.conn.execute("UPDATE tickets SET tags=? WHERE id=?", (json.dumps(tags), ticket_id))
         self.history(ticket_id, actor, "command", {"applied": updates, "old_status": old_status})
         ticket_updated(self.conn, ticket_id, actor, updates, {"status": old_status}, self.now)  # [[webhook]]s
