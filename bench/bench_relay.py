@@ -37,7 +37,7 @@ from gateway.store.sqlite import SqliteStore  # noqa: E402
 from gateway.config.relay import parse_relay_config  # noqa: E402
 from relay.dkim import keygen  # noqa: E402
 from relay.notify import MailboxInfo, Notifier, TicketInfo, acknowledge  # noqa: E402
-from relay.queue import RelayQueue  # noqa: E402
+from gateway.store.relay_queue import RelayQueue  # noqa: E402
 from relay.worker import RelayWorker  # noqa: E402
 from bench.ingest import free_port, wait_port  # noqa: E402  (one copy of the port helpers)
 
@@ -138,7 +138,7 @@ async def bench_deliver(label: str, n: int, tmp: str, table: dict, stores: "Benc
     q = RelayQueue(store)
 
     def fill(conn):
-        from relay.queue import enqueue
+        from gateway.store.relay_queue import enqueue
         for i in range(n):
             enqueue(conn, notifier.acknowledgement(ticket=TicketInfo(None, f"HD-{i}", "Printer on fire"),
                                                    mailbox=MB, to=f"user{i}@customer.test", key=f"{label}{i}",

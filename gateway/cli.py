@@ -17,7 +17,7 @@ from gateway.runtime.logsetup import setup_logging
 from gateway.store import open_store
 from gateway.store.base import ALL_STATES, QUARANTINED, SUPPRESSED, SpoolEntry, SpoolQuery, Store, TicketQuery
 from gateway.store.render import iso, spool_dict
-from gateway.whoami import operator
+from gateway.runtime.whoami import operator
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 TICKET_STATUSES = ("new", "open", "pending", "resolved", "closed")
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             for err in errors:
                 print(f"ticketmx: config error: {err}", file=sys.stderr)
             return EX_CONFIG
-        from gateway.pipeline.stages.notify_hook import config_warnings
+        from relay.notify_hook import config_warnings
         for warning in config_warnings(cfg):
             print(f"ticketmx: warning: {warning}", file=sys.stderr)
         print(f"{cfg.source or '(embedded defaults)'}: OK ({len(cfg.mailboxes)} mailboxes)")

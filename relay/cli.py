@@ -13,7 +13,7 @@ import stat
 import sys
 from typing import Any, Callable
 
-from relay.queue import STATES, RelayQueue, queue_row_json
+from gateway.store.relay_queue import STATES, RelayQueue, queue_row_json
 
 EX_OK, EX_FAIL, EX_USAGE = 0, 1, 2
 

@@ -36,8 +36,8 @@ import aiosmtplib
 
 from gateway.config.relay import RelayConfig, SmarthostConfig
 from relay.oauth import OAuthError, TokenProvider
-from relay.queue import RcptOutcome
-from relay.schedule import in_window, window_end
+from gateway.store.relay_queue import RcptOutcome
+from gateway.config.schedule import in_window, window_end
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ customer message the agent answered, status and other automatic mails answer the
 customer message. The functions here read the ticket inside the caller's transaction (SQLite or the
 PostgreSQL bridge) and never write.
 
-How our own mails are tied to the customer message they answer: :func:`relay.queue.enqueue` records a
+How our own mails are tied to the customer message they answer: :func:`gateway.store.relay_queue.enqueue` records a
 notification's Message-ID in ``message_ids`` with the ``article_id`` of that customer message, so an
 agent replying to one of our notifications (or to the customer's message itself) resolves to it.
 """

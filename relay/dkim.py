@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import dkim
 
 from gateway.config.relay import DkimKeyConfig
-from relay.dkimkey import load_private_key
+from gateway.config.dkimkey import load_private_key
 
 # -- fast RSA -------------------------------------------------------------------------------------
 # dkimpy computes the RSA signature with its own pure-Python modular arithmetic: about 10-25 ms per

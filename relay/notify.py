@@ -45,13 +45,13 @@ from jinja2.sandbox import SandboxedEnvironment
 from gateway.config.errors import ConfigError
 from gateway.config.load import Config
 from gateway.config.relay import RelayConfig, resolve_templates_dir
-from relay.queue import Notification, enqueue
+from gateway.store.relay_queue import Notification, enqueue
 
 EVENTS = ("ack", "reply", "status", "escalation", "test", "commands", "stripped", "paused")
 AUTO_SUBMITTED = {"ack": "auto-replied", "status": "auto-generated", "escalation": "auto-generated",
                   "commands": "auto-replied", "stripped": "auto-replied", "paused": "auto-generated",
                   "test": "auto-generated"}
-# Mail to the team (gateway/pipeline/stages/agent_notify.py): agent notifications, on-call alerts, conflicts.
+# Mail to the team (relay/agent_notify.py): agent notifications, on-call alerts, conflicts.
 EVENTS += ("notify", "alert", "conflict")
 AUTO_SUBMITTED.update({"notify": "auto-generated", "alert": "auto-generated", "conflict": "auto-generated"})
 NON_CRITICAL = frozenset({"ack", "status"})  # a contact may opt out of these; they carry List-Unsubscribe

@@ -16,7 +16,7 @@ import sqlite3
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from relay.queue import delivery_failed
+from gateway.store.relay_queue import delivery_failed
 
 __all__ = ["apply_report", "mdn_text"]
 

@@ -28,8 +28,8 @@ def escalate(conn: sqlite3.Connection, cfg: Config, notifier: Any, now: float) -
     """Queue the escalations due at ``now`` inside the caller's transaction; returns how many."""
     from relay.conversation import conversation, thread_keys_sync
     from relay.notify import MailboxInfo, TicketInfo
-    from relay.queue import enqueue
-    from gateway.pipeline.stages.agent_notify import Team, sla_warning
+    from gateway.store.relay_queue import enqueue
+    from relay.agent_notify import Team, sla_warning
     if not getattr(notifier, "keys", True):  # sign the Message-IDs as every mail about a ticket
         notifier.keys = thread_keys_sync(conn, cfg.twoway.keys if cfg.twoway else ())
     agents = {a.address.lower() for a in cfg.twoway.agents} if cfg.twoway else set()

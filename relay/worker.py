@@ -40,7 +40,7 @@ from relay.client import CIRCUIT_VALUE, CLOSED, HostFailure, Smarthost, Smarthos
 from gateway.config.relay import RelayConfig
 from relay.dkim import DkimSigner
 from relay.notify import Notifier, purge_ack_log
-from relay.queue import DEAD, DEFERRED, SENT, AttemptOutcome, OutboundMail, RelayQueue
+from gateway.store.relay_queue import DEAD, DEFERRED, SENT, AttemptOutcome, OutboundMail, RelayQueue
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ class RelayWorker:
         except Exception as exc:  # a bug or a bad key: never lose the row, try again on schedule
             log.exception("relay: delivery of notification %d raised", m.id)
             outcome = AttemptOutcome(m.id, [], f"internal error: {type(exc).__name__}", "", self.owner)
-            from relay.queue import RcptOutcome
+            from gateway.store.relay_queue import RcptOutcome
             outcome.rcpts = [RcptOutcome(a, "temp", None, outcome.error) for a in m.pending]
         try:
             state = await self._record(outcome)

@@ -103,7 +103,7 @@ CLASSES: dict[str, tuple[Callable[[int], bytes], int]] = {
 
 def pipeline_context() -> tuple[object, list]:
     """The real Config and every stage (two-way stages included, an agent, a routing rule, redaction)."""
-    from gateway.pipeline.stages.routing import parse_routing
+    from gateway.config.routing import parse_routing
     from gateway.pipeline.runner.assemble import build_pipeline
     from gateway.pipeline.stages.core import Context
     from gateway.config.twoway import parse_twoway

@@ -171,7 +171,7 @@ def test_one_click_header_only_with_https():
 async def test_group_notification_recipients_only_in_the_envelope(start_gateway, dns_server, sink):
     """Bcc for group notifications: every agent gets the mail, no header names any of them."""
     from relay.notify import MailboxInfo, Notifier, TicketInfo
-    from relay.queue import enqueue
+    from gateway.store.relay_queue import enqueue
     dns_server.set_zone(ZONE)
     gw = await start_gateway(**relay_cfg(sink.port))
     relay = gw.gw.relay

@@ -18,7 +18,7 @@ from gateway.config.errors import ConfigError, ConfigErrors
 from gateway.config.units import parse_rate
 from gateway.runtime.ratelimit import Rate
 from gateway.config.units import parse_duration, parse_size
-from gateway.config.secretfile import exposure
+from gateway.config.secretfile import exposure, read_fernet_keys
 from gateway.config.tomltable import Table, expect_str
 from gateway.config.http import HttpConfig, parse_http
 
@@ -463,8 +463,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         t.error("encryption_key_file", why)
     elif store.encryption_key_file:
         try:
-            from gateway.store.crypto import Cipher
-            Cipher.from_file(store.encryption_key_file)
+            read_fernet_keys(store.encryption_key_file)
         except (OSError, ValueError) as exc:
             t.error("encryption_key_file", f"unusable key file: {exc}")
     t.finish()
@@ -608,7 +607,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
 
 
 def _template(v: Any, prefix: str) -> Any:
-    from gateway.pipeline.stages.template import parse_template
+    from gateway.config.template import parse_template
     try:
         return parse_template(v, prefix)
     except ConfigError as exc:

@@ -25,7 +25,7 @@ from gateway.config.secretfile import exposure
 from gateway.config.tomltable import Table, expect_str
 from gateway.config.units import parse_duration
 
-from relay.schedule import parse_intervals, parse_skip_times
+from gateway.config.schedule import parse_intervals, parse_skip_times
 
 T = TypeVar("T")
 
@@ -446,7 +446,7 @@ def _dkim(data: Any, prefix: str, errors: list[ConfigError]) -> DkimKeyConfig | 
             t.error("algorithm", f"{key_file} holds an {detected} key")
         algorithm = detected
         try:
-            from relay.dkimkey import load_private_key
+            from gateway.config.dkimkey import load_private_key
             load_private_key(key, algorithm)
         except ValueError as exc:
             t.error("key_file", f"{key_file} is not a DKIM private key (PEM RSA, or the base64 ed25519 seed"

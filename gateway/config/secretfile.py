@@ -66,3 +66,22 @@ def ensure_mode(path: str, mode: int) -> None:
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
+
+
+def read_fernet_keys(path: str) -> list[bytes]:
+    """The keys of an encryption key file (``[store] encryption_key_file``): one Fernet key a line, the
+    first encrypts, all decrypt; ``#`` lines are comments. Raises ValueError for an empty file or a line
+    that is not a Fernet key, so a bad file is a config error at load, not a failure at the first write."""
+    from pathlib import Path
+
+    from cryptography.fernet import Fernet
+    keys = [line.strip().encode() for line in Path(path).read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    if not keys:
+        raise ValueError(f"{path}: no key (generate one with `ticketmx store genkey`)")
+    for n, key in enumerate(keys, 1):
+        try:
+            Fernet(key)
+        except ValueError as exc:
+            raise ValueError(f"{path}: key {n} is not a Fernet key ({exc})") from None
+    return keys

@@ -118,9 +118,9 @@ def _networks(v: Any, key: str) -> tuple[Any, ...]:
 
 def parse_twoway(data: dict[str, Any]) -> TwoWayConfig:
     """Build TwoWayConfig from the top-level tables threading, agent, queue, commands, routing, redaction."""
-    from gateway.pipeline.stages.redact import parse_redaction
-    from gateway.pipeline.stages.routing import parse_routing
-    from gateway.pipeline.stages.tokens import parse_keys, parse_token_style
+    from gateway.config.redaction import parse_redaction
+    from gateway.config.routing import parse_routing
+    from gateway.config.threading import parse_keys, parse_token_style
 
     t = data.get("threading", {})
     if not isinstance(t, dict):

@@ -1,6 +1,6 @@
 """The mail an API change of a ticket causes, composed by the mail path itself.
 
-An agent's reply by mail reaches the customer through :class:`gateway.pipeline.stages.notify_hook.NotifyHook`
+An agent's reply by mail reaches the customer through :class:`relay.notify_hook.NotifyHook`
 (threading on the customer's conversation, command lines stripped, the agent-conflict hold, the
 queue's agent notifications, the relay queue in the ticket's transaction). An API reply or status
 change is handed to that same hook, described as the agent mail that would have made it, so the two
@@ -37,7 +37,7 @@ class TicketMail:
     """Hooks for the store's API writes (run inside their transaction, on SQLite or PostgreSQL)."""
 
     def __init__(self, cfg: Any) -> None:
-        from gateway.pipeline.stages.notify_hook import NotifyHook
+        from relay.notify_hook import NotifyHook
         self.cfg = cfg
         self.hook = NotifyHook(cfg)
 

@@ -37,7 +37,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _operator() -> str:
-    from gateway.whoami import operator
+    from gateway.runtime.whoami import operator
     return operator()
 
 

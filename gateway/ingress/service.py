@@ -70,7 +70,7 @@ class InboundService:
         self.auth_check = AuthCheck.from_config(cfg, executor, resolver)
         self.header_check = HeaderSectionCheck()
         self.loop_check = LoopCheck(cfg.smtp.hostname, cfg.smtp.loop_marker, cfg.smtp.max_received_headers)
-        from gateway.pipeline.runner.assemble import build_data_checks
+        from gateway.smtp.rspamd_check import build_data_checks
         from gateway.config.pipeline import PipelinePolicy
         self.data_checks = build_data_checks(cfg.policy or PipelinePolicy(), cfg.mailbox_policies)
 

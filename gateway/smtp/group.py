@@ -143,7 +143,7 @@ def build_checks(cfg: Config, executor: concurrent.futures.Executor | None, reso
         current = resolver[0] = Resolver(cfg.dns.nameservers, cfg.dns.timeout)
         current.ticketmx_dns_cfg = cfg.dns
     checks.append(AuthCheck.from_config(cfg, executor, resolver=current))
-    from gateway.pipeline.runner.assemble import build_data_checks
+    from gateway.smtp.rspamd_check import build_data_checks
     from gateway.config.pipeline import PipelinePolicy
     checks += build_data_checks(cfg.policy or PipelinePolicy(), cfg.mailbox_policies)
     return checks

@@ -13,9 +13,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from gateway.config.secretfile import read_fernet_keys
 
 BLOB_PREFIX = b"ENC1:"
 TEXT_PREFIX = "enc1:"
@@ -37,11 +38,7 @@ class Cipher:
     def from_file(cls, path: str | None) -> "Cipher":
         if not path:
             return cls()
-        keys = [line.strip().encode() for line in Path(path).read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
-        if not keys:
-            raise ValueError(f"{path}: no key (generate one with `ticketmx store genkey`)")
-        return cls(keys)
+        return cls(read_fernet_keys(path))
 
     @property
     def enabled(self) -> bool:

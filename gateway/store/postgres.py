@@ -56,7 +56,7 @@ RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.
 
 
 class PostgresStore(Store):
-    dialect = "postgresql"  # for code that must say a few things differently (relay/queue.py)
+    dialect = "postgresql"  # for code that must say a few things differently (gateway/store/relay_queue.py)
 
     def __init__(self, url: str, ticket_prefix: str = "HD-", ticket_start: int = 1000,
                  cipher: Cipher | None = None, pool_min: int = 1, pool_max: int = 10,
@@ -106,12 +106,12 @@ class PostgresStore(Store):
         assert self._pool is not None, "store not open"
         return self._pool
 
-    # -- the synchronous face (relay queue, notifications, SLA: relay/queue.py) ---------------------
+    # -- the synchronous face (relay queue, notifications, SLA: gateway/store/relay_queue.py) ---------------------
     async def run_sync(self, conn: asyncpg.Connection, fn: Callable[..., T], *args: Any) -> T:
         """``fn(sync_conn, *args)``, its statements on ``conn`` (in the caller's transaction) through
         :class:`PgSyncConnection` (:mod:`gateway.store.pg_sync`)."""
         sync = PgSyncConnection(conn)
-        sync.cipher = self.cipher  # what runs inside encrypts with the store's key (see relay.queue)
+        sync.cipher = self.cipher  # what runs inside encrypts with the store's key (see gateway.store.relay_queue)
         sync.webhooks = self.webhooks
         return await run_sync(fn, sync, *args)
 
@@ -618,7 +618,7 @@ class PostgresStore(Store):
                 for table in ("attachments", "stripped_attachments"):
                     for r in await conn.fetch(f"SELECT id, filename FROM {table} ORDER BY id FOR UPDATE"):
                         await conn.execute(f"UPDATE {table} SET filename=$1 WHERE id=$2", c.rotate_text(r[1]), r[0])
-                from relay.queue import rotate_queue
+                from gateway.store.relay_queue import rotate_queue
                 await self.run_sync(conn, lambda sync: rotate_queue(sync, c))
                 await self.run_sync(conn, lambda sync: rotate_outbox(sync, c))
                 async for r in conn.cursor("SELECT sha256, data FROM blobs ORDER BY sha256 FOR UPDATE",

@@ -101,7 +101,7 @@ DB_MODE = 0o600
 
 class CipherConnection(sqlite3.Connection):
     """The writer connection, carrying the store's :class:`Cipher` (set per transaction), so code that
-    runs inside a transaction with only the connection (relay.queue.enqueue, called from the
+    runs inside a transaction with only the connection (gateway.store.relay_queue.enqueue, called from the
     notification hook) encrypts what it writes without every caller having to pass the key."""
 
     cipher: Cipher | None = None
@@ -733,7 +733,7 @@ class SqliteStore(Store):
             for table in ("attachments", "stripped_attachments"):
                 for xid, name in conn.execute(f"SELECT id, filename FROM {table}").fetchall():
                     conn.execute(f"UPDATE {table} SET filename=? WHERE id=?", (c.rotate_text(name), xid))
-            from relay.queue import rotate_queue
+            from gateway.store.relay_queue import rotate_queue
             rotate_queue(conn, c)
             rotate_outbox(conn, c)
             for sha, data in conn.execute("SELECT sha256, data FROM blobs").fetchall():

@@ -12,7 +12,7 @@ Life of one row (one event for one webhook)::
 
 Every function here is synchronous and takes a ``sqlite3.Connection``-shaped connection, so it runs
 inside the caller's transaction on SQLite (``SqliteStore.transaction``) and on PostgreSQL
-(``PgSyncConnection`` through ``run_sync``), like relay/queue.py. The webhooks configured reach these
+(``PgSyncConnection`` through ``run_sync``), like gateway/store/relay_queue.py. The webhooks configured reach these
 functions on the connection (``conn.webhooks``, set by the store from ``[[webhook]]``, as the store's
 cipher is): a change commits with its events or not at all, and nothing is queued for a webhook that
 did not subscribe to the event. Payloads are encrypted with the store's key when ``[store]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config.errors import ConfigError
-from gateway.pipeline.runner.assemble import _registry, build_data_checks, build_stages
+from gateway.pipeline.runner.assemble import _registry, build_stages
+from gateway.smtp.rspamd_check import build_data_checks
 from gateway.config.pipeline import (
     DEFAULT_ORDER, RECOMMENDED_ORDER, AutomaticPolicy, PipelinePolicy, parse_mailbox_policies, parse_pipeline_policy)
 

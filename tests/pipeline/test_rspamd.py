@@ -18,9 +18,10 @@ import pytest
 from gateway.smtp.checks import CONTINUE as CHECK_CONTINUE
 from gateway.smtp.checks import DEFER, REJECT, DataContext, header_end
 from gateway.config.errors import ConfigError
-from gateway.pipeline.runner.assemble import build_data_checks
+from gateway.smtp.rspamd_check import build_data_checks
 from gateway.config.pipeline import RspamdPolicy, parse_pipeline_policy
-from gateway.pipeline.stages.rspamd import RspamdCheck, RspamdClient, RspamdError, RspamdStage, decide, parse_url
+from gateway.pipeline.stages.rspamd import RspamdClient, RspamdError, RspamdStage, decide, parse_url
+from gateway.smtp.rspamd_check import RspamdCheck
 from gateway.pipeline.stages.core import CONTINUE, DROP, QUARANTINE
 
 from .helpers import MAILBOXES, context, inbound, message

@@ -7,7 +7,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from gateway.config.relay import parse_relay_config
-from relay.queue import Notification, RelayQueue
+from gateway.store.relay_queue import Notification, RelayQueue
 from relay.worker import RelayWorker
 
 _n = itertools.count(1)

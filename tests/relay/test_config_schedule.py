@@ -8,7 +8,7 @@ import pytest
 
 from gateway.config.errors import ConfigError
 from gateway.config.relay import RelayConfigError, parse_relay_config
-from relay.schedule import delay_after, in_window, next_attempt, parse_intervals, parse_skip_times, window_end
+from gateway.config.schedule import delay_after, in_window, next_attempt, parse_intervals, parse_skip_times, window_end
 
 EXAMPLE = """
 [relay]

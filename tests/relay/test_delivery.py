@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from prometheus_client import CollectorRegistry
 
-from relay.queue import RelayQueue
+from gateway.store.relay_queue import RelayQueue
 
 from .conftest import free_port, host, relay_table, wait_for
 from .helpers import enqueue_many, metric, note, start_worker

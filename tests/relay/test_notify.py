@@ -12,7 +12,7 @@ import pytest
 from gateway.config.relay import parse_relay_config
 from relay.notify import (HeaderInjection, MailboxInfo, Notifier, TicketInfo, acknowledge, set_opt_out,
                           should_acknowledge, wants)
-from relay.queue import RelayQueue, enqueue
+from gateway.store.relay_queue import RelayQueue, enqueue
 
 from .conftest import host, relay_table, wait_for
 from .helpers import start_worker

@@ -4,7 +4,7 @@ A smarthost's 5xx about the message's form (500-504, 5.6.x) does not mark contac
 from __future__ import annotations
 
 from relay.client import overlong_line
-from relay.queue import Notification, RelayQueue
+from gateway.store.relay_queue import Notification, RelayQueue
 
 from .conftest import host, relay_table, wait_for
 from .helpers import enqueue_many, note, start_worker

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from gateway.store.sqlite import SqliteStore
-from relay.queue import AttemptOutcome, RcptOutcome, RelayQueue, claim, record
+from gateway.store.relay_queue import AttemptOutcome, RcptOutcome, RelayQueue, claim, record
 
 from .conftest import host, relay_table, wait_for
 from .helpers import enqueue_many, note, start_worker

@@ -102,7 +102,7 @@ async def test_sqlite_files_hold_no_plaintext_after_a_conversation(start_gateway
     finally:
         conn.close()
     # still readable through the store: the ticket and the queued mail (decrypted on read)
-    from relay.queue import RelayQueue
+    from gateway.store.relay_queue import RelayQueue
     ticket = await gw.store.ticket_get("HD-1000")
     assert SECRETS["subject"] in ticket["subject"]
     assert SECRETS["agent reply text"] in ticket["articles"][1]["body_text"]

@@ -5,9 +5,12 @@ import re
 import tomllib
 from pathlib import Path
 
-from gateway.pipeline.stages.redact import parse_redaction, redact
-from gateway.pipeline.stages.routing import parse_routing, route
-from gateway.pipeline.stages.tokens import parse_keys, parse_token_style
+from gateway.pipeline.stages.redact import redact
+
+from gateway.config.redaction import parse_redaction
+from gateway.pipeline.stages.routing import route
+from gateway.config.routing import parse_routing
+from gateway.config.threading import parse_keys, parse_token_style
 
 from .helpers import parsed
 

@@ -10,7 +10,8 @@ from gateway.pipeline.stages.forwards import find_forwarded, parse_inline_forwar
 from gateway.pipeline.stages.importance import importance, importance_from_headers
 from gateway.pipeline.parse.mime import parse_message
 from gateway.pipeline.parse.model import Attachment
-from gateway.pipeline.stages.redact import CARD_RULE, luhn_ok, parse_redaction, redact
+from gateway.pipeline.stages.redact import luhn_ok, redact
+from gateway.config.redaction import CARD_RULE, parse_redaction
 
 from .helpers import parsed
 

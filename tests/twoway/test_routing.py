@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.config.errors import ConfigError
-from gateway.pipeline.stages.routing import RoutingResult, parse_routing, route
+from gateway.pipeline.stages.routing import RoutingResult, route
+from gateway.config.routing import parse_routing
 
 from .helpers import parsed
 

@@ -205,7 +205,7 @@ async def test_ticket_updated_from_the_store_call_the_api_uses(start_gateway, re
 
 
 async def test_relay_dead_letter_makes_notification_failed(start_gateway, receiver, secret_file):
-    from relay.queue import AttemptOutcome, Notification, RcptOutcome, RelayQueue
+    from gateway.store.relay_queue import AttemptOutcome, Notification, RcptOutcome, RelayQueue
     gw = await start_gateway(webhook=[hook(receiver, secret_file, events=["notification.failed"])])
     q = RelayQueue(gw.store)
     mid = await q.enqueue(Notification("ack", "ticketmx@example.test", ("gone@customer.test",),

@@ -64,16 +64,3 @@ def build_stages(policy: PipelinePolicy, mailboxes: Mapping[str, PipelinePolicy]
         HtmlStage(policy.html, per("html")),
     ]
     return {s.name: s for s in stages}
-
-
-def build_data_checks(policy: PipelinePolicy, mailboxes: Mapping[str, PipelinePolicy] | None = None
-                      ) -> list[Any]:
-    """SMTP-time checks contributed by these policies (today: the rspamd reject-at-DATA check,
-    when rspamd is enabled for the global policy or any mailbox and some reject_score is set)."""
-    from gateway.pipeline.stages.rspamd import RspamdCheck
-
-    mailboxes = mailboxes or {}
-    pols = [policy.rspamd, *(p.rspamd for p in mailboxes.values())]
-    if any(p.enabled and p.reject_at_data and p.reject_score is not None for p in pols):
-        return [RspamdCheck(policy.rspamd, {a: p.rspamd for a, p in mailboxes.items()})]
-    return []

@@ -110,7 +110,7 @@ class Worker:
         # which kills this process if one message keeps it busy too long (gateway/pipeline/runner/budget.py).
         self.meter = Meter(cfg.pipeline.message_budget, slots)
         self.meter.step_names = ("parse", *(st.name for st in self.stages))
-        from gateway.pipeline.stages.notify_hook import make_hook
+        from relay.notify_hook import make_hook
         self.hook = make_hook(cfg)  # acknowledgements / agent replies, queued in the delivery transaction
         self.ctx = Context(cfg=cfg, recipients=RecipientMap(cfg.mailboxes))
         self._wake = asyncio.Event()
@@ -343,7 +343,7 @@ class Worker:
         if not admin or self.hook is None or not hasattr(self.store, "transaction"):
             return
         from relay.notify import MailboxInfo, TicketInfo
-        from relay.queue import enqueue
+        from gateway.store.relay_queue import enqueue
         mb = self.cfg.mailboxes[0] if self.cfg.mailboxes else None
         n = self.hook.notifier.build(
             "paused", ticket=TicketInfo(None, "pipeline", "paused"),

@@ -2,7 +2,7 @@
 
 Two users of one tiny client:
 
-* :class:`RspamdCheck` (``name = "rspamd"``), an SMTP-time check for ``gateway.smtp.checks``: a score
+* ``RspamdCheck`` (gateway/smtp/rspamd_check.py, ``name = "rspamd"``), an SMTP-time check: a score
   at or above ``reject_score`` answers ``550 5.7.1`` at end of DATA (the sending MTA bounces to its
   user: no backscatter from us). Otherwise it lets the message through and leaves the score in the
   spool entry's flags (``rspamd-score:<score>``) so the pipeline stage need not ask again.
@@ -29,18 +29,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.smtp.checks import CONTINUE as CHECK_CONTINUE
-from gateway.smtp.checks import DEFER, REJECT, CheckResult, DataContext
 from gateway.config.pipeline import RspamdPolicy, parse_url, policy_for
 from gateway.pipeline.stages.core import CONTINUE, DROP, QUARANTINE, Context, Inbound, Verdict
 from gateway.runtime.httpclient import LoopClients, TooLarge, read_limited
-from gateway.smtp.replies import Reply
 
-__all__ = ["RspamdError", "RspamdResult", "RspamdClient", "RspamdCheck", "RspamdStage", "decide",
-           "parse_url", "SPAM_REJECTED", "SCAN_TEMPFAIL"]
+__all__ = ["RspamdError", "RspamdResult", "RspamdClient", "RspamdStage", "decide", "parse_url"]
 
-SPAM_REJECTED = Reply(550, "5.7.1", "Message rejected as spam", "spam")
-SCAN_TEMPFAIL = Reply(451, "4.7.1", "Content scanner unavailable, please try again later", "scanner_unavailable")
 FLAG_PREFIX = "rspamd-score:"
 _MAX_RESPONSE = 4 * 1024 * 1024
 
@@ -144,45 +138,12 @@ def decide(score: float, policy: RspamdPolicy) -> str:
     return ""
 
 
-def _client(policy: RspamdPolicy, cache: dict[tuple[str, float, str], RspamdClient]) -> RspamdClient:
+def client_for(policy: RspamdPolicy, cache: dict[tuple[str, float, str], RspamdClient]) -> RspamdClient:
     key = (policy.url, policy.timeout, policy.password)
     c = cache.get(key)
     if c is None:
         c = cache[key] = RspamdClient(policy.url, policy.timeout, policy.password)
     return c
-
-
-class RspamdCheck:
-    """SMTP-time: reject at end of DATA when rspamd's score reaches ``reject_score``."""
-
-    name = "rspamd"
-
-    def __init__(self, policy: RspamdPolicy, per_mailbox: Mapping[str, RspamdPolicy] | None = None) -> None:
-        self.policy = policy
-        self.per_mailbox = {k.lower(): v for k, v in (per_mailbox or {}).items()}
-        self._clients: dict[tuple[str, float, str], RspamdClient] = {}
-
-    def _policies(self, ctx: DataContext) -> list[RspamdPolicy]:
-        addrs = [str(getattr(mb, "address", mb)).lower() for mb in (ctx.mailboxes or [])]
-        pols = [self.per_mailbox.get(a, self.policy) for a in addrs] or [self.policy]
-        return [p for p in pols if p.enabled]
-
-    async def run(self, ctx: DataContext) -> CheckResult:
-        pols = self._policies(ctx)
-        if not pols or ctx.size > min(p.max_size for p in pols):
-            return CheckResult()
-        first = pols[0]
-        try:
-            result = await _client(first, self._clients).check(
-                ctx.message(), ip=ctx.peer_ip, helo=ctx.helo, mail_from=ctx.mail_from, rcpts=list(ctx.rcpt_tos))
-        except RspamdError:
-            if any(p.on_error == "tempfail" for p in pols):
-                return CheckResult(DEFER, SCAN_TEMPFAIL)
-            return CheckResult()
-        # One message, several mailboxes: refuse it only if every one of them would.
-        if all(p.reject_at_data and p.reject_score is not None and result.score >= p.reject_score for p in pols):
-            return CheckResult(REJECT, SPAM_REJECTED)
-        return CheckResult(CHECK_CONTINUE, flags=[f"{FLAG_PREFIX}{result.score:.3f}"])
 
 
 def score_from_flags(flags: tuple[str, ...] | list[str]) -> float | None:
@@ -219,7 +180,7 @@ class RspamdStage:
             return Verdict(data={"rspamd": {"skipped": f"message larger than {policy.max_size} bytes"}})
         else:
             try:
-                result = await _client(policy, self._clients).check(
+                result = await client_for(policy, self._clients).check(
                     await msg.original(), ip=e.peer_ip, helo=e.helo, mail_from=e.mail_from, rcpts=e.rcpt_tos, queue_id=e.id)
             except RspamdError as exc:
                 if policy.on_error == "tempfail":

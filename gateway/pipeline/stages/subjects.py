@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import re
 
-from gateway.pipeline.stages.tokens import DEFAULT_STYLE, TokenStyle
+from gateway.pipeline.stages.tokens import DEFAULT_STYLE
+
+from gateway.config.threading import TokenStyle
 
 __all__ = ["normalize_subject", "subject_key", "is_reply_subject", "is_forward_subject"]
 

@@ -22,7 +22,7 @@ from typing import Any
 from gateway.config.load import Config, MailboxConfig
 from gateway.store.crypto import dec_stored_text
 from gateway.store.base import ARTICLE_ADDED, QUARANTINED, TICKET_CREATED, Delivery, DeliveryResult
-from gateway.pipeline.stages import agent_notify
+from relay import agent_notify
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class NotifyHook:
             return
         from relay.conversation import conversation, header_ids
         from relay.notify import ACK_REASON_TEXT, MailboxInfo, TicketInfo, acknowledge
-        from relay.queue import enqueue
+        from gateway.store.relay_queue import enqueue
         from gateway.pipeline.stages.commands import strip_command_lines
         row = conn.execute("SELECT t.subject, t.status, t.queue, t.assignee, c.email, c.name FROM tickets t"
                            " JOIN contacts c ON c.id=t.requester_id WHERE t.id=?", (r.ticket_id,)).fetchone()
@@ -160,7 +160,7 @@ class NotifyHook:
         manual handling, never to a contact who opted out."""
         from relay.conversation import conversation, header_ids
         from relay.notify import wants
-        from relay.queue import enqueue
+        from gateway.store.relay_queue import enqueue
         result = next((h["detail"].get("text", "") for h in d.ticket_history if h.get("action") == "command_result"),
                       "")
         if result:
@@ -186,7 +186,7 @@ class NotifyHook:
         default), never an automatic sender, and within the acknowledgement rate limits."""
         from relay.conversation import header_ids
         from relay.notify import ack_client_key, auto_reply_decision, record_ack
-        from relay.queue import enqueue
+        from gateway.store.relay_queue import enqueue
         art, now = d.article, time.time()
         mail_from, peer_ip, auth = self._envelope(conn, d.spool_id)
         client = ack_client_key(peer_ip, auth)
@@ -207,7 +207,7 @@ class NotifyHook:
         record_ack(conn, art.from_addr, now, client)
         self.queued += 1
 
-    # -- mail to the team (gateway/pipeline/stages/agent_notify.py) ------------------------------------------
+    # -- mail to the team (relay/agent_notify.py) ------------------------------------------
     def _team(self, conn: sqlite3.Connection, d: Delivery, r: DeliveryResult, ticket: Any, mailbox: Any,
               held: bool) -> None:
         """The queue's agent notification for this event, and the on-call alert of an alert rule."""

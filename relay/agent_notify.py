@@ -1,6 +1,6 @@
 """Mail to the team (issue 19): agent notifications, on-call alerts, manual handling, agent conflicts.
 
-Called by :class:`gateway.pipeline.stages.notify_hook.NotifyHook` inside the delivery transaction, so a
+Called by :class:`relay.notify_hook.NotifyHook` inside the delivery transaction, so a
 notification commits with the ticket change that causes it, or not at all.
 
 * **Agent notifications.** ``[[queue]] notify`` lists who is told about the queue's tickets (agents
@@ -121,7 +121,7 @@ def _team_mail(conn: Any, hook: Any, event: str, *, ticket: Any, mailbox: Any, t
                queue: QueueConfig | None, context: dict[str, Any], dedupe: str, about_article: int | None = None,
                in_reply_to: str | None = None) -> int:
     """Queue one Bcc mail per language to ``to``; returns how many were queued."""
-    from relay.queue import enqueue
+    from gateway.store.relay_queue import enqueue
     refs = _threading(conn, ticket.id) if ticket.id is not None else []
     queued = 0
     for lang, group in sorted(_by_language(hook, to, queue, mailbox).items()):
@@ -283,7 +283,7 @@ def conflict(conn: Any, hook: Any, d: Delivery, r: DeliveryResult, ticket: Any, 
             f" (window {tw.agent_conflict_window / 60:g} min)")
     _history(conn, r.ticket_id, "agent_conflict", {"text": text, "article_id": r.article_id, "other": other[0],
                                                    "answered": target[0]}, actor=me)
-    from relay.queue import enqueue
+    from gateway.store.relay_queue import enqueue
     n = hook.notifier.build("conflict", ticket=ticket, mailbox=mailbox, to=[me],
                             lang=_language(hook, me, tw.queue(ticket.queue), mailbox),
                             context={"other_name": who, "minutes": minutes, "new_text": (art.new_text or art.body_text)[:MAX_QUOTED],

@@ -32,7 +32,7 @@ from typing import Any
 
 from gateway.webhooks.outbox import notification_failed
 
-from relay.schedule import next_attempt
+from gateway.config.schedule import next_attempt
 
 QUEUED, SENDING, DEFERRED, SENT, DEAD, BOUNCED = "queued", "sending", "deferred", "sent", "dead", "bounced"
 STATES = (QUEUED, SENDING, DEFERRED, SENT, DEAD, BOUNCED)
