@@ -93,13 +93,19 @@ class SpoolQuery:
 
     ``mail_from`` matches the envelope sender or the From address the SMTP side read (what DMARC
     evaluated); ``rcpt`` an envelope recipient or the mailbox it mapped to; both case-insensitively.
-    ``since``: epoch seconds (received at or after)."""
+    ``since``: epoch seconds (received at or after); ``until``: received before. The HTTP API adds
+    ``state`` (exactly), ``before`` (ids older than this one: the next page) and ``mailboxes`` (the entry
+    reached one of these mailbox addresses: a token's queue scope; ``None`` = no such filter)."""
 
     message_id: str = ""
     mail_from: str = ""
     rcpt: str = ""
     since: float | None = None
     limit: int = 50
+    until: float | None = None
+    state: str = ""
+    before: str = ""
+    mailboxes: frozenset[str] | None = None
 
     def matches(self, r: Any) -> bool:
         """The exact test on a candidate row (the SQL only narrows the candidates)."""
@@ -114,6 +120,9 @@ class SpoolQuery:
             want = self.rcpt.lower()
             given = [*(_loads(r["rcpt_tos"]) or ()), *(_loads(r["mailboxes"]) or ())]
             if want not in (str(a).lower() for a in given):
+                return False
+        if self.mailboxes is not None:
+            if not self.mailboxes.intersection(str(a).lower() for a in (_loads(r["mailboxes"]) or ())):
                 return False
         return True
 
@@ -393,6 +402,15 @@ class Store(abc.ABC):
         if q.since is not None:
             where.append("s.id >= ?")
             params.append(spool_id_floor(q.since))
+        if q.until is not None:
+            where.append("s.id < ?")
+            params.append(spool_id_floor(q.until))
+        if q.before:
+            where.append("s.id < ?")
+            params.append(q.before)
+        if q.state:
+            where.append("s.state = ?")
+            params.append(q.state)
         if q.message_id:
             where.append("s.message_id = ?")
             params.append(q.message_id)
