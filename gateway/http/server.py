@@ -10,7 +10,12 @@ Bounds (docs/api.md, "Limits"), since anyone who reaches the port can talk to it
   header bytes would hold its connection forever);
 * ``[http] request_timeout``: from the headers to the start of the response (a slow body included);
 * ``[http] max_body_size``: a declared Content-Length over it is answered 413 before the body is read,
-  a chunked body as soon as the bytes read pass it — never buffered whole first.
+  a chunked body as soon as the bytes read pass it — never buffered whole first. An endpoint module may
+  set another limit for its paths: ``BODY_LIMITS = {"/inbound/": lambda cfg: …}`` (a path prefix under
+  /api/v1 -> a function of the running Config giving bytes), e.g. a hosted service's JSON post of a
+  mail as large as ``[smtp] max_message_size``, base64-encoded.
+
+Every response carries ``X-Content-Type-Options: nosniff``; those under /api/v1 ``Cache-Control: no-store``.
 """
 from __future__ import annotations
 
@@ -103,6 +108,7 @@ def build_app(services: Services) -> FastAPI:
         return problem_response(Problem(500, "Internal Server Error", "the request failed; the gateway log says "
                                         "why"), request)
 
+    body_limits: dict[str, Any] = {}
     for name in ROUTERS:
         try:
             module = importlib.import_module(name)
@@ -111,6 +117,8 @@ def build_app(services: Services) -> FastAPI:
                 raise
             continue
         app.include_router(module.router, prefix=API)
+        for prefix, limit in getattr(module, "BODY_LIMITS", {}).items():
+            body_limits[API + prefix] = limit
 
     @app.get("/healthz", tags=["operations"], response_class=PlainTextResponse,
              summary="Liveness: the process answers")
@@ -130,23 +138,37 @@ def build_app(services: Services) -> FastAPI:
     async def metrics() -> Response:
         return Response(await services.metrics.render_all(), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(_Limits, services=services)
+    # longest prefix first: the most specific limit wins
+    app.add_middleware(_Limits, services=services,
+                       body_limits=tuple(sorted(body_limits.items(), key=lambda kv: -len(kv[0]))))
     return app
 
 
 class _Limits:
     """Pure ASGI middleware: the body limit while reading and the request timeout."""
 
-    def __init__(self, app: Any, services: Services) -> None:
+    def __init__(self, app: Any, services: Services, body_limits: tuple[tuple[str, Any], ...] = ()) -> None:
         self.app = app
         self.services = services
+        self.body_limits = body_limits
+
+    def body_limit(self, path: str) -> int:
+        cfg = self.services.cfg
+        for prefix, limit in self.body_limits:
+            if path.startswith(prefix):
+                return int(limit(cfg))
+        return cfg.http.max_body_size
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         http = self.services.cfg.http
-        limit = http.max_body_size
+        path = scope.get("path", "")
+        limit = self.body_limit(path)
+        extra = [(b"x-content-type-options", b"nosniff")]
+        if path.startswith(API + "/"):
+            extra.append((b"cache-control", b"no-store"))
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             await _send_problem(send, scope, Problem(413, "Content Too Large", f"the request body ({declared} "
@@ -169,6 +191,9 @@ class _Limits:
             if message["type"] == "http.response.start" and not started:
                 started = True
                 deadline.reschedule(None)  # the response is under way: the timeout was for getting here
+                names = {k.lower() for k, _ in message.get("headers", ())}
+                message = {**message, "headers": [*message.get("headers", ()),
+                                                  *(h for h in extra if h[0] not in names)]}
             await send(message)
 
         try:
@@ -199,7 +224,7 @@ def _content_length(scope: dict[str, Any]) -> int | None:
 async def _send_problem(send: Any, scope: dict[str, Any], p: Problem) -> None:
     body = json.dumps(p.body(scope.get("path", ""))).encode()
     headers = [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")] + [(k.lower().encode(), v.encode()) for k, v in p.headers.items()]
+               (b"connection", b"close"), (b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")] + [(k.lower().encode(), v.encode()) for k, v in p.headers.items()]
     await send({"type": "http.response.start", "status": p.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

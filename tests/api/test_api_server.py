@@ -175,3 +175,40 @@ async def test_no_delayed_ack_stall_between_head_and_body(api: Api) -> None:
     writer.close()
     times.sort()
     assert times[len(times) // 2] < 0.030, times
+
+
+async def test_an_endpoint_module_sets_its_own_body_limit(start_api, monkeypatch) -> None:
+    import gateway.http.server as server
+    monkeypatch.setattr(server, "ROUTERS", (*server.ROUTERS, "tests.api.limits_router"))
+    api = await start_api(http={"max_body_size": "2KiB"})
+    async with api.client() as c:
+        r = await c.post("/api/v1/big/size", content=b"a" * 6000)
+        assert r.status_code == 200 and r.json() == {"read": 6000}
+        assert r.headers["x-content-type-options"] == "nosniff" and r.headers["cache-control"] == "no-store"
+        assert_problem(await c.post("/api/v1/big/size", content=b"a" * 9000), 413)
+        assert_problem(await c.post("/api/v1/small/size", content=b"a" * 3000), 413)
+
+        async def chunks():
+            for _ in range(4):
+                yield b"b" * 1000
+        assert_problem(await c.post("/api/v1/small/size", content=chunks()), 413)  # counted while reading
+        assert (await c.post("/api/v1/big/size", content=chunks())).json() == {"read": 4000}
+
+
+async def test_bad_http_config_names_the_key(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[http]\nlisten = "nowhere"\nmax_body_size = "huge"\nrate_per_token = "lots"\ntimeout = "1s"\n')
+    code, out, err = await cli(bad, "check-config", check=False)
+    assert code == 78, (out, err)
+    for key in ("http.listen", "http.max_body_size", "http.rate_per_token", "http.timeout: unknown key"):
+        assert key in err, err
+
+
+async def test_reload_applies_the_rate_limit_and_keeps_serving(api: Api) -> None:
+    token = await api.token("ops", "admin")
+    text = api.config.read_text().replace("[http]\n", '[http]\nrate_per_token = "1/1m"\n')
+    api.config.write_text(text)
+    assert api.gw.gw.reload(str(api.config))
+    async with api.client(token) as c:
+        assert (await c.get("/api/v1/me")).status_code == 200
+        assert_problem(await c.get("/api/v1/me"), 429)
