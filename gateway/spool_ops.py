@@ -9,7 +9,7 @@ endpoint) in the reasons given back.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .store.base import LIVE_STATES, QUARANTINED, SUPPRESSED, SpoolEntry
 
@@ -76,14 +76,14 @@ def release_plan(entry: SpoolEntry | None, force: bool, how: How = CLI) -> tuple
     return stage, why
 
 
-async def release(store: Any, entry: SpoolEntry, stage: str, force: bool, actor: str, now: float
-                  ) -> dict[str, Any] | None:
+async def release(store: Any, entry: SpoolEntry, stage: str, force: bool, actor: str, now: float,
+                  also: Callable[[Any], None] | None = None) -> dict[str, Any] | None:
     """Release ``entry`` past ``stage`` (from :func:`release_plan`); the record, or None when it changed
-    meanwhile (no longer quarantined)."""
+    meanwhile (no longer quarantined). ``also(conn)`` runs in the same transaction (an audit row)."""
     forced = bool(force and stage == "identity")
     record = {"stage": stage, "by": actor, "at": now, "forced": forced}
     if not await store.spool_release_held(entry.id, record, actor, {"stage": stage, "reason": entry.reason,
-                                                                    "forced": forced}):
+                                                                    "forced": forced}, also=also):
         return None
     return record
 
@@ -99,10 +99,14 @@ def delete_refusal(entry: SpoolEntry | None) -> str:
     return ""
 
 
-async def delete(store: Any, entry: SpoolEntry, actor: str) -> bool:
-    """Delete the raw message (the entry and its history stay); False when it changed meanwhile."""
-    return await store.spool_delete_raw(entry.id, actor, {"state": entry.state, "reason": entry.reason,
-                                                          "size": entry.size, "message_id": entry.message_id})
+def delete_detail(entry: SpoolEntry) -> dict[str, Any]:
+    return {"state": entry.state, "reason": entry.reason, "size": entry.size, "message_id": entry.message_id}
+
+
+async def delete(store: Any, entry: SpoolEntry, actor: str, also: Callable[[Any], None] | None = None) -> bool:
+    """Delete the raw message (the entry and its history stay); False when it changed meanwhile.
+    ``also(conn)`` runs in the same transaction (an audit row)."""
+    return await store.spool_delete_raw(entry.id, actor, delete_detail(entry), also=also)
 
 
 def replay_refusal(entry: SpoolEntry | None) -> str:

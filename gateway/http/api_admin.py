@@ -11,12 +11,13 @@ from pydantic import BaseModel, Field
 
 from relay.queue import STATES as RELAY_STATES
 from relay.queue import RelayQueue, queue_row_json
+from relay.queue import retry as relay_retry_in
 
 from .. import spool_ops
 from ..store.base import ALL_STATES, SpoolEntry, SpoolQuery
 from ..store.render import iso, spool_dict
 from . import tokens
-from .deps import Principal, Problem, audit, principal, services
+from .deps import Principal, Problem, audit_row, principal, services
 from .times import parse_when
 
 router = APIRouter()
@@ -228,11 +229,11 @@ async def replay_message(spool_id: str, request: Request, who: Principal = Depen
     svc = services(request)
     e = await _entry(request, who, spool_id)
     why = spool_ops.replay_refusal(e)
-    if not why and not await svc.store.spool_replay(e.id):
+    row = audit_row(who, "message.replay", e.id, {"state": e.state, "reason": e.reason}, request)
+    if not why and not await svc.store.spool_replay(e.id, also=row):
         why = "it changed meanwhile"
     if why:
         raise Problem(409, "Conflict", f"cannot replay {spool_id}: {why}")
-    await audit(who, "message.replay", e.id, {"state": e.state, "reason": e.reason}, request)
     svc.wake_pipeline()
     return Replayed(replayed=e.id)
 
@@ -262,11 +263,11 @@ async def release_message(spool_id: str, request: Request, body: ReleaseRequest 
     if stage is None:
         raise Problem(409, "Conflict", f"cannot release {spool_id}: {why}")
     now = time.time()
-    record = await spool_ops.release(svc.store, e, stage, force, f"api:{who.name}", now)
+    row = audit_row(who, "message.release", e.id, {"stage": stage, "reason": e.reason,
+                                                   "forced": bool(force and stage == "identity")}, request)
+    record = await spool_ops.release(svc.store, e, stage, force, f"api:{who.name}", now, also=row)
     if record is None:
         raise Problem(409, "Conflict", f"cannot release {spool_id}: it changed meanwhile (no longer quarantined)")
-    await audit(who, "message.release", e.id, {"stage": stage, "reason": e.reason, "forced": record["forced"]},
-                request)
     svc.wake_pipeline()
     return Released(released=e.id, stage=stage, by=f"api:{who.name}", at=iso(now) or "", forced=record["forced"])
 
@@ -284,11 +285,12 @@ async def delete_message(spool_id: str, request: Request, who: Principal = Depen
     svc = services(request)
     e = await _entry(request, who, spool_id)
     why = spool_ops.delete_refusal(e)
-    if not why and not await spool_ops.delete(svc.store, e, f"api:{who.name}"):
+    row = audit_row(who, "message.delete", e.id, {"state": e.state, "size": e.size, "message_id": e.message_id},
+                    request)
+    if not why and not await spool_ops.delete(svc.store, e, f"api:{who.name}", also=row):
         why = "it changed meanwhile"
     if why:
         raise Problem(409, "Conflict", f"cannot delete {spool_id}: {why}")
-    await audit(who, "message.delete", e.id, {"state": e.state, "size": e.size, "message_id": e.message_id}, request)
     return Deleted(deleted=e.id, by=f"api:{who.name}")
 
 
@@ -373,13 +375,19 @@ class Retried(BaseModel):
              summary="Queue a dead or deferred notification again (admins)")
 async def relay_retry(mail_id: int, request: Request, who: Principal = Depends(principal("admin"))) -> Retried:
     svc = services(request)
-    q = RelayQueue(svc.store)
-    if not await q.retry(mail_id):
-        row = await q.get(mail_id)
-        if row is None:
+    row = audit_row(who, "relay.retry", str(mail_id), {}, request)
+    now = time.time()
+
+    def fn(conn: Any) -> bool:  # the retry and its audit row, one transaction
+        done = relay_retry_in(conn, mail_id, now)
+        if done:
+            row(conn)
+        return done
+    if not await svc.store.transaction(fn):
+        found = await RelayQueue(svc.store).get(mail_id)
+        if found is None:
             raise Problem(404, "Not Found", f"no notification {mail_id}")
-        raise Problem(409, "Conflict", f"cannot retry {mail_id}: it is {row['state']} (only dead or deferred "
+        raise Problem(409, "Conflict", f"cannot retry {mail_id}: it is {found['state']} (only dead or deferred "
                       "recipients are retried)")
-    await audit(who, "relay.retry", str(mail_id), {}, request)
     svc.wake_relay()
     return Retried(retried=[mail_id])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import json
 from dataclasses import dataclass, field
-from typing import IO, Any, AsyncIterator, Iterator, Sequence
+from typing import IO, Any, AsyncIterator, Callable, Iterator, Sequence
 
 from ..fileio import read_chunks
 
@@ -380,8 +380,9 @@ class Store(abc.ABC):
     async def spool_list(self, state: str | None = None, limit: int | None = None) -> list[SpoolEntry]: ...
 
     @abc.abstractmethod
-    async def spool_replay(self, spool_id: str) -> bool:
-        """Put a finished or quarantined entry back in the queue (attempts reset)."""
+    async def spool_replay(self, spool_id: str, also: Callable[[Any], None] | None = None) -> bool:
+        """Put a finished or quarantined entry back in the queue (attempts reset). ``also(conn)``
+        runs in the same transaction when it does (the HTTP API's audit row)."""
 
     @abc.abstractmethod
     async def spool_replay_quarantined(self) -> list[str]: ...
@@ -440,16 +441,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def spool_release_held(self, spool_id: str, release: dict[str, Any], actor: str,
-                                 detail: dict[str, Any]) -> bool:
+                                 detail: dict[str, Any], also: Callable[[Any], None] | None = None) -> bool:
         """An operator's release of a quarantined entry (``release``: the stage to skip once, who,
         when): back in the queue with a fresh attempt count, and an audit line, in one transaction.
-        False when the entry is not quarantined (any more) or its raw message is gone."""
+        False when the entry is not quarantined (any more) or its raw message is gone. ``also(conn)``:
+        as in :meth:`spool_replay`."""
 
     @abc.abstractmethod
-    async def spool_delete_raw(self, spool_id: str, actor: str, detail: dict[str, Any]) -> bool:
+    async def spool_delete_raw(self, spool_id: str, actor: str, detail: dict[str, Any],
+                               also: Callable[[Any], None] | None = None) -> bool:
         """Delete the raw message of a quarantined or suppressed entry (the row, its history and state
         stay) and write an audit line, in one transaction. False when it is in another state or the raw
-        message is already gone."""
+        message is already gone. ``also(conn)``: as in :meth:`spool_replay`."""
 
     @abc.abstractmethod
     async def spool_audit(self, spool_id: str) -> list[dict[str, Any]]:

@@ -279,11 +279,16 @@ class PostgresStore(Store):
             sql += f" LIMIT ${len(params)}"
         return [spool_from_row(r, self.cipher) for r in await self.pool.fetch(sql, *params)]
 
-    async def spool_replay(self, spool_id: str) -> bool:
-        status = await self.pool.execute(
-            "UPDATE spool SET state=$1, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL"
-            " WHERE id=$2 AND state NOT IN ($3, $4)", QUEUED, spool_id, QUEUED, PROCESSING)
-        return _count(status) == 1
+    async def spool_replay(self, spool_id: str, also: Callable[[Any], None] | None = None) -> bool:
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                done = _count(await conn.execute(
+                    "UPDATE spool SET state=$1, attempts=0, interrupted=0, next_attempt_at=0, reason='',"
+                    " finished_at=NULL WHERE id=$2 AND state NOT IN ($3, $4)", QUEUED, spool_id, QUEUED,
+                    PROCESSING)) == 1
+                if done and also is not None:
+                    await self.run_sync(conn, also)
+                return done
 
     async def spool_replay_quarantined(self) -> list[str]:
         rows = await self.pool.fetch(
@@ -293,7 +298,7 @@ class PostgresStore(Store):
         return [r["id"] for r in sorted(rows, key=lambda r: (r["received_at"], r["id"]))]
 
     async def spool_release_held(self, spool_id: str, release: dict[str, Any], actor: str,
-                                 detail: dict[str, Any]) -> bool:
+                                 detail: dict[str, Any], also: Callable[[Any], None] | None = None) -> bool:
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 done = _count(await conn.execute(
@@ -302,9 +307,12 @@ class PostgresStore(Store):
                     QUEUED, json.dumps(release), spool_id, QUARANTINED)) == 1
                 if done:
                     await _audit(conn, spool_id, release["at"], actor, "released", detail)
+                    if also is not None:
+                        await self.run_sync(conn, also)
                 return done
 
-    async def spool_delete_raw(self, spool_id: str, actor: str, detail: dict[str, Any]) -> bool:
+    async def spool_delete_raw(self, spool_id: str, actor: str, detail: dict[str, Any],
+                               also: Callable[[Any], None] | None = None) -> bool:
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 row = await conn.fetchrow("SELECT state, chunks, octet_length(raw) AS n FROM spool WHERE id=$1"
@@ -314,6 +322,8 @@ class PostgresStore(Store):
                 await conn.execute("DELETE FROM spool_chunks WHERE spool_id=$1", spool_id)
                 await conn.execute("UPDATE spool SET raw=''::bytea, chunks=0, released='' WHERE id=$1", spool_id)
                 await _audit(conn, spool_id, time.time(), actor, "deleted", detail)
+                if also is not None:
+                    await self.run_sync(conn, also)
                 return True
 
     async def spool_audit(self, spool_id: str) -> list[dict[str, Any]]:

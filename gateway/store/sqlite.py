@@ -393,11 +393,14 @@ class SqliteStore(Store):
             params += (limit,)
         return [spool_from_row(r, self.cipher, r["raw_stored"]) for r in await self.query(sql, params)]
 
-    async def spool_replay(self, spool_id: str) -> bool:
+    async def spool_replay(self, spool_id: str, also: Callable[[Any], None] | None = None) -> bool:
         def fn(conn: sqlite3.Connection) -> bool:
-            return conn.execute(
+            done = conn.execute(
                 "UPDATE spool SET state=?, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL"
                 " WHERE id=? AND state NOT IN (?, ?)", (QUEUED, spool_id, QUEUED, PROCESSING)).rowcount == 1
+            if done and also is not None:
+                also(conn)
+            return done
         return await self.transaction(fn)
 
     async def spool_replay_quarantined(self) -> list[str]:
@@ -411,7 +414,7 @@ class SqliteStore(Store):
         return await self.transaction(fn)
 
     async def spool_release_held(self, spool_id: str, release: dict[str, Any], actor: str,
-                                 detail: dict[str, Any]) -> bool:
+                                 detail: dict[str, Any], also: Callable[[Any], None] | None = None) -> bool:
         def fn(conn: sqlite3.Connection) -> bool:
             done = conn.execute(
                 "UPDATE spool SET state=?, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL,"
@@ -420,10 +423,13 @@ class SqliteStore(Store):
                 (QUEUED, json.dumps(release), spool_id, QUARANTINED)).rowcount == 1
             if done:
                 _audit(conn, spool_id, release["at"], actor, "released", detail)
+                if also is not None:
+                    also(conn)
             return done
         return await self.transaction(fn)
 
-    async def spool_delete_raw(self, spool_id: str, actor: str, detail: dict[str, Any]) -> bool:
+    async def spool_delete_raw(self, spool_id: str, actor: str, detail: dict[str, Any],
+                               also: Callable[[Any], None] | None = None) -> bool:
         def fn(conn: sqlite3.Connection) -> bool:
             row = conn.execute("SELECT state, chunks, length(raw), (SELECT COUNT(*) FROM spool_raw WHERE spool_id=?)"
                                " FROM spool WHERE id=?", (spool_id, spool_id)).fetchone()
@@ -433,6 +439,8 @@ class SqliteStore(Store):
             conn.execute("DELETE FROM spool_raw WHERE spool_id=?", (spool_id,))
             conn.execute("UPDATE spool SET raw=x'', chunks=0, released='' WHERE id=?", (spool_id,))
             _audit(conn, spool_id, time.time(), actor, "deleted", detail)
+            if also is not None:
+                also(conn)
             return True
         return await self.transaction(fn)
 
