@@ -267,6 +267,14 @@ class PostgresStore(Store):
         row = await self.pool.fetchrow("SELECT * FROM spool WHERE id=$1", spool_id)
         return spool_from_row(row, self.cipher) if row is not None else None
 
+    async def spool_get_many(self, ids: list[str]) -> list[SpoolEntry]:
+        """One query for a page of entries (``spool_find``, the HTTP API's lists), in the order of ``ids``."""
+        if not ids:
+            return []
+        by_id = {r["id"]: r for r in await self.pool.fetch("SELECT * FROM spool WHERE id = ANY($1::text[])",
+                                                          list(ids))}
+        return [spool_from_row(by_id[i], self.cipher) for i in ids if i in by_id]
+
     async def spool_list(self, state: str | None = None, limit: int | None = None) -> list[SpoolEntry]:
         sql = "SELECT * FROM spool"
         params: list[Any] = []

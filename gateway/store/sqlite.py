@@ -381,6 +381,15 @@ class SqliteStore(Store):
         rows = await self.query(_SPOOL_ROWS + " WHERE s.id=?", (spool_id,))
         return spool_from_row(rows[0], self.cipher, rows[0]["raw_stored"]) if rows else None
 
+    async def spool_get_many(self, ids: list[str]) -> list[SpoolEntry]:
+        """One query for a page of entries (``spool_find``, the HTTP API's lists), in the order of ``ids``."""
+        by_id: dict[str, Any] = {}
+        for start in range(0, len(ids), 500):  # well under SQLite's limit on bound parameters
+            part = ids[start:start + 500]
+            for r in await self.query(_SPOOL_ROWS + f" WHERE s.id IN ({','.join('?' * len(part))})", tuple(part)):
+                by_id[r["id"]] = r
+        return [spool_from_row(by_id[i], self.cipher, by_id[i]["raw_stored"]) for i in ids if i in by_id]
+
     async def spool_list(self, state: str | None = None, limit: int | None = None) -> list[SpoolEntry]:
         sql = _SPOOL_ROWS
         params: tuple[Any, ...] = ()
