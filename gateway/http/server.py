@@ -49,8 +49,13 @@ def problem_response(p: Problem, request: Request | None = None) -> JSONResponse
                         headers=p.headers, media_type=PROBLEM)
 
 
+_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}  # RFC 9110's names (older Pythons differ)
+
+
 def _status_title(status: int) -> str:
     from http import HTTPStatus
+    if status in _TITLES:
+        return _TITLES[status]
     try:
         return HTTPStatus(status).phrase
     except ValueError:
@@ -245,6 +250,7 @@ class _GuardedH11(H11Protocol):
     owner: "HttpServer | None" = None
     _header_timer: asyncio.TimerHandle | None = None
     _refused = False
+    _partial = False          # bytes of the next request arrived since the timer was armed
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.max_connections:
@@ -277,6 +283,7 @@ class _GuardedH11(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        self._partial = True
         super().data_received(data)
         if not self._between_requests():  # a request's headers were parsed: the timer's job is done
             self._disarm()
@@ -286,8 +293,16 @@ class _GuardedH11(H11Protocol):
         if not self.transport.is_closing() and self._between_requests():  # not a pipelined request started
             self._arm()
 
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse (or headers over 64 KiB): a problem too, then closed."""
+        if self.owner is not None:
+            self.owner.bad_requests += 1
+        self.transport.write(_raw_problem(400, "Bad Request", "malformed HTTP request"))
+        self.transport.close()
+
     def _arm(self) -> None:
         self._disarm()
+        self._partial = False
         self._header_timer = self.loop.call_later(self.header_timeout, self._header_expired)
 
     def _disarm(self) -> None:
@@ -301,9 +316,11 @@ class _GuardedH11(H11Protocol):
             return
         if self.owner is not None:
             self.owner.timed_out += 1
-        # Idle or mid-headers: nothing of a response is on its way, so a whole one may go out.
-        self.transport.write(_raw_problem(408, "Request Timeout", "the request headers did not arrive within "
-                                          f"{self.header_timeout:g}s ([http] header_timeout)"))
+        if self._partial:  # mid-headers: nothing of a response is on its way, so a whole one may go out
+            self.transport.write(_raw_problem(408, "Request Timeout", "the request headers did not arrive "
+                                              f"within {self.header_timeout:g}s ([http] header_timeout)"))
+        # else idle: closed without a word (a 408 could cross a request the client is sending right now
+        # and be read as its answer)
         self.transport.close()
 
 
@@ -330,6 +347,7 @@ class HttpServer:
         self.host, self.port = http_cfg.listen
         self.refused = 0      # connections closed at once for max_connections (tests, docs)
         self.timed_out = 0    # connections closed by header_timeout
+        self.bad_requests = 0  # requests h11 could not parse (400)
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -354,6 +372,9 @@ class HttpServer:
         return sock
 
     async def start(self) -> None:
+        # uvicorn says "Invalid HTTP request received." at WARNING for every malformed request (a
+        # client could fill the log) and repeats what we log at start; errors (a crashed app) remain.
+        logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
         sock = self._bind()
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(

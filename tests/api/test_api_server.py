@@ -124,10 +124,10 @@ async def test_connection_cap_and_header_timeout(start_api) -> None:
     answer = await asyncio.wait_for(reader.read(), 5)  # answered and closed without sending anything
     assert answer.startswith(b"HTTP/1.1 503") and b"max_connections" in answer
     writer.close()
-    # The two silent connections are closed by the header timeout (408), freeing their slots.
+    # The two silent connections are closed by the header timeout (without a word: nothing was
+    # asked), freeing their slots.
     for r, w in held:
-        data = await asyncio.wait_for(r.read(), 5)
-        assert data.startswith(b"HTTP/1.1 408") and b"header_timeout" in data
+        assert await asyncio.wait_for(r.read(), 5) == b""
         w.close()
     assert api.gw.gw.http.refused == 1 and api.gw.gw.http.timed_out == 2
     async with api.client() as c:
@@ -212,3 +212,25 @@ async def test_reload_applies_the_rate_limit_and_keeps_serving(api: Api) -> None
     async with api.client(token) as c:
         assert (await c.get("/api/v1/me")).status_code == 200
         assert_problem(await c.get("/api/v1/me"), 429)
+
+
+async def test_malformed_request_and_huge_headers_are_problems(api: Api) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.gw.gw.http.port)
+    writer.write(b"NONSENSE\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and PROBLEM.encode() in head, data[:300]
+    assert json.loads(body)["status"] == 400
+    # Headers are limited to 64 KiB while incomplete: a larger block is refused by the read that passes
+    # the limit (at the latest 64 KiB + one read of 256 KiB). The 400 is written, but the bytes the
+    # client is still sending make the close a reset, which may reach the client before the answer.
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.gw.gw.http.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 600_000 + b"\r\n\r\n")
+    try:
+        data = await asyncio.wait_for(reader.read(), 5)
+        assert data == b"" or data.startswith(b"HTTP/1.1 400"), data[:200]
+    except ConnectionResetError:
+        pass
+    writer.close()
+    assert api.gw.gw.http.bad_requests == 2
