@@ -6,6 +6,8 @@ import json
 
 import httpx
 
+from gateway.http.tokens import token_digest as tokens_digest
+
 from .conftest import Api, cli
 
 PROBLEM = "application/problem+json"
@@ -27,8 +29,9 @@ async def test_token_from_cli_authenticates_over_http(api: Api) -> None:
     assert r.status_code == 200, r.text
     assert r.json() == {"name": "ops", "role": "admin", "queues": []}
     # Only the hash is stored: the token's text is nowhere in the database file.
-    db = (api.config.parent / "ticketmx.db").read_bytes() + (api.config.parent / "ticketmx.db-wal").read_bytes()
-    assert token.encode() not in db
+    files = [api.config.parent / name for name in ("ticketmx.db", "ticketmx.db-wal")]
+    stored = b"".join(f.read_bytes() for f in files if f.exists())
+    assert token.encode() not in stored and tokens_digest(token).encode() in stored
 
 
 async def test_without_or_with_a_bad_token_401(api: Api) -> None:
