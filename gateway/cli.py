@@ -15,8 +15,10 @@ from gateway.config.load import Config, load_config
 from gateway.config.errors import ConfigErrors
 from gateway.runtime.logsetup import setup_logging
 from gateway.store import open_store
-from gateway.store.base import ALL_STATES, QUARANTINED, SUPPRESSED, SpoolEntry, SpoolQuery, Store, TicketQuery
+from gateway.store.base import ALL_STATES, SpoolEntry, SpoolQuery, Store, TicketQuery
 from gateway.store.render import iso, spool_dict
+from gateway.pipeline.runner import spool_ops
+from gateway.pipeline.runner.spool_ops import has_raw, release_plan
 from gateway.runtime.whoami import operator
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
@@ -359,14 +361,9 @@ async def _spool_object(store: Store, entry: SpoolEntry) -> dict[str, Any]:
     if entry.ticket_id is not None:
         t = await store.ticket_get(str(entry.ticket_id))
         d["ticket_number"] = t["number"] if t else None
-    d["raw_kept"] = _has_raw(entry)
+    d["raw_kept"] = has_raw(entry)
     d["audit"] = await store.spool_audit(entry.id)
     return d
-
-
-def _has_raw(entry: SpoolEntry) -> bool:
-    """False once the raw message was deleted (`spool delete`, or retention's raw_days)."""
-    return bool(entry.raw) or entry.chunks > 0
 
 
 async def _spool_find(store: Store, args: argparse.Namespace) -> int:
@@ -389,64 +386,19 @@ async def _spool_find(store: Store, args: argparse.Namespace) -> int:
     return EX_OK
 
 
-# Why an entry cannot be released, by what held it (``None``: a stage whose decision may be skipped).
-_NOT_A_STAGE = ("was quarantined after the pipeline ({reason}), not by a stage's decision: there is no stage to "
-                "skip. `ticketmx spool replay {id}` runs it again")
-_BUDGET = ("was quarantined for going over [pipeline] message_budget ({reason}), not by a stage's decision: a "
-           "release does not lift the budget. Raise [pipeline] message_budget and use `ticketmx spool replay {id}`")
-_NO_SENDER = ("names no sender at all ({reason}): there is nobody to make a ticket for. `ticketmx spool delete "
-              "{id}` removes it")
-_TICKET_STAGE = ("was quarantined by the ticket stage itself ({reason}): skipping it makes no ticket. Fix the "
-                 "cause (config, template) and use `ticketmx spool replay {id}`")
-_IDENTITY = ("was held by the identity check ({reason}). Releasing it makes the From that DMARC evaluated the "
-             "requester although the MIME parser reads another; the message is then handled as suspicious mail "
-             "(its own ticket, flagged, never acting as an agent or on an existing ticket). Run again with "
-             "--force to do that (recorded)")
-
-
-def _holding_stage(entry: SpoolEntry) -> tuple[str | None, str]:
-    """(the stage whose quarantine a release skips once, "") or (None, why there is none)."""
-    from gateway.pipeline.runner.budget import REASON as BUDGET_REASON
-    fmt = {"reason": entry.reason, "id": entry.id}
-    if entry.reason.startswith(BUDGET_REASON):
-        return None, _BUDGET.format(**fmt)
-    held = next((h for h in reversed(entry.history) if h.get("action") == "quarantine"), None)
-    if held is None or not held.get("stage"):
-        return None, _NOT_A_STAGE.format(**fmt)
-    stage = str(held["stage"])
-    if stage == "sender":
-        return None, _NO_SENDER.format(**fmt)
-    if stage == "ticket":
-        return None, _TICKET_STAGE.format(**fmt)
-    return stage, ""
-
-
 async def _spool_release_cmd(store: Store, args: argparse.Namespace) -> int:
     entry = await store.spool_get(args.id)
-    why = ""
-    stage: str | None = None
-    if entry is None:
-        why = "no such entry"
-    elif entry.state != QUARANTINED:
-        why = f"entry is {entry.state}: only a quarantined entry is released (`spool replay` re-runs a finished one)"
-    elif not _has_raw(entry):
-        why = "its raw message was deleted"
-    else:
-        stage, why = _holding_stage(entry)
-        if stage == "identity" and not args.force:
-            stage, why = None, _IDENTITY.format(reason=entry.reason, id=entry.id)
+    stage, why = release_plan(entry, args.force)
     if stage is None or entry is None:
         print(f"ticketmx: cannot release {args.id}: {why}", file=sys.stderr)
         return EX_FAIL
     who, now = _operator(), time.time()
-    forced = bool(args.force and stage == "identity")
-    release = {"stage": stage, "by": who, "at": now, "forced": forced}
-    if not await store.spool_release_held(entry.id, release, who, {"stage": stage, "reason": entry.reason,
-                                                                   "forced": forced}):
+    record = await spool_ops.release(store, entry, stage, args.force, who, now)
+    if record is None:
         print(f"ticketmx: cannot release {args.id}: it changed meanwhile (no longer quarantined)", file=sys.stderr)
         return EX_FAIL
     if args.json:
-        _dump({"released": entry.id, "stage": stage, "by": who, "at": iso(now), "forced": forced})
+        _dump({"released": entry.id, "stage": stage, "by": who, "at": iso(now), "forced": record["forced"]})
     else:
         print(f"released {entry.id}: the {stage} stage is skipped once (recorded as released by {who}); the running "
               "gateway picks it up within its poll interval")
@@ -455,15 +407,8 @@ async def _spool_release_cmd(store: Store, args: argparse.Namespace) -> int:
 
 async def _spool_delete(store: Store, args: argparse.Namespace) -> int:
     entry = await store.spool_get(args.id)
-    why = ""
-    if entry is None:
-        why = "no such entry"
-    elif entry.state not in (QUARANTINED, SUPPRESSED):
-        why = f"entry is {entry.state}: only a quarantined or suppressed entry's message is deleted"
-    elif not _has_raw(entry):
-        why = "its raw message is already deleted"
-    elif not await store.spool_delete_raw(entry.id, _operator(), {"state": entry.state, "reason": entry.reason,
-                                                                  "size": entry.size, "message_id": entry.message_id}):
+    why = spool_ops.delete_refusal(entry)
+    if not why and entry is not None and not await spool_ops.delete(store, entry, _operator()):
         why = "it changed meanwhile"
     if why or entry is None:
         print(f"ticketmx: cannot delete {args.id}: {why}", file=sys.stderr)
@@ -482,7 +427,7 @@ async def _spool_replay(store: Store, args: argparse.Namespace) -> int:
         ids = await store.spool_replay_quarantined()
     else:
         entry = await store.spool_get(args.id)
-        if entry is not None and not _has_raw(entry) and entry.state not in ("queued", "processing"):
+        if entry is not None and not has_raw(entry) and entry.state not in ("queued", "processing"):
             print(f"ticketmx: cannot replay {args.id}: its raw message was deleted", file=sys.stderr)
             return EX_FAIL
         ids = [args.id] if await store.spool_replay(args.id) else []

@@ -7,8 +7,9 @@
         svc = services(request)
         if not who.can_write(queue):
             raise Problem(403, "Not your queue", f"queue {queue!r} is not among this token's queues")
-        ...
-        await audit(who, "thing.frob", id, {"why": "..."}, request)
+        await svc.store.transaction(lambda conn: (frob(conn, id),
+                                                  audit_row(who, "thing.frob", id, {}, request)(conn)))
+        # or, when the write is not one transaction of yours: await audit(who, "thing.frob", id, {}, request)
 """
 from __future__ import annotations
 
@@ -202,6 +203,18 @@ def principal(min_role: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
 
 async def audit(who: Principal, action: str, target: str, detail: dict[str, Any], request: Request) -> None:
     """Record a write: who (token name and role), what (``action``), on what (``target``), when, and
-    the client address. Call it once the write succeeded (a refused write changed nothing)."""
+    the client address. Call it once the write succeeded (a refused write changed nothing).
+    Better, when the write is one store transaction: :func:`audit_row`, which commits with it."""
     await tokens.audit(services(request).store, who.name, who.role, action, target, detail,
                        client_address(request))
+
+
+def audit_row(who: Principal, action: str, target: str, detail: dict[str, Any], request: Request
+              ) -> Callable[[Any], None]:
+    """The audit row as ``fn(conn)``, to run inside the write's own transaction (``store.transaction``
+    or a store method's ``also=``): the change and its record commit together or not at all."""
+    client = client_address(request)
+
+    def write(conn: Any) -> None:
+        tokens.write_audit(conn, time.time(), who.name, who.role, action, target, detail, client)
+    return write

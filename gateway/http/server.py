@@ -10,7 +10,12 @@ Bounds (docs/api.md, "Limits"), since anyone who reaches the port can talk to it
   header bytes would hold its connection forever);
 * ``[http] request_timeout``: from the headers to the start of the response (a slow body included);
 * ``[http] max_body_size``: a declared Content-Length over it is answered 413 before the body is read,
-  a chunked body as soon as the bytes read pass it — never buffered whole first.
+  a chunked body as soon as the bytes read pass it — never buffered whole first. An endpoint module may
+  set another limit for its paths: ``BODY_LIMITS = {"/inbound/": lambda cfg: …}`` (a path prefix under
+  /api/v1 -> a function of the running Config giving bytes), e.g. a hosted service's JSON post of a
+  mail as large as ``[smtp] max_message_size``, base64-encoded.
+
+Every response carries ``X-Content-Type-Options: nosniff``; those under /api/v1 ``Cache-Control: no-store``.
 """
 from __future__ import annotations
 
@@ -44,8 +49,13 @@ def problem_response(p: Problem, request: Request | None = None) -> JSONResponse
                         headers=p.headers, media_type=PROBLEM)
 
 
+_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}  # RFC 9110's names (older Pythons differ)
+
+
 def _status_title(status: int) -> str:
     from http import HTTPStatus
+    if status in _TITLES:
+        return _TITLES[status]
     try:
         return HTTPStatus(status).phrase
     except ValueError:
@@ -103,6 +113,7 @@ def build_app(services: Services) -> FastAPI:
         return problem_response(Problem(500, "Internal Server Error", "the request failed; the gateway log says "
                                         "why"), request)
 
+    body_limits: dict[str, Any] = {}
     for name in ROUTERS:
         try:
             module = importlib.import_module(name)
@@ -111,6 +122,8 @@ def build_app(services: Services) -> FastAPI:
                 raise
             continue
         app.include_router(module.router, prefix=API)
+        for prefix, limit in getattr(module, "BODY_LIMITS", {}).items():
+            body_limits[API + prefix] = limit
 
     @app.get("/healthz", tags=["operations"], response_class=PlainTextResponse,
              summary="Liveness: the process answers")
@@ -130,23 +143,37 @@ def build_app(services: Services) -> FastAPI:
     async def metrics() -> Response:
         return Response(await services.metrics.render_all(), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(_Limits, services=services)
+    # longest prefix first: the most specific limit wins
+    app.add_middleware(_Limits, services=services,
+                       body_limits=tuple(sorted(body_limits.items(), key=lambda kv: -len(kv[0]))))
     return app
 
 
 class _Limits:
     """Pure ASGI middleware: the body limit while reading and the request timeout."""
 
-    def __init__(self, app: Any, services: Services) -> None:
+    def __init__(self, app: Any, services: Services, body_limits: tuple[tuple[str, Any], ...] = ()) -> None:
         self.app = app
         self.services = services
+        self.body_limits = body_limits
+
+    def body_limit(self, path: str) -> int:
+        cfg = self.services.cfg
+        for prefix, limit in self.body_limits:
+            if path.startswith(prefix):
+                return int(limit(cfg))
+        return cfg.http.max_body_size
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         http = self.services.cfg.http
-        limit = http.max_body_size
+        path = scope.get("path", "")
+        limit = self.body_limit(path)
+        extra = [(b"x-content-type-options", b"nosniff")]
+        if path.startswith(API + "/"):
+            extra.append((b"cache-control", b"no-store"))
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             await _send_problem(send, scope, Problem(413, "Content Too Large", f"the request body ({declared} "
@@ -169,6 +196,9 @@ class _Limits:
             if message["type"] == "http.response.start" and not started:
                 started = True
                 deadline.reschedule(None)  # the response is under way: the timeout was for getting here
+                names = {k.lower() for k, _ in message.get("headers", ())}
+                message = {**message, "headers": [*message.get("headers", ()),
+                                                  *(h for h in extra if h[0] not in names)]}
             await send(message)
 
         try:
@@ -199,7 +229,7 @@ def _content_length(scope: dict[str, Any]) -> int | None:
 async def _send_problem(send: Any, scope: dict[str, Any], p: Problem) -> None:
     body = json.dumps(p.body(scope.get("path", ""))).encode()
     headers = [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")] + [(k.lower().encode(), v.encode()) for k, v in p.headers.items()]
+               (b"connection", b"close"), (b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")] + [(k.lower().encode(), v.encode()) for k, v in p.headers.items()]
     await send({"type": "http.response.start", "status": p.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -220,6 +250,7 @@ class _GuardedH11(H11Protocol):
     owner: "HttpServer | None" = None
     _header_timer: asyncio.TimerHandle | None = None
     _refused = False
+    _partial = False          # bytes of the next request arrived since the timer was armed
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.max_connections:
@@ -231,6 +262,11 @@ class _GuardedH11(H11Protocol):
                                                                     "max_connections); try again shortly"))
             transport.close()
             return
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # uvicorn writes a response's head and body separately: with Nagle on, the body waits for
+            # the client's delayed ACK of the head (40 ms a request on Linux)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().connection_made(transport)
         self._arm()
 
@@ -247,6 +283,7 @@ class _GuardedH11(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        self._partial = True
         super().data_received(data)
         if not self._between_requests():  # a request's headers were parsed: the timer's job is done
             self._disarm()
@@ -256,8 +293,16 @@ class _GuardedH11(H11Protocol):
         if not self.transport.is_closing() and self._between_requests():  # not a pipelined request started
             self._arm()
 
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse (or headers over 64 KiB): a problem too, then closed."""
+        if self.owner is not None:
+            self.owner.bad_requests += 1
+        self.transport.write(_raw_problem(400, "Bad Request", "malformed HTTP request"))
+        self.transport.close()
+
     def _arm(self) -> None:
         self._disarm()
+        self._partial = False
         self._header_timer = self.loop.call_later(self.header_timeout, self._header_expired)
 
     def _disarm(self) -> None:
@@ -271,9 +316,11 @@ class _GuardedH11(H11Protocol):
             return
         if self.owner is not None:
             self.owner.timed_out += 1
-        # Idle or mid-headers: nothing of a response is on its way, so a whole one may go out.
-        self.transport.write(_raw_problem(408, "Request Timeout", "the request headers did not arrive within "
-                                          f"{self.header_timeout:g}s ([http] header_timeout)"))
+        if self._partial:  # mid-headers: nothing of a response is on its way, so a whole one may go out
+            self.transport.write(_raw_problem(408, "Request Timeout", "the request headers did not arrive "
+                                              f"within {self.header_timeout:g}s ([http] header_timeout)"))
+        # else idle: closed without a word (a 408 could cross a request the client is sending right now
+        # and be read as its answer)
         self.transport.close()
 
 
@@ -300,6 +347,7 @@ class HttpServer:
         self.host, self.port = http_cfg.listen
         self.refused = 0      # connections closed at once for max_connections (tests, docs)
         self.timed_out = 0    # connections closed by header_timeout
+        self.bad_requests = 0  # requests h11 could not parse (400)
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -311,8 +359,8 @@ class HttpServer:
         """Bind here rather than in uvicorn, which answers a bind error with sys.exit: an OSError
         (address in use) ends the start like the SMTP listener's does."""
         infos = socket.getaddrinfo(self.host or None, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, addr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, _, proto, _, addr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM, proto)  # proto IPPROTO_TCP: asyncio sets TCP_NODELAY
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(addr)
@@ -324,6 +372,9 @@ class HttpServer:
         return sock
 
     async def start(self) -> None:
+        # uvicorn says "Invalid HTTP request received." at WARNING for every malformed request (a
+        # client could fill the log) and repeats what we log at start; errors (a crashed app) remain.
+        logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
         sock = self._bind()
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(

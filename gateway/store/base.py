@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import json
 from dataclasses import dataclass, field
-from typing import IO, Any, AsyncIterator, Iterator, Sequence
+from typing import IO, Any, AsyncIterator, Callable, Iterator, Sequence
 
 from gateway.runtime.fileio import read_chunks
 
@@ -96,13 +96,19 @@ class SpoolQuery:
 
     ``mail_from`` matches the envelope sender or the From address the SMTP side read (what DMARC
     evaluated); ``rcpt`` an envelope recipient or the mailbox it mapped to; both case-insensitively.
-    ``since``: epoch seconds (received at or after)."""
+    ``since``: epoch seconds (received at or after); ``until``: received before. The HTTP API adds
+    ``state`` (exactly), ``before`` (ids older than this one: the next page) and ``mailboxes`` (the entry
+    reached one of these mailbox addresses: a token's queue scope; ``None`` = no such filter)."""
 
     message_id: str = ""
     mail_from: str = ""
     rcpt: str = ""
     since: float | None = None
     limit: int = 50
+    until: float | None = None
+    state: str = ""
+    before: str = ""
+    mailboxes: frozenset[str] | None = None
 
     def matches(self, r: Any) -> bool:
         """The exact test on a candidate row (the SQL only narrows the candidates)."""
@@ -117,6 +123,9 @@ class SpoolQuery:
             want = self.rcpt.lower()
             given = [*(_loads(r["rcpt_tos"]) or ()), *(_loads(r["mailboxes"]) or ())]
             if want not in (str(a).lower() for a in given):
+                return False
+        if self.mailboxes is not None:
+            if not self.mailboxes.intersection(str(a).lower() for a in (_loads(r["mailboxes"]) or ())):
                 return False
         return True
 
@@ -421,8 +430,9 @@ class Store(abc.ABC):
     async def spool_list(self, state: str | None = None, limit: int | None = None) -> list[SpoolEntry]: ...
 
     @abc.abstractmethod
-    async def spool_replay(self, spool_id: str) -> bool:
-        """Put a finished or quarantined entry back in the queue (attempts reset)."""
+    async def spool_replay(self, spool_id: str, also: Callable[[Any], None] | None = None) -> bool:
+        """Put a finished or quarantined entry back in the queue (attempts reset). ``also(conn)``
+        runs in the same transaction when it does (the HTTP API's audit row)."""
 
     @abc.abstractmethod
     async def spool_replay_quarantined(self) -> list[str]: ...
@@ -443,6 +453,15 @@ class Store(abc.ABC):
         if q.since is not None:
             where.append("s.id >= ?")
             params.append(spool_id_floor(q.since))
+        if q.until is not None:
+            where.append("s.id < ?")
+            params.append(spool_id_floor(q.until))
+        if q.before:
+            where.append("s.id < ?")
+            params.append(q.before)
+        if q.state:
+            where.append("s.state = ?")
+            params.append(q.state)
         if q.message_id:
             where.append("s.message_id = ?")
             params.append(q.message_id)
@@ -458,30 +477,40 @@ class Store(abc.ABC):
                 params += [like, like]
         found: list[str] = []
         before: str | None = None
+        # The first page is as long as the answer (every row matches when the SQL filters are exact:
+        # a list by state reads 20 rows for 20, not 1000); each further page four times longer.
+        page = max(1, min(q.limit, _FIND_PAGE))
         while len(found) < q.limit:
             page_where = where + (["s.id < ?"] if before is not None else [])
             sql = (f"SELECT {_FIND_COLUMNS} FROM spool s" + (" WHERE " + " AND ".join(page_where) if page_where else "")
-                   + f" ORDER BY s.id DESC LIMIT {_FIND_PAGE}")
+                   + f" ORDER BY s.id DESC LIMIT {page}")
             rows = await self.query(sql, tuple(params) + ((before,) if before is not None else ()))
             found += [r["id"] for r in rows if q.matches(r)]
-            if len(rows) < _FIND_PAGE:
+            if len(rows) < page:
                 break
             before = rows[-1]["id"]
-        entries = [await self.spool_get(sid) for sid in found[:q.limit]]
+            page = min(page * 4, _FIND_PAGE)
+        return await self.spool_get_many(found[:q.limit])
+
+    async def spool_get_many(self, ids: "list[str]") -> list[SpoolEntry]:
+        """The entries of ``ids`` that exist, in that order (one query where the store has it)."""
+        entries = [await self.spool_get(sid) for sid in ids]
         return [e for e in entries if e is not None]
 
     @abc.abstractmethod
     async def spool_release_held(self, spool_id: str, release: dict[str, Any], actor: str,
-                                 detail: dict[str, Any]) -> bool:
+                                 detail: dict[str, Any], also: Callable[[Any], None] | None = None) -> bool:
         """An operator's release of a quarantined entry (``release``: the stage to skip once, who,
         when): back in the queue with a fresh attempt count, and an audit line, in one transaction.
-        False when the entry is not quarantined (any more) or its raw message is gone."""
+        False when the entry is not quarantined (any more) or its raw message is gone. ``also(conn)``:
+        as in :meth:`spool_replay`."""
 
     @abc.abstractmethod
-    async def spool_delete_raw(self, spool_id: str, actor: str, detail: dict[str, Any]) -> bool:
+    async def spool_delete_raw(self, spool_id: str, actor: str, detail: dict[str, Any],
+                               also: Callable[[Any], None] | None = None) -> bool:
         """Delete the raw message of a quarantined or suppressed entry (the row, its history and state
         stay) and write an audit line, in one transaction. False when it is in another state or the raw
-        message is already gone."""
+        message is already gone. ``also(conn)``: as in :meth:`spool_replay`."""
 
     @abc.abstractmethod
     async def spool_audit(self, spool_id: str) -> list[dict[str, Any]]:

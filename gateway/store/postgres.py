@@ -278,6 +278,14 @@ class PostgresStore(Store):
         row = await self.pool.fetchrow("SELECT * FROM spool WHERE id=$1", spool_id)
         return spool_from_row(row, self.cipher) if row is not None else None
 
+    async def spool_get_many(self, ids: list[str]) -> list[SpoolEntry]:
+        """One query for a page of entries (``spool_find``, the HTTP API's lists), in the order of ``ids``."""
+        if not ids:
+            return []
+        by_id = {r["id"]: r for r in await self.pool.fetch("SELECT * FROM spool WHERE id = ANY($1::text[])",
+                                                          list(ids))}
+        return [spool_from_row(by_id[i], self.cipher) for i in ids if i in by_id]
+
     async def spool_list(self, state: str | None = None, limit: int | None = None) -> list[SpoolEntry]:
         sql = "SELECT * FROM spool"
         params: list[Any] = []
@@ -290,11 +298,16 @@ class PostgresStore(Store):
             sql += f" LIMIT ${len(params)}"
         return [spool_from_row(r, self.cipher) for r in await self.pool.fetch(sql, *params)]
 
-    async def spool_replay(self, spool_id: str) -> bool:
-        status = await self.pool.execute(
-            "UPDATE spool SET state=$1, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL"
-            " WHERE id=$2 AND state NOT IN ($3, $4)", QUEUED, spool_id, QUEUED, PROCESSING)
-        return _count(status) == 1
+    async def spool_replay(self, spool_id: str, also: Callable[[Any], None] | None = None) -> bool:
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                done = _count(await conn.execute(
+                    "UPDATE spool SET state=$1, attempts=0, interrupted=0, next_attempt_at=0, reason='',"
+                    " finished_at=NULL WHERE id=$2 AND state NOT IN ($3, $4)", QUEUED, spool_id, QUEUED,
+                    PROCESSING)) == 1
+                if done and also is not None:
+                    await self.run_sync(conn, also)
+                return done
 
     async def spool_replay_quarantined(self) -> list[str]:
         rows = await self.pool.fetch(
@@ -304,7 +317,7 @@ class PostgresStore(Store):
         return [r["id"] for r in sorted(rows, key=lambda r: (r["received_at"], r["id"]))]
 
     async def spool_release_held(self, spool_id: str, release: dict[str, Any], actor: str,
-                                 detail: dict[str, Any]) -> bool:
+                                 detail: dict[str, Any], also: Callable[[Any], None] | None = None) -> bool:
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 done = _count(await conn.execute(
@@ -313,9 +326,12 @@ class PostgresStore(Store):
                     QUEUED, json.dumps(release), spool_id, QUARANTINED)) == 1
                 if done:
                     await _audit(conn, spool_id, release["at"], actor, "released", detail)
+                    if also is not None:
+                        await self.run_sync(conn, also)
                 return done
 
-    async def spool_delete_raw(self, spool_id: str, actor: str, detail: dict[str, Any]) -> bool:
+    async def spool_delete_raw(self, spool_id: str, actor: str, detail: dict[str, Any],
+                               also: Callable[[Any], None] | None = None) -> bool:
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 row = await conn.fetchrow("SELECT state, chunks, octet_length(raw) AS n FROM spool WHERE id=$1"
@@ -325,6 +341,8 @@ class PostgresStore(Store):
                 await conn.execute("DELETE FROM spool_chunks WHERE spool_id=$1", spool_id)
                 await conn.execute("UPDATE spool SET raw=''::bytea, chunks=0, released='' WHERE id=$1", spool_id)
                 await _audit(conn, spool_id, time.time(), actor, "deleted", detail)
+                if also is not None:
+                    await self.run_sync(conn, also)
                 return True
 
     async def spool_audit(self, spool_id: str) -> list[dict[str, Any]]:

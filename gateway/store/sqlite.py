@@ -395,6 +395,15 @@ class SqliteStore(Store):
         rows = await self.query(_SPOOL_ROWS + " WHERE s.id=?", (spool_id,))
         return spool_from_row(rows[0], self.cipher, rows[0]["raw_stored"]) if rows else None
 
+    async def spool_get_many(self, ids: list[str]) -> list[SpoolEntry]:
+        """One query for a page of entries (``spool_find``, the HTTP API's lists), in the order of ``ids``."""
+        by_id: dict[str, Any] = {}
+        for start in range(0, len(ids), 500):  # well under SQLite's limit on bound parameters
+            part = ids[start:start + 500]
+            for r in await self.query(_SPOOL_ROWS + f" WHERE s.id IN ({','.join('?' * len(part))})", tuple(part)):
+                by_id[r["id"]] = r
+        return [spool_from_row(by_id[i], self.cipher, by_id[i]["raw_stored"]) for i in ids if i in by_id]
+
     async def spool_list(self, state: str | None = None, limit: int | None = None) -> list[SpoolEntry]:
         sql = _SPOOL_ROWS
         params: tuple[Any, ...] = ()
@@ -407,11 +416,14 @@ class SqliteStore(Store):
             params += (limit,)
         return [spool_from_row(r, self.cipher, r["raw_stored"]) for r in await self.query(sql, params)]
 
-    async def spool_replay(self, spool_id: str) -> bool:
+    async def spool_replay(self, spool_id: str, also: Callable[[Any], None] | None = None) -> bool:
         def fn(conn: sqlite3.Connection) -> bool:
-            return conn.execute(
+            done = conn.execute(
                 "UPDATE spool SET state=?, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL"
                 " WHERE id=? AND state NOT IN (?, ?)", (QUEUED, spool_id, QUEUED, PROCESSING)).rowcount == 1
+            if done and also is not None:
+                also(conn)
+            return done
         return await self.transaction(fn)
 
     async def spool_replay_quarantined(self) -> list[str]:
@@ -425,7 +437,7 @@ class SqliteStore(Store):
         return await self.transaction(fn)
 
     async def spool_release_held(self, spool_id: str, release: dict[str, Any], actor: str,
-                                 detail: dict[str, Any]) -> bool:
+                                 detail: dict[str, Any], also: Callable[[Any], None] | None = None) -> bool:
         def fn(conn: sqlite3.Connection) -> bool:
             done = conn.execute(
                 "UPDATE spool SET state=?, attempts=0, interrupted=0, next_attempt_at=0, reason='', finished_at=NULL,"
@@ -434,10 +446,13 @@ class SqliteStore(Store):
                 (QUEUED, json.dumps(release), spool_id, QUARANTINED)).rowcount == 1
             if done:
                 _audit(conn, spool_id, release["at"], actor, "released", detail)
+                if also is not None:
+                    also(conn)
             return done
         return await self.transaction(fn)
 
-    async def spool_delete_raw(self, spool_id: str, actor: str, detail: dict[str, Any]) -> bool:
+    async def spool_delete_raw(self, spool_id: str, actor: str, detail: dict[str, Any],
+                               also: Callable[[Any], None] | None = None) -> bool:
         def fn(conn: sqlite3.Connection) -> bool:
             row = conn.execute("SELECT state, chunks, length(raw), (SELECT COUNT(*) FROM spool_raw WHERE spool_id=?)"
                                " FROM spool WHERE id=?", (spool_id, spool_id)).fetchone()
@@ -447,6 +462,8 @@ class SqliteStore(Store):
             conn.execute("DELETE FROM spool_raw WHERE spool_id=?", (spool_id,))
             conn.execute("UPDATE spool SET raw=x'', chunks=0, released='' WHERE id=?", (spool_id,))
             _audit(conn, spool_id, time.time(), actor, "deleted", detail)
+            if also is not None:
+                also(conn)
             return True
         return await self.transaction(fn)
 

@@ -60,7 +60,8 @@ async def start_api(start_gateway: Callable[..., Any], tmp_path: Path) -> AsyncI
         sections = merge(HTTP, sections)
         gw = await start_gateway(**sections)
         config = tmp_path / "ticketmx.toml"
-        data = merge(BASE_CONFIG, {"store": {"url": f"sqlite:///{tmp_path}/ticketmx.db"}, **sections})
+        url = getattr(gw.store, "url", None) or f"sqlite:///{tmp_path}/ticketmx.db"  # PostgreSQL (tests/pg)
+        data = merge(BASE_CONFIG, {"store": {"url": url}, **sections})
         data["http"] = {**data["http"], "listen": "127.0.0.1:0"}
         data.pop("metrics", None)
         config.write_text(toml_dump(data))

@@ -3,11 +3,14 @@ serving (uvicorn does not take the gateway's signals), SIGTERM stops it cleanly.
 from __future__ import annotations
 
 import signal
+import socket
+import subprocess
+import sys
 import time
 
 import httpx
 
-from ..conftest import free_port, wait_port
+from ..conftest import ROOT, free_port, wait_port
 from ..test_serve import serve  # noqa: F401 - the fixture
 
 
@@ -33,3 +36,16 @@ def test_serve_runs_the_api_and_keeps_the_signals(serve) -> None:  # noqa: F811
     assert time.monotonic() - started < 20
     log = p.log.read_text()
     assert "HTTP API listening" in log and "ticketmx stopped" in log
+
+
+def test_http_port_in_use_fails_the_start_with_the_key(serve) -> None:  # noqa: F811
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = serve(http={"listen": f"127.0.0.1:{port}"})
+        p.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(p.config)],
+                                  cwd=ROOT, stdout=open(p.log, "ab"), stderr=subprocess.STDOUT)
+        assert p.proc.wait(timeout=60) == 1  # not 75: restarting does not free the port
+    log = p.log.read_text()
+    assert f"[http] listen 127.0.0.1:{port}" in log and "in use" in log, log
