@@ -45,6 +45,7 @@ from gateway.store.pg_sync import PgSyncConnection, numbered_placeholders, run_s
 from gateway.store.postgres_deliver import PgDeliverTx, delivery_lock_keys, take_locks
 from gateway.store.render import article_dict, iso, spool_from_row, ticket_dict
 from gateway.webhooks.outbox import on_delivered as webhook_events
+from gateway.webhooks.outbox import article_added as webhook_article
 from gateway.webhooks.outbox import rotate_outbox
 
 log = logging.getLogger(__name__)
@@ -480,8 +481,8 @@ class PostgresStore(Store):
             if await conn.fetchval("SELECT 1 FROM tickets WHERE id=$1 FOR UPDATE", ticket_id) is None:
                 return None  # (the row lock: two nodes' changes of one ticket one after the other)
             old = await fields(conn)
-            tx = PgDeliverTx(conn, now, self.ticket_prefix, self.ticket_start, self.cipher)
-            await tx.apply_updates(ticket_id, actor, updates, replace_tags=True)
+            tx = PgDeliverTx(conn, now, self.ticket_prefix, self.ticket_start, self.cipher, self.webhooks)
+            await tx.apply_updates(ticket_id, actor, updates, replace_tags=True, previous=old)  # + ticket.updated
             await conn.execute("UPDATE tickets SET updated_at=$1 WHERE id=$2", now, ticket_id)
             if hook is not None:
                 await self.run_sync(conn, hook, ticket_id)
@@ -502,6 +503,8 @@ class PostgresStore(Store):
                              {"article_id": article_id, "visibility": article.visibility, "via": "api"})
             if hook is not None:
                 await self.run_sync(conn, hook, ticket_id, article_id)
+            if self.webhooks:  # after the hook: it may hold the reply as a note
+                await self.run_sync(conn, webhook_article, ticket_id, article_id, article, actor, now)
             return article_id
         return await self._retrying("ticket_add_article", body)
 

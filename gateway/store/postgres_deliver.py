@@ -313,7 +313,7 @@ class PgDeliverTx:
         return article_id
 
     async def apply_updates(self, ticket_id: int, actor: str, updates: dict[str, Any],
-                            replace_tags: bool = False) -> None:
+                            replace_tags: bool = False, previous: dict[str, Any] | None = None) -> None:
         """As :meth:`gateway.store.sqlite_deliver.DeliverTx.apply_updates`."""
         conn = self.conn
         old_status = await conn.fetchval("SELECT status FROM tickets WHERE id=$1", ticket_id)
@@ -334,7 +334,8 @@ class PgDeliverTx:
         if self.webhooks:
             sync = PgSyncConnection(conn)
             sync.cipher, sync.webhooks = self.cipher, self.webhooks
-            await run_sync(ticket_updated, sync, ticket_id, actor, updates, {"status": old_status}, self.now)
+            await run_sync(ticket_updated, sync, ticket_id, actor, updates,
+                           previous if previous is not None else {"status": old_status}, self.now)
 
     async def history(self, ticket_id: int, actor: str, action: str, detail: dict[str, Any]) -> None:
         await self.conn.execute("INSERT INTO ticket_history (ticket_id, at, actor, action, detail)"

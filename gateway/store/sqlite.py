@@ -30,6 +30,7 @@ from gateway.store.render import article_dict, iso, spool_from_row, ticket_dict
 from gateway.store.sqlite_deliver import STREAM_BLOB_MIN, DeliverTx, file_pieces, insert_streamed, memory_pieces
 from gateway.store.crypto import BLOB_PREFIX
 from gateway.webhooks.outbox import on_delivered as webhook_events
+from gateway.webhooks.outbox import article_added as webhook_article
 from gateway.webhooks.outbox import rotate_outbox
 
 T = TypeVar("T")
@@ -605,7 +606,7 @@ class SqliteStore(Store):
             if old is None:
                 return None
             DeliverTx(conn, now, self.ticket_prefix, self.ticket_start, self.cipher).apply_updates(
-                ticket_id, actor, updates, replace_tags=True)
+                ticket_id, actor, updates, replace_tags=True, previous=old)  # + ticket.updated
             conn.execute("UPDATE tickets SET updated_at=? WHERE id=?", (now, ticket_id))
             if hook is not None:
                 hook(conn, ticket_id)
@@ -627,6 +628,7 @@ class SqliteStore(Store):
                        {"article_id": article_id, "visibility": article.visibility, "via": "api"})
             if hook is not None:
                 hook(conn, ticket_id, article_id)
+            webhook_article(conn, ticket_id, article_id, article, actor, now)  # after the hook: it may hold it
             return article_id
         return await self.transaction(fn)
 

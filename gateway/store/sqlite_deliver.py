@@ -302,9 +302,11 @@ class DeliverTx:
                           (search_rowid(ticket_id, n), index_text(self.cipher, art.subject),
                            index_text(self.cipher, art.body_text)))
 
-    def apply_updates(self, ticket_id: int, actor: str, updates: dict[str, Any], replace_tags: bool = False) -> None:
+    def apply_updates(self, ticket_id: int, actor: str, updates: dict[str, Any], replace_tags: bool = False,
+                      previous: dict[str, Any] | None = None) -> None:
         """Ticket fields from an agent's mail commands, or from the HTTP API (``replace_tags``: ``tags``
-        is the whole new list rather than tags to add), and the "command" history line."""
+        is the whole new list rather than tags to add), and the "command" history line. ``previous``:
+        the old values of the fields, when the caller read them (the API), for ticket.updated."""
         old_status = self.conn.execute("SELECT status FROM tickets WHERE id=?", (ticket_id,)).fetchone()[0]
         for key in SETTABLE:
             if key in updates:
@@ -318,7 +320,8 @@ class DeliverTx:
             tags = list(dict.fromkeys(([] if replace_tags else json.loads(row[0])) + list(updates["tags"])))
             self.conn.execute("UPDATE tickets SET tags=? WHERE id=?", (json.dumps(tags), ticket_id))
         self.history(ticket_id, actor, "command", {"applied": updates, "old_status": old_status})
-        ticket_updated(self.conn, ticket_id, actor, updates, {"status": old_status}, self.now)  # [[webhook]]s
+        ticket_updated(self.conn, ticket_id, actor, updates, previous if previous is not None
+                       else {"status": old_status}, self.now)  # [[webhook]]s
 
     def history(self, ticket_id: int, actor: str, action: str, detail: dict[str, Any]) -> None:
         self.conn.execute("INSERT INTO ticket_history (ticket_id, at, actor, action, detail) VALUES (?,?,?,?,?)",

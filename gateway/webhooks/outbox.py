@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -69,13 +69,14 @@ def rotate_outbox(conn: Any, cipher: Any) -> int:
     return n
 
 
-def enqueue(conn: Any, event: str, body: Callable[[WebhookConfig, dict[str, Any]], dict[str, Any]],
+def enqueue(conn: Any, event: str, body: Callable[[WebhookConfig, dict[str, Any]], dict[str, Any] | None],
             now: float, ticket_id: int | None = None, dedupe_key: str | None = None) -> list[int]:
     """Queue ``event`` for every webhook subscribed to it, inside the caller's transaction.
 
     ``body(webhook, envelope)`` returns the JSON object to send to that webhook (its format); the
     envelope (event, id, created) is shared: one event id for every webhook. With ``dedupe_key`` a
-    webhook that already has a row with that key gets no second one (a replayed change)."""
+    webhook that already has a row with that key gets no second one (a replayed change); a webhook
+    whose ``body`` is None gets none either (the event has no form in its format)."""
     subs = _subscribers(conn, event)
     if not subs:
         return []
@@ -85,7 +86,10 @@ def enqueue(conn: Any, event: str, body: Callable[[WebhookConfig, dict[str, Any]
         if dedupe_key is not None and conn.execute("SELECT 1 FROM webhook_outbox WHERE webhook=? AND dedupe_key=?",
                                                    (wh.name, dedupe_key)).fetchone() is not None:
             continue
-        text = json.dumps(body(wh, dict(env)), ensure_ascii=False, separators=(",", ":"))
+        doc = body(wh, dict(env))
+        if doc is None:
+            continue
+        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
         row = conn.execute(
             "INSERT INTO webhook_outbox (event_id, webhook, event, ticket_id, payload, dedupe_key, next_attempt_at,"
             " created_at, lifetime_from) VALUES (?,?,?,?,?,?,?,?,?) RETURNING id",
@@ -143,6 +147,27 @@ def on_delivered(conn: Any, d: Any, r: Any, now: float) -> None:
                            " ORDER BY id DESC LIMIT 1", (r.ticket_id,)).fetchone()
         was = (json.loads(row[0]) if row else {}).get("was")
         ticket_updated(conn, r.ticket_id, art.from_addr, {"status": "open"}, {"status": was} if was else {}, now)
+
+
+def article_added(conn: Any, ticket_id: int, article_id: int, art: Any, actor: str, now: float) -> list[int]:
+    """article.added for an article written outside mail (the HTTP API's replies and notes), inside
+    the transaction that stored it, after its mail hook ran: the visibility is read back, because the
+    agent-conflict rule may have kept a reply as an internal note. The ``ticketmx`` body is the mail
+    path's (ticket, article) plus ``actor``, the agent who wrote it. ``postmark`` webhooks get nothing:
+    that format is the shape of a mail that came in, and this one did not (docs/webhooks.md)."""
+    if not _subscribers(conn, ARTICLE_ADDED):
+        return []
+    row = conn.execute("SELECT visibility, kind FROM articles WHERE id=?", (article_id,)).fetchone()
+    if row is not None and (row[0], row[1]) != (art.visibility, art.kind):
+        art = replace(art, visibility=row[0], kind=row[1])
+    ticket = ticket_snapshot(conn, ticket_id)
+    article = P.article_json(art, article_id)
+
+    def body(wh: WebhookConfig, env: dict[str, Any]) -> dict[str, Any] | None:
+        if wh.format == "postmark":
+            return None
+        return {**env, "ticket": ticket, "article": article, "actor": actor}
+    return enqueue(conn, ARTICLE_ADDED, body, now, ticket_id, dedupe_key=f"article:{article_id}")
 
 
 def _quarantined(conn: Any, d: Any, r: Any, now: float) -> None:
@@ -379,6 +404,6 @@ class WebhookOutbox:
         return _open(getattr(self.store, "cipher", None), rows[0][0]).encode("utf-8") if rows else None
 
 
-__all__ = ["WebhookOutbox", "Claimed", "Result", "enqueue", "on_delivered", "ticket_updated", "notification_failed",
+__all__ = ["WebhookOutbox", "Claimed", "Result", "enqueue", "on_delivered", "article_added", "ticket_updated", "notification_failed",
            "ticket_snapshot", "claim", "record", "release", "retry", "retry_dead", "STATES", "QUEUED", "LEASED",
            "DELIVERED", "DEAD"]
