@@ -1,4 +1,8 @@
-"""Group-committing spool writer: many messages, one fsync, no 250 before its commit."""
+"""Group-committing spool writer: many messages, one fsync, no 250 before its commit.
+
+The room between the two worlds: every ingress (SMTP, HTTP posts, pulled mailboxes) writes here.
+May import: gateway.runtime, gateway.store.
+"""
 from __future__ import annotations
 
 import asyncio

@@ -42,3 +42,38 @@ def test_detector_sees_a_function_local_relative_cycle(tmp_path: Path) -> None:
     g = import_graph.graph(tmp_path)
     assert g["gateway.sub.b"] == {"gateway.a"}
     assert import_graph.cycles(g) == [["gateway.a", "gateway.sub.b"]]
+
+
+def _declared(room: str) -> set[str] | None:
+    """The rooms a room's docstring says it may import ("May import: a, b."), None when it says nothing."""
+    import ast
+    import re
+    root = SCRIPT.parent.parent
+    path = root.joinpath(*room.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    m = re.search(r"May import: (.*?)\.\s*(?:\n\n|$)", doc, re.S)
+    if not m:
+        return None
+    text = re.sub(r"\s*\([^)]*\)", "", " ".join(m.group(1).split()))
+    if text.startswith("everything") or text.startswith("what its"):
+        return {"*"}
+    if text.startswith("nothing"):
+        return set()
+    return {part.strip() for part in text.split(",")}
+
+
+def test_rooms_import_only_what_their_docstring_declares() -> None:
+    """Each package's __init__ docstring ends with "May import: …" (issue 21); the imports keep to it,
+    and the rooms form no cycle — one direction everywhere."""
+    rooms = import_graph.rooms(import_graph.graph())
+    assert import_graph.cycles(rooms) == []
+    missing, over = [], []
+    for room, deps in sorted(rooms.items()):
+        declared = _declared(room)
+        if declared is None:
+            missing.append(room)
+        elif "*" not in declared and not deps <= declared:
+            over.append(f"{room} imports {sorted(deps - declared)} beyond its 'May import:' line")
+    assert not missing, f"no 'May import:' line in the docstring of {missing}"
+    assert not over, "\n".join(over)

@@ -11,6 +11,7 @@ Use::
         raw = stamp(raw, verdict, "mx.example.net")   # strip forged A-R, prepend ours
 
 See docs/auth.md for the policy keys, the reply codes and the decisions taken.
+May import: gateway.config, gateway.runtime.
 """
 from gateway.auth.authenticator import Authenticator, AuthVerdict, stamp
 from gateway.config.auth import ACTIONS, AuthPolicy, parse_auth_policy

@@ -5,4 +5,6 @@ deps.py is what every endpoint module uses (the caller's Principal, Problem, the
 services, the audit log); tokens.py keeps API tokens and the audit log in the store and is all the
 ``ticketmx token`` commands import (no FastAPI). Endpoint modules each define ``router``:
 api_admin.py (messages, trace, relay queue, audit), api_tickets.py, inbound.py.
+May import: gateway.ingress, gateway.pipeline.runner, gateway.pipeline.stages, gateway.runtime, gateway.store,
+relay.
 """

@@ -1,4 +1,8 @@
-"""Store backends behind one interface (:class:`gateway.store.base.Store`)."""
+"""The durable store behind one interface (gateway/store/base.py): SQLite (sqlite.py) by default,
+PostgreSQL (postgres.py) for several nodes. Every table lives here: spool, tickets, articles, the relay
+queue's rows (relay_queue.py), the webhook outbox (written through gateway.webhooks.outbox), tokens, audit.
+May import: gateway.config, gateway.runtime, gateway.webhooks.
+"""
 from __future__ import annotations
 
 from gateway.config.load import Config
