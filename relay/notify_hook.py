@@ -247,11 +247,6 @@ class NotifyHook:
                 auth = None
         return row[0], row[1], auth if isinstance(auth, dict) else None
 
-    @staticmethod
-    def _undeliverable(conn: sqlite3.Connection, email: str) -> bool:
-        row = conn.execute("SELECT undeliverable FROM contacts WHERE email=?", (email,)).fetchone()
-        return bool(row and row[0])
-
 
 def config_warnings(cfg: Config) -> list[str]:
     """What ``check-config`` should point out about acknowledgements (legal, but likely not meant)."""

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from gateway.auth.dns import DnsTempError, Resolver, to_ascii_domain
-from gateway.auth.fromfield import MAX_FROM_CHARS, read_mailboxes, simple_from
+from gateway.auth.fromfield import read_mailboxes, simple_from
 from gateway.auth.headers import header_values
 
 __all__ = [

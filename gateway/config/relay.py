@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from email.utils import parseaddr
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.config.errors import ConfigError
@@ -27,7 +27,6 @@ from gateway.config.units import parse_duration
 
 from gateway.config.schedule import parse_intervals, parse_skip_times
 
-T = TypeVar("T")
 
 TLS_MODES = ("none", "starttls", "implicit")
 AUTH_MODES = ("none", "plain", "login", "xoauth2")

@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.auth.authenticator import Authenticator
 from gateway.auth.dns import Resolver
 from gateway.auth.headers import fold_header, line_ending, strip_forged_authres
 from gateway.smtp.auth_check import AuthCheck
