@@ -99,7 +99,7 @@ async def test_sign_out_everywhere_disable_and_passwd_end_sessions(ui: Ui) -> No
         assert (await a.get("/ui/tickets")).status_code == 303
         assert (await signin(a, "ann@staff.test", "a new password 2")).status_code == 401
     audit = [r[0] for r in await ui.store.query("SELECT action FROM audit_log ORDER BY id")]
-    assert {"ui.signin", "ui.signout_everywhere", "user.passwd", "user.disable"} <= set(audit)
+    assert {"user.signin", "user.signout_everywhere", "user.passwd", "user.disable"} <= set(audit)
 
 
 async def test_cookie_is_secure_behind_https_public_url(start_ui) -> None:
