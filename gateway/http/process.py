@@ -81,7 +81,7 @@ class ChildServices(Services):
 
 
 def child_main(cfg: Config, slot: int, sock: socket.socket, conn: multiprocessing.connection.Connection,
-               shared_rate: bool) -> None:
+               shared_rate: bool, ready: bool = False) -> None:
     """Entry point of an HTTP process."""
     from gateway.runtime.allocator import tune
     tune()  # not inherited through spawn (gateway/runtime/allocator.py)
@@ -92,11 +92,11 @@ def child_main(cfg: Config, slot: int, sock: socket.socket, conn: multiprocessin
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the main process, which stops us in order
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come from the main process, already validated
     from gateway.runtime.eventloop import run
-    run(_child(cfg, slot, sock, conn, shared_rate), cfg.smtp.event_loop)
+    run(_child(cfg, slot, sock, conn, shared_rate, ready), cfg.smtp.event_loop)
 
 
 async def _child(cfg: Config, slot: int, sock: socket.socket, conn: multiprocessing.connection.Connection,
-                 shared_rate: bool) -> None:
+                 shared_rate: bool, ready: bool) -> None:
     from gateway.http.server import HttpServer
     from gateway.pipeline.runner.worker import make_executor
     from gateway.spool import SpoolWriter
@@ -115,6 +115,7 @@ async def _child(cfg: Config, slot: int, sock: socket.socket, conn: multiprocess
     link: ParentLink
     spool = SpoolWriter(store, metrics, on_commit=lambda: link.send(("wake",)))
     host = _Host(cfg, store, metrics, spool, executor)
+    host.ready = ready  # a restarted process serves a ready service: ready from its first request
 
     def on_message(msg: tuple[Any, ...]) -> None:
         if msg[0] == "metrics":
@@ -194,7 +195,7 @@ class HttpGroup:
 
     def _spawn(self, slot: int) -> None:
         parent_conn, child_conn = _CTX.Pipe(duplex=True)
-        proc = _CTX.Process(target=child_main, args=(self.cfg, slot, self.sock, child_conn, self.n > 1),
+        proc = _CTX.Process(target=child_main, args=(self.cfg, slot, self.sock, child_conn, self.n > 1, self._ready),
                             name=f"ticketmx-http-{slot}", daemon=True)
         proc.start()
         child_conn.close()
@@ -274,7 +275,7 @@ class HttpGroup:
             pass
         child.gone = True
         child.conn.close()
-        child.proc.join(0)
+        child.proc.join(1)  # the sentinel fired: it is exiting; reaped, its exit code is known
         child.ready.set()  # wakes start() if it died before serving
         child.fresh.set()
         self.retired = retire(self.retired, child.last)
