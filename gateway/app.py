@@ -18,7 +18,7 @@ from gateway.config.load import Config, load_config
 from relay.notify import deep_check
 from gateway.config.errors import ConfigErrors
 from gateway.smtp.limits import Limits, LocalLimits
-from gateway.runtime.metrics import Metrics, MetricsServer
+from gateway.runtime.metrics import Metrics
 from gateway.pipeline.runner.process import WorkerPool
 from gateway.pipeline.runner.assemble import build_pipeline
 from gateway.pipeline.runner.worker import MetricsSink, Worker, make_executor
@@ -58,7 +58,7 @@ class Gateway:
         self.listener: SmtpListener | None = None
         self.limits = Limits(cfg)                  # session counts and rates of every SMTP process
         self.group = None                          # gateway.smtp.group.SmtpGroup with [smtp] processes > 1
-        self.metrics_server: MetricsServer | None = None
+        self.metrics_server = None                 # gateway.http.metrics_server.MetricsServer ([metrics] listen)
         self.http = None                           # [http] listen set: gateway.http.process.HttpGroup (its own
                                                    # processes), or gateway.http.server.HttpServer (processes = 0)
         self._ready = False
@@ -123,6 +123,7 @@ class Gateway:
         self.spool = SpoolWriter(self.store, self.metrics, on_commit=wake)
         self.spool.start()
         if self.cfg.metrics.listen is not None:
+            from gateway.http.metrics_server import MetricsServer
             host, port = self.cfg.metrics.listen
             self.metrics_server = MetricsServer(self.metrics, host, port, lambda: self._ready)
             await self.metrics_server.start()

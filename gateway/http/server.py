@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.http.deps import Problem, Services
+from gateway.http.uvserver import QuietServer as _Server
 
 log = logging.getLogger(__name__)
 
@@ -340,19 +341,6 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise OSError(exc.errno, f"[http] listen {host}:{port}: {exc.strerror}") from None
     return sock
-
-
-class _Server(uvicorn.Server):
-    """uvicorn.Server minus its signal handling: the gateway owns SIGTERM/SIGINT/SIGHUP
-    (``serve()`` of uvicorn 0.29+ swaps the process's handlers in ``capture_signals`` and re-raises
-    the signal at exit; older versions call ``install_signal_handlers``). Both are no-ops here."""
-
-    def capture_signals(self) -> Any:  # uvicorn >= 0.29
-        import contextlib
-        return contextlib.nullcontext()
-
-    def install_signal_handlers(self) -> None:  # uvicorn < 0.29
-        pass
 
 
 class HttpServer:
