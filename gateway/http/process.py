@@ -42,6 +42,7 @@ from gateway.runtime.ratelimit import SlidingWindow
 
 log = logging.getLogger(__name__)
 _CTX = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop and threads
+EX_STORE_UNAVAILABLE = 75  # could not open the store: restarted with backoff (up to 30 s), not every 0.5 s
 
 
 # -- child side -------------------------------------------------------------------------------------------
@@ -107,7 +108,12 @@ async def _child(cfg: Config, slot: int, sock: socket.socket, conn: multiprocess
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     store = open_store(cfg)
     store.webhooks = cfg.webhooks  # API writes queue webhook events in their transaction
-    await store.open()
+    try:
+        await store.open()
+    except Exception as exc:  # one line, not a traceback per restart while the store is down
+        log.error("HTTP process %d cannot open the store: %s: %s; exiting with code %d", slot, type(exc).__name__,
+                  " ".join(str(exc).split())[:300], EX_STORE_UNAVAILABLE)
+        raise SystemExit(EX_STORE_UNAVAILABLE) from None
     await store.defer_checkpoints(run_here=False)  # the main process checkpoints for everyone
     executor = make_executor()
     metrics = Metrics()
@@ -167,6 +173,7 @@ class HttpGroup:
         self.children: dict[int, _Child] = {}
         self.retired: Snapshot = []  # counters of children that exited (counters never go backwards)
         self.restarts = 0
+        self._open_failures = 0  # HTTP processes in a row that could not open the store
         self._ready = False
         self._limiter: SlidingWindow | None = None
         self._stopping = False
@@ -237,6 +244,7 @@ class HttpGroup:
             child.last = msg[1]
             child.fresh.set()
         elif kind == "ready":
+            self._open_failures = 0
             child.pid = msg[1]
             self._send(child, ("ready", self._ready))
             child.ready.set()
@@ -283,11 +291,17 @@ class HttpGroup:
             del self.children[child.slot]
         if self._stopping:
             return
-        log.error("HTTP process %d died (exit code %s); restarting it", child.slot, child.proc.exitcode)
-        self._spawn_task(self._restart(child.slot))
+        delay = 0.5  # no hot restart loop if the child dies at once
+        if child.proc.exitcode == EX_STORE_UNAVAILABLE:  # it said why in one line
+            self._open_failures += 1
+            delay = min(30.0, 0.5 * 2 ** self._open_failures)
+            log.warning("HTTP process %d could not open the store; next try in %.0fs", child.slot, delay)
+        else:
+            log.error("HTTP process %d died (exit code %s); restarting it", child.slot, child.proc.exitcode)
+        self._spawn_task(self._restart(child.slot, delay))
 
-    async def _restart(self, slot: int) -> None:
-        await asyncio.sleep(0.5)  # no hot restart loop if the child dies at once
+    async def _restart(self, slot: int, delay: float) -> None:
+        await asyncio.sleep(delay)
         if not self._stopping and slot not in self.children:
             self.restarts += 1
             self._spawn(slot)

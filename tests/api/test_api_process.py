@@ -127,3 +127,25 @@ async def test_two_http_processes_share_the_rate_limit(start_api) -> None:
     assert codes == [200] * 4 + [429] * 4, codes
     async with api.client() as c:
         assert (await c.get("/readyz")).text == "ready\n"
+
+
+async def test_an_http_process_that_cannot_open_the_store_is_retried_with_backoff(api: Api, caplog) -> None:
+    from dataclasses import replace
+    group = api.gw.gw.http
+    good = group.cfg
+    # The next HTTP process gets a store it cannot open (under a file, not a directory).
+    group.cfg = replace(good, store=replace(good.store, url="sqlite:////dev/null/ticketmx.db"))
+    os.kill(group.pids[0], signal.SIGKILL)
+    for _ in range(200):
+        if "could not open the store; next try in 1s" in caplog.text:
+            break
+        await asyncio.sleep(0.05)
+    assert "could not open the store; next try in 1s" in caplog.text, caplog.text
+    group.cfg = good  # the store is back: the retry after the backoff serves again
+    for _ in range(200):
+        if group.pids:
+            break
+        await asyncio.sleep(0.05)
+    assert group.pids, caplog.text
+    async with api.client() as c:
+        assert (await c.get("/readyz")).text == "ready\n"
