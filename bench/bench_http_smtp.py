@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """SMTP ingest with and without the HTTP API busy (issue 22: "the SMTP path's throughput unchanged with
-the HTTP server busy"). The HTTP server is a task in the same event loop as the SMTP listener, so a busy
-API takes that loop's time; this measures how much.
+the HTTP server busy"). With ``--http-processes 0`` the HTTP server is a task in the SMTP process's event
+loop, so a busy API takes that loop's time; by default it runs in its own process; this measures how much
+either costs SMTP.
 
 Usage:  python bench/bench_http_smtp.py [-n 3000] [-c 20] [--http-clients 4] [--rounds 2] [--http-rate R]
-                                        [--paths /api/v1/me,...]
+                                        [--paths /api/v1/me,...] [--http-processes N]
 
 Starts `ticketmx serve` (the example config, [http] listen on a free port), creates an admin token
 with `ticketmx token create`, then alternates rounds of postfix's smtp-source alone and smtp-source
@@ -59,6 +60,8 @@ def main() -> None:
     ap.add_argument("--paths", default="/api/v1/me,/api/v1/messages?limit=20,/api/v1/relay/queue?limit=20",
                     help="comma-separated paths the HTTP clients cycle through")
     ap.add_argument("--http-rate", type=float, default=0, help="total HTTP requests/s (0: as fast as answered)")
+    ap.add_argument("--http-processes", type=int, default=None,
+                    help="[http] processes (default: the config default, 1; 0 = the API in the SMTP process)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-http-smtp-"))
     dns = start_dns([])
@@ -66,7 +69,8 @@ def main() -> None:
     proc, cfg = start_ticketmx(tmp, port, dns.port)
     proc.terminate()
     proc.wait()
-    cfg.write_text(cfg.read_text() + f'\n[http]\nlisten = "127.0.0.1:{http_port}"\nrate_per_token = ""\n')
+    cfg.write_text(cfg.read_text() + f'\n[http]\nlisten = "127.0.0.1:{http_port}"\nrate_per_token = ""\n'
+                     + (f"processes = {args.http_processes}\n" if args.http_processes is not None else ""))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(cfg)], cwd=ROOT, env=env,
                             stdout=open(tmp / "serve.log", "ab"), stderr=subprocess.STDOUT)
@@ -94,10 +98,11 @@ def main() -> None:
         result = {"smtp_alone": round(a), "smtp_http_busy": round(b), "ratio": round(b / a, 3),
                   "http_rps": round(statistics.median(http_rates)), "n": args.n, "c": args.c,
                   "http_clients": args.http_clients, "paths": args.paths, "http_rate": args.http_rate,
-                  "cpus": os.cpu_count()}
+                  "http_processes": args.http_processes, "cpus": os.cpu_count()}
         print(json.dumps(result))
         print(f"command: python bench/bench_http_smtp.py -n {args.n} -c {args.c} --http-clients "
-              f"{args.http_clients} --rounds {args.rounds} --paths '{args.paths}' --http-rate {args.http_rate:g}")
+              f"{args.http_clients} --rounds {args.rounds} --paths '{args.paths}' --http-rate {args.http_rate:g}"
+              + (f" --http-processes {args.http_processes}" if args.http_processes is not None else ""))
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -12,7 +12,8 @@ without HTTP traffic ("idle") and while ``--http-clients`` other processes send 
 /api/v1/tickets?limit=50`` (an admin token from ``ticketmx token create``) over keep-alive
 connections, back to back or ``--http-rate`` per second each ("busy"), alternating idle/busy ``--repeat`` times; medians are printed with
 the HTTP request rate and latency seen meanwhile. The HTTP server runs in the SMTP process's event
-loop (uvicorn as a task), so this is what an API user costs mail intake. On a shared 2-core machine
+loop (uvicorn as a task) with ``--http-processes 0``, in its own process by default; this is what an
+API user costs mail intake. On a shared 2-core machine
 the load generator itself takes CPU from the gateway: the figures are an upper bound of the cost.
 Nothing here is a test: it prints figures and the command line that produced them.
 """
@@ -77,7 +78,7 @@ def http_load_main(base: str, token: str, rate: float) -> None:
 class Gateway:
     """``ticketmx serve`` on the example config with [http] added, and an admin token."""
 
-    def __init__(self, procs: perf.Procs, dns_port: int) -> None:
+    def __init__(self, procs: perf.Procs, dns_port: int, http_processes: int | None = None) -> None:
         self.procs = procs
         self.tmp = Path(tempfile.mkdtemp(prefix="ticketmx-http-smtp-"))
         procs.dirs.append(self.tmp)
@@ -92,7 +93,9 @@ class Gateway:
             text = perf._set_key(text, section, key, value)
         if "\n[http]" not in text:
             text += "\n[http]\n"
-        text = text.replace("\n[http]\n", f'\n[http]\nlisten = "127.0.0.1:{self.http_port}"\nrate_per_token = ""\n', 1)
+        extra = f"processes = {http_processes}\n" if http_processes is not None else ""
+        text = text.replace("\n[http]\n", f'\n[http]\nlisten = "127.0.0.1:{self.http_port}"\nrate_per_token = ""\n{extra}',
+                            1)
         self.config = self.tmp / "bench.toml"
         self.config.write_text(text)
         self.log = self.tmp / "serve.log"
@@ -142,13 +145,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="idle/busy pairs (medians reported)")
     ap.add_argument("--http-clients", type=int, default=1, help="processes sending GET /tickets")
     ap.add_argument("--http-rate", type=float, default=0, help="requests/s per client (0: back to back)")
+    ap.add_argument("--http-processes", type=int, default=None,
+                    help="[http] processes (default: the config default, 1; 0 = the API in the SMTP process)")
     a = ap.parse_args()
     command = "python bench/bench_http_smtp_tickets.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     procs = perf.Procs()
     try:
         make, records = ingest.make_messages(4096, "rsa")
         dns = perf.DnsServer(procs, records)
-        gw = Gateway(procs, dns.port)
+        gw = Gateway(procs, dns.port, a.http_processes)
         smtp_run(gw, make, min(300, a.n), a.c)  # warm-up: imports, caches, and tickets for GET to list
         idle: list[float] = []
         busy: list[float] = []

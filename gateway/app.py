@@ -18,7 +18,7 @@ from gateway.config.load import Config, load_config
 from relay.notify import deep_check
 from gateway.config.errors import ConfigErrors
 from gateway.smtp.limits import Limits, LocalLimits
-from gateway.runtime.metrics import Metrics, MetricsServer
+from gateway.runtime.metrics import Metrics
 from gateway.pipeline.runner.process import WorkerPool
 from gateway.pipeline.runner.assemble import build_pipeline
 from gateway.pipeline.runner.worker import MetricsSink, Worker, make_executor
@@ -58,8 +58,9 @@ class Gateway:
         self.listener: SmtpListener | None = None
         self.limits = Limits(cfg)                  # session counts and rates of every SMTP process
         self.group = None                          # gateway.smtp.group.SmtpGroup with [smtp] processes > 1
-        self.metrics_server: MetricsServer | None = None
-        self.http = None                           # gateway.http.server.HttpServer when [http] listen is set
+        self.metrics_server = None                 # gateway.http.metrics_server.MetricsServer ([metrics] listen)
+        self.http = None                           # [http] listen set: gateway.http.process.HttpGroup (its own
+                                                   # processes), or gateway.http.server.HttpServer (processes = 0)
         self._ready = False
         self._stopped = False
         self._depth_task: asyncio.Task[None] | None = None
@@ -122,14 +123,22 @@ class Gateway:
         self.spool = SpoolWriter(self.store, self.metrics, on_commit=wake)
         self.spool.start()
         if self.cfg.metrics.listen is not None:
+            from gateway.http.metrics_server import MetricsServer
             host, port = self.cfg.metrics.listen
             self.metrics_server = MetricsServer(self.metrics, host, port, lambda: self._ready)
             await self.metrics_server.start()
-        if self.cfg.http.enabled:
+        if self.cfg.http.enabled and self.cfg.http.processes > 0:
+            from gateway.http.process import HttpGroup
+            from gateway.http.server import bind
+            sock = bind(*self.cfg.http.listen)
+            self.http = HttpGroup(self.cfg, sock, self.metrics, wake, wake_relay)
+            await self.http.start()
+        elif self.cfg.http.enabled:
             from gateway.http.deps import Services
             from gateway.http.server import HttpServer
             self.http = HttpServer(Services(self), self.cfg.http)
             await self.http.start()
+        self.metrics.remote = self._remote_metrics
         handler = Handler(self.cfg, RecipientMap(self.cfg.mailboxes), self.spool, self.metrics,
                           self.build_checks(), LocalLimits(self.limits))
         self.listener = SmtpListener(self.cfg, handler, self.metrics)
@@ -140,13 +149,14 @@ class Gateway:
         if extra > 0:
             from gateway.smtp.group import SmtpGroup
             self.group = SmtpGroup(self.cfg, extra, self.listener.addresses, self.limits, self.metrics, wake)
-            self.metrics.remote = self.group.snapshots
             await self.group.start()
             await self.listener.serve()
         self._depth_task = asyncio.get_running_loop().create_task(self._refresh_depth(), name="spool-depth")
         self._retention_task = asyncio.get_running_loop().create_task(self._retention(), name="retention")
         self._sync_sla()
         self._ready = True
+        if hasattr(self.http, "set_ready"):
+            self.http.set_ready(True)
         from gateway.store.postgres import redact_url
         log.info("ticketmx ready (%d mailboxes, store %s)", len(self.cfg.mailboxes), redact_url(self.cfg.store.url))
 
@@ -155,6 +165,8 @@ class Gateway:
             return
         self._stopped = True
         self._ready = False
+        if hasattr(self.http, "set_ready"):
+            self.http.set_ready(False)
         grace = self.cfg.smtp.shutdown_grace if grace is None else grace
         closing = []
         if self.listener is not None:
@@ -211,12 +223,13 @@ class Gateway:
                                    ("smtp.processes", self.cfg.smtp.processes, new.smtp.processes),
                                    ("store.url", self.cfg.store.url, new.store.url),
                                    ("metrics.listen", self.cfg.metrics.listen, new.metrics.listen),
-                                   ("http.listen", self.cfg.http.listen, new.http.listen)):
+                                   ("http.listen", self.cfg.http.listen, new.http.listen),
+                                   ("http.processes", self.cfg.http.processes, new.http.processes)):
             if old_v != new_v:
                 log.warning("reload: %s changed; it takes effect at the next restart", what)
         new = replace(new, smtp=replace(new.smtp, listen=self.cfg.smtp.listen, processes=self.cfg.smtp.processes),
                       store=self.cfg.store, metrics=self.cfg.metrics,
-                      http=replace(new.http, listen=self.cfg.http.listen))
+                      http=replace(new.http, listen=self.cfg.http.listen, processes=self.cfg.http.processes))
         webhooks_changed = new.webhooks != self.cfg.webhooks
         relay_changed = (new.relay != self.cfg.relay or new.smtp.hostname != self.cfg.smtp.hostname
                          or _relay_keys(new) != _relay_keys(self.cfg))
@@ -225,6 +238,8 @@ class Gateway:
         self.listener.reconfigure(new, self.build_checks(), tls)
         if self.group is not None:
             self.group.reload(new)
+        if hasattr(self.http, "reload"):
+            self.http.reload(new)  # HTTP processes; in-process, the API reads self.cfg at each request
         if self.worker is not None:
             self.worker.cfg = new
             self.worker.ctx = replace(self.worker.ctx, cfg=new, recipients=RecipientMap(new.mailboxes))
@@ -247,6 +262,14 @@ class Gateway:
         log.info("config reloaded from %s (%d mailboxes)", path or "(embedded defaults)", len(new.mailboxes))
         _sd_notify(f"STATUS=running, config reloaded ({len(new.mailboxes)} mailboxes)")
         return True
+
+    async def _remote_metrics(self) -> list:
+        """The other processes' samples at scrape time: SMTP processes and HTTP processes."""
+        out: list = []
+        for group in (self.group, self.http):
+            if hasattr(group, "snapshots"):
+                out += await group.snapshots()
+        return out
 
     async def _retention(self) -> None:
         """Purge old raw mail, quarantined mail and closed tickets per [retention]; with several nodes

@@ -28,6 +28,7 @@ class HttpConfig:
     rate_per_token: Rate | None = Rate(600, 60.0)  # requests per API token; over it: 429 + Retry-After
     trusted_proxies: tuple[Any, ...] = ()      # CIDRs whose X-Forwarded-For names the client (audit log)
     shutdown_grace: float = 10.0               # requests in flight at stop get this long to finish
+    processes: int = 1                         # HTTP server processes beside the SMTP one; 0 = in the SMTP process
 
     @property
     def enabled(self) -> bool:
@@ -80,6 +81,7 @@ def parse_http(t: Table, hostport: Callable[[str], tuple[str, int]]) -> HttpConf
         rate_per_token=t.get("rate_per_token", d.rate_per_token, parse_rate),
         trusted_proxies=t.get("trusted_proxies", d.trusted_proxies, _networks),
         shutdown_grace=t.get("shutdown_grace", d.shutdown_grace, parse_duration),
+        processes=t.get("processes", d.processes, _count(0, 16)),
     )
     if cfg.max_body_size < 1024:
         t.error("max_body_size", "must be at least 1KiB")

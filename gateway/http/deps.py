@@ -80,10 +80,14 @@ class Problem(Exception):
 
 class Services:
     """The running gateway, as endpoints see it. ``cfg`` is read at each use: a reload (SIGHUP)
-    replaces the gateway's config and the next request sees the new one."""
+    replaces the gateway's config and the next request sees the new one.
 
-    def __init__(self, gateway: Any) -> None:
-        self._gw = gateway
+    ``host`` is the gateway (``[http] processes = 0``: the API runs in the SMTP process) or, in an HTTP
+    process, that process's own store, spool writer and config (gateway/http/process.py, which also
+    overrides what must reach the main process: wake-ups, /metrics, the rate limit across processes)."""
+
+    def __init__(self, host: Any) -> None:
+        self._gw = host
         self.limiter: SlidingWindow | None = None   # per-token request rate ([http] rate_per_token)
         self._touched: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -100,7 +104,7 @@ class Services:
 
     @property
     def metrics(self) -> Any:
-        """gateway.runtime.metrics.Metrics"""
+        """gateway.runtime.metrics.Metrics (this process's registry; /metrics is :meth:`render_metrics`)"""
         return self._gw.metrics
 
     @property
@@ -117,6 +121,11 @@ class Services:
         """The gateway's bounded executor for CPU-heavy work (DKIM hashing of large inbound posts)"""
         return self._gw.executor
 
+    @property
+    def resolver(self) -> Any:
+        """The process's DNS resolver (and cache), or None: the inbound checks make their own."""
+        return getattr(self._gw, "resolver", None)
+
     def wake_relay(self) -> None:
         """A notification was queued: the relay worker sends it now rather than at its next poll."""
         self._gw._wake_relay()
@@ -127,6 +136,10 @@ class Services:
             if owner is not None:
                 owner.wake()
 
+    async def render_metrics(self) -> bytes:
+        """The whole service's Prometheus exposition (every process's samples added up)."""
+        return await self.metrics.render_all()
+
     def rate_limiter(self) -> SlidingWindow | None:
         rate = self.cfg.http.rate_per_token
         if rate is None:
@@ -134,6 +147,11 @@ class Services:
         if self.limiter is None or self.limiter.rate != rate:  # first use, or a reload changed it
             self.limiter = SlidingWindow(rate)
         return self.limiter
+
+    async def rate_check(self, name: str) -> int | None:
+        """Count one request of token ``name``: None when it is within ``[http] rate_per_token``,
+        else the seconds to wait (the request is not counted)."""
+        return take(self.rate_limiter(), name)
 
     def touch(self, name: str) -> None:
         """Record the token's last use, at most every TOUCH_EVERY seconds, off the request's path."""
@@ -150,6 +168,16 @@ class Services:
             await tokens.touch(self.store, name, now)
         except Exception as exc:  # bookkeeping only: the request was answered
             log.debug("last_used of token %s not recorded: %s", name, exc)
+
+
+def take(limiter: SlidingWindow | None, name: str) -> int | None:
+    """One request of ``name`` against ``limiter``: None (allowed, counted) or whole seconds to wait."""
+    if limiter is None:
+        return None
+    if not limiter.allowed(name):
+        return max(1, math.ceil(limiter.retry_after(name)))
+    limiter.hit(name)
+    return None
 
 
 def services(request: Request) -> Services:
@@ -183,14 +211,11 @@ def principal(min_role: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
             raise Problem(401, "Unauthorized", "unknown or revoked API token",
                           headers={"WWW-Authenticate": 'Bearer realm="ticketmx", error="invalid_token"'})
         who = Principal(name=row.name, role=row.role, queues=row.queues)
-        limiter = svc.rate_limiter()
-        if limiter is not None:
-            if not limiter.allowed(who.name):
-                wait = max(1, math.ceil(limiter.retry_after(who.name)))
-                raise Problem(429, "Too Many Requests",
-                              f"token {who.name!r} is over [http] rate_per_token ({limiter.rate}); "
-                              f"retry in {wait}s", headers={"Retry-After": str(wait)})
-            limiter.hit(who.name)
+        wait = await svc.rate_check(who.name)
+        if wait is not None:
+            raise Problem(429, "Too Many Requests",
+                          f"token {who.name!r} is over [http] rate_per_token ({svc.cfg.http.rate_per_token}); "
+                          f"retry in {wait}s", headers={"Retry-After": str(wait)})
         svc.touch(who.name)
         request.state.principal = who
         if not who.at_least(min_role):

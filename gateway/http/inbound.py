@@ -40,9 +40,8 @@ def inbound_service(request: Request) -> InboundService:
     state = request.app.state
     current: InboundService | None = getattr(state, "inbound", None)
     if current is None or current.cfg is not svc.cfg:
-        resolver = getattr(getattr(svc, "_gw", None), "resolver", None)
         state.inbound = InboundService(svc.cfg, svc.store, svc.spool, svc.metrics, executor=svc.executor,
-                                       resolver=resolver, guard=current.guard if current is not None else None)
+                                       resolver=svc.resolver, guard=current.guard if current is not None else None)
         if current is not None:
             current.close()
     return state.inbound

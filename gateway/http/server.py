@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.http.deps import Problem, Services
+from gateway.http.uvserver import QuietServer as _Server
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def build_app(services: Services) -> FastAPI:
              summary="Prometheus metrics (the same exposition as [metrics] listen)",
              responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     async def metrics() -> Response:
-        return Response(await services.metrics.render_all(), media_type=CONTENT_TYPE_LATEST)
+        return Response(await services.render_metrics(), media_type=CONTENT_TYPE_LATEST)
 
     # longest prefix first: the most specific limit wins
     app.add_middleware(_Limits, services=services,
@@ -341,17 +342,22 @@ class _GuardedH11(H11Protocol):
         self.transport.close()
 
 
-class _Server(uvicorn.Server):
-    """uvicorn.Server minus its signal handling: the gateway owns SIGTERM/SIGINT/SIGHUP
-    (``serve()`` of uvicorn 0.29+ swaps the process's handlers in ``capture_signals`` and re-raises
-    the signal at exit; older versions call ``install_signal_handlers``). Both are no-ops here."""
-
-    def capture_signals(self) -> Any:  # uvicorn >= 0.29
-        import contextlib
-        return contextlib.nullcontext()
-
-    def install_signal_handlers(self) -> None:  # uvicorn < 0.29
-        pass
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket of ``[http] listen``, bound here rather than in uvicorn, which answers a
+    bind error with sys.exit: an OSError (address in use) ends the start like the SMTP listener's does.
+    The main process binds it once and hands it to every HTTP process (they accept from one queue)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, proto, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM, proto)  # proto IPPROTO_TCP: asyncio sets TCP_NODELAY
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"[http] listen {host}:{port}: {exc.strerror}") from None
+    return sock
 
 
 class HttpServer:
@@ -372,27 +378,13 @@ class HttpServer:
         return type("GuardedH11", (_GuardedH11,), {"max_connections": self.cfg.max_connections,
                                                   "header_timeout": self.cfg.header_timeout, "owner": self})
 
-    def _bind(self) -> socket.socket:
-        """Bind here rather than in uvicorn, which answers a bind error with sys.exit: an OSError
-        (address in use) ends the start like the SMTP listener's does."""
-        infos = socket.getaddrinfo(self.host or None, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, proto, _, addr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM, proto)  # proto IPPROTO_TCP: asyncio sets TCP_NODELAY
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(addr)
-            sock.listen(1024)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise OSError(exc.errno, f"[http] listen {self.host}:{self.port}: {exc.strerror}") from None
-        return sock
-
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Serve on ``sock`` (bound by the main process, for an HTTP process) or bind ``[http] listen``."""
         # uvicorn says "Invalid HTTP request received." at WARNING for every malformed request (a
         # client could fill the log) and repeats what we log at start; errors (a crashed app) remain.
         logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
-        sock = self._bind()
+        if sock is None:
+            sock = bind(self.host, self.port)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app, lifespan="off", log_config=None, access_log=False, server_header=False,

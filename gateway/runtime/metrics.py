@@ -1,20 +1,19 @@
-"""Prometheus metrics and the small HTTP endpoint that serves them.
+"""Prometheus metrics: the registry, and adding up the samples of several processes.
 
 Each gateway instance owns its own CollectorRegistry (no process globals), so
-several gateways can run in one test process. Label values are bounded sets
+several gateways can run in one test process. The ``[metrics] listen`` endpoint that serves them is
+gateway/http/metrics_server.py (uvicorn). Label values are bounded sets
 (codes, reasons, states) — never addresses or subjects.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
-import re
 from typing import Any, Awaitable, Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.samples import Sample
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
 log = logging.getLogger(__name__)
 # One INFO line per refused message or recipient (docs/smtp.md, "Rejections in the log").
@@ -168,169 +167,6 @@ class _Merged:
 
     def collect(self) -> Any:
         return iter(self.families)
-
-
-class MetricsServer:
-    """Minimal asyncio HTTP/1.0 server for /metrics, /healthz and /readyz (no threads).
-
-    Bounded by construction, since anyone who can reach the port can talk to it:
-
-    * a **deadline** per connection (``deadline`` seconds from accept to the last byte written):
-      a client that sends nothing, sends slowly or does not read is aborted when it expires;
-    * a **connection cap** (``max_connections``): over the cap, the oldest connection that has not
-      sent its request is closed at once (or, when all are being answered, the new one is, in
-      ``connection_made`` - before any buffer or task exists for it); tasks exist only for requests
-      being answered, so they are bounded by the cap;
-    * **line limits**: a request line or header line over ``MAX_LINE`` octets, a header section over
-      ``MAX_HEAD`` octets or a malformed request line gets ``400 Bad Request`` and the connection is
-      closed. Nothing a client sends can raise out of the protocol: no traceback in the log.
-
-    It is a :class:`asyncio.Protocol` rather than ``start_server`` streams so that a refused
-    connection costs no task and a slow one holds at most ``MAX_HEAD`` bytes.
-    """
-
-    MAX_LINE = 4096
-    MAX_HEAD = 16384
-
-    def __init__(self, metrics: Metrics, host: str, port: int, ready: Callable[[], bool], *,
-                 deadline: float = 5.0, max_connections: int = 64) -> None:
-        self.metrics, self.host, self.port, self.ready = metrics, host, port, ready
-        self.deadline, self.max_connections = deadline, max_connections
-        self._server: asyncio.AbstractServer | None = None
-        self.active: dict[_HttpConn, None] = {}   # insertion order: oldest first
-        self.refused = 0        # connections closed at once for the cap (tests)
-        self.timed_out = 0      # connections aborted at the deadline (tests)
-        self.bad_requests = 0   # 400s (tests)
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _HttpConn(self), self.host, self.port)
-        sock = self._server.sockets[0].getsockname()
-        self.port = sock[1]
-        log.info("metrics listening on http://%s:%d/metrics", self.host, self.port)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for conn in list(self.active):
-                conn.abort()
-            await self._server.wait_closed()
-
-    async def respond(self, path: str) -> tuple[str, str, bytes]:
-        """(status, content type, body) for a GET of ``path``."""
-        if path == "/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, await self.metrics.render_all()
-        if path == "/healthz":
-            return "200 OK", "text/plain", b"ok\n"
-        if path == "/readyz":
-            ok = self.ready()
-            return ("200 OK" if ok else "503 Service Unavailable"), "text/plain", b"ready\n" if ok else b"not ready\n"
-        return "404 Not Found", "text/plain", b"not found\n"
-
-
-_HEAD_END = re.compile(rb"\n\r?\n")
-
-
-class _HttpConn(asyncio.Protocol):
-    """One connection to the metrics endpoint: read a bounded request head, answer, close."""
-
-    def __init__(self, server: MetricsServer) -> None:
-        self.server = server
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.timer: asyncio.TimerHandle | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.answered = False
-        self.line_start = 0     # where the line being received starts in buf
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        srv = self.server
-        if len(srv.active) >= srv.max_connections:
-            # Full. The oldest connection that has not sent its request yet goes (a flood of idle
-            # connections cannot lock a scraper out, which sends its request at once); when every
-            # slot is answering a request, the newcomer goes. Either way: closed at once.
-            srv.refused += 1
-            victim = next((c for c in srv.active if not c.answered), None)
-            if victim is None:
-                self.answered = True
-                transport.abort()  # no buffer, no task, no timer
-                return
-            srv.active.pop(victim, None)
-            victim.answered = True
-            victim.abort()
-        srv.active[self] = None
-        self.timer = asyncio.get_running_loop().call_later(srv.deadline, self._expired)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.server.active.pop(self, None)
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    def _expired(self) -> None:
-        self.server.timed_out += 1
-        self.abort()
-
-    def data_received(self, data: bytes) -> None:
-        """Accumulate the request head; linear in what was received (a byte-at-a-time client too)."""
-        if self.answered:
-            return  # the request is read; anything after it is ignored
-        old = len(self.buf)
-        self.buf += data
-        m = _HEAD_END.search(self.buf, max(0, old - 2))
-        head_end = m.start() if m else len(self.buf)
-        pos = self.buf.find(b"\n", old, head_end)
-        while pos >= 0:
-            if pos - self.line_start > MetricsServer.MAX_LINE:
-                return self._bad("request or header line too long")
-            self.line_start = pos + 1
-            pos = self.buf.find(b"\n", pos + 1, head_end)
-        if head_end - self.line_start > MetricsServer.MAX_LINE:
-            return self._bad("request or header line too long")
-        if head_end > MetricsServer.MAX_HEAD:
-            return self._bad("request header section too large")
-        if m is None:
-            return
-        first = bytes(self.buf[:self.buf.find(b"\n")]).rstrip(b"\r")
-        parts = first.decode("latin-1").split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
-            return self._bad("malformed request line")
-        self.answered = True
-        if parts[0] not in ("GET", "HEAD"):
-            self._send("405 Method Not Allowed", "text/plain", b"only GET\n")
-            return
-        self.task = asyncio.get_running_loop().create_task(self._answer(parts[1].split("?")[0], parts[0] == "HEAD"))
-
-    async def _answer(self, path: str, head_only: bool) -> None:
-        try:
-            status, ctype, body = await self.server.respond(path)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # our bug, not the client's: say so once, without the request
-            log.error("metrics: %s failed: %s: %s", path, type(exc).__name__, exc)
-            status, ctype, body = "500 Internal Server Error", "text/plain", b"error\n"
-        self._send(status, ctype, b"" if head_only else body, len(body))
-
-    def _bad(self, why: str) -> None:
-        self.answered = True
-        self.server.bad_requests += 1
-        log.debug("metrics: 400 to a client: %s", why)
-        self._send("400 Bad Request", "text/plain", f"{why}\n".encode())
-
-    def _send(self, status: str, ctype: str, body: bytes, length: int | None = None) -> None:
-        t = self.transport
-        if t is None or t.is_closing():
-            return
-        t.write(f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body) if length is None else length}\r\n"
-                f"Connection: close\r\n\r\n".encode() + body)
-        t.close()  # flushes, then closes; the deadline timer aborts a client that never reads
 
 
 class _ResolverCollector:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import itertools
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -37,6 +36,7 @@ from typing import Any, Callable
 from gateway.smtp.checks import DataCheck, HeaderSectionCheck, LoopCheck
 from gateway.config.load import Config
 from gateway.smtp.limits import Limits
+from gateway.runtime.childlink import ParentLink
 from gateway.runtime.metrics import Metrics, Snapshot, retire, snapshot
 from gateway.smtp.replies import Reply
 
@@ -46,67 +46,6 @@ Listen = list[tuple[str, int]]
 
 
 # -- child side -------------------------------------------------------------------------------------------
-class ParentLink:
-    """The child's end of its control pipe: requests with replies, and one-way notes."""
-
-    def __init__(self, conn: multiprocessing.connection.Connection,
-                 on_message: Callable[[tuple[Any, ...]], None], on_eof: Callable[[], None]) -> None:
-        self.conn = conn
-        self.on_message = on_message
-        self.on_eof = on_eof
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
-        self.closed = False
-        asyncio.get_running_loop().add_reader(conn.fileno(), self._readable)
-
-    def send(self, msg: tuple[Any, ...]) -> bool:
-        if self.closed:
-            return False
-        try:
-            self.conn.send(msg)
-            return True
-        except (OSError, EOFError):
-            self._lost()
-            return False
-
-    async def ask(self, *msg: Any) -> Any:
-        """Send ``msg`` with a request id; the parent's answer, or None when it is gone."""
-        rid = next(self._ids)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = fut
-        if not self.send((msg[0], rid, *msg[1:])):
-            self._waiting.pop(rid, None)
-            return None
-        return await fut
-
-    def _readable(self) -> None:
-        try:
-            while self.conn.poll():
-                msg = self.conn.recv()
-                if msg[0] == "reply":
-                    fut = self._waiting.pop(msg[1], None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(msg[2])
-                else:
-                    self.on_message(msg)
-        except (EOFError, OSError):
-            self._lost()
-
-    def _lost(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            asyncio.get_running_loop().remove_reader(self.conn.fileno())
-        except (ValueError, OSError):
-            pass
-        for fut in self._waiting.values():
-            if not fut.done():
-                fut.set_result(None)
-        self._waiting.clear()
-        self.on_eof()
-
-
 class RemoteLimits:
     """``gateway.smtp.limits.LimitsClient`` of an SMTP child: asks the main process's authority."""
 

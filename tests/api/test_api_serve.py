@@ -2,6 +2,7 @@
 serving (uvicorn does not take the gateway's signals), SIGTERM stops it cleanly."""
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -25,17 +26,43 @@ def test_serve_runs_the_api_and_keeps_the_signals(serve) -> None:  # noqa: F811
     assert httpx.get(f"{base}/readyz", timeout=10).status_code == 200
 
     assert p.proc is not None
-    p.proc.send_signal(signal.SIGHUP)  # a reload: the process and both servers stay up
+    # The API has its own process (docs/api.md): a child of serve, named ticketmx-http1.
+    children = _children(p.proc.pid)
+    assert "ticketmx-http1" in children.values(), children
+    http_pid = next(pid for pid, name in children.items() if name == "ticketmx-http1")
+
+    # A reload (SIGHUP to serve, which validates the file and sends it on): the process and both
+    # servers stay up, and the HTTP process applies the new [http] rate_per_token to the next request.
+    p.config.write_text(p.config.read_text().replace("[http]\n", '[http]\nrate_per_token = "1/1m"\n'))
+    p.proc.send_signal(signal.SIGHUP)
     time.sleep(1.0)
     assert p.proc.poll() is None, p.log.read_text()
-    assert httpx.get(f"{base}/api/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200
     assert "config reloaded" in p.log.read_text()
+    codes = [httpx.get(f"{base}/api/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code
+             for _ in range(2)]
+    assert codes == [200, 429], codes
+    assert _children(p.proc.pid).get(http_pid) == "ticketmx-http1"  # the same process: not restarted
 
     started = time.monotonic()
     assert p.stop(signal.SIGTERM) == 0, p.log.read_text()
     assert time.monotonic() - started < 20
     log = p.log.read_text()
     assert "HTTP API listening" in log and "ticketmx stopped" in log
+    assert not os.path.exists(f"/proc/{http_pid}"), "the HTTP process outlived serve"
+
+
+def _children(pid: int) -> dict[int, str]:
+    """pid -> name (ps -o comm) of the processes whose parent is ``pid``."""
+    out = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if int(rest[1]) == pid:
+            out[int(entry)] = name
+    return out
 
 
 def test_http_port_in_use_fails_the_start_with_the_key(serve) -> None:  # noqa: F811

@@ -119,7 +119,8 @@ async def test_rate_limit_per_token_429_with_retry_after(start_api) -> None:
 
 
 async def test_connection_cap_and_header_timeout(start_api) -> None:
-    api = await start_api(http={"max_connections": 2, "header_timeout": "500ms"})
+    # processes = 0: the counters read below live in the server object (an HTTP process has its own)
+    api = await start_api(http={"max_connections": 2, "header_timeout": "500ms", "processes": 0})
     port = api.gw.gw.http.port
     held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
     await asyncio.sleep(0.05)
@@ -183,7 +184,7 @@ async def test_no_delayed_ack_stall_between_head_and_body(api: Api) -> None:
 async def test_an_endpoint_module_sets_its_own_body_limit(start_api, monkeypatch) -> None:
     import gateway.http.server as server
     monkeypatch.setattr(server, "ROUTERS", (*server.ROUTERS, "tests.api.limits_router"))
-    api = await start_api(http={"max_body_size": "2KiB"})
+    api = await start_api(http={"max_body_size": "2KiB", "processes": 0})  # the patch reaches this process only
     async with api.client() as c:
         r = await c.post("/api/v1/big/size", content=b"a" * 6000)
         assert r.status_code == 200 and r.json() == {"read": 6000}
@@ -217,7 +218,8 @@ async def test_reload_applies_the_rate_limit_and_keeps_serving(api: Api) -> None
         assert_problem(await c.get("/api/v1/me"), 429)
 
 
-async def test_malformed_request_and_huge_headers_are_problems(api: Api) -> None:
+async def test_malformed_request_and_huge_headers_are_problems(start_api) -> None:
+    api = await start_api(http={"processes": 0})  # bad_requests is counted in the server object
     reader, writer = await asyncio.open_connection("127.0.0.1", api.gw.gw.http.port)
     writer.write(b"NONSENSE\r\n\r\n")
     data = await asyncio.wait_for(reader.read(), 5)

@@ -96,6 +96,9 @@ async def start_gateway(tmp_path: Path, dns_server: Any, backend_db: str | None)
 
     async def start(**sections: Any) -> RunningGateway:
         cfg = make_config(tmp_path, dns_server.port, **sections)
+        if db_url is not None:  # the config names the database too: HTTP processes open their own store from it
+            from dataclasses import replace
+            cfg = replace(cfg, store=replace(cfg.store, url=db_url))
         gw = Gateway(cfg)
         if db_url is not None:
             from gateway.store.postgres import PostgresStore

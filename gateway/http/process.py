@@ -1,0 +1,359 @@
+"""HTTP server processes (``[http] processes``, default 1): the API beside the SMTP process, not in it.
+
+Python runs one thread of Python per process at a time: with uvicorn in the SMTP process's loop, a
+busy API (JSON encoding, FastAPI's validation, store reads) took SMTP throughput down to 0.73-0.79 of
+idle (bench/bench_http_smtp.py, docs/benchmarks.md). Here the API runs in spawned children, like the
+pipeline workers and the extra SMTP processes. The main process binds ``[http] listen`` once (port 0
+resolves once, a bind error fails the start with the key) and hands the listening socket to every
+child: they accept from one queue, so a child that dies leaves waiting connections to the others or
+to its successor. Each child has its own store connection (SQLite WAL; its own PostgreSQL pool),
+spool writer (HTTP inbound: no 2xx before its commit), executor and DNS resolver. What must be one for
+the service stays in the main process and is reached over one control pipe per child:
+
+* the pipeline wake-up after a spool commit, replay or release, and the relay wake-up after a reply;
+* ``/metrics``: the child asks the main process, which adds up every process's samples (its own, the
+  pipeline's reports, the SMTP and HTTP processes', asked at scrape time) — one exposition;
+* ``/readyz``: the main process tells each child when the service is ready and when it stops;
+* ``[http] rate_per_token`` with several children: the main process holds the windows (with one
+  child, that child holds them itself: it sees every request);
+* SIGHUP: the main process validates the file and sends the new config; SIGTERM: each child stops
+  accepting and lets requests in flight finish within ``[http] shutdown_grace``.
+
+A child that dies is restarted after 0.5 s.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+Config = Any  # gateway.config.load.Config (gateway.http does not import the config room)
+
+from gateway.http.deps import Problem, Services, take
+from gateway.runtime.childlink import ParentLink
+from gateway.runtime.metrics import Metrics, Snapshot, retire, snapshot
+from gateway.runtime.ratelimit import SlidingWindow
+
+log = logging.getLogger(__name__)
+_CTX = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop and threads
+EX_STORE_UNAVAILABLE = 75  # could not open the store: restarted with backoff (up to 30 s), not every 0.5 s
+
+
+# -- child side -------------------------------------------------------------------------------------------
+class _Host:
+    """What :class:`Services` reads in an HTTP process (the gateway object's role in-process)."""
+
+    def __init__(self, cfg: Config, store: Any, metrics: Metrics, spool: Any, executor: Any) -> None:
+        self.cfg, self.store, self.metrics, self.spool, self.executor = cfg, store, metrics, spool, executor
+        self.ready = False   # set by the main process: ready once the whole service is
+        self.resolver = None
+
+
+class ChildServices(Services):
+    """:class:`Services` of an HTTP process: what belongs to the whole service goes to the main process."""
+
+    def __init__(self, host: _Host, link: ParentLink, shared_rate: bool) -> None:
+        super().__init__(host)
+        self.link = link
+        self.shared_rate = shared_rate  # several HTTP processes: the rate windows are the main process's
+
+    def wake_relay(self) -> None:
+        self.link.send(("wake_relay",))
+
+    def wake_pipeline(self) -> None:
+        self.link.send(("wake",))
+
+    async def render_metrics(self) -> bytes:
+        body = await self.link.ask("render")
+        if body is None:
+            raise Problem(503, "Service Unavailable", "the gateway is stopping", headers={"Retry-After": "5"})
+        return body
+
+    async def rate_check(self, name: str) -> int | None:
+        if not self.shared_rate or self.cfg.http.rate_per_token is None:
+            return await super().rate_check(name)
+        return await self.link.ask("rate", name)
+
+
+def child_main(cfg: Config, slot: int, sock: socket.socket, conn: multiprocessing.connection.Connection,
+               shared_rate: bool, ready: bool = False) -> None:
+    """Entry point of an HTTP process."""
+    from gateway.runtime.allocator import tune
+    tune()  # not inherited through spawn (gateway/runtime/allocator.py)
+    from gateway.runtime.logsetup import setup_logging
+    from gateway.runtime.proctitle import set_name
+    set_name(f"ticketmx-http{slot}")
+    setup_logging(cfg.log.level, cfg.log.json)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the main process, which stops us in order
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come from the main process, already validated
+    from gateway.runtime.eventloop import run
+    run(_child(cfg, slot, sock, conn, shared_rate, ready), cfg.smtp.event_loop)
+
+
+async def _child(cfg: Config, slot: int, sock: socket.socket, conn: multiprocessing.connection.Connection,
+                 shared_rate: bool, ready: bool) -> None:
+    from gateway.http.server import HttpServer
+    from gateway.pipeline.runner.worker import make_executor
+    from gateway.spool import SpoolWriter
+    from gateway.store import open_store
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    store = open_store(cfg)
+    store.webhooks = cfg.webhooks  # API writes queue webhook events in their transaction
+    try:
+        await store.open()
+    except Exception as exc:  # one line, not a traceback per restart while the store is down
+        log.error("HTTP process %d cannot open the store: %s: %s; exiting with code %d", slot, type(exc).__name__,
+                  " ".join(str(exc).split())[:300], EX_STORE_UNAVAILABLE)
+        raise SystemExit(EX_STORE_UNAVAILABLE) from None
+    await store.defer_checkpoints(run_here=False)  # the main process checkpoints for everyone
+    executor = make_executor()
+    metrics = Metrics()
+    metrics.smtp_processes.set(0)  # the main process counts the SMTP processes
+    link: ParentLink
+    spool = SpoolWriter(store, metrics, on_commit=lambda: link.send(("wake",)))
+    host = _Host(cfg, store, metrics, spool, executor)
+    host.ready = ready  # a restarted process serves a ready service: ready from its first request
+
+    def on_message(msg: tuple[Any, ...]) -> None:
+        if msg[0] == "metrics":
+            link.send(("metrics", snapshot(metrics)))
+        elif msg[0] == "ready":
+            host.ready = bool(msg[1])
+        elif msg[0] == "reload":
+            host.cfg = msg[1]
+            store.webhooks = msg[1].webhooks
+
+    link = ParentLink(conn, on_message, stop.set)
+    spool.start()
+    server = HttpServer(ChildServices(host, link, shared_rate), cfg.http)
+    await server.start(sock)
+    link.send(("ready", os.getpid()))
+    await stop.wait()
+    host.ready = False
+    await server.close()
+    await spool.close()
+    link.send(("metrics", snapshot(metrics)))  # the final counts: the main process keeps them
+    executor.shutdown(wait=True, cancel_futures=True)
+    await store.close()
+
+
+# -- parent side ------------------------------------------------------------------------------------------
+@dataclass
+class _Child:
+    slot: int
+    proc: Any  # multiprocessing.Process (spawn context)
+    conn: multiprocessing.connection.Connection
+    pid: int | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    last: Snapshot = field(default_factory=list)
+    fresh: asyncio.Event = field(default_factory=asyncio.Event)
+    gone: bool = False
+
+
+class HttpGroup:
+    """Starts ``[http] processes`` children on one listening socket, answers them, restarts the dead."""
+
+    def __init__(self, cfg: Config, sock: socket.socket, metrics: Metrics, on_wake: Callable[[], None],
+                 on_wake_relay: Callable[[], None]) -> None:
+        self.cfg = cfg
+        self.sock = sock
+        self.metrics = metrics
+        self.on_wake = on_wake
+        self.on_wake_relay = on_wake_relay
+        self.n = cfg.http.processes
+        self.children: dict[int, _Child] = {}
+        self.retired: Snapshot = []  # counters of children that exited (counters never go backwards)
+        self.restarts = 0
+        self._open_failures = 0  # HTTP processes in a row that could not open the store
+        self._ready = False
+        self._limiter: SlidingWindow | None = None
+        self._stopping = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1]
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.pid for c in self.children.values() if c.pid is not None and not c.gone]
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Spawn every child and wait until each one serves (one that cannot start fails the start)."""
+        for slot in range(1, self.n + 1):
+            self._spawn(slot)
+        for child in list(self.children.values()):
+            waiter = asyncio.ensure_future(child.ready.wait())
+            done, _ = await asyncio.wait({waiter}, timeout=timeout)
+            if not done or child.gone:
+                waiter.cancel()
+                raise RuntimeError(f"HTTP process {child.slot} did not start (see the log above)")
+        log.info("HTTP API served by %d process(es) on http://%s:%d/api/v1/", self.n, self.cfg.http.listen[0],
+                 self.port)
+
+    def _spawn(self, slot: int) -> None:
+        parent_conn, child_conn = _CTX.Pipe(duplex=True)
+        proc = _CTX.Process(target=child_main, args=(self.cfg, slot, self.sock, child_conn, self.n > 1, self._ready),
+                            name=f"ticketmx-http-{slot}", daemon=True)
+        proc.start()
+        child_conn.close()
+        child = _Child(slot, proc, parent_conn)
+        self.children[slot] = child
+        loop = asyncio.get_running_loop()
+        loop.add_reader(parent_conn.fileno(), self._readable, child)
+        loop.add_reader(proc.sentinel, self._on_exit, child)
+
+    def _send(self, child: _Child, msg: tuple[Any, ...]) -> None:
+        if child.gone:
+            return
+        try:
+            child.conn.send(msg)
+        except (OSError, EOFError):
+            pass  # it is dying; _on_exit cleans up
+
+    def _readable(self, child: _Child) -> None:
+        try:
+            while child.conn.poll():
+                self._dispatch(child, child.conn.recv())
+        except (EOFError, OSError):
+            try:
+                asyncio.get_running_loop().remove_reader(child.conn.fileno())
+            except (ValueError, OSError):
+                pass
+
+    def _dispatch(self, child: _Child, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "wake":
+            self.on_wake()
+        elif kind == "wake_relay":
+            self.on_wake_relay()
+        elif kind == "rate":
+            self._send(child, ("reply", msg[1], take(self._rate_limiter(), msg[2])))
+        elif kind == "render":
+            self._spawn_task(self._render(child, msg[1]))
+        elif kind == "metrics":
+            child.last = msg[1]
+            child.fresh.set()
+        elif kind == "ready":
+            self._open_failures = 0
+            child.pid = msg[1]
+            self._send(child, ("ready", self._ready))
+            child.ready.set()
+            log.info("HTTP process %d started (pid %d)", child.slot, msg[1])
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _render(self, child: _Child, rid: int) -> None:
+        try:
+            body: bytes | None = await self.metrics.render_all()
+        except Exception:
+            log.exception("metrics for HTTP process %d failed", child.slot)
+            body = None
+        self._send(child, ("reply", rid, body))
+
+    def _rate_limiter(self) -> SlidingWindow | None:
+        rate = self.cfg.http.rate_per_token
+        if rate is None:
+            return None
+        if self._limiter is None or self._limiter.rate != rate:
+            self._limiter = SlidingWindow(rate)
+        return self._limiter
+
+    def _on_exit(self, child: _Child) -> None:
+        if child.gone:
+            return
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(child.proc.sentinel)
+        self._readable(child)  # its last words: final metrics
+        try:
+            loop.remove_reader(child.conn.fileno())
+        except (ValueError, OSError):
+            pass
+        child.gone = True
+        child.conn.close()
+        child.proc.join(1)  # the sentinel fired: it is exiting; reaped, its exit code is known
+        child.ready.set()  # wakes start() if it died before serving
+        child.fresh.set()
+        self.retired = retire(self.retired, child.last)
+        if self.children.get(child.slot) is child:
+            del self.children[child.slot]
+        if self._stopping:
+            return
+        delay = 0.5  # no hot restart loop if the child dies at once
+        if child.proc.exitcode == EX_STORE_UNAVAILABLE:  # it said why in one line
+            self._open_failures += 1
+            delay = min(30.0, 0.5 * 2 ** self._open_failures)
+            log.warning("HTTP process %d could not open the store; next try in %.0fs", child.slot, delay)
+        else:
+            log.error("HTTP process %d died (exit code %s); restarting it", child.slot, child.proc.exitcode)
+        self._spawn_task(self._restart(child.slot, delay))
+
+    async def _restart(self, slot: int, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if not self._stopping and slot not in self.children:
+            self.restarts += 1
+            self._spawn(slot)
+
+    def set_ready(self, ready: bool) -> None:
+        """The service became ready (or is stopping): /readyz of every child says so."""
+        self._ready = ready
+        for child in self.children.values():
+            if child.ready.is_set():
+                self._send(child, ("ready", ready))
+
+    async def snapshots(self, timeout: float = 2.0) -> list[Snapshot]:
+        """Every child's current samples (the last known if one does not answer in time), plus the
+        counters of children that exited."""
+        live = [c for c in self.children.values() if not c.gone and c.ready.is_set()]
+        for child in live:
+            child.fresh.clear()
+            self._send(child, ("metrics",))
+        if live:
+            waits = [asyncio.ensure_future(c.fresh.wait()) for c in live]
+            _, pending = await asyncio.wait(waits, timeout=timeout)
+            for w in pending:
+                w.cancel()
+        return [c.last for c in live] + [self.retired]
+
+    def reload(self, cfg: Config) -> None:
+        """Send a validated config to every child (its next request sees it)."""
+        self.cfg = cfg
+        for child in self.children.values():
+            self._send(child, ("reload", cfg))
+
+    async def close(self, grace: float | None = None) -> None:
+        """SIGTERM every child (each finishes its requests within ``[http] shutdown_grace``), kill what is left."""
+        self._stopping = True
+        grace = self.cfg.http.shutdown_grace if grace is None else grace
+        for task in list(self._tasks):
+            task.cancel()
+        children = list(self.children.values())
+        for child in children:
+            if child.proc.is_alive():
+                child.proc.terminate()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace + 5
+        for child in children:
+            while child.proc.is_alive() and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            if child.proc.is_alive():
+                log.error("HTTP process %d did not stop in %.0fs; killing it", child.slot, grace + 5)
+                child.proc.kill()
+                child.proc.join(1)
+        await asyncio.sleep(0)  # let the exit callbacks run (final metrics)
+        for child in children:
+            if not child.gone:
+                self._on_exit(child)
+        self.sock.close()
