@@ -435,4 +435,4 @@ async def audit_page(store: Any, *, actor: str = "", action: str = "", target: s
 def audit_actions(extra: Iterable[str] = ()) -> list[str]:
     """The actions the filter offers (docs/api.md's table plus the UI's)."""
     return sorted({"token.create", "token.revoke", "message.release", "message.replay", "message.delete",
-                   "relay.retry", "webhook.retry", *extra})
+                   "relay.retry", "webhook.retry", "source.pause", "source.resume", *extra})
