@@ -163,6 +163,8 @@ def _parser() -> argparse.ArgumentParser:
     register_webhooks(sub, common)  # webhook list|test|retry
     from gateway.http.token_cli import register as register_tokens
     register_tokens(sub, common)  # token create|list|revoke
+    from gateway.ui.user_cli import register as register_users
+    register_users(sub, common)  # user add|list|disable|passwd
 
     pl = sub.add_parser("pipeline", parents=[common], help="pause / resume message processing")
     plsub = pl.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -270,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_with_store(cfg, args, lambda store, a: webhook_cmd(cfg, store, a)))
     from gateway.http.token_cli import HANDLERS as token_handlers
     handlers.update(token_handlers)
+    from gateway.ui.user_cli import HANDLERS as user_handlers
+    handlers.update(user_handlers)
     return asyncio.run(_with_store(cfg, args, handlers[(args.command, args.action)]))
 
 

@@ -21,6 +21,7 @@ from gateway.config.units import parse_duration, parse_size
 from gateway.config.secretfile import exposure, read_fernet_keys
 from gateway.config.tomltable import Table, expect_str
 from gateway.config.http import HttpConfig, parse_http
+from gateway.config.ui import UiConfig, parse_ui
 
 ENV_CONFIG = "TICKETMX_CONFIG"
 
@@ -181,6 +182,7 @@ class Config:
     relay: Any = None           # gateway.config.relay.RelayConfig: outbound notifications (None-like when no smarthost)
     webhooks: tuple[Any, ...] = ()  # gateway.config.webhooks.WebhookConfig per [[webhook]]
     http: HttpConfig = HttpConfig()  # the HTTP API server ([http]; off unless listen is set)
+    ui: UiConfig = UiConfig()  # the web UI under /ui/ on the HTTP server ([ui], docs/ui.md)
     http_inbound: tuple[Any, ...] = ()  # gateway.config.inbound.InboundConfig of each [[http.inbound]]
     source: str | None = None  # the file it came from
 
@@ -522,6 +524,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
     t = root.sub("http")
     t.used.add("inbound")  # [[http.inbound]]: gateway/config/inbound.py, above
     http = parse_http(t, parse_hostport)
+    ui = parse_ui(root.sub("ui"))
 
     t = root.sub("pipeline")
     d3 = PipelineConfig()
@@ -598,7 +601,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
     cfg = Config(smtp=smtp, store=store, mailboxes=tuple(mailboxes), dns=dns, metrics=metrics,
                  pipeline=pipeline, log=log, retention=retention, auth=auth, policy=policy,
                  mailbox_policies=mailbox_policies, twoway=twoway, relay=relay_cfg, webhooks=webhooks,
-                 http=http, source=file,
+                 http=http, ui=ui, source=file,
                  http_inbound=http_inbound)
     errors.extend(_validate_auth(cfg, file))
     if errors:

@@ -42,9 +42,17 @@ API = "/api/v1"
 PROBLEM = "application/problem+json"
 # Endpoint modules included under /api/v1 (each defines ``router``); one not present in this build is skipped.
 ROUTERS = ("gateway.http.api_admin", "gateway.http.api_tickets", "gateway.http.inbound")
+# Modules mounted beside the API (each defines ``install(app)``): the web UI under /ui/. Named here, not
+# imported, so the UI may build on gateway.http while the API never depends on it (rooms stay one-way).
+MOUNTS = ("gateway.ui.routes",)
 
 
-def problem_response(p: Problem, request: Request | None = None) -> JSONResponse:
+def problem_response(p: Problem, request: Request | None = None) -> Response:
+    """The problem as JSON, or as a mounted module renders it for its paths (the UI: an HTML page)."""
+    if request is not None:
+        for prefix, render in getattr(request.app.state, "problem_renderers", ()):
+            if request.url.path.startswith(prefix):
+                return render(request, p)
     return JSONResponse(p.body(request.url.path if request is not None else ""), status_code=p.status,
                         headers=p.headers, media_type=PROBLEM)
 
@@ -83,11 +91,11 @@ def build_app(services: Services) -> FastAPI:
     app.state.services = services
 
     @app.exception_handler(Problem)
-    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+    async def _problem(request: Request, exc: Problem) -> Response:
         return problem_response(exc, request)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no such endpoint: {request.method} {request.url.path}"
@@ -98,7 +106,7 @@ def build_app(services: Services) -> FastAPI:
                                         headers=dict(exc.headers or {})), request)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         errors = [{"loc": [str(x) for x in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
                   for e in exc.errors()]
         first = errors[0] if errors else {"loc": [], "msg": ""}
@@ -107,7 +115,7 @@ def build_app(services: Services) -> FastAPI:
                                         else first["msg"], extra={"errors": errors}), request)
 
     @app.exception_handler(Exception)
-    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+    async def _crash(request: Request, exc: Exception) -> Response:
         log.error("HTTP %s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc,
                   exc_info=exc)
         return problem_response(Problem(500, "Internal Server Error", "the request failed; the gateway log says "
@@ -124,6 +132,15 @@ def build_app(services: Services) -> FastAPI:
         app.include_router(module.router, prefix=API)
         for prefix, limit in getattr(module, "BODY_LIMITS", {}).items():
             body_limits[API + prefix] = limit
+
+    for name in MOUNTS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.install(app)
 
     @app.get("/healthz", tags=["operations"], response_class=PlainTextResponse,
              summary="Liveness: the process answers")

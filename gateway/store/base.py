@@ -199,7 +199,8 @@ class TicketPage:
     """One page of ``GET /tickets``: newest first (by ticket id: creation order), tickets below
     ``before`` (the cursor of the page before), at most ``limit``. ``text``: every term must occur in
     the subject or text of an article (gateway/store/search.py). ``scope``: only tickets of these
-    queues (() = every queue: an admin's or an unscoped token's view)."""
+    queues (() = every queue: an admin's or an unscoped token's view). ``unassigned``: only tickets
+    nobody is assigned to (the web UI's "unassigned" view; walks the lower(assignee) index)."""
 
     status: str = ""
     queue: str = ""
@@ -210,6 +211,7 @@ class TicketPage:
     scope: tuple[str, ...] = ()
     before: int | None = None
     limit: int = 50
+    unassigned: bool = False
 
     def filters(self) -> tuple[list[str], list[Any]]:
         """WHERE terms (``?`` placeholders) for ``tickets t JOIN contacts c``, both stores."""
@@ -225,6 +227,8 @@ class TicketPage:
             where.append("t.created_at >= ? AND t.id >= (SELECT COALESCE(MIN(id), 0) FROM tickets"
                          " WHERE created_at >= ?)")
             params += [self.since, self.since]
+        if self.unassigned:
+            where.append("lower(t.assignee) = ''")
         if self.scope:
             where.append(f"t.queue IN ({','.join('?' * len(self.scope))})")
             params += list(self.scope)

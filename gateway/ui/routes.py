@@ -1,0 +1,190 @@
+"""The web UI's entry point: ``install(app)`` (called by gateway/http/server.py for each of its MOUNTS)
+adds the static files, sign-in and sign-out, the agent pages (gateway/ui/agent.py), the admin pages
+when present (gateway/ui/admin*.py, each with ``router``), and HTML error pages for /ui/ paths.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib
+import math
+import pkgutil
+import secrets
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from itsdangerous import BadSignature
+
+from gateway.http.deps import Problem, client_address, services
+from gateway.runtime.ratelimit import SlidingWindow
+from gateway.ui import users
+from gateway.ui.web import (HERE, PRE_COOKIE, SECURITY_HEADERS, SESSION_COOKIE, COOKIE_PATH, Page, SignInNeeded,
+                            current_session, is_secure, page, render, router_for, safe_next, set_cookie,
+                            signer, signin_redirect)
+from fastapi import Depends
+
+router = router_for()
+
+
+class _StaticFiles(StaticFiles):
+    """Our own files (htmx, the CSS) with the UI's headers; never a directory listing."""
+
+    async def get_response(self, path: str, scope: Any) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update({"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache",
+                                 "Content-Security-Policy": SECURITY_HEADERS["Content-Security-Policy"]})
+        return response
+
+
+def install(app: FastAPI) -> None:
+    """Mount the UI on the API's app (unless ``[ui] enabled = false``)."""
+    svc = app.state.services
+    if not svc.cfg.ui.enabled:
+        return
+    from gateway.ui import agent  # noqa: F401 - its routes join ``agent.router``
+    app.include_router(router)
+    app.include_router(agent.router)
+    for mod in pkgutil.iter_modules([str(HERE)]):
+        if mod.name.startswith("admin"):
+            module = importlib.import_module(f"gateway.ui.{mod.name}")
+            if hasattr(module, "router"):
+                app.include_router(module.router)
+    app.mount("/ui/static", _StaticFiles(directory=str(HERE / "static")), name="ui-static")
+    app.state.problem_renderers = (("/ui/", _problem_page),)
+    app.add_exception_handler(SignInNeeded, _sign_in_needed)  # type: ignore[arg-type]
+
+
+async def _sign_in_needed(request: Request, exc: SignInNeeded) -> Response:
+    return signin_redirect(request, exc.next_url)
+
+
+def _problem_page(request: Request, p: Problem) -> Response:
+    """An error under /ui/ as a page (a fragment for htmx) rather than problem+json."""
+    s = getattr(request.state, "ui_session", None)
+    ctx_page = None
+    if s:
+        from gateway.ui.web import principal_of
+        ctx_page = Page(session=s, who=principal_of(s.user), csrf=s.csrf, secure=False)
+    tpl = "_error_fragment.html" if request.headers.get("hx-request") else "error.html"
+    headers = dict(p.headers)
+    if request.headers.get("hx-request"):
+        headers.update({"HX-Retarget": "#flash", "HX-Reswap": "innerHTML"})
+    return render(request, tpl, ctx_page, status_code=p.status, headers=headers, problem=p)
+
+
+# -- sign-in -----------------------------------------------------------------------------------------
+def _limiters(request: Request) -> tuple[SlidingWindow | None, SlidingWindow | None]:
+    """Failed sign-ins per account and per client address (per node; remade when a reload changes them)."""
+    cfg = services(request).cfg.ui
+    state = request.app.state
+    out = []
+    for name, rate in (("ui_limit_account", cfg.signin_rate_per_account), ("ui_limit_ip", cfg.signin_rate_per_ip)):
+        cur = getattr(state, name, None)
+        if rate is None:
+            cur = None
+        elif cur is None or cur.rate != rate:
+            cur = SlidingWindow(rate)
+        setattr(state, name, cur)
+        out.append(cur)
+    return out[0], out[1]
+
+
+async def _signin_form(request: Request, next_url: str, error: str = "", email: str = "",
+                       status: int = 200) -> Response:
+    token = secrets.token_urlsafe(32)
+    resp = render(request, "signin.html", None, status_code=status, csrf=token, next_url=next_url, error=error,
+                  email=email)
+    set_cookie(resp, request, PRE_COOKIE, (await signer(request, "signin")).sign(token).decode(), max_age=3600)
+    return resp
+
+
+@router.get("/")
+async def root() -> Response:
+    return RedirectResponse("/ui/", status_code=307)
+
+
+@router.get("/ui")
+@router.get("/ui/")
+async def home(request: Request) -> Response:
+    s = await current_session(request)
+    return RedirectResponse("/ui/tickets" if s else "/ui/signin", status_code=303, headers=SECURITY_HEADERS)
+
+
+@router.get("/ui/signin")
+async def signin_page(request: Request, next: str = "/ui/tickets") -> Response:
+    if await current_session(request) is not None:
+        return RedirectResponse(safe_next(next), status_code=303, headers=SECURITY_HEADERS)
+    return await _signin_form(request, safe_next(next))
+
+
+@router.post("/ui/signin")
+async def signin(request: Request) -> Response:
+    form = await request.form()
+    email = str(form.get("email", "")).strip().lower()[:320]
+    password = str(form.get("password", ""))
+    next_url = safe_next(str(form.get("next", "/ui/tickets")))
+    # CSRF before an account exists: the form's token must match the signed one in the pre-sign-in cookie
+    # (a forged cross-site form cannot read or set it), and a browser's Origin must be ours.
+    origin = request.headers.get("origin")
+    host = request.headers.get("host", "")
+    try:
+        expected = (await signer(request, "signin")).unsign(request.cookies.get(PRE_COOKIE, ""),
+                                                            max_age=3600).decode()
+    except BadSignature:
+        expected = ""
+    got = str(form.get("csrf", ""))
+    if (origin is not None and origin.split("://", 1)[-1] != host) or not expected or \
+            not hmac.compare_digest(got.encode(), expected.encode()):
+        return await _signin_form(request, next_url, "The sign-in form had expired; please sign in again.",
+                                  email, status=403)
+    per_account, per_ip = _limiters(request)
+    client = client_address(request)
+    for limiter, key, what in ((per_account, email, "this account"), (per_ip, client, "your address")):
+        if limiter is not None and not limiter.allowed(key):
+            wait = max(1, math.ceil(limiter.retry_after(key) / 60))
+            resp = await _signin_form(request, next_url, f"Too many failed sign-ins for {what}; try again in "
+                                      f"{wait} minute{'s' if wait != 1 else ''}.", email, status=429)
+            resp.headers["Retry-After"] = str(wait * 60)
+            return resp
+    svc = services(request)
+    user, stored = await users.password_hash_of(svc.store, email)
+    ok = await asyncio.get_running_loop().run_in_executor(svc.executor, users.verify_password, stored, password)
+    if not ok or user is None:
+        for limiter, key in ((per_account, email), (per_ip, client)):
+            if limiter is not None:
+                limiter.hit(key)
+        return await _signin_form(request, next_url, "Wrong email address or password.", email, status=401)
+    sid, _ = await users.session_start(svc.store, user, svc.cfg.ui.session_lifetime, client)
+    resp = RedirectResponse(next_url, status_code=303, headers=SECURITY_HEADERS)
+    set_cookie(resp, request, SESSION_COOKIE, (await signer(request, "session")).sign(sid).decode(),
+               max_age=int(svc.cfg.ui.session_lifetime))
+    resp.delete_cookie(PRE_COOKIE, path=COOKIE_PATH)
+    return resp
+
+
+async def _signout(request: Request, p: Page, everywhere: bool) -> Response:
+    await users.session_end(services(request).store, p.session, everywhere, client_address(request))
+    resp = RedirectResponse("/ui/signin?signed_out=" + ("everywhere" if everywhere else "1"), status_code=303,
+                            headers=SECURITY_HEADERS)
+    resp.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH, secure=is_secure(request), httponly=True, samesite="lax")
+    return resp
+
+
+@router.post("/ui/signout")
+async def signout(request: Request, p: Page = Depends(page("viewer"))) -> Response:
+    return await _signout(request, p, everywhere=False)
+
+
+@router.post("/ui/signout/everywhere")
+async def signout_everywhere(request: Request, p: Page = Depends(page("viewer"))) -> Response:
+    return await _signout(request, p, everywhere=True)
+
+
+@router.get("/ui/account")
+async def account(request: Request, p: Page = Depends(page("viewer"))) -> HTMLResponse:
+    return render(request, "account.html", p)
+
+
+__all__ = ["install", "router"]
