@@ -137,7 +137,7 @@ async def _message_page(request: Request, p: Page, spool_id: str, status: int = 
     stage, why = (admin_data.quarantine_row(e).stage, admin_data.quarantine_row(e).why) \
         if e.state == "quarantined" else (None, "")
     return show(request, "admin/message.html", p, f"Message {e.id}", "/ui/admin/quarantine", status=status, m=m,
-                headers=admin_data.header_text(e), hold_stage=stage, release_why=why, **ctx)
+                raw_headers=admin_data.header_text(e), hold_stage=stage, release_why=why, **ctx)
 
 
 @router.post("/ui/admin/messages/{spool_id}/{action}")

@@ -127,13 +127,13 @@ async def webhooks_for(store: Any, ticket_id: int | None, limit: int = 50) -> li
 async def relay_page(store: Any, state: str | None = None, limit: int = 200) -> dict[str, Any]:
     q = RelayQueue(store)
     rows = [queue_row_json(r) for r in await q.list(state or None, limit)]
-    return {"counts": await q.counts(), "oldest_age": await q.oldest_age(), "items": rows}
+    return {"counts": await q.counts(), "oldest_age": await q.oldest_age(), "rows": rows}
 
 
 async def webhook_page(store: Any, state: str | None = None, limit: int = 200) -> dict[str, Any]:
     box = webhook_outbox.WebhookOutbox(store)
     return {"counts": await box.state_counts(), "oldest_age": await box.oldest_age(),
-            "items": await box.list(state or None, None, limit)}
+            "rows": await box.list(state or None, None, limit)}
 
 
 async def webhook_retry(store: Any, row_id: int, actor: str, role: str, client: str) -> str:
