@@ -212,6 +212,7 @@ class TicketPage:
     before: int | None = None
     limit: int = 50
     unassigned: bool = False
+    statuses: tuple[str, ...] = ()      # any of these (the UI's "open" view: new and open); with status: both
 
     def filters(self) -> tuple[list[str], list[Any]]:
         """WHERE terms (``?`` placeholders) for ``tickets t JOIN contacts c``, both stores."""
@@ -227,6 +228,9 @@ class TicketPage:
             where.append("t.created_at >= ? AND t.id >= (SELECT COALESCE(MIN(id), 0) FROM tickets"
                          " WHERE created_at >= ?)")
             params += [self.since, self.since]
+        if self.statuses:
+            where.append(f"t.status IN ({','.join('?' * len(self.statuses))})")
+            params += list(self.statuses)
         if self.unassigned:
             where.append("lower(t.assignee) = ''")
         if self.scope:

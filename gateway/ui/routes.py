@@ -43,9 +43,10 @@ def install(app: FastAPI) -> None:
     svc = app.state.services
     if not svc.cfg.ui.enabled:
         return
-    from gateway.ui import agent  # noqa: F401 - its routes join ``agent.router``
+    from gateway.ui import agent, frame
     app.include_router(router)
     app.include_router(agent.router)
+    app.include_router(frame.router)
     for mod in pkgutil.iter_modules([str(HERE)]):
         if mod.name.startswith("admin"):
             module = importlib.import_module(f"gateway.ui.{mod.name}")

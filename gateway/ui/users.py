@@ -179,7 +179,7 @@ def session_key(session_id: str) -> str:
 
 
 async def session_start(store: Any, user: User, lifetime: float, client: str) -> tuple[str, Session]:
-    """A new session for ``user`` (its id, returned once, goes into the cookie) and the audit row ``ui.signin``."""
+    """A new session for ``user`` (its id, returned once, goes into the cookie) and the audit row ``user.signin``."""
     sid = secrets.token_urlsafe(32)
     key = session_key(sid)
     csrf = secrets.token_urlsafe(32)
@@ -189,7 +189,7 @@ async def session_start(store: Any, user: User, lifetime: float, client: str) ->
         conn.execute("INSERT INTO ui_sessions (id_sha256, user_id, csrf, created, last_seen, expires, client)"
                      " VALUES (?,?,?,?,?,?,?)", (key, user.id, csrf, now, now, now + lifetime, client))
         conn.execute("UPDATE users SET last_login=? WHERE id=?", (now, user.id))
-        write_audit(conn, now, f"ui:{user.email}", user.role, "ui.signin", user.email, {}, client)
+        write_audit(conn, now, user.email, user.role, "user.signin", user.email, {}, client)
     await store.transaction(fn)
     return sid, Session(key, user, csrf, now, now, now + lifetime)
 
@@ -225,8 +225,8 @@ async def session_end(store: Any, session: Session, everywhere: bool, client: st
             n = conn.execute("DELETE FROM ui_sessions WHERE id_sha256=?", (session.key,)).rowcount
         # expired rows of anyone go too: the table stays the size of the live sessions
         conn.execute("DELETE FROM ui_sessions WHERE expires<?", (now,))
-        write_audit(conn, now, f"ui:{session.user.email}", session.user.role,
-                    "ui.signout_everywhere" if everywhere else "ui.signout", session.user.email,
+        write_audit(conn, now, session.user.email, session.user.role,
+                    "user.signout_everywhere" if everywhere else "user.signout", session.user.email,
                     {"sessions_ended": n}, client)
         return n
     return await store.transaction(fn)

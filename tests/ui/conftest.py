@@ -48,7 +48,8 @@ class Guard:
     """What a browser context did: requests to other hosts (aborted), console messages, dialogs, page errors."""
 
     def __init__(self) -> None:
-        self.blocked: list[str] = []
+        self.blocked: list[str] = []      # requests for another host that reached the network layer (aborted)
+        self.attempted: list[str] = []    # requests for another host the page made, CSP-stopped ones included
         self.requests: list[str] = []
         self.console: list[str] = []
         self.dialogs: list[str] = []
@@ -70,9 +71,11 @@ class Guard:
         page.on("request", self._request)
 
     def _request(self, req: Any) -> None:
+        # Chromium reports a request the page's CSP stopped before any network use too: those are
+        # ``attempted`` (the route above sees only requests that would really leave, ``blocked``).
         host = urlsplit(req.url).hostname
         if req.url.startswith(("http:", "https:", "ws:", "wss:")) and host != "127.0.0.1":
-            self.blocked.append(req.url)
+            self.attempted.append(req.url)
 
     def _dialog(self, dialog: Any) -> None:
         self.dialogs.append(f"{dialog.type}: {dialog.message}")
