@@ -51,11 +51,16 @@ def auth_summary(auth: dict[str, Any] | None) -> list[tuple[str, str]]:
     arc = auth.get("arc")
     if isinstance(arc, dict) and arc:
         out.append(("ARC", str(arc.get("result") or arc.get("chain") or "none")))
+    decision = auth.get("decision")
+    if isinstance(decision, dict) and decision.get("action"):
+        reasons = decision.get("reasons") or []
+        out.append(("Decision", str(decision["action"]) + (", suspicious" if decision.get("suspicious") else "")
+                    + (": " + "; ".join(str(r) for r in reasons) if isinstance(reasons, list) and reasons else "")))
     return out
 
 
 def auth_text(auth: dict[str, Any] | None) -> str:
-    return " · ".join(f"{k} {v}" for k, v in auth_summary(auth)) or "not evaluated"
+    return " · ".join(f"{k} {v}" for k, v in auth_summary(auth) if k != "Decision") or "not evaluated"
 
 
 # -- quarantine ----------------------------------------------------------------------------------------

@@ -110,3 +110,13 @@ def test_url_passwords_masked() -> None:
     assert admin_data._mask_url("postgresql://tmx:hunter2pw@db.example.test:5432/tmx") == \
         f"postgresql://tmx:{admin_data.MASK}@db.example.test:5432/tmx"
     assert admin_data._mask_url("https://desk.example.test/hook") == "https://desk.example.test/hook"
+
+
+def test_auth_summary_takes_partial_records() -> None:
+    """Records written by older versions or by HTTP inbound lack keys; the pages must still render."""
+    assert admin_data.auth_summary(None) == [] and admin_data.auth_text({}) == "not evaluated"
+    rows = admin_data.auth_summary({"spf": {"result": "pass"}, "dkim": [{"domain": "x.test"}],
+                                    "decision": {"action": "accept"}})
+    assert rows == [("SPF", "pass"), ("DKIM", "none x.test"), ("Decision", "accept")]
+    assert admin_data.auth_summary({"decision": {"action": "quarantine", "suspicious": True, "reasons": ["DMARC fail"]}}
+                                   )[-1] == ("Decision", "quarantine, suspicious: DMARC fail")
