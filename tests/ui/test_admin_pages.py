@@ -230,3 +230,23 @@ async def test_sources_page_and_test_connection_on_a_dovecot_source(start_ui, tm
         _clean(ui)
     finally:
         d.stop()
+
+
+async def test_quarantine_release_by_keyboard_only(start_ui, dns_server) -> None:
+    ui = await start_ui(pipeline=SENDERS)
+    (sid,) = await _quarantined(ui, dns_server)
+    page = await _admin(ui, "/ui/admin/quarantine")
+    box = page.get_by_label(f"Select message {sid}", exact=False)
+    await box.focus()
+    await page.keyboard.press("Space")
+    assert await box.is_checked()
+    for _ in range(6):                                   # force checkbox, then Release
+        await page.keyboard.press("Tab")
+        label = await page.evaluate("document.activeElement.textContent.trim()")
+        if label == "Release":
+            break
+    assert label == "Release"
+    await page.keyboard.press("Enter")
+    await page.get_by_text("release: 1 of 1 done").wait_for()
+    assert (await ui.api.gw.wait_done(sid)).state == "ticket_created"
+    _clean(ui)
