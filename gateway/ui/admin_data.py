@@ -129,16 +129,27 @@ async def webhooks_for(store: Any, ticket_id: int | None, limit: int = 50) -> li
 
 # -- outbound: relay queue and webhook outbox -----------------------------------------------------------
 
+RELAY_OPEN = ("deferred", "queued", "sending", "dead", "bounced")   # what needs an eye (not "sent")
+WEBHOOK_OPEN = ("queued", "leased", "dead")                          # not "delivered"
+
+
 async def relay_page(store: Any, state: str | None = None, limit: int = 200) -> dict[str, Any]:
+    """The relay queue: counts by state and the notifications in ``state`` — by default every one not
+    sent (each state read through its index, oldest first), never the bulk of the sent ones."""
     q = RelayQueue(store)
-    rows = [queue_row_json(r) for r in await q.list(state or None, limit)]
+    rows: list[dict[str, Any]] = []
+    for s in ((state,) if state else RELAY_OPEN):
+        rows += [queue_row_json(r) for r in await q.list(s, limit - len(rows))] if len(rows) < limit else []
     return {"counts": await q.counts(), "oldest_age": await q.oldest_age(), "rows": rows}
 
 
 async def webhook_page(store: Any, state: str | None = None, limit: int = 200) -> dict[str, Any]:
+    """The webhook outbox likewise (by default every event not delivered)."""
     box = webhook_outbox.WebhookOutbox(store)
-    return {"counts": await box.state_counts(), "oldest_age": await box.oldest_age(),
-            "rows": await box.list(state or None, None, limit)}
+    rows: list[dict[str, Any]] = []
+    for s in ((state,) if state else WEBHOOK_OPEN):
+        rows += await box.list(s, None, limit - len(rows)) if len(rows) < limit else []
+    return {"counts": await box.state_counts(), "oldest_age": await box.oldest_age(), "rows": rows}
 
 
 async def webhook_retry(store: Any, row_id: int, actor: str, role: str, client: str) -> str:
@@ -189,53 +200,91 @@ class Dashboard:
     now_counts: dict[str, int] = field(default_factory=dict)
 
 
+MARGIN = 6 * 3600.0   # rows received up to 6 h before the window are read too (finished inside it)
+_SHIFT_H = 24 * 40  # buckets are counted from 40 days before the window, so integer division is a floor
+
+
 def _bucket_sql(col: str) -> str:
-    # integer hours since the window start, the same on SQLite and PostgreSQL (CAST to BIGINT rounds to
-    # the millisecond on PostgreSQL, truncates on SQLite; integer division truncates on both)
-    return f"(CAST({col} * 1000 AS BIGINT) - ?) / {int(HOUR * 1000)}"
+    """Whole hours from the window's start, the same on SQLite and PostgreSQL: CAST to BIGINT rounds to
+    the millisecond (PostgreSQL) or truncates (SQLite), integer division truncates on both, so the
+    value is shifted to be positive first (a floor, also for times before the window). NULL stays NULL."""
+    return f"((CAST({col} * 1000 AS BIGINT) - ?) / {int(HOUR * 1000)} - {_SHIFT_H})"
 
 
-def _depth_sql(col_in: str, col_out: str, ends: list[float]) -> str:
-    return ", ".join(f"SUM(CASE WHEN {col_in} < {t!r} AND ({col_out} IS NULL OR {col_out} >= {t!r}) THEN 1 ELSE 0 END)"
-                     for t in ends)
+def _depths(rows: list[tuple[int, int | None, int]], base: int, hours: int) -> list[int]:
+    """Depth at each hour's end from (hour in, hour out or None, count) and what was there before."""
+    out = []
+    for i in range(hours):
+        out.append(base + sum(n for h_in, h_out, n in rows if h_in <= i and (h_out is None or h_out > i)))
+    return out
+
+
+async def _first_id_since(store: Any, table: str, ts: float, fanout: int = 64) -> int | None:
+    """An id such that the rows of ``table`` (integer ids, ``created_at`` growing with them) from it on
+    are those created at or after ``ts``: a search on the primary key that reads ``fanout`` evenly spaced
+    ids per query (about four queries for a million rows) instead of scanning; where the probes fall
+    in a gap (purged rows), the next existing row decides."""
+    # (MIN and MAX in one SELECT would scan the table; each alone is one step down the primary key)
+    r = await store.query(f"SELECT (SELECT MIN(id) FROM {table}), (SELECT MAX(id) FROM {table})")
+    if not r or r[0][0] is None:
+        return None
+    lo, hi = int(r[0][0]), int(r[0][1]) + 1   # below lo: created before ts; from hi on: at or after it
+    while lo < hi:
+        step = max(1, (hi - lo) // fanout)
+        probes = tuple(range(lo, hi, step))   # at most 2 * fanout ids
+        found = await store.query(f"SELECT id, created_at FROM {table} WHERE id IN ({','.join('?' * len(probes))})",
+                                  probes)
+        before = [int(x[0]) for x in found if x[1] < ts]
+        after = [int(x[0]) for x in found if x[1] >= ts]
+        new_lo = max(before) + 1 if before else lo
+        new_hi = min(after) if after else hi
+        if step == 1:                        # every id left was read: no row between new_lo and new_hi
+            return new_lo
+        if (new_lo, new_hi) == (lo, hi):     # none of the probes exists (purged): the next row that does
+            nxt = await store.query(f"SELECT id, created_at FROM {table} WHERE id >= ? ORDER BY id LIMIT 1", (lo,))
+            if not nxt or nxt[0][1] >= ts:
+                return lo
+            new_lo = int(nxt[0][0]) + 1
+        lo, hi = new_lo, new_hi
+    return lo
 
 
 async def dashboard(store: Any, now: float | None = None, hours: int = 24) -> Dashboard:
     """Throughput, queue depth and quarantine growth per hour over the last ``hours``, from the store.
 
-    Reads are bounded by the window: the spool by its time-ordered primary key, quarantined entries
-    by the state index, the relay queue and webhook outbox by what is live now plus what finished
-    in the window (their retention bounds that scan)."""
+    Each table is read once over the window (plus a day before it), grouped by the hour a row came in
+    and the hour it finished: the spool by its time-ordered primary key, the relay queue and the webhook
+    outbox from their first row of that period (found by :func:`_first_id_since`). What is still live
+    from before that is counted from the state indexes; rows from before it that finished inside the
+    window are not seen (an early hour's depth can be a little low)."""
     now = time.time() if now is None else now
     start = (int(now // HOUR) - hours + 1) * HOUR
-    start_ms = int(start * 1000)
-    ends = [min(now, start + (i + 1) * HOUR) for i in range(hours)]
+    shift_ms = int((start - _SHIFT_H * HOUR) * 1000)
     accepted, ticketed, quarantined = [0] * hours, [0] * hours, [0] * hours
+    spool_rows: list[tuple[int, int | None, int]] = []
+    unfinished = 0
     for r in await store.query(
-            f"SELECT {_bucket_sql('received_at')} AS h, COUNT(*) AS n,"
-            " SUM(CASE WHEN state IN ('ticket_created', 'article_added') THEN 1 ELSE 0 END) AS t"
-            " FROM spool WHERE id >= ? GROUP BY 1", (start_ms, spool_id_floor(start))):
-        h = int(r[0])
-        if 0 <= h < hours:
-            accepted[h], ticketed[h] = int(r[1]), int(r[2] or 0)
-    for r in await store.query(
-            f"SELECT {_bucket_sql('finished_at')} AS h, COUNT(*) FROM spool WHERE state = 'quarantined'"
-            " AND finished_at >= ? GROUP BY 1", (start_ms, start)):
-        h = int(r[0])
-        if 0 <= h < hours:
-            quarantined[h] = int(r[1])
-    # depth at the end of each hour: received before it and not finished by then
-    spool = [0] * hours
-    rows = await store.query(f"SELECT {_depth_sql('received_at', 'finished_at', ends)} FROM spool WHERE id >= ?",
-                             (spool_id_floor(start),))
-    older = await store.query("SELECT COUNT(*) FROM spool WHERE state IN ('queued', 'processing') AND id < ?",
-                              (spool_id_floor(start),))
-    base = int(older[0][0]) if older else 0
-    if rows:
-        spool = [int(v or 0) + base for v in tuple(rows[0])]
-    relay = await _table_depth(store, "relay_queue", RELAY_LIVE, start, ends)
-    hooks = await _table_depth(store, "webhook_outbox", (webhook_outbox.QUEUED, webhook_outbox.LEASED), start, ends)
-    counts = await store.spool_counts()
+            f"SELECT {_bucket_sql('received_at')} AS h_in, {_bucket_sql('finished_at')} AS h_out,"
+            " CASE WHEN state IN ('ticket_created', 'article_added') THEN 1 WHEN state = 'quarantined' THEN 2"
+            " ELSE 0 END AS k, COUNT(*) FROM spool WHERE id >= ? GROUP BY 1, 2, 3",
+            (shift_ms, shift_ms, spool_id_floor(start - MARGIN))):
+        h_in, h_out, k, n = int(r[0]), (None if r[1] is None else int(r[1])), int(r[2]), int(r[3])
+        if 0 <= h_in < hours:
+            accepted[h_in] += n
+            if k == 1:
+                ticketed[h_in] += n
+        if k == 2 and h_out is not None and 0 <= h_out < hours:
+            quarantined[h_out] += n
+        if h_out is None:
+            unfinished += n
+        spool_rows.append((h_in, h_out, n))
+    live = await store.query("SELECT COUNT(*) FROM spool WHERE state IN ('queued', 'processing')")
+    live_now = int(live[0][0]) if live else 0
+    spool = _depths(spool_rows, max(0, live_now - unfinished), hours)
+    held = await store.query("SELECT COUNT(*) FROM spool WHERE state = 'quarantined'")
+    relay = await _table_depth(store, "relay_queue", RELAY_LIVE, start, hours, shift_ms)
+    hooks = await _table_depth(store, "webhook_outbox", (webhook_outbox.QUEUED, webhook_outbox.LEASED), start, hours,
+                               shift_ms)
     return Dashboard(hours=hours, start=start,
                      accepted=Series("Messages accepted", start, accepted),
                      ticketed=Series("Messages ticketed", start, ticketed),
@@ -243,16 +292,28 @@ async def dashboard(store: Any, now: float | None = None, hours: int = 24) -> Da
                      spool_depth=Series("Spool depth", start, spool, "at the hour's end"),
                      relay_depth=Series("Relay queue depth", start, relay, "at the hour's end"),
                      webhook_depth=Series("Webhook outbox depth", start, hooks, "at the hour's end"),
-                     now_counts={"quarantined": int(counts.get(QUARANTINED, 0)),
-                                 "spool": int(counts.get("queued", 0)) + int(counts.get("processing", 0)),
+                     now_counts={"quarantined": int(held[0][0]) if held else 0, "spool": live_now,
                                  "relay": relay[-1] if relay else 0, "webhooks": hooks[-1] if hooks else 0})
 
 
-async def _table_depth(store: Any, table: str, live: tuple[str, ...], start: float, ends: list[float]) -> list[int]:
+async def _table_depth(store: Any, table: str, live: tuple[str, ...], start: float, hours: int, shift_ms: int
+                       ) -> list[int]:
     marks = ",".join("?" * len(live))
-    rows = await store.query(f"SELECT {_depth_sql('created_at', 'finished_at', ends)} FROM {table}"
-                             f" WHERE state IN ({marks}) OR finished_at >= ?", (*live, start))
-    return [int(v or 0) for v in tuple(rows[0])] if rows else [0] * len(ends)
+    total = await store.query(f"SELECT COUNT(*) FROM {table} WHERE state IN ({marks})", live)
+    live_now = int(total[0][0]) if total else 0
+    first = await _first_id_since(store, table, start - MARGIN)
+    if first is None:
+        return [live_now] * hours
+    rows, unfinished = [], 0
+    for r in await store.query(
+            f"SELECT {_bucket_sql('created_at')}, {_bucket_sql('finished_at')}, COUNT(*) FROM {table}"
+            f" WHERE id >= ? AND (finished_at IS NULL OR finished_at >= ?) GROUP BY 1, 2",
+            (shift_ms, shift_ms, first, start)):
+        h_out = None if r[1] is None else int(r[1])
+        rows.append((int(r[0]), h_out, int(r[2])))
+        if h_out is None:
+            unfinished += int(r[2])
+    return _depths(rows, max(0, live_now - unfinished), hours)
 
 
 # -- configuration, secrets masked ----------------------------------------------------------------------
@@ -440,4 +501,4 @@ async def audit_page(store: Any, *, actor: str = "", action: str = "", target: s
 def audit_actions(extra: Iterable[str] = ()) -> list[str]:
     """The actions the filter offers (docs/api.md's table plus the UI's)."""
     return sorted({"token.create", "token.revoke", "message.release", "message.replay", "message.delete",
-                   "relay.retry", "webhook.retry", "source.pause", "source.resume", *extra})
+                   "relay.retry", "webhook.retry", "source.test", "source.pause", "source.resume", *extra})

@@ -120,3 +120,48 @@ def test_auth_summary_takes_partial_records() -> None:
     assert rows == [("SPF", "pass"), ("DKIM", "none x.test"), ("Decision", "accept")]
     assert admin_data.auth_summary({"decision": {"action": "quarantine", "suspicious": True, "reasons": ["DMARC fail"]}}
                                    )[-1] == ("Decision", "quarantine, suspicious: DMARC fail")
+
+
+async def test_dashboard_depth_of_the_relay_queue_hour_by_hour(start_gateway) -> None:
+    """Rows as the relay queue keeps them: created and finished in different hours, one still deferred,
+    one older than the window and still live; the depth at each hour's end counts exactly those."""
+    gw = await start_gateway()
+    now = time.time()
+    hour = 3600.0
+    this_hour = int(now // hour) * hour
+    rows = [  # (id, created, finished, state)
+        (1, this_hour - 40 * hour, None, "deferred"),         # older than the window, still live
+        (2, this_hour - 5 * hour + 10, this_hour - 3 * hour + 5, "sent"),
+        (3, this_hour - 2 * hour + 10, None, "deferred"),
+        (4, this_hour + 1, this_hour + 2, "sent"),
+    ]
+
+    def fill(conn) -> None:
+        for i, created, finished, state in rows:
+            conn.execute("INSERT INTO relay_queue (id, event, mail_from, message, message_id, state, created_at,"
+                         " lifetime_from, finished_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                         (i, "ack", "h@example.test", b"x", f"n{i}@x", state, created, created, finished))
+    await gw.store.transaction(fill)
+    assert await admin_data._first_id_since(gw.store, "relay_queue", this_hour - 3 * hour) == 3
+    assert await admin_data._first_id_since(gw.store, "relay_queue", this_hour + hour) == 5   # none yet
+    d = await admin_data.dashboard(gw.store, now=now)
+    depth = d.relay_depth.values
+    # at the end of the hours starting -6h … now: row 1 only | row 2 came | still | row 2 left | row 3 came |
+    # still | row 4 came and went within the hour
+    assert depth[-7:] == [1, 2, 2, 1, 2, 2, 2], depth
+    assert d.now_counts["relay"] == 2 and depth[0] == 1
+
+
+async def test_first_id_since_with_gaps(start_gateway) -> None:
+    gw = await start_gateway()
+    ids = [i for i in range(1, 5000) if i % 7 and not 1000 <= i < 3000]  # purged ranges and holes
+
+    def fill(conn) -> None:
+        conn.executemany("INSERT INTO webhook_outbox (id, event_id, webhook, event, payload, created_at, lifetime_from)"
+                         " VALUES (?,?,?,?,?,?,?)", [(i, f"e{i}", "w", "x", "{}", 1000.0 + i, 1000.0 + i) for i in ids])
+    await gw.store.transaction(fill)
+    for ts in (0, 1001, 1500, 2500, 3999.5, 4500, 5998.5, 1e9):
+        first = await admin_data._first_id_since(gw.store, "webhook_outbox", ts)
+        want = min((i for i in ids if 1000.0 + i >= ts), default=max(ids) + 1)
+        # never later than the first row at or after ts, and no row in between
+        assert first <= want and not [i for i in ids if first <= i < want], (ts, first, want)
