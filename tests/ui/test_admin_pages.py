@@ -218,15 +218,24 @@ async def test_sources_page_and_test_connection_on_a_dovecot_source(start_ui, tm
     from ..sources.dovecot import Dovecot
     d = Dovecot(tmp_path / "dovecot", {"support@example.test": "s3cret"}).start()
     try:
-        ui = await start_ui(source=[source_table(d, tmp_path, status="draft")])
+        ui = await start_ui(source=[source_table(d, tmp_path)])
         page = await _admin(ui, "/ui/admin/sources")
         row = page.get_by_role("row").filter(has_text="inbox")
-        await row.get_by_text("Draft").first.wait_for()
+        await row.get_by_text("Active").first.wait_for()
         await row.get_by_role("button", name="Test Connection").click()
         await page.get_by_text("Test Connection: inbox — passed").wait_for()
         steps = await page.locator("ol.steps li").all_inner_texts()
         assert len(steps) >= 3 and all(s.startswith("ok") for s in steps), steps
         assert "s3cret" not in await page.content()
+        await page.goto("/ui/admin/sources")
+        await page.get_by_role("button", name="Pause inbox").click()
+        await page.get_by_text("inbox: paused").wait_for()
+        await page.get_by_role("button", name="Resume inbox").wait_for()
+        await page.get_by_role("button", name="Resume inbox").click()
+        await page.get_by_text("inbox: fetching again").wait_for()
+        rows = await ui.store.query("SELECT actor, action FROM audit_log WHERE target='inbox' ORDER BY id")
+        assert [tuple(r) for r in rows] == [("admin@example.test", "source.test"), ("admin@example.test", "source.pause"),
+                                            ("admin@example.test", "source.resume")], [tuple(r) for r in rows]
         _clean(ui)
     finally:
         d.stop()
