@@ -1,6 +1,7 @@
 """The mail-admin pages in a real browser against a real gateway: mail over real SMTP, quarantined by the
 real pipeline; release, bulk delete, trace, the configuration page's secrets, the role check, and
-screenshots of the main pages into docs/screenshots/."""
+screenshots of the dashboard, quarantine and trace pages (to a temporary folder; with
+TICKETMX_SCREENSHOTS=docs/screenshots they replace the ones docs/ui.md shows)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,6 @@ from ..api.test_api_messages import CUSTOMER, SENDERS, send
 from ..conftest import ROOT, simple_message
 from .conftest import Ui
 
-SHOTS = ROOT / "docs" / "screenshots"
 
 
 async def _quarantined(ui: Ui, dns_server, n: int = 1) -> list[str]:
@@ -158,7 +158,7 @@ async def test_admin_pages_refuse_agents_and_viewers(ui: Ui) -> None:
     assert await page.get_by_role("link", name="Admin").count() == 0   # not in the agent's navigation
 
 
-async def test_dashboard_outbound_audit_and_screenshots(start_ui, dns_server) -> None:
+async def test_dashboard_outbound_audit_and_screenshots(start_ui, dns_server, tmp_path: Path) -> None:
     ui = await start_ui(pipeline=SENDERS)
     dns_server.set_zone(CUSTOMER)
     for i in range(3):
@@ -172,16 +172,18 @@ async def test_dashboard_outbound_audit_and_screenshots(start_ui, dns_server) ->
     cap = await page.locator("#c-accepted-cap").inner_text()
     assert "total 5" in cap, cap
     assert await page.locator("svg.chart-svg").count() == 6
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SHOTS / "admin-dashboard.png"), full_page=True)
+    shots = Path(os.environ.get("TICKETMX_SCREENSHOTS") or tmp_path)
+    shots = shots if shots.is_absolute() else ROOT / shots
+    shots.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(shots / "admin-dashboard.png"), full_page=True)
     await page.goto("/ui/admin/quarantine")
-    await page.screenshot(path=str(SHOTS / "admin-quarantine.png"), full_page=True)
+    await page.screenshot(path=str(shots / "admin-quarantine.png"), full_page=True)
     await page.goto(f"/ui/admin/messages/{ids[0]}")
     await page.get_by_role("button", name="Replay").click()
     await page.get_by_text("replayed: the pipeline runs it again").first.wait_for()
     await page.goto("/ui/admin/trace?message_id=ok0%40customer.test")
     await page.get_by_text("1 message found.").wait_for()
-    await page.screenshot(path=str(SHOTS / "admin-trace.png"), full_page=True)
+    await page.screenshot(path=str(shots / "admin-trace.png"), full_page=True)
     await page.goto("/ui/admin/outbound")
     await page.get_by_role("heading", name="Relay queue (notifications)").wait_for()
     await page.goto("/ui/admin/audit")
