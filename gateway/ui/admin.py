@@ -28,8 +28,8 @@ router = router_for()
 NAV.append(NavItem("Admin", "/ui/admin", "admin", "/ui/admin"))
 
 ADMIN_NAV = [("/ui/admin", "Dashboard"), ("/ui/admin/quarantine", "Quarantine"), ("/ui/admin/trace", "Trace"),
-             ("/ui/admin/sources", "Sources"), ("/ui/admin/outbound", "Outbound"), ("/ui/admin/config", "Configuration"),
-             ("/ui/admin/audit", "Audit")]
+             ("/ui/admin/sources", "Sources"), ("/ui/admin/outbound", "Outbound"),
+             ("/ui/admin/config", "Configuration"), ("/ui/admin/audit", "Audit")]
 ACTOR = "ui"          # spool_audit's actor is "ui:<user>" (the API's is "api:<token>", the CLI's "cli:<OS user>")
 MAX_BULK = 200
 

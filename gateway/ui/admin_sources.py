@@ -58,7 +58,6 @@ def _when(iso_text: str | None) -> str:
 
 
 async def _page(request: Request, p: Page, status: int = 200, **ctx: Any) -> HTMLResponse:
-    svc = services(request)
     ctx.setdefault("test", None)
     return show(request, "admin/sources.html", p, "Sources", "/ui/admin/sources", status=status,
                 available=available(), rows=await source_rows(request, p), **ctx)

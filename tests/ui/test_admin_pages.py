@@ -236,8 +236,8 @@ async def test_sources_page_and_test_connection_on_a_dovecot_source(start_ui, tm
         await page.get_by_role("button", name="Resume inbox").click()
         await page.get_by_text("inbox: fetching again").wait_for()
         rows = await ui.store.query("SELECT actor, action FROM audit_log WHERE target='inbox' ORDER BY id")
-        assert [tuple(r) for r in rows] == [("admin@example.test", "source.test"), ("admin@example.test", "source.pause"),
-                                            ("admin@example.test", "source.resume")], [tuple(r) for r in rows]
+        assert [tuple(r) for r in rows] == [("admin@example.test", a) for a in ("source.test", "source.pause",
+                                                                                "source.resume")], rows
         _clean(ui)
     finally:
         d.stop()
@@ -260,4 +260,39 @@ async def test_quarantine_release_by_keyboard_only(start_ui, dns_server) -> None
     await page.keyboard.press("Enter")
     await page.get_by_text("release: 1 of 1 done").wait_for()
     assert (await ui.api.gw.wait_done(sid)).state == "ticket_created"
+    _clean(ui)
+
+
+async def test_outbound_retry_of_a_dead_notification_and_a_dead_webhook_event(ui: Ui) -> None:
+    now = __import__("time").time()
+
+    def fill(conn) -> None:
+        conn.execute("INSERT INTO relay_queue (id, event, mail_from, message, message_id, state, attempts, last_error,"
+                     " created_at, lifetime_from, finished_at) VALUES (7, 'ack', 'h@example.test', x'00', 'n7@x',"
+                     " 'dead', 5, '550 5.1.1 no such user', ?, ?, ?)", (now - 60, now - 60, now - 30))
+        conn.execute("INSERT INTO relay_recipients (notification_id, address, state) VALUES (7, 'c@customer.test',"
+                     " 'dead')")
+        conn.execute("INSERT INTO webhook_outbox (id, event_id, webhook, event, payload, state, attempts, last_status,"
+                     " last_error, created_at, lifetime_from, finished_at) VALUES (9, 'e9', 'desk', 'ticket.created',"
+                     " '{}', 'dead', 12, 500, 'HTTP 500', ?, ?, ?)", (now - 60, now - 60, now - 30))
+    await ui.store.transaction(fill)
+    page = await _admin(ui, "/ui/admin/outbound")
+    row = page.get_by_role("row").filter(has_text="550 5.1.1 no such user")
+    assert "c@customer.test" in await row.inner_text()
+    await page.get_by_role("button", name="Retry notification 7").click()
+    await page.get_by_text("notification 7 queued again").wait_for()
+    await page.get_by_role("button", name="Retry webhook event 9").click()
+    await page.get_by_text("webhook event 9 queued again").wait_for()
+    assert [tuple(r) for r in await ui.store.query("SELECT state FROM relay_queue WHERE id=7")] == [("queued",)]
+    assert [tuple(r) for r in await ui.store.query("SELECT state FROM webhook_outbox WHERE id=9")] == [("queued",)]
+    rows = await ui.store.query("SELECT actor, action, target FROM audit_log ORDER BY id")
+    assert [tuple(r) for r in rows if r[1] in ("relay.retry", "webhook.retry")] == [
+        ("admin@example.test", "relay.retry", "7"), ("admin@example.test", "webhook.retry", "9")]
+    # a form without the CSRF token changes nothing
+    resp = await page.request.post(f"{ui.base}/ui/admin/relay/7/retry", form={"x": "1"})
+    assert resp.status == 403
+    resp = await page.request.post(f"{ui.base}/ui/admin/quarantine/bulk", form={"action": "delete", "ids": "x",
+                                                                                "confirm": "1"})
+    assert resp.status == 403
+    assert len([r for r in await ui.store.query("SELECT action FROM audit_log") if r[0].endswith(".retry")]) == 2
     _clean(ui)
