@@ -5,7 +5,7 @@ Usage:  python bench/bench_ui.py [--tickets 1000000] [--articles 3] [--requests 
 
 Builds the tickets with bench/bench_api.py's bulk builder (rows as the delivery transaction writes
 them, the full-text index included) on a fresh SQLite database, runs ``ticketmx serve`` on it as a child
-process, adds a user with ``ticketmx user add`` and signs in over real HTTP (the sign-in form, its CSRF
+process, gives 60% of the tickets an assignee (20 agents), adds one of them as a user with ``ticketmx user add`` and signs in over real HTTP (the sign-in form, its CSRF
 token, the session cookie). Then one client asks for pages one at a time over 127.0.0.1 and times each
 from the request to the last byte of the HTML — the server's render time plus a loopback round trip,
 so an upper bound of it:
@@ -41,7 +41,20 @@ from bench.bench_api import QUEUES, STATUSES, VOCAB, build_sqlite, pct, vocabula
 from bench.ingest import free_port, wait_port  # noqa: E402
 
 PASSWORD = "bench password 1"
+AGENTS = 20                     # tickets are spread over this many agents (the bench user is agent0)
 TARGET_MS = 100.0
+
+
+def assign(db: Path) -> None:
+    """bench_api's tickets have no assignee; a help desk's mostly do: 60% go to AGENTS agents (so "mine"
+    and "unassigned" face realistic data and statistics)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    if conn.execute("SELECT 1 FROM tickets WHERE assignee <> '' LIMIT 1").fetchone() is None:
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute(f"UPDATE tickets SET assignee = 'agent' || (id % {AGENTS}) || '@staff.test' WHERE id % 10 < 6")
+        conn.execute("ANALYZE")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
 
 
 def serve(workdir: Path, store_url: str) -> tuple[subprocess.Popen, str]:
@@ -56,7 +69,7 @@ def serve(workdir: Path, store_url: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(cfg)], cwd=ROOT,
                             stdout=open(workdir / "serve.log", "ab"), stderr=subprocess.STDOUT)
     wait_port(http_port, timeout=120)
-    subprocess.run([sys.executable, "-m", "gateway", "user", "add", "--email", "bench@staff.test", "--role", "admin",
+    subprocess.run([sys.executable, "-m", "gateway", "user", "add", "--email", "agent0@staff.test", "--role", "admin",
                     "--config", str(cfg)], cwd=ROOT, input=PASSWORD + "\n", capture_output=True, text=True,
                    check=False)
     return proc, f"http://127.0.0.1:{http_port}"
@@ -65,11 +78,13 @@ def serve(workdir: Path, store_url: str) -> tuple[subprocess.Popen, str]:
 async def measure(base: str, n: int, requests: int) -> dict[str, list[float]]:
     rng = random.Random(11)
     words, weights = vocabulary(random.Random(7))
-    out: dict[str, list[float]] = {k: [] for k in ("queue", "queue_search", "queue_deep", "ticket")}
+    views = ("open", "mine", "unassigned", "waiting", "all")
+    out: dict[str, list[float]] = {k: [] for k in (*(f"queue_{v}" for v in views), "queue_by_queue",
+                                                   "queue_by_status", "queue_search", "queue_deep", "ticket")}
     async with httpx.AsyncClient(base_url=base, timeout=60) as c:
         r = await c.get("/ui/signin")
         csrf = re.search(r'name="csrf" value="([^"]+)"', r.text).group(1)  # type: ignore[union-attr]
-        r = await c.post("/ui/signin", data={"email": "bench@staff.test", "password": PASSWORD, "csrf": csrf})
+        r = await c.post("/ui/signin", data={"email": "agent0@staff.test", "password": PASSWORD, "csrf": csrf})
         if r.status_code != 303:
             raise SystemExit(f"sign-in failed: {r.status_code} {r.text[:300]}")
 
@@ -85,13 +100,13 @@ async def measure(base: str, n: int, requests: int) -> dict[str, list[float]]:
         for i in range(requests):
             which = i % 8
             if which < 5:
-                await timed("queue", "/ui/tickets", view=("open", "mine", "unassigned", "waiting", "all")[which])
+                await timed(f"queue_{views[which]}", "/ui/tickets", view=views[which])
             elif which == 5:
-                await timed("queue", "/ui/tickets", view="all", queue=rng.choice(QUEUES))
+                await timed("queue_by_queue", "/ui/tickets", view="all", queue=rng.choice(QUEUES))
             elif which == 6:
-                await timed("queue", "/ui/tickets", view="all", status=rng.choice(STATUSES))
+                await timed("queue_by_status", "/ui/tickets", view="all", status=rng.choice(STATUSES))
             else:
-                html = await timed("queue", "/ui/tickets", view="open")
+                html = await timed("queue_open", "/ui/tickets", view="open")
                 for _ in range(3):
                     m = re.search(r'href="(/ui/tickets\?[^"]*cursor=[^"]+)" rel="next"', html)
                     if not m:
@@ -109,7 +124,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tickets", type=int, default=1_000_000)
     ap.add_argument("--articles", type=int, default=3, help="articles per ticket")
-    ap.add_argument("--requests", type=int, default=300, help="rounds of queue + search + ticket pages")
+    ap.add_argument("--requests", type=int, default=400, help="rounds of queue + search + ticket pages")
     ap.add_argument("--keep", default="", help="build the database in this directory and keep it (reused if there)")
     args = ap.parse_args()
     print("command: python bench/bench_ui.py " + " ".join(sys.argv[1:]))
@@ -121,6 +136,7 @@ def main() -> None:
         t0 = time.perf_counter()
         if not db.exists():
             build_sqlite(db, args.tickets, args.articles)
+        assign(db)
         build_s = time.perf_counter() - t0
         proc, base = serve(work, f"sqlite:///{db}")
         try:
@@ -132,7 +148,7 @@ def main() -> None:
         for kind, xs in res.items():
             if xs:
                 p99 = pct(xs, 99)
-                print(f"  {kind:13s} n={len(xs):5d}  p50 {statistics.median(xs):6.1f} ms  p99 {p99:6.1f} ms  "
+                print(f"  {kind:16s} n={len(xs):5d}  p50 {statistics.median(xs):6.1f} ms  p99 {p99:6.1f} ms  "
                       f"max {max(xs):6.1f} ms  (target p99 <= {TARGET_MS:g} ms: {'ok' if p99 <= TARGET_MS else 'MISSED'})")
     finally:
         if not args.keep:
