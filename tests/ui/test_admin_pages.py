@@ -296,3 +296,27 @@ async def test_outbound_retry_of_a_dead_notification_and_a_dead_webhook_event(ui
     assert resp.status == 403
     assert len([r for r in await ui.store.query("SELECT action FROM audit_log") if r[0].endswith(".retry")]) == 2
     _clean(ui)
+
+
+async def test_hostile_headers_are_text_on_the_admin_pages(start_ui, dns_server) -> None:
+    """What a sender controls (header fields, the Message-ID, the reason naming the sender) is shown as text
+    on the quarantine, message and trace pages: no script runs, no dialog, nothing is fetched."""
+    ui = await start_ui(pipeline=SENDERS)
+    dns_server.set_zone(CUSTOMER)
+    evil = "<img src=http://evil.test/x.png onerror=alert(1)>"
+    msg = (f'From: "{evil}" <mallory@other.test>\r\nTo: support@example.test\r\n'
+           "Subject: <script>alert(2)</script>\r\n"
+           f'Message-ID: <x"{evil}"@other.test>\r\nX-Note: <svg onload=alert(3)>\r\n'
+           "Date: Sun, 22 Nov 2026 10:00:00 +0000\r\n\r\nhello\r\n").encode()
+    sid = await send(ui.api.gw.port, msg, "mallory@other.test")
+    assert (await ui.api.gw.wait_done(sid)).state == "quarantined"
+    page = await _admin(ui, "/ui/admin/quarantine")
+    await page.get_by_role("row").filter(has_text="mallory@other.test").wait_for()
+    await page.goto(f"/ui/admin/messages/{sid}")
+    raw = await page.locator("#raw-headers").inner_text()
+    assert "<script>alert(2)</script>" in raw and "<svg onload=alert(3)>" in raw   # shown as text
+    assert await page.locator("main img, main svg:not(.chart-svg), main script").count() == 0
+    await page.goto("/ui/admin/trace?sender=mallory%40other.test")
+    await page.get_by_text("1 message found.").wait_for()
+    assert await page.locator("main img, main script").count() == 0
+    _clean(ui)
