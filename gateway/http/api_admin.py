@@ -148,7 +148,8 @@ def _summary(cfg: Any, e: SpoolEntry) -> MessageSummary:
                           queues=_queues_of(cfg, e.mailboxes))
 
 
-async def _detail(svc: Any, e: SpoolEntry) -> MessageDetail:
+async def message_detail(svc: Any, e: SpoolEntry) -> MessageDetail:
+    """One entry as ``GET /messages/{id}`` answers it (the web UI shows the same)."""
     number = None
     if e.ticket_id is not None:
         t = await svc.store.ticket_get(str(e.ticket_id))
@@ -159,10 +160,9 @@ async def _detail(svc: Any, e: SpoolEntry) -> MessageDetail:
     return MessageDetail(**d)
 
 
-async def _entry(request: Request, who: Principal, spool_id: str) -> SpoolEntry:
-    """The entry, if the token may read it; 404 otherwise (an entry outside its queues is not shown
-    to exist)."""
-    svc = services(request)
+async def find_entry(svc: Any, who: Principal, spool_id: str) -> SpoolEntry:
+    """The entry, if ``who`` may read it; a 404 Problem otherwise (an entry outside its queues is not
+    shown to exist)."""
     e = await svc.store.spool_get(spool_id)
     if e is None:
         raise Problem(404, "Not Found", f"no message {spool_id}")
@@ -170,6 +170,10 @@ async def _entry(request: Request, who: Principal, spool_id: str) -> SpoolEntry:
     if scope is not None and not scope.intersection(m.lower() for m in e.mailboxes):
         raise Problem(404, "Not Found", f"no message {spool_id}")
     return e
+
+
+async def _entry(request: Request, who: Principal, spool_id: str) -> SpoolEntry:
+    return await find_entry(services(request), who, spool_id)
 
 
 @router.get("/messages", response_model=MessagePage, tags=["messages"], responses=PROBLEMS,
@@ -190,7 +194,7 @@ async def list_messages(request: Request, who: Principal = Depends(principal("vi
             responses={**PROBLEMS, **NOT_FOUND}, summary="One entry: auth results, stage history, audit")
 async def get_message(spool_id: str, request: Request, who: Principal = Depends(principal("viewer"))
                       ) -> MessageDetail:
-    return await _detail(services(request), await _entry(request, who, spool_id))
+    return await message_detail(services(request), await _entry(request, who, spool_id))
 
 
 @router.get("/messages/{spool_id}/raw", tags=["messages"], response_class=StreamingResponse,
@@ -221,20 +225,25 @@ class Replayed(BaseModel):
     replayed: str
 
 
-@router.post("/messages/{spool_id}/replay", response_model=Replayed, status_code=202, tags=["messages"],
-             responses={**PROBLEMS, **NOT_FOUND, **CONFLICT},
-             summary="Run the pipeline on the entry again (idempotent: never a second ticket)")
-async def replay_message(spool_id: str, request: Request, who: Principal = Depends(principal("admin"))
-                         ) -> Replayed:
-    svc = services(request)
-    e = await _entry(request, who, spool_id)
+async def replay_entry(svc: Any, who: Principal, e: SpoolEntry, request: Request) -> None:
+    """Replay ``e`` as ``who`` (the spool_ops checks, the audit row in the same transaction, a pipeline
+    wake-up); a 409 Problem saying why not. The API and the web UI (gateway/ui) both call this."""
     why = spool_ops.replay_refusal(e)
     row = audit_row(who, "message.replay", e.id, {"state": e.state, "reason": e.reason}, request)
     if not why and not await svc.store.spool_replay(e.id, also=row):
         why = "it changed meanwhile"
     if why:
-        raise Problem(409, "Conflict", f"cannot replay {spool_id}: {why}")
+        raise Problem(409, "Conflict", f"cannot replay {e.id}: {why}")
     svc.wake_pipeline()
+
+
+@router.post("/messages/{spool_id}/replay", response_model=Replayed, status_code=202, tags=["messages"],
+             responses={**PROBLEMS, **NOT_FOUND, **CONFLICT},
+             summary="Run the pipeline on the entry again (idempotent: never a second ticket)")
+async def replay_message(spool_id: str, request: Request, who: Principal = Depends(principal("admin"))
+                         ) -> Replayed:
+    e = await _entry(request, who, spool_id)
+    await replay_entry(services(request), who, e, request)
     return Replayed(replayed=e.id)
 
 
@@ -251,25 +260,31 @@ class Released(BaseModel):
     forced: bool
 
 
+async def release_entry(svc: Any, who: Principal, e: SpoolEntry, force: bool, request: Request,
+                        how: spool_ops.How = API_HOW, actor_prefix: str = "api") -> Released:
+    """Release ``e`` as ``who``: spool_ops' plan (the same refusals and force rule as the CLI), the audit
+    row in the same transaction, a pipeline wake-up; a 409 Problem saying why not (in ``how``'s words)."""
+    stage, why = spool_ops.release_plan(e, force, how)
+    if stage is None:
+        raise Problem(409, "Conflict", f"cannot release {e.id}: {why}")
+    now = time.time()
+    row = audit_row(who, "message.release", e.id, {"stage": stage, "reason": e.reason,
+                                                   "forced": bool(force and stage == "identity")}, request)
+    by = f"{actor_prefix}:{who.name}"
+    record = await spool_ops.release(svc.store, e, stage, force, by, now, also=row)
+    if record is None:
+        raise Problem(409, "Conflict", f"cannot release {e.id}: it changed meanwhile (no longer quarantined)")
+    svc.wake_pipeline()
+    return Released(released=e.id, stage=stage, by=by, at=iso(now) or "", forced=record["forced"])
+
+
 @router.post("/messages/{spool_id}/release", response_model=Released, status_code=202, tags=["messages"],
              responses={**PROBLEMS, **NOT_FOUND, **CONFLICT},
              summary="Process a quarantined entry as if it had passed the stage that held it")
 async def release_message(spool_id: str, request: Request, body: ReleaseRequest | None = None,
                           who: Principal = Depends(principal("admin"))) -> Released:
-    svc = services(request)
-    force = bool(body and body.force)
     e = await _entry(request, who, spool_id)
-    stage, why = spool_ops.release_plan(e, force, API_HOW)
-    if stage is None:
-        raise Problem(409, "Conflict", f"cannot release {spool_id}: {why}")
-    now = time.time()
-    row = audit_row(who, "message.release", e.id, {"stage": stage, "reason": e.reason,
-                                                   "forced": bool(force and stage == "identity")}, request)
-    record = await spool_ops.release(svc.store, e, stage, force, f"api:{who.name}", now, also=row)
-    if record is None:
-        raise Problem(409, "Conflict", f"cannot release {spool_id}: it changed meanwhile (no longer quarantined)")
-    svc.wake_pipeline()
-    return Released(released=e.id, stage=stage, by=f"api:{who.name}", at=iso(now) or "", forced=record["forced"])
+    return await release_entry(services(request), who, e, bool(body and body.force), request)
 
 
 class Deleted(BaseModel):
@@ -277,21 +292,46 @@ class Deleted(BaseModel):
     by: str
 
 
+async def delete_entry(svc: Any, who: Principal, e: SpoolEntry, request: Request, actor_prefix: str = "api"
+                       ) -> Deleted:
+    """Delete the raw message of ``e`` as ``who`` (spool_ops' checks, the audit row in the same
+    transaction); a 409 Problem saying why not."""
+    why = spool_ops.delete_refusal(e)
+    row = audit_row(who, "message.delete", e.id, {"state": e.state, "size": e.size, "message_id": e.message_id},
+                    request)
+    by = f"{actor_prefix}:{who.name}"
+    if not why and not await spool_ops.delete(svc.store, e, by, also=row):
+        why = "it changed meanwhile"
+    if why:
+        raise Problem(409, "Conflict", f"cannot delete {e.id}: {why}")
+    return Deleted(deleted=e.id, by=by)
+
+
 @router.delete("/messages/{spool_id}", response_model=Deleted, tags=["messages"],
                responses={**PROBLEMS, **NOT_FOUND, **CONFLICT},
                summary="Delete the raw message of a quarantined or suppressed entry (the entry and its history "
                        "stay)")
 async def delete_message(spool_id: str, request: Request, who: Principal = Depends(principal("admin"))) -> Deleted:
-    svc = services(request)
     e = await _entry(request, who, spool_id)
-    why = spool_ops.delete_refusal(e)
-    row = audit_row(who, "message.delete", e.id, {"state": e.state, "size": e.size, "message_id": e.message_id},
-                    request)
-    if not why and not await spool_ops.delete(svc.store, e, f"api:{who.name}", also=row):
-        why = "it changed meanwhile"
-    if why:
-        raise Problem(409, "Conflict", f"cannot delete {spool_id}: {why}")
-    return Deleted(deleted=e.id, by=f"api:{who.name}")
+    return await delete_entry(services(request), who, e, request)
+
+
+async def trace_entries(svc: Any, who: Principal, *, message_id: str = "", sender: str = "", recipient: str = "",
+                        since: str | None = None, until: str | None = None, limit: int = 50
+                        ) -> list[MessageDetail]:
+    """The entries matching every criterion given (at least one; a 422 Problem otherwise), in ``who``'s
+    queues, each with its history: ``GET /trace`` and the web UI's trace page."""
+    mid = message_id.strip()
+    if mid.startswith("<") and mid.endswith(">"):
+        mid = mid[1:-1].strip()
+    t_since, t_until = parse_when(since, "since"), parse_when(until, "until")
+    if not (mid or sender.strip() or recipient.strip() or t_since is not None or t_until is not None):
+        raise Problem(422, "Unprocessable Content", "give at least one of message_id, sender, recipient, since, "
+                      "until")
+    entries = await svc.store.spool_find(SpoolQuery(message_id=mid, mail_from=sender.strip(),
+                                                    rcpt=recipient.strip(), since=t_since, until=t_until,
+                                                    limit=limit, mailboxes=_scope(svc.cfg, who)))
+    return [await message_detail(svc, e) for e in entries]
 
 
 @router.get("/trace", response_model=TraceResult, tags=["messages"], responses=PROBLEMS,
@@ -304,18 +344,8 @@ async def trace(request: Request, who: Principal = Depends(principal("viewer")),
                 since: str | None = Query(None, description="received since: 2d, 12h, 90m or an ISO date/time"),
                 until: str | None = Query(None, description="received before: 2d, 12h, 90m or an ISO date/time"),
                 limit: int = Query(50, ge=1, le=200)) -> TraceResult:
-    svc = services(request)
-    mid = message_id.strip()
-    if mid.startswith("<") and mid.endswith(">"):
-        mid = mid[1:-1].strip()
-    t_since, t_until = parse_when(since, "since"), parse_when(until, "until")
-    if not (mid or sender.strip() or recipient.strip() or t_since is not None or t_until is not None):
-        raise Problem(422, "Unprocessable Content", "give at least one of message_id, sender, recipient, since, "
-                      "until")
-    entries = await svc.store.spool_find(SpoolQuery(message_id=mid, mail_from=sender.strip(),
-                                                    rcpt=recipient.strip(), since=t_since, until=t_until,
-                                                    limit=limit, mailboxes=_scope(svc.cfg, who)))
-    return TraceResult(items=[await _detail(svc, e) for e in entries])
+    return TraceResult(items=await trace_entries(services(request), who, message_id=message_id, sender=sender,
+                                                 recipient=recipient, since=since, until=until, limit=limit))
 
 
 # -- relay queue ----------------------------------------------------------------------------------------
@@ -370,11 +400,9 @@ class Retried(BaseModel):
     retried: list[int]
 
 
-@router.post("/relay/{mail_id}/retry", response_model=Retried, status_code=202, tags=["relay"],
-             responses={**PROBLEMS, 404: {"description": "no such notification"}, **CONFLICT},
-             summary="Queue a dead or deferred notification again (admins)")
-async def relay_retry(mail_id: int, request: Request, who: Principal = Depends(principal("admin"))) -> Retried:
-    svc = services(request)
+async def relay_retry_entry(svc: Any, who: Principal, mail_id: int, request: Request) -> None:
+    """Queue notification ``mail_id`` again as ``who`` (its audit row in the same transaction, a relay
+    wake-up); a 404 or 409 Problem saying why not. The API and the web UI call this."""
     row = audit_row(who, "relay.retry", str(mail_id), {}, request)
     now = time.time()
 
@@ -390,4 +418,11 @@ async def relay_retry(mail_id: int, request: Request, who: Principal = Depends(p
         raise Problem(409, "Conflict", f"cannot retry {mail_id}: it is {found['state']} (only dead or deferred "
                       "recipients are retried)")
     svc.wake_relay()
+
+
+@router.post("/relay/{mail_id}/retry", response_model=Retried, status_code=202, tags=["relay"],
+             responses={**PROBLEMS, 404: {"description": "no such notification"}, **CONFLICT},
+             summary="Queue a dead or deferred notification again (admins)")
+async def relay_retry(mail_id: int, request: Request, who: Principal = Depends(principal("admin"))) -> Retried:
+    await relay_retry_entry(services(request), who, mail_id, request)
     return Retried(retried=[mail_id])

@@ -1,0 +1,107 @@
+"""The sources page (/ui/admin/sources): pulled mailboxes (issue 23's ``[[source]]``) with their status,
+last sync and errors, Draft/Active, pause / resume, an OAuth authorisation hint and a Test Connection
+button that shows every step of the connection.
+
+It calls the API's own functions (gateway/http/api_sources.py: ``GET /api/v1/sources``, ``POST
+/api/v1/sources/{name}/test|pause|resume``), so the page lists, tests, pauses and audits exactly as the
+API does. In a build without pulled mailboxes it shows the sources named in the config, if any, and
+says that fetching is not available.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse
+
+from gateway.http.deps import Problem, services
+from gateway.ui import admin_data
+from gateway.ui.admin import show
+from gateway.ui.web import Page, page, router_for
+
+try:  # issue 23: pulled mailboxes and their API
+    from gateway.http import api_sources
+except ImportError:  # a build without them
+    api_sources = None  # type: ignore[assignment]
+
+router = router_for()
+TEST_TIMEOUT = 60.0
+
+
+def available() -> bool:
+    return api_sources is not None
+
+
+async def source_rows(request: Request, p: Page) -> list[dict[str, Any]]:
+    """``GET /api/v1/sources`` (status, last success, last error, backlog), plus how each source signs
+    in, for the OAuth hint."""
+    cfg = services(request).cfg
+    if api_sources is None:
+        return admin_data.configured_sources(cfg)
+    by_name = {sc.name: sc for sc in getattr(cfg, "sources", ())}
+    out = []
+    for item in await api_sources.list_sources(request, who=p.who):
+        r = item.model_dump()
+        sc = by_name.get(r["name"])
+        r["auth"] = getattr(sc, "auth", "") if sc is not None else ""
+        oauth = getattr(sc, "oauth", None) if sc is not None else None
+        r["oauth_grant"] = oauth.grant.replace("_", " ") if oauth is not None else ""
+        r["last_success_text"] = _when(r.get("last_success"))
+        r["last_error_at_text"] = _when(r.get("last_error_at"))
+        out.append(r)
+    return out
+
+
+def _when(iso_text: str | None) -> str:
+    return iso_text.replace("T", " ")[:19] + " UTC" if iso_text else "never"
+
+
+async def _page(request: Request, p: Page, status: int = 200, **ctx: Any) -> HTMLResponse:
+    ctx.setdefault("test", None)
+    return show(request, "admin/sources.html", p, "Sources", "/ui/admin/sources", status=status,
+                available=available(), rows=await source_rows(request, p), **ctx)
+
+
+@router.get("/ui/admin/sources")
+async def sources(request: Request, p: Page = Depends(page("admin"))) -> HTMLResponse:
+    return await _page(request, p)
+
+
+def _unavailable() -> None:
+    if api_sources is None:
+        raise Problem(409, "Conflict", "pulled mailboxes are not available in this build")
+
+
+@router.post("/ui/admin/sources/{name}/test")
+async def test_connection(name: str, request: Request, p: Page = Depends(page("admin"))) -> HTMLResponse:
+    """``POST /api/v1/sources/{name}/test``: every step of a connection (resolve, connect, TLS, sign in,
+    the folders), the server's answers with secrets masked. Changes nothing but folders it creates."""
+    _unavailable()
+    error = ""
+    try:
+        result = await asyncio.wait_for(api_sources.test_source(name, request, who=p.who), TEST_TIMEOUT)
+        steps, ok = [s.model_dump() for s in result.steps], result.ok
+    except asyncio.TimeoutError:
+        steps, ok, error = [], False, f"no answer within {TEST_TIMEOUT:.0f} s"
+    except ImportError as exc:
+        steps, ok, error = [], False, f"this kind of source is not available: {exc}"
+    test = {"name": name, "ok": ok, "error": error, "steps": steps}
+    return await _page(request, p, test=test, notice=f"{name}: every step passed" if ok else "",
+                       error="" if ok else f"{name}: the connection test failed" + (f" ({error})" if error else ""))
+
+
+@router.post("/ui/admin/sources/{name}/{action}")
+async def pause_resume(name: str, action: str, request: Request, p: Page = Depends(page("admin"))) -> HTMLResponse:
+    """``POST /api/v1/sources/{name}/pause|resume`` (audited as source.pause / source.resume)."""
+    _unavailable()
+    if action == "pause":
+        await api_sources.pause(name, request, who=p.who)
+    elif action == "resume":
+        await api_sources.resume(name, request, who=p.who)
+    else:
+        raise Problem(404, "Not Found", f"no action {action!r}")
+    return await _page(request, p, notice=f"{name}: {'paused' if action == 'pause' else 'fetching again'}")
+
+
+__all__ = ["router", "available", "source_rows"]
