@@ -1,0 +1,391 @@
+"""``kind = "graph"``: a Microsoft 365 / Exchange Online mailbox over Microsoft Graph (v1.0 mail API).
+
+For tenants with IMAP and POP switched off. EWS is left out on purpose: Microsoft switches it off in
+Exchange Online from October 2026.
+
+* **Auth**: always OAuth 2.0 through gateway/runtime/oauth.py (the relay's token client: client
+  credentials for an app with ``Mail.ReadWrite`` application permission, or a delegated refresh token
+  from ``ticketmx source authorize``, rotated tokens written back). A 401 drops the cached token and
+  retries once with a new one.
+* **Keys** are ``graph:<immutable id>``: every request says ``Prefer: IdType="ImmutableId"``, so moving
+  a message to ``success_folder`` does not change its id (a plain Graph id does change on a move, and a
+  crash between the move and our state update would otherwise look like a new message).
+* **Listing** (``keys``): ``mailFolders/{folder}/messages`` with ``$select=id,receivedDateTime``,
+  ``$filter=receivedDateTime ge <since>``, paged by ``@odata.nextLink``. **Waiting** (``wait_for_new``,
+  ``idle = true``): the folder's ``messages/delta``, asked every ``DELTA_INTERVAL`` seconds, returns as
+  soon as a message was added; Graph change notifications would need a public HTTPS endpoint.
+* **Throttling**: 429, 503 and 504 are retried after the answer's ``Retry-After`` (else 1, 2, 4 … s),
+  at most ``max_tries`` times per request; ``throttled`` counts them.
+* Links in answers (``nextLink``/``deltaLink``) are followed only on the configured endpoint's origin:
+  the bearer token is never sent elsewhere.
+
+HTTP is httpx (already the gateway's client): msal is synchronous (a thread per token call) and would
+duplicate the token client the relay already has (rotation written back, secret-free errors); the
+msgraph-sdk is a large generated client (kiota, many dependencies) for six plain REST calls.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from datetime import date, datetime, timezone
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from gateway.ingress.sources.base import Fetched, SourceError, Step
+from gateway.runtime.httpclient import TooLarge, read_limited
+from gateway.runtime.oauth import OAuthError, TokenProvider
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "https://graph.microsoft.com"
+DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
+WELL_KNOWN = frozenset({"inbox", "archive", "deleteditems", "drafts", "sentitems", "junkemail", "outbox",
+                        "clutter", "conversationhistory", "recoverableitemsdeletions", "scheduled",
+                        "searchfolders", "serverfailures", "syncissues"})
+PAGE = 200                 # ids per listing page ($top; Graph allows up to 1000)
+DELTA_INTERVAL = 5.0       # seconds between delta checks while waiting for new mail
+MAX_RETRY_AFTER = 300.0    # a longer Retry-After fails the request (the manager retries later)
+MAX_MIME = 160 << 20       # Exchange Online's largest message is 150 MB
+PREFER_IMMUTABLE = 'IdType="ImmutableId"'
+
+
+def graph_token_url(authority: str, tenant: str) -> str:
+    """The identity platform's v2.0 token endpoint for ``tenant`` under ``authority`` (national clouds too)."""
+    return f"{authority.rstrip('/')}/{quote(tenant, safe='')}/oauth2/v2.0/token"
+
+
+def graph_scope(endpoint: str) -> str:
+    """The app-only scope of a Graph endpoint: ``https://graph.microsoft.com/.default`` for the global cloud."""
+    return f"{endpoint.rstrip('/')}/.default"
+
+
+def since_iso(value: Any) -> str | None:
+    """``since`` (a date, datetime, "YYYY-MM-DD[THH:MM:SS]" string or epoch seconds) as Graph's UTC ISO form."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)):
+        dt = datetime.fromtimestamp(float(value), timezone.utc)
+    elif isinstance(value, datetime):
+        dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    elif isinstance(value, date):
+        dt = datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+    else:
+        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        dt = dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def graph_error(resp: httpx.Response, body: bytes) -> str:
+    """``HTTP 404 ErrorItemNotFound: The specified object…`` from Graph's ``{"error": {"code", "message"}}``."""
+    code, message = "", ""
+    try:
+        err = json.loads(body.decode("utf-8")).get("error")
+        if isinstance(err, dict):
+            code, message = str(err.get("code", ""))[:80], str(err.get("message", ""))[:200]
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        pass
+    return f"HTTP {resp.status_code} {code}: {message}".rstrip(": ") if code else f"HTTP {resp.status_code}"
+
+
+def _error_kind(status: int) -> str:
+    if status in (401, 403):
+        return "auth"
+    if status in (429, 503, 504):
+        return "throttled"
+    if status == 404:
+        return "not_found"
+    return "protocol"
+
+
+class GraphSource:
+    """One ``[[source]]`` with ``kind = "graph"``; see the module docstring."""
+
+    def __init__(self, cfg: Any, tokens: TokenProvider | None = None, *,
+                 sleep: Any = asyncio.sleep) -> None:
+        self.cfg = cfg
+        self.endpoint = (getattr(cfg, "graph_endpoint", "") or DEFAULT_ENDPOINT).rstrip("/")
+        if cfg.oauth is None and tokens is None:
+            raise SourceError("config", f"source {cfg.name}: graph needs the oauth_* keys")
+        self.tokens = tokens or TokenProvider(cfg.oauth, user_agent="ticketmx-source")
+        self._sleep = sleep
+        self._client: httpx.AsyncClient | None = None
+        self._user = quote(cfg.user, safe="@")
+        self._folder_ids: dict[str, str] = {}
+        self._received: dict[str, float] = {}
+        self._delta: str | None = None
+        self._origin = self._origin_of(self.endpoint)
+        self.delta_interval = DELTA_INTERVAL
+        self.throttled = 0   # answers 429/503/504 retried (metrics)
+        self.requests = 0
+
+    @staticmethod
+    def _origin_of(url: str) -> tuple[str, str]:
+        u = urlsplit(url)
+        return (u.scheme, u.netloc.lower())
+
+    # ------------------------------------------------------------------ plumbing
+    def _make_client(self) -> httpx.AsyncClient:
+        verify: ssl.SSLContext | bool = True
+        if self.endpoint.startswith("https:"):
+            verify = ssl.create_default_context(cafile=getattr(self.cfg, "ca_file", None))
+            if not getattr(self.cfg, "verify_cert", True):
+                verify.check_hostname = False
+                verify.verify_mode = ssl.CERT_NONE
+        return httpx.AsyncClient(verify=verify, trust_env=False, follow_redirects=False,
+                                 timeout=float(getattr(self.cfg, "timeout", 30.0) or 30.0),
+                                 headers={"User-Agent": "ticketmx-source", "Accept": "application/json",
+                                          "Prefer": PREFER_IMMUTABLE})
+
+    def _url(self, path: str) -> str:
+        if path.startswith("http://") or path.startswith("https://"):
+            if self._origin_of(path) != self._origin:  # a link that points elsewhere never gets our token
+                raise SourceError("protocol", f"Graph link to another host refused: {urlsplit(path).netloc}")
+            return path
+        return f"{self.endpoint}/v1.0/users/{self._user}/{path}"
+
+    async def _call(self, method: str, path: str, *, params: dict[str, str] | None = None,
+                    json: Any = None, headers: dict[str, str] | None = None,
+                    limit: int = 16 << 20) -> tuple[httpx.Response, bytes]:
+        """One Graph request with token refresh on 401 and Retry-After on 429/503/504; raises SourceError."""
+        if self._client is None:
+            self._client = self._make_client()
+        url = self._url(path)
+        tries = 0
+        refreshed = False
+        max_tries = max(1, int(getattr(self.cfg, "max_tries", 5) or 5))
+        while True:
+            tries += 1
+            try:
+                token = await self.tokens.token()
+            except OAuthError as exc:
+                raise SourceError("auth", str(exc)) from None
+            h = {"Authorization": f"Bearer {token}", **(headers or {})}
+            self.requests += 1
+            try:
+                async with self._client.stream(method, url, params=params, json=json, headers=h) as resp:
+                    body = await read_limited(resp, limit)
+            except httpx.TimeoutException:
+                raise SourceError("timeout", f"Graph {method} timed out") from None
+            except TooLarge:
+                raise SourceError("protocol", f"Graph answer over {limit} bytes") from None
+            except httpx.HTTPError as exc:
+                raise SourceError("connect", f"Graph {urlsplit(url).netloc}: {type(exc).__name__}: {exc}") from None
+            status = resp.status_code
+            if status == 401 and not refreshed:
+                self.tokens.invalidate()   # expired or revoked: one new token, one more try
+                refreshed = True
+                continue
+            if status in (429, 503, 504) and tries < max_tries:
+                self.throttled += 1
+                delay = _retry_after(resp.headers.get("retry-after"), tries)
+                if delay > MAX_RETRY_AFTER:
+                    raise SourceError("throttled", f"Graph asked to wait {delay:.0f}s ({graph_error(resp, body)})")
+                log.info("source %s: Graph answered %s, retrying in %.1fs", self.cfg.name, status, delay)
+                await self._sleep(delay)
+                continue
+            if status >= 400:
+                raise SourceError(_error_kind(status), f"Graph {method} {_path_only(url)}: {graph_error(resp, body)}")
+            return resp, body
+
+    async def _json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        _, body = await self._call(method, path, **kw)
+        try:
+            doc = json.loads(body.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise SourceError("protocol", "Graph answer is not JSON") from None
+        if not isinstance(doc, dict):
+            raise SourceError("protocol", "Graph answer is not a JSON object")
+        return doc
+
+    # ------------------------------------------------------------------ folders
+    async def folder_id(self, name: str, create: bool) -> str | None:
+        """The id of the top-level folder called ``name`` (or a well-known name); created when ``create``."""
+        if name.lower() in WELL_KNOWN:
+            return name.lower()
+        if name in self._folder_ids:
+            return self._folder_ids[name]
+        flt = "displayName eq '" + name.replace("'", "''") + "'"
+        doc = await self._json("GET", "mailFolders", params={"$filter": flt, "$select": "id,displayName"})
+        found = [f for f in doc.get("value", []) if isinstance(f, dict) and isinstance(f.get("id"), str)]
+        if found:
+            self._folder_ids[name] = found[0]["id"]
+            return found[0]["id"]
+        if not create:
+            return None
+        try:
+            made = await self._json("POST", "mailFolders", json={"displayName": name})
+        except SourceError as exc:
+            if "ErrorFolderExists" not in str(exc):  # made meanwhile by someone else: look it up again
+                raise
+            return await self.folder_id(name, create=False)
+        self._folder_ids[name] = str(made["id"])
+        return self._folder_ids[name]
+
+    async def _watched(self) -> str:
+        fid = await self.folder_id(self.cfg.folder or "inbox", create=False)
+        if fid is None:
+            raise SourceError("config", f"source {self.cfg.name}: folder {self.cfg.folder!r} not found in {self.cfg.user}")
+        return fid
+
+    # ------------------------------------------------------------------ Source
+    async def connect(self) -> None:
+        if self._client is None:
+            self._client = self._make_client()
+        await self._watched()
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def keys(self) -> list[str]:
+        fid = await self._watched()
+        params = {"$select": "id,receivedDateTime", "$top": str(PAGE), "$orderby": "receivedDateTime asc"}
+        since = since_iso(getattr(self.cfg, "since", None))
+        if since:
+            params["$filter"] = f"receivedDateTime ge {since}"
+        out: list[str] = []
+        received: dict[str, float] = {}
+        link: str | None = f"mailFolders/{quote(fid, safe='')}/messages"
+        first = True
+        while link:
+            doc = await self._json("GET", link, params=params if first else None)
+            first = False
+            for item in doc.get("value", []):
+                if isinstance(item, dict) and isinstance(item.get("id"), str):
+                    key = "graph:" + item["id"]
+                    out.append(key)
+                    received[key] = _ts(item.get("receivedDateTime"))
+            link = doc.get("@odata.nextLink")
+        self._received = received
+        return out
+
+    async def fetch(self, key: str) -> Fetched:
+        mid = _mid(key)
+        _, raw = await self._call("GET", f"messages/{quote(mid, safe='')}/$value", limit=MAX_MIME)
+        return Fetched(key=key, raw=raw, folder=self.cfg.folder or "inbox", received=self._received.get(key))
+
+    async def settle(self, key: str, outcome: str) -> None:
+        target = {"ticket": self.cfg.success_folder, "quarantined": self.cfg.failure_folder,
+                  "suppressed": self.cfg.exclusion_folder}.get(outcome, "")
+        mid = quote(_mid(key), safe="")
+        try:
+            if target:
+                fid = await self.folder_id(target, create=True)
+                await self._call("POST", f"messages/{mid}/move", json={"destinationId": fid})
+            elif outcome == "ticket":
+                await self._call("PATCH", f"messages/{mid}", json={"isRead": True})
+        except SourceError as exc:
+            if exc.kind == "not_found":  # moved or deleted by someone (or by us before a crash): nothing to do
+                log.info("source %s: %s is gone from the mailbox; nothing to settle", self.cfg.name, key)
+                return
+            raise
+
+    async def wait_for_new(self, timeout: float) -> None:
+        """Sleep ``timeout``; with ``idle``, return early when the folder's delta shows a new message."""
+        deadline = time.monotonic() + timeout
+        if not getattr(self.cfg, "idle", True):
+            await self._sleep(timeout)
+            return
+        if self._delta is None:
+            await self._delta_round()   # the first round only sets the baseline: keys() lists what is there
+        while (left := deadline - time.monotonic()) > 0:
+            await self._sleep(min(self.delta_interval, left))
+            if await self._delta_round():
+                return
+
+    async def _delta_round(self) -> int:
+        """Follow the delta link to its end; the number of messages added since the last round."""
+        fid = await self._watched()
+        link = self._delta or f"mailFolders/{quote(fid, safe='')}/messages/delta"
+        params: dict[str, str] | None = None
+        if self._delta is None:
+            params = {"$select": "id"}
+            since = since_iso(getattr(self.cfg, "since", None))
+            if since:
+                params["$filter"] = f"receivedDateTime ge {since}"
+        added = 0
+        while True:
+            doc = await self._json("GET", link, params=params, headers={"Prefer": f"{PREFER_IMMUTABLE}, odata.maxpagesize=200"})
+            params = None
+            added += sum(1 for i in doc.get("value", []) if isinstance(i, dict) and "@removed" not in i)
+            if isinstance(doc.get("@odata.nextLink"), str):
+                link = doc["@odata.nextLink"]
+                continue
+            if isinstance(doc.get("@odata.deltaLink"), str):
+                self._delta = doc["@odata.deltaLink"]
+            return added
+
+    async def test(self) -> list[Step]:
+        steps: list[Step] = []
+        c = self.cfg
+        steps.append(Step("endpoint", True, f"Graph {self.endpoint} (v1.0), mailbox {c.user}"))
+        try:
+            token = await self.tokens.token()
+            left = self.tokens.expires_at - time.time()
+            steps.append(Step("token", True, f"{c.oauth.token_url if c.oauth else ''} grant="
+                              f"{getattr(c.oauth, 'grant', '?')}: access token {mask(token)}, expires in {left:.0f}s"))
+        except OAuthError as exc:
+            steps.append(Step("token", False, str(exc)))
+            return steps
+        try:
+            fid = await self.folder_id(c.folder or "inbox", create=False)
+            if fid is None:
+                steps.append(Step("folder", False, f"{c.folder!r} not found (top-level display name or a well-known name)"))
+                return steps
+            info = await self._json("GET", f"mailFolders/{quote(fid, safe='')}")
+            steps.append(Step("folder", True, f"{c.folder!r}: {info.get('totalItemCount', '?')} messages,"
+                              f" {info.get('unreadItemCount', '?')} unread"))
+            doc = await self._json("GET", f"mailFolders/{quote(fid, safe='')}/messages",
+                                   params={"$select": "id,receivedDateTime", "$top": "1"})
+            steps.append(Step("list", True, f"messages readable ({len(doc.get('value', []))} on a first page of 1)"))
+            for key in ("success_folder", "failure_folder", "exclusion_folder"):
+                name = getattr(c, key, "")
+                if not name:
+                    steps.append(Step(key, True, "not set: " + ("left in place, marked read" if key == "success_folder"
+                                                             else "left in place")))
+                    continue
+                found = await self.folder_id(name, create=False)
+                steps.append(Step(key, True, f"{name!r} exists" if found else f"{name!r} missing: created at first use"))
+        except SourceError as exc:
+            steps.append(Step(exc.kind, False, str(exc)))
+        return steps
+
+
+def mask(secret: str) -> str:
+    """A secret shown as its length only: ``<1234 chars>``."""
+    return f"<{len(secret)} chars, masked>"
+
+
+def _retry_after(value: str | None, tries: int) -> float:
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+    return float(min(2 ** (tries - 1), 60))
+
+
+def _mid(key: str) -> str:
+    if not key.startswith("graph:"):
+        raise SourceError("protocol", f"not a graph key: {key[:40]!r}")
+    return key[6:]
+
+
+def _ts(value: object) -> float:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return time.time()
+
+
+def _path_only(url: str) -> str:
+    return urlsplit(url).path
+
+
+__all__ = ["GraphSource", "graph_token_url", "graph_scope", "since_iso", "DEFAULT_ENDPOINT", "DEFAULT_AUTHORITY"]
