@@ -28,7 +28,7 @@ USER = "support@contoso.test"
 @dataclass(frozen=True)
 class Cfg:  # the SourceConfig fields the graph kind reads (replaced by parse_sources at the merge)
     oauth: OAuthConfig
-    graph_endpoint: str
+    endpoint: str
     name: str = "m365"
     user: str = USER
     folder: str = "inbox"
@@ -38,7 +38,8 @@ class Cfg:  # the SourceConfig fields the graph kind reads (replaced by parse_so
     since: Any = None
     idle: bool = True
     timeout: float = 10.0
-    max_tries: int = 5
+    max_tries: int = 3
+    max_size: int = 0
     verify_cert: bool = True
     ca_file: str | None = None
 
@@ -52,7 +53,7 @@ def emu() -> Iterator[GraphEmulator]:
 def app_cfg(emu: GraphEmulator, **kw: Any) -> Cfg:
     oauth = OAuthConfig(token_url=emu.token_url, client_id=emu.client_id, client_secret=emu.client_secret,
                         scope="https://graph.microsoft.com/.default")
-    return Cfg(oauth=oauth, graph_endpoint=emu.base, **kw)
+    return Cfg(oauth=oauth, endpoint=emu.base, **kw)
 
 
 async def test_list_fetch_move_keeps_immutable_key(emu: GraphEmulator) -> None:
@@ -158,7 +159,7 @@ async def test_expired_token_is_renewed_and_rotated_refresh_token_saved(emu: Gra
     rt_file.chmod(0o600)
     oauth = OAuthConfig(token_url=emu.token_url, client_id=emu.client_id, refresh_token=first,
                         refresh_token_file=str(rt_file), scope="https://graph.microsoft.com/Mail.ReadWrite offline_access")
-    src = GraphSource(Cfg(oauth=oauth, graph_endpoint=emu.base))
+    src = GraphSource(Cfg(oauth=oauth, endpoint=emu.base))
     try:
         assert len(await src.keys()) == 1
         second = rt_file.read_text().strip()
@@ -173,7 +174,7 @@ async def test_expired_token_is_renewed_and_rotated_refresh_token_saved(emu: Gra
         emu.expire_tokens()
         with pytest.raises(SourceError) as err:
             await src.keys()
-        assert err.value.kind == "auth" and "invalid_grant" in str(err.value)
+        assert err.value.kind == "token" and "invalid_grant" in str(err.value)
         assert src.tokens.failures == 1
     finally:
         await src.close()
@@ -184,7 +185,7 @@ async def test_wrong_user_and_missing_folder_are_clear(emu: GraphEmulator) -> No
     try:
         with pytest.raises(SourceError) as err:
             await src.connect()
-        assert err.value.kind == "config" and "'Nope' not found" in str(err.value)
+        assert err.value.kind == "folder" and "'Nope' not found" in str(err.value)
     finally:
         await src.close()
 
@@ -235,7 +236,7 @@ async def test_step_trace_masks_secrets(emu: GraphEmulator) -> None:
     assert not any(tok in text for tok in emu.tokens)
     bad = GraphSource(Cfg(oauth=OAuthConfig(token_url=emu.token_url, client_id=emu.client_id,
                                             client_secret="wrong-secret-value", scope="x/.default"),
-                          graph_endpoint=emu.base))
+                          endpoint=emu.base))
     try:
         steps = await bad.test()
     finally:

@@ -23,9 +23,10 @@ class Step:
 class SourceError(Exception):
     """A source's server refused or failed; ``kind`` is the metric label (auth, connect, protocol, ...)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, temporary: bool = True) -> None:
         super().__init__(message)
         self.kind = kind
+        self.temporary = temporary
 
 
 class Source(Protocol):

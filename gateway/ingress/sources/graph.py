@@ -15,7 +15,8 @@ Exchange Online from October 2026.
   ``idle = true``): the folder's ``messages/delta``, asked every ``DELTA_INTERVAL`` seconds, returns as
   soon as a message was added; Graph change notifications would need a public HTTPS endpoint.
 * **Throttling**: 429, 503 and 504 are retried after the answer's ``Retry-After`` (else 1, 2, 4 … s),
-  at most ``max_tries`` times per request; ``throttled`` counts them.
+  at most ``THROTTLE_TRIES`` times per request; ``throttled`` counts them. Then the request fails
+  (``SourceError`` kind ``throttled``) and the manager tries again at its next round.
 * Links in answers (``nextLink``/``deltaLink``) are followed only on the configured endpoint's origin:
   the bearer token is never sent elsewhere.
 
@@ -49,6 +50,7 @@ WELL_KNOWN = frozenset({"inbox", "archive", "deleteditems", "drafts", "sentitems
                         "searchfolders", "serverfailures", "syncissues"})
 PAGE = 200                 # ids per listing page ($top; Graph allows up to 1000)
 DELTA_INTERVAL = 5.0       # seconds between delta checks while waiting for new mail
+THROTTLE_TRIES = 6        # tries of one request answered 429/503/504
 MAX_RETRY_AFTER = 300.0    # a longer Retry-After fails the request (the manager retries later)
 MAX_MIME = 160 << 20       # Exchange Online's largest message is 150 MB
 PREFER_IMMUTABLE = 'IdType="ImmutableId"'
@@ -92,14 +94,13 @@ def graph_error(resp: httpx.Response, body: bytes) -> str:
     return f"HTTP {resp.status_code} {code}: {message}".rstrip(": ") if code else f"HTTP {resp.status_code}"
 
 
-def _error_kind(status: int) -> str:
-    if status in (401, 403):
-        return "auth"
-    if status in (429, 503, 504):
-        return "throttled"
-    if status == 404:
-        return "not_found"
-    return "protocol"
+class GraphError(SourceError):
+    """Graph answered an error: ``status`` and Graph's ``code`` kept for the caller's decisions."""
+
+    def __init__(self, status: int, message: str) -> None:
+        kind = "auth" if status in (401, 403) else "throttled" if status in (429, 503, 504) else "protocol"
+        super().__init__(kind, message, temporary=status not in (400, 403, 404))
+        self.status = status
 
 
 class GraphSource:
@@ -108,9 +109,9 @@ class GraphSource:
     def __init__(self, cfg: Any, tokens: TokenProvider | None = None, *,
                  sleep: Any = asyncio.sleep) -> None:
         self.cfg = cfg
-        self.endpoint = (getattr(cfg, "graph_endpoint", "") or DEFAULT_ENDPOINT).rstrip("/")
+        self.endpoint = (cfg.endpoint or DEFAULT_ENDPOINT).rstrip("/")
         if cfg.oauth is None and tokens is None:
-            raise SourceError("config", f"source {cfg.name}: graph needs the oauth_* keys")
+            raise SourceError("token", f"source {cfg.name}: graph needs the oauth_* keys", temporary=False)
         self.tokens = tokens or TokenProvider(cfg.oauth, user_agent="ticketmx-source")
         self._sleep = sleep
         self._client: httpx.AsyncClient | None = None
@@ -157,20 +158,19 @@ class GraphSource:
         url = self._url(path)
         tries = 0
         refreshed = False
-        max_tries = max(1, int(getattr(self.cfg, "max_tries", 5) or 5))
         while True:
             tries += 1
             try:
                 token = await self.tokens.token()
             except OAuthError as exc:
-                raise SourceError("auth", str(exc)) from None
+                raise SourceError("token", str(exc)) from None
             h = {"Authorization": f"Bearer {token}", **(headers or {})}
             self.requests += 1
             try:
                 async with self._client.stream(method, url, params=params, json=json, headers=h) as resp:
                     body = await read_limited(resp, limit)
             except httpx.TimeoutException:
-                raise SourceError("timeout", f"Graph {method} timed out") from None
+                raise SourceError("connect", f"Graph {method} timed out") from None
             except TooLarge:
                 raise SourceError("protocol", f"Graph answer over {limit} bytes") from None
             except httpx.HTTPError as exc:
@@ -180,7 +180,7 @@ class GraphSource:
                 self.tokens.invalidate()   # expired or revoked: one new token, one more try
                 refreshed = True
                 continue
-            if status in (429, 503, 504) and tries < max_tries:
+            if status in (429, 503, 504) and tries < THROTTLE_TRIES:
                 self.throttled += 1
                 delay = _retry_after(resp.headers.get("retry-after"), tries)
                 if delay > MAX_RETRY_AFTER:
@@ -189,7 +189,7 @@ class GraphSource:
                 await self._sleep(delay)
                 continue
             if status >= 400:
-                raise SourceError(_error_kind(status), f"Graph {method} {_path_only(url)}: {graph_error(resp, body)}")
+                raise GraphError(status, f"Graph {method} {_path_only(url)}: {graph_error(resp, body)}")
             return resp, body
 
     async def _json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
@@ -219,8 +219,8 @@ class GraphSource:
             return None
         try:
             made = await self._json("POST", "mailFolders", json={"displayName": name})
-        except SourceError as exc:
-            if "ErrorFolderExists" not in str(exc):  # made meanwhile by someone else: look it up again
+        except GraphError as exc:
+            if exc.status != 409:  # ErrorFolderExists: made meanwhile by someone else, look it up again
                 raise
             return await self.folder_id(name, create=False)
         self._folder_ids[name] = str(made["id"])
@@ -229,7 +229,7 @@ class GraphSource:
     async def _watched(self) -> str:
         fid = await self.folder_id(self.cfg.folder or "inbox", create=False)
         if fid is None:
-            raise SourceError("config", f"source {self.cfg.name}: folder {self.cfg.folder!r} not found in {self.cfg.user}")
+            raise SourceError("folder", f"folder {self.cfg.folder!r} not found in {self.cfg.user}", temporary=False)
         return fid
 
     # ------------------------------------------------------------------ Source
@@ -267,7 +267,13 @@ class GraphSource:
 
     async def fetch(self, key: str) -> Fetched:
         mid = _mid(key)
-        _, raw = await self._call("GET", f"messages/{quote(mid, safe='')}/$value", limit=MAX_MIME)
+        limit = int(getattr(self.cfg, "max_size", 0) or 0) or MAX_MIME
+        try:
+            _, raw = await self._call("GET", f"messages/{quote(mid, safe='')}/$value", limit=limit)
+        except GraphError as exc:
+            if exc.status == 404:
+                raise SourceError("fetch", f"{key}: no longer in the mailbox", temporary=False) from None
+            raise
         return Fetched(key=key, raw=raw, folder=self.cfg.folder or "inbox", received=self._received.get(key))
 
     async def settle(self, key: str, outcome: str) -> None:
@@ -278,10 +284,10 @@ class GraphSource:
             if target:
                 fid = await self.folder_id(target, create=True)
                 await self._call("POST", f"messages/{mid}/move", json={"destinationId": fid})
-            elif outcome == "ticket":
+            else:   # "" = leave it where it is, marked read
                 await self._call("PATCH", f"messages/{mid}", json={"isRead": True})
-        except SourceError as exc:
-            if exc.kind == "not_found":  # moved or deleted by someone (or by us before a crash): nothing to do
+        except GraphError as exc:
+            if exc.status == 404:  # moved or deleted by someone (or by us before a crash): nothing to do
                 log.info("source %s: %s is gone from the mailbox; nothing to settle", self.cfg.name, key)
                 return
             raise
