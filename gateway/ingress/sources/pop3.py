@@ -91,7 +91,9 @@ def _cert_summary(sock: Any) -> str:
         return "certificate not verified (verify_cert = false)"
     subject = dict(x[0] for x in cert.get("subject", ()))
     issuer = dict(x[0] for x in cert.get("issuer", ()))
-    return (f"certificate CN={subject.get('commonName', '?')} issuer={issuer.get('commonName', '?')}"
+    names = ",".join(v for _, v in cert.get("subjectAltName", ()))
+    return (f"certificate CN={subject.get('commonName', '-')} SAN={names or '-'}"
+            f" issuer={issuer.get('commonName') or issuer.get('organizationName', '?')}"
             f" valid until {cert.get('notAfter', '?')}")
 
 
