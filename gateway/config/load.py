@@ -182,6 +182,7 @@ class Config:
     webhooks: tuple[Any, ...] = ()  # gateway.config.webhooks.WebhookConfig per [[webhook]]
     http: HttpConfig = HttpConfig()  # the HTTP API server ([http]; off unless listen is set)
     http_inbound: tuple[Any, ...] = ()  # gateway.config.inbound.InboundConfig of each [[http.inbound]]
+    sources: tuple[Any, ...] = ()  # gateway.config.sources.SourceConfig of each [[source]] (pulled mailboxes)
     source: str | None = None  # the file it came from
 
     def sqlite_path(self) -> Path:
@@ -506,6 +507,10 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
     http_inbound = parse_inbound(http_table.get("inbound") if isinstance(http_table, dict) else None,
                                  tuple(mb.address for mb in mailboxes), errors, file)
 
+    from gateway.config.sources import parse_sources
+    root.used.add("source")
+    sources = parse_sources(data.get("source"), tuple(mb.address for mb in mailboxes), errors, file)
+
     t = root.sub("dns")
     dns = DnsConfig(
         nameservers=t.get("nameservers", (), _nameservers),
@@ -599,7 +604,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
                  pipeline=pipeline, log=log, retention=retention, auth=auth, policy=policy,
                  mailbox_policies=mailbox_policies, twoway=twoway, relay=relay_cfg, webhooks=webhooks,
                  http=http, source=file,
-                 http_inbound=http_inbound)
+                 http_inbound=http_inbound, sources=sources)
     errors.extend(_validate_auth(cfg, file))
     if errors:
         raise ConfigErrors(errors)
