@@ -77,6 +77,11 @@ class SourceConfig:
     trusted_authserv_ids: tuple[str, ...] = ()
     trusted_arc_sealers: tuple[str, ...] = ()
     max_size: int = 0                          # the largest message imported whole; 0: [smtp] max_message_size
+    # H8: pop3 has no folders; graph's identity platform (national clouds); `source authorize` endpoints
+    delete_after_import: bool = False          # pop3: DELE a message once the pipeline has ended it
+    authority: str = GRAPH_LOGIN               # graph: https://login.microsoftonline.us, login.chinacloudapi.cn
+    oauth_device_url: str = ""                 # RFC 8628 device endpoint ("" = derived from oauth_token_url)
+    oauth_authorize_url: str = ""              # authorization endpoint for `source authorize --loopback`
 
     @property
     def fetches(self) -> bool:
@@ -187,6 +192,18 @@ def _source(t: Table, known: dict[str, str], names: dict[str, str],
     )
     from gateway.config.units import parse_size
     c["max_size"] = t.get("max_size", 0, parse_size)
+    c["delete_after_import"] = t.get("delete_after_import", False, _bool)
+    if t.has("delete_after_import") and kind != "pop3":
+        t.error("delete_after_import", "only used with kind = \"pop3\" (other kinds move to success_folder)")
+    c["authority"] = t.get("authority", GRAPH_LOGIN, _token_url).rstrip("/")
+    if t.has("authority") and kind != "graph":
+        t.error("authority", "only used with kind = \"graph\" (set oauth_token_url for imap/pop3)")
+    c["oauth_device_url"] = t.get("oauth_device_url", "", _token_url)
+    c["oauth_authorize_url"] = t.get("oauth_authorize_url", "", _token_url)
+    if auth != "xoauth2":
+        for k in ("oauth_device_url", "oauth_authorize_url"):
+            if t.has(k):
+                t.error(k, "only used with auth = \"xoauth2\"")
     since_raw = t.get("since", None)
     if since_raw is not None:
         try:
@@ -255,7 +272,7 @@ def _oauth(t: Table, kind: str, c: dict[str, Any]) -> OAuthConfig | None:
     """The ``oauth_*`` keys, as [[relay.smarthost]] has them; Graph defaults the token URL (from
     ``tenant``) and the scope."""
     graph = kind == "graph"
-    default_url = f"{GRAPH_LOGIN}/{c['tenant']}/oauth2/v2.0/token" if graph and c["tenant"] else ""
+    default_url = f"{c['authority']}/{c['tenant']}/oauth2/v2.0/token" if graph and c["tenant"] else ""
     if not graph and not t.has("oauth_token_url"):
         t.error("oauth_token_url", "required with auth = \"xoauth2\"")
     if not t.has("oauth_client_id"):
@@ -263,8 +280,13 @@ def _oauth(t: Table, kind: str, c: dict[str, Any]) -> OAuthConfig | None:
     url = t.get("oauth_token_url", default_url, _token_url)
     secret, _ = _read_secret(t, "oauth_client_secret_file", "oauth_client_secret_env", "client secret",  # type: ignore[arg-type]
                              required=False)
-    refresh, refresh_file = _read_secret(t, "oauth_refresh_token_file", "oauth_refresh_token_env",  # type: ignore[arg-type]
-                                         "refresh token", required=False)
+    pending = t.get("oauth_refresh_token_file", None, _nonempty)
+    if pending and c["status"] == "draft" and not os.path.exists(pending):
+        # `ticketmx source authorize NAME` writes it: a draft source may name a file that does not exist yet
+        refresh, refresh_file = "", pending
+    else:
+        refresh, refresh_file = _read_secret(t, "oauth_refresh_token_file", "oauth_refresh_token_env",  # type: ignore[arg-type]
+                                             "refresh token", required=False)
     if not secret and not refresh and c["status"] == "active":
         t.error("oauth_client_secret_file", "the client-credentials flow needs a client secret (or configure"
                 " oauth_refresh_token_file: `ticketmx source authorize NAME` gets the first refresh token;"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import stat
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from gateway.config.relay import OAuthConfig
+from gateway.config.sources import SourceConfig
 from gateway.ingress.sources.base import SourceError
 from gateway.ingress.sources.graph import GraphSource, since_iso
 
@@ -25,23 +25,11 @@ from tests.sources.graph_emulator import GraphEmulator
 USER = "support@contoso.test"
 
 
-@dataclass(frozen=True)
-class Cfg:  # the SourceConfig fields the graph kind reads (replaced by parse_sources at the merge)
-    oauth: OAuthConfig
-    endpoint: str
-    name: str = "m365"
-    user: str = USER
-    folder: str = "inbox"
-    success_folder: str = "Processed"
-    failure_folder: str = "Failed"
-    exclusion_folder: str = "Excluded"
-    since: Any = None
-    idle: bool = True
-    timeout: float = 10.0
-    max_tries: int = 3
-    max_size: int = 0
-    verify_cert: bool = True
-    ca_file: str | None = None
+def Cfg(oauth: OAuthConfig, endpoint: str, **kw: Any) -> SourceConfig:
+    """A graph ``SourceConfig`` as parse_sources makes it (the parser itself is tested in test_sources_e2e)."""
+    base: dict[str, Any] = dict(name="m365", kind="graph", mailbox="support@example.test", auth="xoauth2", user=USER,
+                                folder="inbox")
+    return SourceConfig(oauth=oauth, endpoint=endpoint, **{**base, **kw})
 
 
 @pytest.fixture
@@ -165,17 +153,17 @@ async def test_expired_token_is_renewed_and_rotated_refresh_token_saved(emu: Gra
         second = rt_file.read_text().strip()
         assert second != first and second in emu.refresh_tokens
         assert stat.S_IMODE(os.stat(rt_file).st_mode) == 0o600
-        assert src.tokens.expires_at > time.time() + 3000
+        assert src.token.expires_at > time.time() + 3000
         emu.expire_tokens()
         assert len(await src.keys()) == 1       # 401 -> new token -> retried
         assert rt_file.read_text().strip() not in (first, second)
-        assert src.tokens.requests == 2
+        assert src.token.requests == 2
         emu.refresh_tokens.clear()               # revoked: a clear error, counted
         emu.expire_tokens()
         with pytest.raises(SourceError) as err:
             await src.keys()
         assert err.value.kind == "token" and "invalid_grant" in str(err.value)
-        assert src.tokens.failures == 1
+        assert src.token.failures == 1
     finally:
         await src.close()
 

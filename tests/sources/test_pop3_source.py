@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from gateway.config.relay import OAuthConfig
+from gateway.config.sources import SourceConfig
 from gateway.ingress.sources.base import SourceError
 from gateway.ingress.sources.pop3 import Pop3Source
 
@@ -22,21 +22,12 @@ USER = "support@example.test"
 PASSWORD = "s3cret-pop-PASSWORD"
 
 
-@dataclass(frozen=True)
-class Cfg:  # the SourceConfig fields the pop3 kind reads (replaced by parse_sources at the merge)
-    host: str
-    port: int
-    tls: str = "none"
-    name: str = "pop"
-    username: str = USER
-    auth: str = "password"
-    password: str = PASSWORD
-    oauth: OAuthConfig | None = None
-    delete_after_import: bool = False
-    timeout: float = 10.0
-    verify_cert: bool = True
-    ca_file: str | None = None
-    max_size: int = 0
+def Cfg(host: str, port: int, **kw: Any) -> SourceConfig:
+    """A pop3 ``SourceConfig`` as parse_sources makes it."""
+    base: dict[str, Any] = dict(name="pop", kind="pop3", mailbox="support@example.test", tls="none", username=USER,
+                                password=PASSWORD, success_folder="", failure_folder="", exclusion_folder="",
+                                idle=False, timeout=10.0)
+    return SourceConfig(host=host, port=port, **{**base, **kw})
 
 
 @pytest.fixture
@@ -155,7 +146,7 @@ async def test_xoauth2_via_dovecot_oauth2_passdb(root: Path) -> None:
                     await src.keys()
                 assert err.value.kind == "auth"
                 assert len(await src.keys()) == 1, d.log()   # a new token on the next try
-                assert src.tokens is not None and src.tokens.requests == 2   # the refused token was dropped, one new one
+                assert src.token is not None and src.token.requests == 2   # the refused token was dropped, one new one
             finally:
                 await src.close()
         finally:

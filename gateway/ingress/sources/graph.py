@@ -38,8 +38,9 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from gateway.ingress.sources.base import Fetched, SourceError, Step
+from gateway.ingress.sources.oauth import SourceTokens
 from gateway.runtime.httpclient import TooLarge, read_limited
-from gateway.runtime.oauth import OAuthError, TokenProvider
+from gateway.runtime.oauth import OAuthError
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +107,13 @@ class GraphError(SourceError):
 class GraphSource:
     """One ``[[source]]`` with ``kind = "graph"``; see the module docstring."""
 
-    def __init__(self, cfg: Any, tokens: TokenProvider | None = None, *,
+    def __init__(self, cfg: Any, token: SourceTokens | None = None, *,
                  sleep: Any = asyncio.sleep) -> None:
         self.cfg = cfg
         self.endpoint = (cfg.endpoint or DEFAULT_ENDPOINT).rstrip("/")
-        if cfg.oauth is None and tokens is None:
+        if cfg.oauth is None and token is None:
             raise SourceError("token", f"source {cfg.name}: graph needs the oauth_* keys", temporary=False)
-        self.tokens = tokens or TokenProvider(cfg.oauth, user_agent="ticketmx-source")
+        self.token = token or SourceTokens(cfg.oauth)
         self._sleep = sleep
         self._client: httpx.AsyncClient | None = None
         self._user = quote(cfg.user, safe="@")
@@ -161,7 +162,7 @@ class GraphSource:
         while True:
             tries += 1
             try:
-                token = await self.tokens.token()
+                token = await self.token.access_token()
             except OAuthError as exc:
                 raise SourceError("token", str(exc)) from None
             h = {"Authorization": f"Bearer {token}", **(headers or {})}
@@ -177,7 +178,7 @@ class GraphSource:
                 raise SourceError("connect", f"Graph {urlsplit(url).netloc}: {type(exc).__name__}: {exc}") from None
             status = resp.status_code
             if status == 401 and not refreshed:
-                self.tokens.invalidate()   # expired or revoked: one new token, one more try
+                self.token.invalidate()   # expired or revoked: one new token, one more try
                 refreshed = True
                 continue
             if status in (429, 503, 504) and tries < THROTTLE_TRIES:
@@ -332,8 +333,8 @@ class GraphSource:
         c = self.cfg
         steps.append(Step("endpoint", True, f"Graph {self.endpoint} (v1.0), mailbox {c.user}"))
         try:
-            token = await self.tokens.token()
-            left = self.tokens.expires_at - time.time()
+            token = await self.token.access_token()
+            left = self.token.expires_at - time.time()
             steps.append(Step("token", True, f"{c.oauth.token_url if c.oauth else ''} grant="
                               f"{getattr(c.oauth, 'grant', '?')}: access token {mask(token)}, expires in {left:.0f}s"))
         except OAuthError as exc:

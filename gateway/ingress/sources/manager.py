@@ -103,10 +103,10 @@ def build_source(cfg: SourceConfig) -> Source:
         from gateway.ingress.sources.imap import ImapSource
         return ImapSource(cfg, token=_token_provider(cfg))
     if cfg.kind == "pop3":
-        from gateway.ingress.sources.pop3 import Pop3Source  # type: ignore[import-not-found]
+        from gateway.ingress.sources.pop3 import Pop3Source
         return Pop3Source(cfg, token=_token_provider(cfg))
     if cfg.kind == "graph":
-        from gateway.ingress.sources.graph import GraphSource  # type: ignore[import-not-found]
+        from gateway.ingress.sources.graph import GraphSource
         return GraphSource(cfg, token=_token_provider(cfg))
     raise ValueError(f"unknown source kind {cfg.kind!r}")
 
@@ -116,10 +116,7 @@ def _token_provider(cfg: SourceConfig) -> Any:
     H8's); None for password sources or until that module exists."""
     if cfg.auth != "xoauth2" or cfg.oauth is None:
         return None
-    try:
-        from gateway.ingress.sources.oauth import token_provider  # type: ignore[import-not-found]
-    except ImportError:
-        return None
+    from gateway.ingress.sources.oauth import token_provider
     return token_provider(cfg)
 
 
@@ -149,6 +146,7 @@ class SourceRunner:
         self.tries = 0               # failed connections in a row (max_tries, then cooloff)
         self.failures = 0            # failures in a row (stop_after_failures)
         self.last_check = 0.0        # monotonic time of the last completed cycle
+        self.token_failed_seen = 0   # the token provider's failed_total already counted in the metric
 
     @property
     def name(self) -> str:
@@ -235,6 +233,7 @@ class SourceRunner:
         self.failures += 1
         m.metrics.errors.labels(self.name, exc.kind).inc()
         m.metrics.failures.labels(self.name).set(self.failures)
+        self._token_metrics()
         log.warning("source %s: %s (%s; %d failure(s) in a row)", self.name, exc, exc.kind, self.failures)
         now = time.time()
         try:
@@ -253,7 +252,28 @@ class SourceRunner:
         self.failures = 0
         self.m.metrics.failures.labels(self.name).set(0)
         self.m.metrics.last_success.labels(self.name).set(now)
+        await self._renew_token()
         await self.m.store.source_state_set(self.name, last_success=now, failures=0)
+
+    async def _renew_token(self) -> None:
+        """Renew an OAuth token due for renewal now, not when the next login needs it: an IMAP IDLE session
+        logs in once, and a refresh token that stopped working must show (metric, alert) before mail stops."""
+        tok = getattr(self.source, "token", None)
+        if tok is not None and hasattr(tok, "access_token"):
+            try:
+                await tok.access_token()   # cached unless within its renewal margin
+            except Exception as exc:
+                log.warning("source %s: OAuth token renewal failed: %s", self.name, exc)
+        self._token_metrics()
+
+    def _token_metrics(self) -> None:
+        tok = getattr(self.source, "token", None)
+        if tok is None or not hasattr(tok, "failed_total"):
+            return
+        self.m.metrics.token_expiry.labels(self.name).set(tok.expires_at)
+        if tok.failed_total > self.token_failed_seen:
+            self.m.metrics.token_refresh_failures.labels(self.name).inc(tok.failed_total - self.token_failed_seen)
+            self.token_failed_seen = tok.failed_total
 
     # -- one cycle -----------------------------------------------------------------------------------
     async def sync_once(self) -> SyncResult:

@@ -30,7 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 from gateway.ingress.sources.base import Fetched, SourceError, Step
-from gateway.runtime.oauth import OAuthError, TokenProvider
+from gateway.ingress.sources.oauth import SourceTokens
+from gateway.runtime.oauth import OAuthError
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +101,13 @@ def _cert_summary(sock: Any) -> str:
 class Pop3Source:
     """One ``[[source]]`` with ``kind = "pop3"``; see the module docstring."""
 
-    def __init__(self, cfg: Any, tokens: TokenProvider | None = None) -> None:
+    def __init__(self, cfg: Any, token: SourceTokens | None = None) -> None:
         self.cfg = cfg
-        self.tokens = tokens
-        if cfg.auth == "xoauth2" and tokens is None:
+        self.token = token
+        if cfg.auth == "xoauth2" and token is None:
             if cfg.oauth is None:
                 raise SourceError("token", f"source {cfg.name}: auth = \"xoauth2\" needs the oauth_* keys", temporary=False)
-            self.tokens = TokenProvider(cfg.oauth, user_agent="ticketmx-source")
+            self.token = SourceTokens(cfg.oauth)
         self._pop: poplib.POP3 | None = None
         self._uids: dict[str, int] = {}     # UIDL -> message number in the current session
         self._sizes: dict[int, int] = {}
@@ -193,10 +194,10 @@ class Pop3Source:
 
     # ------------------------------------------------------------------ Source
     async def _token(self) -> str | None:
-        if self.tokens is None:
+        if self.token is None:
             return None
         try:
-            return await self.tokens.token()
+            return await self.token.access_token()
         except OAuthError as exc:
             raise SourceError("token", str(exc)) from None
 
@@ -207,8 +208,8 @@ class Pop3Source:
                 try:
                     self._pop = await self._run(self._open, token)
                 except SourceError as exc:
-                    if exc.kind == "auth" and self.tokens is not None:
-                        self.tokens.invalidate()   # a revoked or expired token: a new one next time
+                    if exc.kind == "auth" and self.token is not None:
+                        self.token.invalidate()   # a revoked or expired token: a new one next time
                     raise
                 self._uids, self._sizes = {}, {}
 
@@ -216,6 +217,7 @@ class Pop3Source:
         """QUIT (commits this session's DELEs)."""
         async with self._lock:
             pop, self._pop = self._pop, None
+            self._uids, self._sizes = {}, {}   # message numbers are valid in one session only
             if pop is not None:
                 try:
                     await self._run(pop.quit)
@@ -240,12 +242,14 @@ class Pop3Source:
 
     def _drop(self) -> None:
         pop, self._pop = self._pop, None
+        self._uids, self._sizes = {}, {}
         if pop is not None:
             _quietly_close(pop)
 
     async def _num(self, key: str) -> int | None:
         if not key.startswith("pop3:"):
             raise SourceError("protocol", f"not a pop3 key: {key[:40]!r}")
+        await self._session()
         if not self._uids:
             await self.keys()
         return self._uids.get(key[5:])
@@ -297,11 +301,11 @@ class Pop3Source:
             steps.append(Step("dns", False, f"{c.host}: {exc}"))
             return steps
         token = None
-        if self.tokens is not None:
+        if self.token is not None:
             try:
-                token = await self.tokens.token()
+                token = await self.token.access_token()
                 steps.append(Step("token", True, f"{c.oauth.token_url} grant={c.oauth.grant}: access token"
-                                  f" <{len(token)} chars, masked>, expires in {self.tokens.expires_at - time.time():.0f}s"))
+                                  f" <{len(token)} chars, masked>, expires in {self.token.expires_at - time.time():.0f}s"))
             except OAuthError as exc:
                 steps.append(Step("token", False, str(exc)))
                 return steps
