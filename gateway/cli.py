@@ -163,6 +163,8 @@ def _parser() -> argparse.ArgumentParser:
     register_webhooks(sub, common)  # webhook list|test|retry
     from gateway.http.token_cli import register as register_tokens
     register_tokens(sub, common)  # token create|list|revoke
+    from gateway.ingress.sources.authorize import register as register_source_authorize
+    register_source_authorize(sub, common)  # source authorize (give it the `source` subparsers when they exist)
 
     pl = sub.add_parser("pipeline", parents=[common], help="pause / resume message processing")
     plsub = pl.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -205,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
             print("ticketmx: no [[relay.smarthost]] configured", file=sys.stderr)
             return EX_CONFIG
         return asyncio.run(relay_test(cfg.relay, args.to, args.host, hostname=cfg.smtp.hostname)) or EX_OK
+    if args.command == "source" and args.action == "authorize":
+        from gateway.ingress.sources.authorize import authorize
+        return asyncio.run(authorize(cfg, args.name, args.loopback, timeout=args.timeout, port=args.port,
+                                     login_hint=args.login_hint))
     if args.command == "webhook" and args.action == "test":
         from gateway.webhooks.cli import run_test
         return run_test(cfg, args.name)

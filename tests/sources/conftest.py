@@ -55,5 +55,18 @@ async def tickets(store: Any) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
+def dove_root() -> Any:
+    """A directory for Dovecot outside pytest's basetemp: as root, Dovecot's mail user needs +x on every
+    parent, and another pytest session starting meanwhile resets /tmp/pytest-of-root to 0700."""
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="ticketmx-dovecot-")
+    try:
+        yield Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

@@ -138,6 +138,8 @@ class GraphEmulator:
         self.requests: list[tuple[str, str]] = []
         self.token_requests: list[dict[str, str]] = []
         self.moves = 0
+        self.throttled = 0           # 429/503 answers given
+        self.fail_moves = False      # every move answers 500 (a server that takes mail but cannot move it)
         self._throttle = 0
         self._throttle_status = 429
         self._retry_after = 1
@@ -289,6 +291,7 @@ class GraphEmulator:
             self.requests.append((request.method, request.url.path))
             if self._throttle > 0:
                 self._throttle -= 1
+                self.throttled += 1
                 code = "TooManyRequests" if self._throttle_status == 429 else "ServiceNotAvailable"
                 return self._graph_error(self._throttle_status, code,
                                          "Application is over its MailboxConcurrency limit.",
@@ -579,6 +582,8 @@ class GraphEmulator:
         if (err := self._gate(request)) is not None:
             return err
         mb = self.mailbox(request.path_params["user"])
+        if self.fail_moves:
+            return self._graph_error(500, "ErrorInternalServerError", "An internal server error occurred.")
         try:
             dest = str((await request.json())["destinationId"])
         except (ValueError, KeyError, TypeError):

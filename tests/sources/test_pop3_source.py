@@ -2,8 +2,6 @@
 USER/PASS and SASL XOAUTH2 (Dovecot's oauth2 passdb asking the Graph EMULATOR's introspection endpoint)."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,19 +29,8 @@ def Cfg(host: str, port: int, **kw: Any) -> SourceConfig:
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    """Dovecot's tree outside pytest's basetemp: as root, Dovecot's mail user needs +x on every parent, and
-    another pytest session starting meanwhile resets /tmp/pytest-of-root to 0700."""
-    d = tempfile.mkdtemp(prefix="ticketmx-dovecot-")
-    try:
-        yield Path(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def dove(root: Path) -> Iterator[Dovecot]:
-    d = Dovecot(root, users={USER: PASSWORD}).start()
+def dove(dove_root: Path) -> Iterator[Dovecot]:
+    d = Dovecot(dove_root, users={USER: PASSWORD}).start()
     try:
         yield d
     finally:
@@ -122,10 +109,10 @@ async def test_wrong_password_is_clear_and_secret_free(dove: Dovecot) -> None:
     assert all("wrong-PASSWORD-xyz" not in s.detail for s in steps)
 
 
-async def test_xoauth2_via_dovecot_oauth2_passdb(root: Path) -> None:
+async def test_xoauth2_via_dovecot_oauth2_passdb(dove_root: Path) -> None:
     with GraphEmulator() as emu:
         emu.app_user = USER
-        d = Dovecot(root, users={USER: PASSWORD}, oauth2_introspection_url=f"{emu.base}/introspect").start()
+        d = Dovecot(dove_root, users={USER: PASSWORD}, oauth2_introspection_url=f"{emu.base}/introspect").start()
         try:
             d.deliver(USER, simple_message(subject="oauth"))
             oauth = OAuthConfig(token_url=emu.token_url, client_id=emu.client_id, client_secret=emu.client_secret,

@@ -122,6 +122,8 @@ class ImapSource:
                     raise SourceError("token", "auth = \"xoauth2\" needs an OAuth token provider", temporary=False)
                 token = await self.token.access_token()
                 resp = await client.xoauth2(cfg.username, token)
+                if resp.result == "OK":  # aioimaplib keeps the pre-login list after AUTHENTICATE: MOVE, UIDPLUS
+                    await asyncio.wait_for(client.protocol.capability(), cfg.timeout)  # appear only now
             else:
                 if "LOGINDISABLED" in client.protocol.capabilities:
                     raise SourceError("auth", f"{cfg.host} refuses LOGIN here (LOGINDISABLED): use TLS",
@@ -130,6 +132,8 @@ class ImapSource:
         except (OSError, asyncio.TimeoutError, aioimaplib.AioImapException) as exc:
             raise SourceError("auth", f"login failed: {_why(exc)}") from None
         if resp.result != "OK":
+            if cfg.auth == "xoauth2" and self.token is not None:
+                self.token.invalidate()  # expired or revoked: the next try asks the token endpoint again
             raise SourceError("auth", f"login as {cfg.username} refused: {_text(resp)}")
 
     async def _select(self) -> None:
