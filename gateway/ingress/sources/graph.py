@@ -268,9 +268,8 @@ class GraphSource:
 
     async def fetch(self, key: str) -> Fetched:
         mid = _mid(key)
-        limit = int(getattr(self.cfg, "max_size", 0) or 0) or MAX_MIME
-        try:
-            _, raw = await self._call("GET", f"messages/{quote(mid, safe='')}/$value", limit=limit)
+        try:   # max_size is the manager's to enforce (a quarantine with its reason); MAX_MIME bounds memory
+            _, raw = await self._call("GET", f"messages/{quote(mid, safe='')}/$value", limit=MAX_MIME)
         except GraphError as exc:
             if exc.status == 404:
                 raise SourceError("fetch", f"{key}: no longer in the mailbox", temporary=False) from None

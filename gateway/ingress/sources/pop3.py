@@ -258,9 +258,8 @@ class Pop3Source:
         num = await self._num(key)
         if num is None:
             raise SourceError("fetch", f"{key} is no longer in the maildrop", temporary=False)
-        limit = int(getattr(self.cfg, "max_size", 0) or 0) or MAX_MESSAGE
-        if self._sizes.get(num, 0) > limit:
-            raise SourceError("fetch", f"{key}: {self._sizes[num]} bytes (more than {limit})", temporary=False)
+        if self._sizes.get(num, 0) > MAX_MESSAGE:   # max_size is the manager's (a quarantine with its reason)
+            raise SourceError("fetch", f"{key}: {self._sizes[num]} bytes (more than {MAX_MESSAGE})", temporary=False)
         pop = await self._session()
         async with self._lock:
             try:
