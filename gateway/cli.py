@@ -163,8 +163,8 @@ def _parser() -> argparse.ArgumentParser:
     register_webhooks(sub, common)  # webhook list|test|retry
     from gateway.http.token_cli import register as register_tokens
     register_tokens(sub, common)  # token create|list|revoke
-    from gateway.ingress.sources.authorize import register as register_source_authorize
-    register_source_authorize(sub, common)  # source authorize (give it the `source` subparsers when they exist)
+    from gateway.ingress.sources.cli import register as register_sources
+    register_sources(sub, common)  # source list|sync|pause|resume|test|authorize
 
     pl = sub.add_parser("pipeline", parents=[common], help="pause / resume message processing")
     plsub = pl.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "webhook" and args.action == "test":
         from gateway.webhooks.cli import run_test
         return run_test(cfg, args.name)
+    if args.command == "source" and args.action == "test":
+        from gateway.ingress.sources.cli import run_test as source_test
+        return asyncio.run(source_test(cfg, args.name, args.json))
     if args.command == "store" and args.action == "genkey":
         from gateway.store.crypto import generate_key
         key = generate_key()
@@ -271,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     from gateway.contacts_cli import HANDLERS as contacts_handlers
     handlers.update(contacts_handlers)
+    if args.command == "source":
+        from gateway.ingress.sources.cli import dispatch_store as source_cmd
+        return asyncio.run(_with_store(cfg, args, lambda store, a: source_cmd(cfg, store, a)))
     if args.command == "webhook":
         from gateway.webhooks.cli import dispatch_store as webhook_cmd
         return asyncio.run(_with_store(cfg, args, lambda store, a: webhook_cmd(cfg, store, a)))

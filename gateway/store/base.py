@@ -444,10 +444,12 @@ class Store(abc.ABC):
         if keys:
             await self.transaction(fn)  # type: ignore[attr-defined]
 
-    async def source_counts(self) -> dict[str, dict[str, int]]:
-        """source -> {state: count} over source_messages."""
+    async def source_counts(self, source: str | None = None) -> dict[str, dict[str, int]]:
+        """source -> {state: count} over source_messages (one source's only when given)."""
         out: dict[str, dict[str, int]] = {}
-        for r in await self.query("SELECT source, state, COUNT(*) FROM source_messages GROUP BY source, state"):  # type: ignore[attr-defined]
+        where, params = (" WHERE source=?", (source,)) if source else ("", ())
+        for r in await self.query("SELECT source, state, COUNT(*) FROM source_messages" + where  # type: ignore[attr-defined]
+                                  + " GROUP BY source, state", params):
             out.setdefault(r[0], {})[r[1]] = int(r[2])
         return out
 

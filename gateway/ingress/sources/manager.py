@@ -246,14 +246,14 @@ class SourceRunner:
             reason = f"{self.failures} failures in a row, the last: {exc}"
             await m.pause(self.name, reason, by="stop_after_failures")
 
-    async def _succeeded(self) -> None:
+    async def _succeeded(self, backlog: int = 0) -> None:
         now = time.time()
         self.last_check = time.monotonic()
         self.failures = 0
         self.m.metrics.failures.labels(self.name).set(0)
         self.m.metrics.last_success.labels(self.name).set(now)
         await self._renew_token()
-        await self.m.store.source_state_set(self.name, last_success=now, failures=0)
+        await self.m.store.source_state_set(self.name, last_success=now, failures=0, backlog=backlog)
 
     async def _renew_token(self) -> None:
         """Renew an OAuth token due for renewal now, not when the next login needs it: an IMAP IDLE session
@@ -311,12 +311,11 @@ class SourceRunner:
                 res.skipped += 1
             m.metrics.backlog.labels(self.name).set(len(new) - i - 1)
         res.settled += await self._settle_ended()
-        pending = await m.store.source_pending(self.name, limit=1)
-        res.pending = len(pending)
+        res.pending = (await m.store.source_counts(self.name)).get(self.name, {}).get("spooled", 0)
         m.metrics.pending.labels(self.name).set(res.pending)
         if failed_alone and not res.imported:
             raise SourceError("fetch", f"{failed_alone} message(s) could not be imported: {res.details[-1]}")
-        await self._succeeded()
+        await self._succeeded(backlog=max(0, res.backlog - res.imported - res.duplicates - res.skipped))
         return res
 
     async def _import(self, key: str) -> str:
