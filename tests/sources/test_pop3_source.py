@@ -105,7 +105,7 @@ async def test_wrong_password_is_clear_and_secret_free(dove: Dovecot) -> None:
     assert err.value.kind == "auth" and USER in str(err.value) and "wrong-PASSWORD-xyz" not in str(err.value)
     steps = await src.test()
     assert [s.name for s in steps][:5] == ["dns", "tcp", "greeting", "capa", "auth"]
-    assert not steps[-1].ok and steps[-1].name == "auth"
+    assert not steps[-1].ok and steps[-1].name == "login"
     assert all("wrong-PASSWORD-xyz" not in s.detail for s in steps)
 
 

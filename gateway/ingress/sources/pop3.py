@@ -312,7 +312,7 @@ class Pop3Source:
         try:
             pop = await self._run(self._open, token, trace)
         except SourceError as exc:
-            return steps + trace + [Step(exc.kind, False, str(exc))]
+            return steps + trace + [Step("login" if exc.kind == "auth" else exc.kind, False, str(exc))]
         steps += trace
         try:
             count, size = await self._run(pop.stat)
