@@ -23,6 +23,7 @@ Well-known folder names (``inbox``, ``archive``, ``deleteditems``, …) are acce
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import itertools
@@ -139,6 +140,7 @@ class GraphEmulator:
         self.token_requests: list[dict[str, str]] = []
         self.moves = 0
         self.throttled = 0           # 429/503 answers given
+        self.latency = 0.0           # seconds added to every answer (benchmarks: Graph is tens of ms away)
         self.fail_moves = False      # every move answers 500 (a server that takes mail but cannot move it)
         self._throttle = 0
         self._throttle_status = 429
@@ -176,7 +178,8 @@ class GraphEmulator:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
+        config = uvicorn.Config(self._delayed, log_level="warning", lifespan="off", access_log=False,
+                                interface="asgi3")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name="graph-emulator", daemon=True)
@@ -187,6 +190,11 @@ class GraphEmulator:
                 raise RuntimeError("graph emulator did not start")
             time.sleep(0.01)
         return self
+
+    async def _delayed(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.latency and scope["type"] == "http":
+            await asyncio.sleep(self.latency)
+        await self.app(scope, receive, send)
 
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:

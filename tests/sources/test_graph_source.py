@@ -231,3 +231,22 @@ async def test_step_trace_masks_secrets(emu: GraphEmulator) -> None:
         await bad.close()
     assert steps[-1].name == "token" and not steps[-1].ok
     assert "invalid_client" in steps[-1].detail and "wrong-secret-value" not in steps[-1].detail
+
+
+async def test_prefetch_overlaps_round_trips_and_skips_known_keys(emu: GraphEmulator) -> None:
+    ids = [emu.deliver(USER, simple_message(subject=f"f{i}"), received=1_790_000_000 + i) for i in range(9)]
+    src = GraphSource(app_cfg(emu))
+    try:
+        keys = await src.keys()
+        emu.latency = 0.2
+        new = keys[1:]                      # keys[0] is known: never downloaded
+        src.prefetch(new)
+        t0 = time.monotonic()
+        got = [await src.fetch(k) for k in new]
+        took = time.monotonic() - t0
+        assert [g.raw for g in got] == [simple_message(subject=f"f{i}") for i in range(1, 9)]
+        assert took < 0.2 * 8 * 0.6, took    # 8 sequential round trips would take 1.6 s
+        values = [p for _, p in emu.requests if p.endswith("/$value")]
+        assert len(values) == 8 and not any(ids[0] in p for p in values)
+    finally:
+        await src.close()
