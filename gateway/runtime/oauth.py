@@ -159,6 +159,11 @@ class TokenProvider:
     def __repr__(self) -> str:
         return f"TokenProvider({self.cfg.token_url!r}, grant={self.cfg.grant})"
 
+    @property
+    def refresh_token(self) -> str:
+        """The refresh token in use now (the configured one, or the last one the server rotated to)."""
+        return self._refresh_token
+
     def _fresh(self) -> bool:
         return self._token is not None and self._clock() < self._expires
 

@@ -200,3 +200,33 @@ async def _settled(gw: Any, name: str, n: int) -> bool:
 
 async def _spooled(gw: Any, name: str, n: int) -> bool:
     return sum((await counts(gw, name)).values()) == n
+
+
+async def test_authorized_draft_starts_on_reload_and_a_new_refresh_token_is_picked_up(
+        start_gateway: Any, emu: GraphEmulator, tmp_path: Path) -> None:
+    from tests.conftest import BASE_CONFIG, merge, toml_dump
+    rt = tmp_path / "m365.refresh"               # not written yet: `source authorize` will
+    table = graph_table(emu, tmp_path, status="draft", oauth_refresh_token_file=str(rt))
+    del table["oauth_client_secret_file"]
+    emu.deliver(USER, message(1))
+    gw = await start_gateway(source=[table])
+    store = {"store": {"url": gw.gw.cfg.store.url}}
+
+    def reload(**over: Any) -> None:
+        path = tmp_path / "reload.toml"
+        path.write_text(toml_dump(merge(BASE_CONFIG, {**store, "source": [{**table, **over}]})))
+        assert gw.gw.reload(str(path))
+
+    rt.write_text(emu.issue_refresh_token(USER) + "\n")   # what `source authorize` does
+    rt.chmod(0o600)
+    reload(status="active")
+    await wait_for(lambda: _settled(gw, "m365", 1), what="imported after the reload")
+    rotated = rt.read_text().strip()
+    reload(status="active")                               # the rotated token in the file: no restart needed
+    emu.refresh_tokens.clear()                            # revoked; the admin authorizes again
+    emu.expire_tokens()
+    rt.write_text(emu.issue_refresh_token(USER) + "\n")
+    assert rt.read_text().strip() != rotated
+    reload(status="active")
+    emu.deliver(USER, message(2))
+    await wait_for(lambda: _settled(gw, "m365", 2), timeout=30, what="imported with the new refresh token")

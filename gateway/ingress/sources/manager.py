@@ -120,6 +120,18 @@ def _token_provider(cfg: SourceConfig) -> Any:
     return token_provider(cfg)
 
 
+def _oauth_secrets_changed(sc: SourceConfig, runner: "SourceRunner") -> bool:
+    """A new client secret, or a refresh token that is neither the loaded one nor the one the running
+    source rotated to (``source authorize`` wrote a new one): the source restarts with it."""
+    new, old = sc.oauth, runner.cfg.oauth
+    if new is None or old is None:
+        return False
+    if new.client_secret != old.client_secret:
+        return True
+    current = getattr(getattr(runner.source, "token", None), "refresh_token", old.refresh_token)
+    return bool(new.refresh_token) and new.refresh_token not in (old.refresh_token, current)
+
+
 @dataclass
 class SyncResult:
     imported: int = 0
@@ -467,7 +479,8 @@ class SourceManager:
         states = await self.store.source_state_get()
         for name in list(self.runners):
             runner = self.runners[name]
-            if name not in new or new[name] != runner.cfg or new[name].password != runner.cfg.password:
+            if (name not in new or new[name] != runner.cfg or new[name].password != runner.cfg.password
+                    or _oauth_secrets_changed(new[name], runner)):
                 await self._stop_runner(runner)
                 del self.runners[name]
                 if name not in new:
