@@ -141,6 +141,7 @@ class GraphEmulator:
         self.moves = 0
         self.throttled = 0           # 429/503 answers given
         self.latency = 0.0           # seconds added to every answer (benchmarks: Graph is tens of ms away)
+        self.fail_values: set[str] = set()   # immutable ids whose $value answers 500
         self.fail_moves = False      # every move answers 500 (a server that takes mail but cannot move it)
         self._throttle = 0
         self._throttle_status = 429
@@ -584,6 +585,8 @@ class GraphEmulator:
             m = self._find(mb, request.path_params["mid"])
             if m is None:
                 return self._graph_error(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+            if m.immutable_id in self.fail_values:
+                return self._graph_error(500, "ErrorInternalServerError", "An internal server error occurred.")
             return Response(m.raw, media_type="text/plain")
 
     async def _move(self, request: Request) -> Response:

@@ -230,3 +230,16 @@ async def test_authorized_draft_starts_on_reload_and_a_new_refresh_token_is_pick
     reload(status="active")
     emu.deliver(USER, message(2))
     await wait_for(lambda: _settled(gw, "m365", 2), timeout=30, what="imported with the new refresh token")
+
+
+async def test_graph_one_unreadable_message_does_not_block_the_others(start_gateway: Any, emu: GraphEmulator,
+                                                                      tmp_path: Path) -> None:
+    ids = [emu.deliver(USER, message(i), received=1_790_000_000 + i) for i in range(4)]
+    emu.fail_values.add(ids[1])               # the server fails on this one's MIME, every time
+    gw = await start_gateway(source=[graph_table(emu, tmp_path, stop_after_failures=0)])
+    await wait_for(lambda: _settled(gw, "m365", 3), what="the other three settled")
+    assert [m.immutable_id for m in emu.folder_messages(USER, "inbox")] == [ids[1]]
+    assert await metric(gw.metrics_port, "ticketmx_source_errors_total", 'kind="fetch",source="m365"')
+    emu.fail_values.clear()                   # the server recovers: imported then, once
+    await wait_for(lambda: _settled(gw, "m365", 4), what="the fourth settled")
+    assert sorted(t["subject"] for t in await gw.store.tickets_list()) == [f"Printer {i}" for i in range(4)]

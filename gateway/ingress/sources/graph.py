@@ -303,6 +303,8 @@ class GraphSource:
         except GraphError as exc:
             if exc.status == 404:
                 raise SourceError("fetch", f"{key}: no longer in the mailbox", temporary=False) from None
+            if exc.kind == "protocol":   # this message's trouble (a 500 on its $value): the others go on
+                raise SourceError("fetch", str(exc)) from None
             raise
         return raw
 
@@ -320,6 +322,8 @@ class GraphSource:
             if exc.status == 404:  # moved or deleted by someone (or by us before a crash): nothing to do
                 log.info("source %s: %s is gone from the mailbox; nothing to settle", self.cfg.name, key)
                 return
+            if exc.kind == "protocol":   # a refused move: tried again at the next cycle
+                raise SourceError("settle", str(exc)) from None
             raise
 
     async def wait_for_new(self, timeout: float) -> None:
