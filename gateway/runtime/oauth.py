@@ -43,7 +43,7 @@ import httpx
 
 from typing import Protocol
 
-from gateway.runtime.httpclient import LoopClients, TooLarge, read_limited
+from gateway.runtime.httpclient import LoopClients, TooLarge, read_limited, shared_ssl_context
 
 REFRESH_MARGIN = 300.0
 MAX_BODY = 1 << 20
@@ -81,11 +81,7 @@ PostFn = Callable[[str, dict[str, str], float], Awaitable[HttpResponse]]
 
 
 def _ssl_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=ca_file)
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    return shared_ssl_context(verify, ca_file)
 
 
 def token_clients(ssl_context: ssl.SSLContext | None, user_agent: str = "ticketmx-relay") -> LoopClients:

@@ -17,7 +17,7 @@ import pytest
 from gateway.config.relay import OAuthConfig
 from gateway.config.sources import SourceConfig
 from gateway.ingress.sources.base import SourceError
-from gateway.ingress.sources.graph import GraphSource, since_iso
+from gateway.ingress.sources.graph import GraphSource
 
 from tests.conftest import simple_message
 from tests.sources.graph_emulator import GraphEmulator

@@ -6,7 +6,6 @@ import re
 import stat
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 import time
 from datetime import date, datetime, timezone
 from typing import Any
@@ -39,7 +38,7 @@ import httpx
 
 from gateway.ingress.sources.base import Fetched, SourceError, Step
 from gateway.ingress.sources.oauth import SourceTokens
-from gateway.runtime.httpclient import TooLarge, read_limited
+from gateway.runtime.httpclient import TooLarge, read_limited, shared_ssl_context
 from gateway.runtime.oauth import OAuthError
 
 log = logging.getLogger(__name__)
@@ -136,12 +135,7 @@ class GraphSource:
 
     # ------------------------------------------------------------------ plumbing
     def _make_client(self) -> httpx.AsyncClient:
-        verify: ssl.SSLContext | bool = True
-        if self.endpoint.startswith("https:"):
-            verify = ssl.create_default_context(cafile=getattr(self.cfg, "ca_file", None))
-            if not getattr(self.cfg, "verify_cert", True):
-                verify.check_hostname = False
-                verify.verify_mode = ssl.CERT_NONE
+        verify = shared_ssl_context(bool(getattr(self.cfg, "verify_cert", True)), getattr(self.cfg, "ca_file", None))
         return httpx.AsyncClient(verify=verify, trust_env=False, follow_redirects=False,
                                  timeout=float(getattr(self.cfg, "timeout", 30.0) or 30.0),
                                  headers={"User-Agent": "ticketmx-source", "Accept": "application/json",

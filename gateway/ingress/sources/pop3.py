@@ -31,6 +31,7 @@ from typing import Any, Callable, TypeVar
 
 from gateway.ingress.sources.base import Fetched, SourceError, Step
 from gateway.ingress.sources.oauth import SourceTokens
+from gateway.runtime.httpclient import shared_ssl_context
 from gateway.runtime.oauth import OAuthError
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,7 @@ class _Pop3Ssl(_LongLines, poplib.POP3_SSL):
 
 
 def ssl_context(cfg: Any) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=getattr(cfg, "ca_file", None))
-    if not getattr(cfg, "verify_cert", True):
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    return shared_ssl_context(bool(getattr(cfg, "verify_cert", True)), getattr(cfg, "ca_file", None))
 
 
 def xoauth2(user: str, token: str) -> str:
