@@ -27,6 +27,7 @@ import asyncio
 import base64
 import hashlib
 import itertools
+import os
 import re
 import secrets
 import socket
@@ -124,7 +125,8 @@ class GraphEmulator:
     """
 
     def __init__(self, tenant: str = "contoso-tenant", client_id: str = "app-client-id",
-                 client_secret: str = "app-client-secret", token_lifetime: int = 3600) -> None:
+                 client_secret: str = "app-client-secret", token_lifetime: int = 3600, tls_dir: str = "") -> None:
+        self.tls_dir = tls_dir       # set: HTTPS with a certificate for 127.0.0.1 from a test CA (ca.pem there)
         self.tenant = tenant
         self.client_id = client_id
         self.client_secret = client_secret
@@ -168,7 +170,11 @@ class GraphEmulator:
     # ---------------------------------------------------------------- lifecycle
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_dir else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> str:
+        return os.path.join(self.tls_dir, "ca.pem")
 
     @property
     def token_url(self) -> str:
@@ -179,8 +185,16 @@ class GraphEmulator:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
+        tls: dict[str, Any] = {}
+        if self.tls_dir:
+            import trustme
+            ca = trustme.CA()
+            cert = ca.issue_cert("127.0.0.1", "localhost")
+            ca.cert_pem.write_to_path(self.ca_file)
+            cert.private_key_and_cert_chain_pem.write_to_path(os.path.join(self.tls_dir, "server.pem"))
+            tls = {"ssl_certfile": os.path.join(self.tls_dir, "server.pem")}
         config = uvicorn.Config(self._delayed, log_level="warning", lifespan="off", access_log=False,
-                                interface="asgi3")
+                                interface="asgi3", timeout_graceful_shutdown=1, **tls)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name="graph-emulator", daemon=True)

@@ -48,7 +48,7 @@ def test_graph_steps_masked(tmp_path: Path, emu: GraphEmulator) -> None:
            "oauth_client_secret_file": secret(tmp_path, "cs", emu.client_secret)}
     proc = source_test(tmp_path, src)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for step in ("endpoint", "token", "folder", "list", "success_folder", "failure_folder", "exclusion_folder"):
+    for step in ("endpoint", "dns", "tcp", "token", "folder", "list", "success_folder", "failure_folder", "exclusion_folder"):
         assert f" {step} " in proc.stdout, proc.stdout
     assert "2 messages, 1 unread" in proc.stdout and "grant=client_credentials" in proc.stdout
     assert emu.client_secret not in proc.stdout + proc.stderr

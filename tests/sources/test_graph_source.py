@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -216,8 +217,8 @@ async def test_step_trace_masks_secrets(emu: GraphEmulator) -> None:
     finally:
         await src.close()
     text = "\n".join(f"{s.name} {s.ok} {s.detail}" for s in steps)
-    assert [s.name for s in steps] == ["endpoint", "token", "folder", "list", "success_folder", "failure_folder",
-                                       "exclusion_folder"]
+    assert [s.name for s in steps] == ["endpoint", "dns", "tcp", "token", "folder", "list", "success_folder",
+                                       "failure_folder", "exclusion_folder"]
     assert all(s.ok for s in steps), text
     assert "1 messages, 1 unread" in text and "'Processed' missing: created at first use" in text
     assert emu.client_secret not in text
@@ -250,3 +251,25 @@ async def test_prefetch_overlaps_round_trips_and_skips_known_keys(emu: GraphEmul
         assert len(values) == 8 and not any(ids[0] in p for p in values)
     finally:
         await src.close()
+
+
+async def test_https_endpoint_verified_with_ca_file_and_refused_without(tmp_path: Path) -> None:
+    with GraphEmulator(tls_dir=str(tmp_path)) as emu:
+        emu.deliver(USER, simple_message())
+        oauth = OAuthConfig(token_url=emu.token_url, client_id=emu.client_id, client_secret=emu.client_secret,
+                            scope="https://graph.microsoft.com/.default", ca_file=emu.ca_file)
+        src = GraphSource(Cfg(oauth=oauth, endpoint=emu.base, ca_file=emu.ca_file))
+        try:
+            steps = await src.test()
+            assert len(await src.keys()) == 1
+        finally:
+            await src.close()
+        tls = [s for s in steps if s.name == "tls"]
+        assert len(tls) == 1 and tls[0].ok and "SAN=127.0.0.1" in tls[0].detail and "TLSv1.3" in tls[0].detail
+        assert all(s.ok for s in steps)
+        untrusted = GraphSource(Cfg(oauth=replace(oauth, ca_file=None), endpoint=emu.base))
+        try:
+            steps = await untrusted.test()
+        finally:
+            await untrusted.close()
+        assert steps[-1].name == "tls" and not steps[-1].ok and "CERTIFICATE_VERIFY_FAILED" in steps[-1].detail

@@ -29,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import ssl
 import time
 from datetime import date, datetime, timezone
 from typing import Any
@@ -355,10 +357,48 @@ class GraphSource:
                 self._delta = doc["@odata.deltaLink"]
             return added
 
+    async def _probe(self, url: str, steps: list[Step]) -> bool:
+        """DNS, TCP and (https) TLS with the certificate of ``url``'s host, as steps; False at a failure."""
+        u = urlsplit(url)
+        host, port = u.hostname or "", u.port or (443 if u.scheme == "https" else 80)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            steps.append(Step("dns", False, f"{host}: {exc}"))
+            return False
+        steps.append(Step("dns", True, f"{host} -> {', '.join(sorted({str(i[4][0]) for i in infos}))}"))
+        ctx = shared_ssl_context(bool(getattr(self.cfg, "verify_cert", True)), getattr(self.cfg, "ca_file", None))
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(
+                host, port, ssl=ctx if u.scheme == "https" else None,
+                server_hostname=host if u.scheme == "https" else None), float(getattr(self.cfg, "timeout", 30.0)))
+        except (OSError, asyncio.TimeoutError) as exc:
+            kind = "tls" if isinstance(exc, ssl.SSLError) else "tcp"
+            steps.append(Step(kind, False, f"{host}:{port}: {type(exc).__name__}: {exc}"))
+            return False
+        try:
+            if u.scheme == "https":
+                tls = writer.get_extra_info("ssl_object")
+                steps.append(Step("tls", True, f"{host}:{port} {tls.version() if tls else '?'};"
+                                  f" {_cert_summary(writer.get_extra_info('peercert'))}"))
+            else:
+                steps.append(Step("tcp", True, f"connected to {host}:{port} (plain HTTP: a test endpoint)"))
+        finally:
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), 2)
+            except (OSError, asyncio.TimeoutError):
+                pass
+        return True
+
     async def test(self) -> list[Step]:
         steps: list[Step] = []
         c = self.cfg
         steps.append(Step("endpoint", True, f"Graph {self.endpoint} (v1.0), mailbox {c.user}"))
+        origins = {self._origin_of(u): u for u in (c.oauth.token_url if c.oauth else "", self.endpoint) if u}
+        for url in origins.values():   # the Graph host, and the token endpoint's when it is another one
+            if not await self._probe(url, steps):
+                return steps
         try:
             token = await self.token.access_token()
             left = self.token.expires_at - time.time()
@@ -389,6 +429,17 @@ class GraphSource:
         except SourceError as exc:
             steps.append(Step(exc.kind, False, str(exc)))
         return steps
+
+
+def _cert_summary(cert: dict[str, Any] | None) -> str:
+    if not cert:
+        return "certificate not verified (verify_cert = false)"
+    subject = dict(x[0] for x in cert.get("subject", ()))
+    issuer = dict(x[0] for x in cert.get("issuer", ()))
+    names = ",".join(v for _, v in cert.get("subjectAltName", ()))[:120]
+    return (f"certificate CN={subject.get('commonName', '-')} SAN={names or '-'}"
+            f" issuer={issuer.get('commonName') or issuer.get('organizationName', '?')}"
+            f" valid until {cert.get('notAfter', '?')}")
 
 
 def mask(secret: str) -> str:
