@@ -129,8 +129,13 @@ def run(a: argparse.Namespace, sources: int, tmp: Path) -> tuple[float, int, flo
         return took, settled_rss, gap
     finally:
         if proc is not None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
+            proc.send_signal(signal.SIGTERM)   # the main process, as systemd's KillMode=mixed does
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                print(f"serve did not stop within 30 s of SIGTERM (log: {tmp / 'serve.log'}); killed", file=sys.stderr)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
         if emu is not None:
             emu.stop()
         if dove is not None:
