@@ -71,6 +71,9 @@ class Gateway:
         self.webhooks = None                       # gateway.webhooks.worker.WebhookWorker with [[webhook]]s
         self._webhook_metrics = None               # registered once, kept across reloads
         self._webhooks_swap: asyncio.Task[None] | None = None
+        self.sources = None                        # gateway.ingress.sources.manager.SourceManager with [[source]]s
+        self._source_metrics = None                # registered once, kept across reloads
+        self._sources_swap: asyncio.Task[None] | None = None
         self.resolver = None  # one DNS resolver (and cache) for the whole SMTP process
         self.metrics.watch_resolver(lambda: self.resolver)
 
@@ -122,6 +125,8 @@ class Gateway:
             wake = self.worker.wake
         self.spool = SpoolWriter(self.store, self.metrics, on_commit=wake)
         self.spool.start()
+        if self.cfg.sources:
+            await self._start_sources(self.cfg)
         if self.cfg.metrics.listen is not None:
             from gateway.http.metrics_server import MetricsServer
             host, port = self.cfg.metrics.listen
@@ -176,6 +181,10 @@ class Gateway:
         if self.http is not None:
             closing.append(self.http.close())  # requests in flight finish within [http] shutdown_grace
         await asyncio.gather(*closing)
+        if self._sources_swap is not None:
+            await asyncio.gather(self._sources_swap, return_exceptions=True)
+        if self.sources is not None:
+            await self.sources.close()  # before the spool writer: a fetch in flight commits or is fetched again
         if self.spool is not None:
             await self.spool.close()
         if self.worker is not None:
@@ -255,6 +264,10 @@ class Gateway:
                                                                       name="relay-reload")
         else:
             self._sync_sla()  # [twoway] queue targets may have changed
+        if self.sources is not None or new.sources:
+            previous_sources = self._sources_swap
+            self._sources_swap = asyncio.get_running_loop().create_task(
+                self._reload_sources(new, previous_sources), name="sources-reload")
         if webhooks_changed:
             self.store.webhooks = new.webhooks  # events queued from now on follow the new subscriptions
             self._webhooks_swap = asyncio.get_running_loop().create_task(self._swap_webhooks(new),
@@ -291,6 +304,49 @@ class Gateway:
             except Exception as exc:  # one line: a locked or full store would repeat it every interval
                 log.error("retention purge failed: %s: %s", type(exc).__name__, " ".join(str(exc).split())[:300])
             await asyncio.sleep(r.interval)
+
+    # -- pull sources (gateway/ingress/sources/, docs/sources.md) ----------------------------------------
+    async def _start_sources(self, cfg: Config) -> None:
+        from gateway.ingress.sources.manager import SourceManager, SourceMetrics
+        if self._source_metrics is None:
+            self._source_metrics = SourceMetrics(self.metrics.registry)
+        assert self.spool is not None
+        self.sources = SourceManager(cfg, self.store, self.spool, executor=self.executor,
+                                     metrics=self._source_metrics, notify=self._tell_admin_source)
+        await self.sources.start()
+
+    async def _reload_sources(self, cfg: Config, previous: "asyncio.Task[None] | None") -> None:
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)  # reloads apply in order
+        try:
+            if self.sources is None:
+                if cfg.sources:
+                    await self._start_sources(cfg)
+            else:
+                await self.sources.reload(cfg)
+        except Exception:
+            log.exception("sources reload failed; the sources running before keep running")
+
+    async def _tell_admin_source(self, name: str, reason: str) -> None:
+        """A source paused itself (stop_after_failures): mail to ``[pipeline] admin_address`` through the
+        relay queue, as the pipeline's own pause does; without an admin address or a relay, the log line
+        and ``ticketmx_source_paused`` are all there is."""
+        admin = self.cfg.pipeline.admin_address
+        if not admin or self.cfg.relay is None or not self.cfg.relay.enabled:
+            log.warning("source %s paused itself; no [pipeline] admin_address with a relay to tell", name)
+            return
+        from relay.notify import MailboxInfo, Notifier, TicketInfo
+        from gateway.store.relay_queue import enqueue
+        notifier = Notifier(self.cfg.relay, hostname=self.cfg.smtp.hostname)
+        mb = next((m for m in self.cfg.mailboxes if any(s.name == name and s.mailbox == m.address
+                                                         for s in self.cfg.sources)), None)
+        mb = mb or (self.cfg.mailboxes[0] if self.cfg.mailboxes else None)
+        n = notifier.build("paused", ticket=TicketInfo(None, "source", "paused"),
+                           mailbox=MailboxInfo(mb.address if mb else self.cfg.relay.from_address, mb.name if mb else ""),
+                           to=[admin], context={"reason": reason, "hostname": self.cfg.smtp.hostname, "source": name},
+                           dedupe_key=f"source-paused:{name}:{int(time.time() // 3600)}")  # one an hour per source
+        await self.store.transaction(lambda conn: enqueue(conn, n))
+        self._wake_relay()
 
     # -- webhooks -------------------------------------------------------------------------------------
     def _new_webhooks(self, cfg: Config):  # noqa: ANN202 - gateway.webhooks.worker.WebhookWorker

@@ -165,6 +165,8 @@ def _parser() -> argparse.ArgumentParser:
     register_tokens(sub, common)  # token create|list|revoke
     from gateway.ui.user_cli import register as register_users
     register_users(sub, common)  # user add|list|disable|passwd
+    from gateway.ingress.sources.cli import register as register_sources
+    register_sources(sub, common)  # source list|sync|pause|resume|test|authorize
 
     pl = sub.add_parser("pipeline", parents=[common], help="pause / resume message processing")
     plsub = pl.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -207,9 +209,16 @@ def main(argv: list[str] | None = None) -> int:
             print("ticketmx: no [[relay.smarthost]] configured", file=sys.stderr)
             return EX_CONFIG
         return asyncio.run(relay_test(cfg.relay, args.to, args.host, hostname=cfg.smtp.hostname)) or EX_OK
+    if args.command == "source" and args.action == "authorize":
+        from gateway.ingress.sources.authorize import authorize
+        return asyncio.run(authorize(cfg, args.name, args.loopback, timeout=args.timeout, port=args.port,
+                                     login_hint=args.login_hint))
     if args.command == "webhook" and args.action == "test":
         from gateway.webhooks.cli import run_test
         return run_test(cfg, args.name)
+    if args.command == "source" and args.action == "test":
+        from gateway.ingress.sources.cli import run_test as source_test
+        return asyncio.run(source_test(cfg, args.name, args.json))
     if args.command == "store" and args.action == "genkey":
         from gateway.store.crypto import generate_key
         key = generate_key()
@@ -267,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     from gateway.contacts_cli import HANDLERS as contacts_handlers
     handlers.update(contacts_handlers)
+    if args.command == "source":
+        from gateway.ingress.sources.cli import dispatch_store as source_cmd
+        return asyncio.run(_with_store(cfg, args, lambda store, a: source_cmd(cfg, store, a)))
     if args.command == "webhook":
         from gateway.webhooks.cli import dispatch_store as webhook_cmd
         return asyncio.run(_with_store(cfg, args, lambda store, a: webhook_cmd(cfg, store, a)))

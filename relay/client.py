@@ -35,7 +35,7 @@ from typing import Any, Callable, Protocol
 import aiosmtplib
 
 from gateway.config.relay import RelayConfig, SmarthostConfig
-from relay.oauth import OAuthError, TokenProvider
+from gateway.runtime.oauth import OAuthError, TokenProvider
 from gateway.store.relay_queue import RcptOutcome
 from gateway.config.schedule import in_window, window_end
 

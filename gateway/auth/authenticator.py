@@ -316,7 +316,8 @@ class Authenticator:
     # ------------------------------------------------------------------ check
     async def check(self, *, peer_ip: str, helo: str, mail_from: str, raw: bytes,
                     policy: AuthPolicy, body: IO[bytes] | None = None, body_size: int = 0,
-                    spf: bool = True, unverifiable: str = "", trusted_authserv_id: str = "") -> AuthVerdict:
+                    spf: bool = True, unverifiable: str = "",
+                    trusted_authserv_id: str | tuple[str, ...] = "") -> AuthVerdict:
         """``body``: a large message's body in a file (``raw`` is then its header section only).
 
         For mail that did not come from the sender's MTA (HTTP inbound, docs/auth.md "HTTP inbound"):
@@ -424,8 +425,11 @@ class Authenticator:
         arc["trusted_sealer"] = bool(arc.get("sets")) and policy.is_trusted_sealer(
             arc["sets"][-1].get("as_d") or "")
 
-        if override is None and trusted_authserv_id and dmarc["result"] != "pass" and domain_results:
-            override = _provider_override(raw, trusted_authserv_id, domain_results)
+        trusted_ids = (trusted_authserv_id,) if isinstance(trusted_authserv_id, str) else trusted_authserv_id
+        for authserv_id in trusted_ids:  # several: a pulled source's provider may sign with more than one id
+            if override is not None or not authserv_id or dmarc["result"] == "pass" or not domain_results:
+                break
+            override = _provider_override(raw, authserv_id, domain_results)
             if override:
                 dmarc["override"] = "provider"
                 dmarc["override_reason"] = override

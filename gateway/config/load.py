@@ -184,6 +184,7 @@ class Config:
     http: HttpConfig = HttpConfig()  # the HTTP API server ([http]; off unless listen is set)
     ui: UiConfig = UiConfig()  # the web UI under /ui/ on the HTTP server ([ui], docs/ui.md)
     http_inbound: tuple[Any, ...] = ()  # gateway.config.inbound.InboundConfig of each [[http.inbound]]
+    sources: tuple[Any, ...] = ()  # gateway.config.sources.SourceConfig of each [[source]] (pulled mailboxes)
     source: str | None = None  # the file it came from
 
     def sqlite_path(self) -> Path:
@@ -508,6 +509,10 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
     http_inbound = parse_inbound(http_table.get("inbound") if isinstance(http_table, dict) else None,
                                  tuple(mb.address for mb in mailboxes), errors, file)
 
+    from gateway.config.sources import parse_sources
+    root.used.add("source")
+    sources = parse_sources(data.get("source"), tuple(mb.address for mb in mailboxes), errors, file)
+
     t = root.sub("dns")
     dns = DnsConfig(
         nameservers=t.get("nameservers", (), _nameservers),
@@ -602,7 +607,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
                  pipeline=pipeline, log=log, retention=retention, auth=auth, policy=policy,
                  mailbox_policies=mailbox_policies, twoway=twoway, relay=relay_cfg, webhooks=webhooks,
                  http=http, ui=ui, source=file,
-                 http_inbound=http_inbound)
+                 http_inbound=http_inbound, sources=sources)
     errors.extend(_validate_auth(cfg, file))
     if errors:
         raise ConfigErrors(errors)

@@ -526,10 +526,16 @@ def envelope_sender(posted: Posted) -> str:
     address ("" only for a real null sender, ``Return-Path: <>``)."""
     if posted.mail_from is not None:
         return posted.mail_from.strip().strip("<>")
-    rp = _return_path(posted.raw)
+    return message_sender(posted.raw)
+
+
+def message_sender(raw: bytes) -> str:
+    """The envelope sender a message itself records: its Return-Path (written by the last MTA, as for
+    pulled mail), else its From address ("" only for a real null sender, ``Return-Path: <>``)."""
+    rp = _return_path(raw)
     if rp is not None:
         return rp
-    m = re.search(rb"(?im)^from[ \t]*:((?:[^\r\n]|\r?\n[ \t])*)", _head(posted.raw))
+    m = re.search(rb"(?im)^from[ \t]*:((?:[^\r\n]|\r?\n[ \t])*)", _head(raw))
     if m:
         addrs = email.utils.getaddresses([m.group(1).decode("utf-8", "replace")])
         if addrs and "@" in addrs[0][1]:

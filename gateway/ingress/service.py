@@ -18,7 +18,7 @@ import email.utils
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from gateway.auth.dns import Resolver
 from gateway.auth.headers import fold_header, line_ending, strip_forged_authres
@@ -66,15 +66,11 @@ class InboundService:
                 self.secrets[inb.name.lower()] = f"{type(exc).__name__}: {exc}"
                 log.error("http.inbound %s: secret unusable, its posts are refused: %s", inb.name, exc)
         self.mailboxes = {mb.address: mb for mb in cfg.mailboxes}
-        self.auth_check = AuthCheck.from_config(cfg, executor, resolver)
-        self.header_check = HeaderSectionCheck()
-        self.loop_check = LoopCheck(cfg.smtp.hostname, cfg.smtp.loop_marker, cfg.smtp.max_received_headers)
-        from gateway.smtp.rspamd_check import build_data_checks
-        from gateway.config.pipeline import PipelinePolicy
-        self.data_checks = build_data_checks(cfg.policy or PipelinePolicy(), cfg.mailbox_policies)
+        self.checks = IntakeChecks(cfg, executor, resolver)
+        self.auth_check = self.checks.auth_check
 
     def close(self) -> None:
-        self.auth_check.authenticator.close()
+        self.checks.close()
 
     def find(self, name: str) -> InboundConfig:
         inb = self.by_name.get(name.lower())
@@ -152,18 +148,70 @@ class InboundService:
             raise InboundError(413, "Content Too Large",
                                f"the header section is over [smtp] max_header_size ({self.cfg.smtp.max_header_size})")
         mail_from = envelope_sender(posted)
-        ctx = DataContext(peer_ip="", helo="", mail_from=mail_from, rcpt_tos=[inb.mailbox], mailboxes=[mb],
-                          raw=posted.raw, header_end=header_end(posted.raw))
+        try:
+            return await self.checks.entry(
+                mailbox=mb, raw=posted.raw, mail_from=mail_from,
+                trusted_authserv_ids=(inb.trusted_authserv_id,) if inb.trusted_authserv_id else (),
+                unverifiable=(f"rebuilt from the {posted.format} post's parsed fields: no signature of the original"
+                              " can verify") if posted.rebuilt else "",
+                record=("http_inbound", {"name": inb.name, "format": posted.format, "rebuilt": posted.rebuilt,
+                                         "client_ip": client_ip, "provider_id": posted.provider_id[:300],
+                                         "trusted_authserv_id": inb.trusted_authserv_id or None}),
+                received=lambda spool_id: _received(self.cfg.smtp.hostname, posted.format, client_ip, spool_id,
+                                                    inb.mailbox),
+                inbound_key=key)
+        except Refused as exc:
+            raise _refusal(exc.temporary, exc.reply) from None
+
+
+class Refused(Exception):
+    """A check refused the message: what SMTP would answer 5xx (``temporary``: 4xx), as ``reply``."""
+
+    def __init__(self, temporary: bool, reply: str) -> None:
+        super().__init__(reply)
+        self.temporary = temporary
+        self.reply = reply
+
+
+class IntakeChecks:
+    """The SMTP-time checks for mail that did not come by SMTP (HTTP posts, pulled mailboxes): one
+    reading of the header section, the loop check, DKIM and DMARC without SPF (the client is not the
+    sender's MTA, DMARC aligns DKIM only), a trusted provider's Authentication-Results or a trusted ARC
+    sealer when configured, and rspamd when it refuses at DATA. Builds the spool entry (docs/auth.md)."""
+
+    def __init__(self, cfg: Config, executor: concurrent.futures.Executor | None = None,
+                 resolver: Resolver | None = None) -> None:
+        self.cfg = cfg
+        self.auth_check = AuthCheck.from_config(cfg, executor, resolver)
+        self.header_check = HeaderSectionCheck()
+        self.loop_check = LoopCheck(cfg.smtp.hostname, cfg.smtp.loop_marker, cfg.smtp.max_received_headers)
+        from gateway.smtp.rspamd_check import build_data_checks
+        from gateway.config.pipeline import PipelinePolicy
+        self.data_checks = build_data_checks(cfg.policy or PipelinePolicy(), cfg.mailbox_policies)
+
+    def close(self) -> None:
+        self.auth_check.authenticator.close()
+
+    async def entry(self, *, mailbox: Any, raw: bytes, mail_from: str, trusted_authserv_ids: tuple[str, ...] = (),
+                    trusted_arc_sealers: tuple[str, ...] = (), unverifiable: str = "",
+                    record: tuple[str, dict[str, Any]], received: Callable[[str], str], inbound_key: str = "",
+                    source_key: tuple[str, str, str] | None = None) -> SpoolEntry:
+        """Check ``raw`` for ``mailbox`` and build its spool entry; raise :class:`Refused` for what SMTP
+        would refuse. ``record``: (key, value) added to the entry's auth record (where it came from)."""
+        ctx = DataContext(peer_ip="", helo="", mail_from=mail_from, rcpt_tos=[mailbox.address], mailboxes=[mailbox],
+                          raw=raw, header_end=header_end(raw))
         for check in (self.header_check, self.loop_check):
             self._apply(await check.run(ctx), ctx)
+        policy = self.auth_check.policy_for(ctx)
+        if trusted_arc_sealers:
+            from dataclasses import replace
+            policy = replace(policy, trusted_arc_sealers=tuple(policy.trusted_arc_sealers) + trusted_arc_sealers)
         verdict = await self.auth_check.authenticator.check(
-            peer_ip="", helo="", mail_from=mail_from, raw=ctx.raw, policy=self.auth_check.policy_for(ctx),
-            spf=False, trusted_authserv_id=inb.trusted_authserv_id,
-            unverifiable=(f"rebuilt from the {posted.format} post's parsed fields: no signature of the original"
-                          " can verify") if posted.rebuilt else "")
+            peer_ip="", helo="", mail_from=mail_from, raw=ctx.raw, policy=policy, spf=False,
+            trusted_authserv_id=trusted_authserv_ids, unverifiable=unverifiable)
         if verdict.action in ("reject", "defer") and verdict.reply is not None:
             code, enhanced, text = verdict.reply
-            raise _refusal(verdict.action == "defer", f"{code} {enhanced} {text}")
+            raise Refused(verdict.action == "defer", f"{code} {enhanced} {text}")
         raw = strip_forged_authres(ctx.raw, self.cfg.smtp.hostname)
         if raw is not ctx.raw:
             ctx.raw, ctx.header_end = raw, header_end(raw)
@@ -172,24 +220,22 @@ class InboundService:
         for check in self.data_checks:
             flags += self._apply(await check.run(ctx), ctx)
         auth = dict(verdict.auth)
-        auth["http_inbound"] = {"name": inb.name, "format": posted.format, "rebuilt": posted.rebuilt,
-                                "client_ip": client_ip, "provider_id": posted.provider_id[:300],
-                                "trusted_authserv_id": inb.trusted_authserv_id or None}
+        auth[record[0]] = record[1]
         spool_id = new_spool_id()
-        received = _received(self.cfg.smtp.hostname, posted.format, client_ip, spool_id, inb.mailbox)
-        final = b"".join([received.encode("utf-8"), *ctx.prepended, ctx.raw])
+        final = b"".join([received(spool_id).encode("utf-8"), *ctx.prepended, ctx.raw])
         from gateway.smtpd import _MESSAGE_ID
         m = _MESSAGE_ID.search(ctx.raw, 0, ctx.header_end + 2)
         return SpoolEntry(
-            id=spool_id, received_at=time.time(), mail_from=mail_from, rcpt_tos=(inb.mailbox,),
-            mailboxes=(inb.mailbox,), peer_ip="", helo="", tls=None,
+            id=spool_id, received_at=time.time(), mail_from=mail_from, rcpt_tos=(mailbox.address,),
+            mailboxes=(mailbox.address,), peer_ip="", helo="", tls=None,
             message_id=m.group(1).decode("utf-8", "replace").strip() if m else "", raw=final,
-            auth_header=verdict.header_value, auth=auth, flags=tuple(flags), inbound_key=key)
+            auth_header=verdict.header_value, auth=auth, flags=tuple(flags), inbound_key=inbound_key,
+            source_key=source_key)
 
     @staticmethod
     def _apply(result: Any, ctx: DataContext) -> list[str]:
         if result.action != CONTINUE and result.reply is not None:
-            raise _refusal(result.action == DEFER, str(result.reply))
+            raise Refused(result.action == DEFER, str(result.reply))
         if result.raw is not None:
             ctx.raw = result.raw
             ctx.header_end = header_end(ctx.raw)

@@ -9,13 +9,15 @@ instead of at import or construction time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import ssl
 import weakref
 from typing import Any
 
 import httpx
 
-__all__ = ["LoopClients", "read_limited", "TooLarge"]
+__all__ = ["LoopClients", "read_limited", "TooLarge", "shared_ssl_context"]
 
 
 class TooLarge(ValueError):
@@ -57,3 +59,25 @@ async def read_limited(response: httpx.Response, max_body: int) -> bytes:
         if len(body) > max_body:
             raise TooLarge("HTTP response too large")
     return bytes(body)
+
+
+def shared_ssl_context(verify: bool = True, ca_file: str | None = None) -> ssl.SSLContext:
+    """A client TLS context shared by everyone with the same settings: each context loads the CA bundle
+    (hundreds of KB), and a gateway with a hundred OAuth sources would otherwise hold a hundred copies.
+    A CA file changed on disk (same path, new mtime) gets a new context."""
+    mtime = 0.0
+    if ca_file:
+        try:
+            mtime = os.stat(ca_file).st_mtime
+        except OSError:
+            pass
+    return _context(verify, ca_file, mtime)
+
+
+@functools.lru_cache(maxsize=32)
+def _context(verify: bool, ca_file: str | None, mtime: float) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca_file)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx

@@ -65,6 +65,11 @@ class SpoolEntry:
     # HTTP inbound (gateway/ingress/http_inbound.py): the idempotency key of the post, written to
     # inbound_keys in the spool insert's transaction; a second entry with the same key fails to commit.
     inbound_key: str = field(default="", compare=False)
+    # Pull ingress (gateway/ingress/sources/): (source name, message key, SHA-256 of the fetched bytes),
+    # written to source_messages in the spool insert's transaction, like inbound_key; a second entry with
+    # the same (source, key) fails to commit. An entry inserted with state QUARANTINED (a check refused it:
+    # what SMTP would have answered 5xx) is quarantined with its reason in the same transaction.
+    source_key: tuple[str, str, str] | None = field(default=None, compare=False)
 
     @property
     def size(self) -> int:
@@ -76,6 +81,18 @@ class SpoolEntry:
 
 
 SPOOL_CHUNK = 1024 * 1024  # bytes per spool_chunks row
+
+
+def ingress_keys(entries: Sequence[SpoolEntry]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]],
+                                                         list[tuple[Any, ...]]]:
+    """What a spool insert writes beside the rows, in its transaction: the idempotency keys of the ingress
+    that is not SMTP — HTTP posts (inbound_keys) and pulled messages (source_messages) — and the
+    quarantine of entries a check refused at intake (a pulled message cannot be answered 5xx)."""
+    keys = [(e.inbound_key, e.id, e.received_at) for e in entries if e.inbound_key]
+    pulled = [(e.source_key[0], e.source_key[1], e.id, e.source_key[2], e.received_at)
+              for e in entries if e.source_key]
+    refused = [(e.state, e.reason, e.received_at, e.id) for e in entries if e.state == QUARANTINED]
+    return keys, pulled, refused
 
 
 def body_file_chunks(entry: SpoolEntry) -> Iterator[bytes]:
@@ -386,6 +403,97 @@ class Store(abc.ABC):
     async def inbound_lookup(self, key: str) -> str | None:
         """The spool id committed with this HTTP inbound idempotency key, or None."""
         raise NotImplementedError
+
+    # -- pull sources (source_messages, source_state; migration 0018) --------------------------------
+    # Written once for both backends on ``query`` (a read, ``?`` placeholders) and ``transaction`` (a
+    # sqlite3-shaped connection), which SqliteStore and PostgresStore both have.
+    async def source_lookup(self, source: str, keys: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """key -> (spool id, state) for those of ``keys`` this source already imported."""
+        out: dict[str, tuple[str, str]] = {}
+        keys = list(keys)
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            rows = await self.query(  # type: ignore[attr-defined]
+                f"SELECT key, spool_id, state FROM source_messages WHERE source=? AND key IN"
+                f" ({','.join('?' * len(part))})", (source, *part))
+            out.update((r[0], (r[1], r[2])) for r in rows)
+        return out
+
+    async def source_digest(self, source: str, digest: str) -> tuple[str, str, str] | None:
+        """(key, spool id, state) of a message this source imported with these exact bytes, or None."""
+        rows = await self.query("SELECT key, spool_id, state FROM source_messages WHERE source=? AND digest=?"  # type: ignore[attr-defined]
+                                " ORDER BY created_at LIMIT 1", (source, digest))
+        return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+    async def source_alias(self, source: str, key: str, spool_id: str, state: str, digest: str) -> None:
+        """Record ``key`` as one more key of an already imported message (seen again under a new key)."""
+        import time as _time
+
+        def fn(conn: Any) -> None:
+            conn.execute("INSERT INTO source_messages (source, key, spool_id, state, digest, created_at)"
+                         " VALUES (?,?,?,?,?,?) ON CONFLICT (source, key) DO NOTHING",
+                         (source, key, spool_id, state, digest, _time.time()))
+        await self.transaction(fn)  # type: ignore[attr-defined]
+
+    async def source_pending(self, source: str, limit: int = 500) -> list[tuple[str, str, str, str]]:
+        """(key, spool id, spool state, spool reason) of this source's messages not yet settled, oldest
+        first; a spool row purged meanwhile reads as state ``""``."""
+        rows = await self.query(  # type: ignore[attr-defined]
+            "SELECT m.key, m.spool_id, COALESCE(s.state, ''), COALESCE(s.reason, '') FROM source_messages m"
+            " LEFT JOIN spool s ON s.id = m.spool_id WHERE m.source=? AND m.state='spooled'"
+            " ORDER BY m.created_at LIMIT ?", (source, limit))
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def source_settled(self, source: str, keys: Sequence[str], outcome: str, now: float) -> None:
+        """Mark messages settled: the server was told (moved or flagged)."""
+        def fn(conn: Any) -> None:
+            conn.executemany("UPDATE source_messages SET state='settled', outcome=?, settled_at=?"
+                             " WHERE source=? AND key=?", [(outcome, now, source, k) for k in keys])
+        if keys:
+            await self.transaction(fn)  # type: ignore[attr-defined]
+
+    async def source_counts(self, source: str | None = None) -> dict[str, dict[str, int]]:
+        """source -> {state: count} over source_messages (one source's only when given)."""
+        out: dict[str, dict[str, int]] = {}
+        where, params = (" WHERE source=?", (source,)) if source else ("", ())
+        for r in await self.query("SELECT source, state, COUNT(*) FROM source_messages" + where  # type: ignore[attr-defined]
+                                  + " GROUP BY source, state", params):
+            out.setdefault(r[0], {})[r[1]] = int(r[2])
+        return out
+
+    async def source_state_get(self, source: str | None = None) -> dict[str, dict[str, Any]]:
+        """source -> its source_state row (every source's when ``source`` is None)."""
+        sql = ("SELECT source, paused, paused_reason, paused_at, last_success, last_error, last_error_kind,"
+               " last_error_at, failures, backlog, updated_at FROM source_state")
+        rows = await self.query(sql + (" WHERE source=?" if source else ""), (source,) if source else ())  # type: ignore[attr-defined]
+        names = ("source", "paused", "paused_reason", "paused_at", "last_success", "last_error", "last_error_kind",
+                 "last_error_at", "failures", "backlog", "updated_at")
+        return {r[0]: dict(zip(names, tuple(r))) for r in rows}
+
+    async def source_state_set(self, source: str, **values: Any) -> None:
+        """Upsert some columns of a source's state row; ``failures_add=1`` adds one to ``failures``."""
+        import time as _time
+        add = values.pop("failures_add", None)
+        allowed = {"paused", "paused_reason", "paused_at", "last_success", "last_error", "last_error_kind",
+                   "last_error_at", "failures", "backlog"}
+        bad = set(values) - allowed
+        if bad:
+            raise ValueError(f"unknown source_state column(s): {sorted(bad)}")
+        if "paused" in values:
+            values["paused"] = int(bool(values["paused"]))
+        sets = [f"{c}=excluded.{c}" for c in values] + ["updated_at=excluded.updated_at"]
+        if add:
+            sets.append(f"failures=source_state.failures + {int(add)}")
+        if "failures" not in values:
+            values["failures"] = int(add or 0)  # a new row's count
+        cols = list(values)
+        sql = (f"INSERT INTO source_state (source, {', '.join(cols)}, updated_at)"
+               f" VALUES (?, {', '.join('?' for _ in cols)}, ?) ON CONFLICT (source) DO UPDATE SET {', '.join(sets)}")
+        params = (source, *values.values(), _time.time())
+
+        def fn(conn: Any) -> None:
+            conn.execute(sql, params)
+        await self.transaction(fn)  # type: ignore[attr-defined]
 
     @abc.abstractmethod
     def spool_body_chunks(self, entry: SpoolEntry) -> AsyncIterator[bytes]:

@@ -38,6 +38,7 @@ import asyncpg
 from gateway.store import base
 from gateway.store.base import (PROCESSING, QUARANTINED, QUEUED, SUPPRESSED, ArticleDraft, Delivery, DeliveryResult, SpoolEntry,
                    Store, TicketPage, TicketQuery, body_file_chunks, chunk_count)
+from gateway.store.base import ingress_keys
 from gateway.store.search import index_text, pg_tsquery
 from gateway.store.crypto import Cipher
 from gateway.store.pg_migrations import load_migrations
@@ -205,10 +206,15 @@ class PostgresStore(Store):
                         for i, chunk in enumerate(body_file_chunks(e)):
                             await conn.execute("INSERT INTO spool_chunks (spool_id, seq, data) VALUES ($1, $2, $3)",
                                                e.id, i, enc(chunk))
-                keys = [(e.inbound_key, e.id, e.received_at) for e in entries if e.inbound_key]
+                keys, pulled, refused = ingress_keys(entries)
                 if keys:  # a repeated HTTP post: the primary key refuses it, with the whole transaction
                     await conn.executemany("INSERT INTO inbound_keys (key, spool_id, created_at) VALUES ($1, $2, $3)",
                                            keys)
+                if pulled:  # a pulled message seen again: likewise (gateway/ingress/sources/manager.py)
+                    await conn.executemany("INSERT INTO source_messages (source, key, spool_id, digest, created_at)"
+                                           " VALUES ($1, $2, $3, $4, $5)", pulled)
+                if refused:
+                    await conn.executemany("UPDATE spool SET state=$1, reason=$2, finished_at=$3 WHERE id=$4", refused)
 
     async def inbound_lookup(self, key: str) -> str | None:
         return await self.pool.fetchval("SELECT spool_id FROM inbound_keys WHERE key=$1", key)

@@ -22,6 +22,7 @@ import aiosqlite
 from gateway.store import base
 from gateway.store.base import (PROCESSING, QUARANTINED, QUEUED, SUPPRESSED, ArticleDraft, Delivery, DeliveryResult, SpoolEntry,
                    Store, SPOOL_CHUNK, TicketPage, TicketQuery, body_file_chunks, chunk_count)
+from gateway.store.base import ingress_keys
 from gateway.store.search import SEARCH_SHIFT, fts5_match, index_text, search_rowid
 from gateway.store.migrations import load_migrations
 from gateway.store.crypto import Cipher
@@ -289,9 +290,14 @@ class SqliteStore(Store):
                     n = min(SPOOL_CHUNK, e.body_size - offset)
                     insert_streamed(conn, "spool_chunks", "data", "INSERT INTO spool_chunks (spool_id, seq,"
                                     " data) VALUES (?,?,zeroblob(?))", (e.id, seq, n), file_pieces(e.body, offset, n))
-            keys = [(e.inbound_key, e.id, e.received_at) for e in entries if e.inbound_key]
+            keys, pulled, refused = ingress_keys(entries)
             if keys:  # a repeated HTTP post: the primary key refuses it, with the whole transaction
                 conn.executemany("INSERT INTO inbound_keys (key, spool_id, created_at) VALUES (?,?,?)", keys)
+            if pulled:  # a pulled message seen again: likewise (gateway/ingress/sources/manager.py)
+                conn.executemany("INSERT INTO source_messages (source, key, spool_id, digest, created_at)"
+                                 " VALUES (?,?,?,?,?)", pulled)
+            if refused:
+                conn.executemany("UPDATE spool SET state=?, reason=?, finished_at=? WHERE id=?", refused)
         await self.transaction(fn)
 
     async def inbound_lookup(self, key: str) -> str | None:

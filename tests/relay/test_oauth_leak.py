@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from relay.oauth import OAuthError, TokenProvider, error_code
+from gateway.runtime.oauth import OAuthError, TokenProvider, error_code
 
 from .conftest import host, relay_table, wait_for
 from .helpers import enqueue_many, note, start_worker

@@ -12,7 +12,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from relay.client import HostFailure, Smarthost
 from gateway.config.relay import parse_relay_config
-from relay.oauth import OAuthError, TokenProvider
+from gateway.runtime.oauth import OAuthError, TokenProvider
 from gateway.store.relay_queue import RelayQueue
 
 from .conftest import host, relay_table, wait_for

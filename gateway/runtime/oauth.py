@@ -1,4 +1,8 @@
-"""OAuth2 access tokens for SMTP XOAUTH2 (Microsoft 365, Google Workspace).
+"""OAuth 2.0 access tokens for the relay's SMTP XOAUTH2 and the pull sources (IMAP/POP3 XOAUTH2, Graph).
+
+One client for every user of a token endpoint: it lived in relay/ until the pull sources
+(gateway/ingress/sources/) needed it too, and ingress may not import the relay room. The configuration is anything shaped like :class:`TokenConfig` (the relay's
+``OAuthConfig`` and a source's are both).
 
 Two flows against the configured token endpoint (RFC 6749):
 
@@ -36,12 +40,29 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 
-from gateway.runtime.httpclient import LoopClients, TooLarge, read_limited
+from typing import Protocol
 
-from gateway.config.relay import OAuthConfig
+from gateway.runtime.httpclient import LoopClients, TooLarge, read_limited, shared_ssl_context
 
 REFRESH_MARGIN = 300.0
 MAX_BODY = 1 << 20
+
+
+class TokenConfig(Protocol):
+    """What a token client needs (gateway.config.relay.OAuthConfig has these fields)."""
+
+    token_url: str
+    client_id: str
+    scope: str
+    client_secret: str
+    refresh_token: str
+    refresh_token_file: str | None
+    timeout: float
+    verify_cert: bool
+    ca_file: str | None
+
+    @property
+    def grant(self) -> str: ...
 
 
 class OAuthError(Exception):
@@ -59,18 +80,14 @@ PostFn = Callable[[str, dict[str, str], float], Awaitable[HttpResponse]]
 
 
 def _ssl_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=ca_file)
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    return shared_ssl_context(verify, ca_file)
 
 
-def token_clients(ssl_context: ssl.SSLContext | None) -> LoopClients:
+def token_clients(ssl_context: ssl.SSLContext | None, user_agent: str = "ticketmx-relay") -> LoopClients:
     """The httpx clients (one per event loop) for a token endpoint checked with ``ssl_context``."""
     return LoopClients(verify=ssl_context or ssl.create_default_context(), trust_env=False,
                        follow_redirects=False,
-                       headers={"User-Agent": "ticketmx-relay", "Accept": "application/json"})
+                       headers={"User-Agent": user_agent, "Accept": "application/json"})
 
 
 async def http_post_form(url: str, fields: dict[str, str], timeout: float,
@@ -107,10 +124,15 @@ async def _post(url: str, fields: dict[str, str], timeout: float, clients: LoopC
 
 
 class TokenProvider:
-    """A cached access token for one smarthost's OAuth client."""
+    """A cached access token for one OAuth client (a smarthost's, a source's).
 
-    def __init__(self, cfg: OAuthConfig, post: PostFn | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    ``expires_at`` (wall clock, 0 before the first token) and ``failures`` (token requests refused or
+    failed in a row, 0 after a success) are what the sources' metrics export, so an expiring or
+    unrenewable token shows before mail stops.
+    """
+
+    def __init__(self, cfg: TokenConfig, post: PostFn | None = None,
+                 clock: Callable[[], float] = time.monotonic, user_agent: str = "ticketmx-relay") -> None:
         self.cfg = cfg
         self._clock = clock
         self._refresh_token = cfg.refresh_token
@@ -118,9 +140,12 @@ class TokenProvider:
         self._expires = 0.0
         self._lock = asyncio.Lock()
         self.requests = 0  # token requests made (tests, metrics)
+        self.failures = 0  # token requests failed in a row
+        self.expires_at = 0.0  # wall-clock expiry of the current access token
+        self.last_error = ""
         if post is None:
             ctx = _ssl_context(cfg.verify_cert, cfg.ca_file)
-            clients = token_clients(ctx)
+            clients = token_clients(ctx, user_agent)
 
             async def post(url: str, fields: dict[str, str], timeout: float) -> HttpResponse:
                 return await http_post_form(url, fields, timeout, ctx, clients)
@@ -128,6 +153,11 @@ class TokenProvider:
 
     def __repr__(self) -> str:
         return f"TokenProvider({self.cfg.token_url!r}, grant={self.cfg.grant})"
+
+    @property
+    def refresh_token(self) -> str:
+        """The refresh token in use now (the configured one, or the last one the server rotated to)."""
+        return self._refresh_token
 
     def _fresh(self) -> bool:
         return self._token is not None and self._clock() < self._expires
@@ -148,6 +178,16 @@ class TokenProvider:
         self._expires = 0.0
 
     async def _fetch(self) -> None:
+        try:
+            await self._request()
+        except OAuthError as exc:
+            self.failures += 1
+            self.last_error = str(exc)
+            raise
+        self.failures = 0
+        self.last_error = ""
+
+    async def _request(self) -> None:
         fields = {"client_id": self.cfg.client_id}
         if self.cfg.grant == "refresh_token":
             fields.update(grant_type="refresh_token", refresh_token=self._refresh_token)
@@ -183,6 +223,7 @@ class TokenProvider:
         margin = min(REFRESH_MARGIN, lifetime * 0.1)
         self._token = doc["access_token"]
         self._expires = started + max(0.0, lifetime - margin)
+        self.expires_at = time.time() + lifetime - (self._clock() - started)
         new_refresh = doc.get("refresh_token")
         if isinstance(new_refresh, str) and new_refresh and new_refresh != self._refresh_token:
             self._refresh_token = new_refresh
@@ -216,6 +257,11 @@ def _where(url: str) -> str:
     return f"{u.scheme}://{u.netloc}{u.path}"
 
 
+def write_secret(path: str, value: str) -> None:
+    """Replace the secret file ``path`` with ``value`` (0600, tmp + fsync + rename): a crash leaves the old or the new."""
+    _write_secret(path, value)
+
+
 def _write_secret(path: str, value: str) -> None:
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".refresh-")
@@ -234,4 +280,5 @@ def _write_secret(path: str, value: str) -> None:
         raise
 
 
-__all__ = ["TokenProvider", "OAuthError", "http_post_form", "HttpResponse"]
+__all__ = ["TokenProvider", "TokenConfig", "OAuthError", "http_post_form", "HttpResponse", "error_code",
+           "write_secret"]

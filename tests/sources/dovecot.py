@@ -1,0 +1,283 @@
+"""A real Dovecot (Debian's dovecot-imapd and dovecot-pop3d) for the source tests, started as an ordinary
+process on 127.0.0.1 with a generated config, passwd-file users and Maildirs under a temporary directory,
+and killed (its whole process group) afterwards.
+
+Mail is put in by writing Maildir files directly (``deliver``/``fill``: fast, thousands a second), the way
+an MDA does (tmp/ then rename into new/). Ports: IMAP (plain + STARTTLS), IMAPS, POP3, POP3S, each free.
+
+Used by H8's POP3 and XOAUTH2 tests too: ``Dovecot(tmp_path, oauth2_introspection_url=...)`` adds an
+oauth2 passdb (Dovecot's ``oauth2`` driver against a token endpoint the test runs).
+"""
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cert(d: Path) -> tuple[Path, Path, Path]:
+    """A CA and a certificate for 127.0.0.1/localhost (trustme), written as PEM files."""
+    import trustme
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    ca_path, cert_path, key_path = d / "ca.pem", d / "cert.pem", d / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    os.chmod(key_path, 0o600)
+    return ca_path, cert_path, key_path
+
+
+class Dovecot:
+    """One Dovecot instance; ``start()`` returns once IMAP answers, ``stop()`` kills it."""
+
+    def __init__(self, root: Path, users: dict[str, str] | None = None, *, idle_notify: str = "1 secs",
+                 oauth2_introspection_url: str = "", extra_conf: str = "") -> None:
+        self.root = root / "dovecot"
+        self.users = dict(users or {"support@example.test": "s3cret"})
+        self.imap_port, self.imaps_port = _free_port(), _free_port()
+        self.pop3_port, self.pop3s_port = _free_port(), _free_port()
+        self.idle_notify = idle_notify
+        self.oauth2_introspection_url = oauth2_introspection_url
+        self.extra_conf = extra_conf
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ca_path = self.cert_path = self.key_path = Path()
+        self.uid_gid = self._owner()[:2]
+
+    # -- layout ---------------------------------------------------------------------------------------
+    def maildir(self, user: str, folder: str = "INBOX") -> Path:
+        base = self.root / "mail" / user
+        return base if folder == "INBOX" else base / f".{folder.replace('/', '.')}"
+
+    def _owner(self) -> tuple[int, int, str, str]:
+        """(mail uid, gid, login user, internal user): as root (Dovecot refuses mail as uid 0) the mail
+        belongs to Debian's ``dovecot`` user and the login processes run as ``dovenull``; otherwise
+        everything runs as the current user."""
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("dovecot")
+            return pw.pw_uid, pw.pw_gid, "dovenull", "dovecot"
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        return os.geteuid(), os.getegid(), me, me
+
+    def _chown(self, top: Path) -> None:
+        uid, gid = self._owner()[:2]
+        if os.geteuid() != 0:
+            return
+        os.chown(top, uid, gid)
+        for dirpath, dirnames, filenames in os.walk(top):
+            for n in dirnames + filenames:
+                os.chown(os.path.join(dirpath, n), uid, gid)
+
+    def write_config(self) -> Path:
+        r = self.root
+        for d in ("run", "state", "mail"):
+            (r / d).mkdir(parents=True, exist_ok=True)
+        os.chmod(r, 0o755)
+        os.chmod(r / "run", 0o755)
+        if os.geteuid() == 0:  # the mail user must reach its Maildirs under pytest's 0700 directories
+            p = r.parent
+            while p != p.parent and p.is_relative_to(tempfile.gettempdir()) and p != Path(tempfile.gettempdir()):
+                os.chmod(p, os.stat(p).st_mode | 0o001)
+                p = p.parent
+        self.ca_path, self.cert_path, self.key_path = _cert(r)
+        uid, gid, login_user, internal_user = self._owner()
+        lines = [f"{u}:{{PLAIN}}{p}:{uid}:{gid}::{r}/mail/{u}::" for u, p in self.users.items()]
+        (r / "users").write_text("\n".join(lines) + "\n")
+        os.chmod(r / "users", 0o640)
+        for u in self.users:
+            for sub in ("cur", "new", "tmp"):
+                (self.maildir(u) / sub).mkdir(parents=True, exist_ok=True)
+        self._chown(r / "mail")
+        oauth = ""
+        if self.oauth2_introspection_url:
+            (r / "oauth2.conf").write_text(f"introspection_mode = post\nintrospection_url = "
+                                           f"{self.oauth2_introspection_url}\nusername_attribute = username\n"
+                                           "active_attribute = active\nactive_value = true\n")
+            oauth = f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {r}/oauth2.conf\n}}\n"
+        conf = f"""
+base_dir = {r}/run
+state_dir = {r}/state
+instance_name = ticketmx-test-{uuid.uuid4().hex[:8]}
+log_path = {r}/dovecot.log
+protocols = imap pop3
+listen = 127.0.0.1
+ssl = yes
+ssl_cert = <{self.cert_path}
+ssl_key = <{self.key_path}
+disable_plaintext_auth = no
+auth_mechanisms = plain login{' xoauth2 oauthbearer' if oauth else ''}
+default_login_user = {login_user}
+default_internal_user = {internal_user}
+default_internal_group = {grp.getgrgid(pwd.getpwnam(internal_user).pw_gid).gr_name}
+first_valid_uid = {uid}
+first_valid_gid = 0
+mail_location = maildir:~
+mail_privileged_group =
+imap_idle_notify_interval = 2 mins
+mailbox_idle_check_interval = {self.idle_notify}
+mail_max_userip_connections = 1000
+namespace inbox {{
+  inbox = yes
+  separator = /
+}}
+{oauth}passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {r}/users
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {r}/users
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.imap_port}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {self.imaps_port}
+    ssl = yes
+  }}
+  process_min_avail = 0
+  service_count = 0
+  process_limit = 4
+  client_limit = 1000
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {self.pop3_port}
+  }}
+  inet_listener pop3s {{
+    address = 127.0.0.1
+    port = {self.pop3s_port}
+    ssl = yes
+  }}
+}}
+service imap {{
+  process_limit = 1024
+}}
+service auth {{
+  user = {"root" if os.geteuid() == 0 else internal_user}
+}}
+service auth-worker {{
+  user = {"root" if os.geteuid() == 0 else internal_user}
+}}
+service anvil {{
+  chroot =
+}}
+service stats {{
+  inet_listener http {{
+    port = 0
+  }}
+}}
+{self.extra_conf}
+"""
+        path = r / "dovecot.conf"
+        path.write_text(conf)
+        return path
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self, timeout: float = 20.0) -> "Dovecot":
+        conf = self.write_config()
+        self.proc = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode("utf-8", "replace") if self.proc.stdout else ""
+                raise RuntimeError(f"dovecot exited {self.proc.returncode}: {out}\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.imap_port), timeout=0.5) as s:
+                    if s.recv(200).startswith(b"* OK"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"dovecot did not answer on {self.imap_port} within {timeout}s: {self.log()}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its children (auth, imap, login) are in its group
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.proc = None
+
+    def log(self) -> str:
+        try:
+            return (self.root / "dovecot.log").read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    # -- mail -----------------------------------------------------------------------------------------
+    def deliver(self, user: str, raw: bytes, folder: str = "INBOX", seen: bool = False,
+                mtime: float | None = None) -> str:
+        """Put one message in a Maildir folder as an MDA does; ``seen``: already read by another client."""
+        base = self.maildir(user, folder)
+        if not (base / "tmp").is_dir():
+            for sub in ("cur", "new", "tmp"):
+                (base / sub).mkdir(parents=True, exist_ok=True)
+            if folder != "INBOX":
+                (base / "maildirfolder").touch()
+            self._chown(base)
+        name = f"{time.time():.6f}.{uuid.uuid4().hex}.ticketmx-test"
+        tmp = base / "tmp" / name
+        tmp.write_bytes(raw)
+        if mtime is not None:
+            os.utime(tmp, (mtime, mtime))
+        if self.uid_gid[0] != os.geteuid():
+            os.chown(tmp, *self.uid_gid)
+        final = base / ("cur" if seen else "new") / (name + (":2,S" if seen else ""))
+        os.rename(tmp, final)
+        return name
+
+    def fill(self, user: str, messages: Iterator[bytes] | list[bytes]) -> int:
+        n = 0
+        for raw in messages:
+            self.deliver(user, raw)
+            n += 1
+        return n
+
+    def count(self, user: str, folder: str = "INBOX") -> int:
+        base = self.maildir(user, folder)
+        return sum(1 for sub in ("cur", "new") if (base / sub).is_dir() for _ in (base / sub).iterdir())
+
+    def files(self, user: str, folder: str = "INBOX") -> list[Path]:
+        base = self.maildir(user, folder)
+        return [p for sub in ("cur", "new") if (base / sub).is_dir() for p in sorted((base / sub).iterdir())]
+
+    def flags(self, user: str, folder: str = "INBOX") -> list[str]:
+        return [p.name.split(":2,", 1)[1] if ":2," in p.name else "" for p in self.files(user, folder)]
+
+
+@pytest.fixture
+def dovecot(tmp_path: Path) -> Iterator[Dovecot]:
+    d = Dovecot(tmp_path).start()
+    try:
+        yield d
+    finally:
+        d.stop()

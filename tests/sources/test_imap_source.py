@@ -1,0 +1,92 @@
+"""IMAP pull ingress against a real Dovecot: import, settle into folders, exactly once, \\Seen mail."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .conftest import USER, message, source_table, wait_for
+from .dovecot import Dovecot
+
+
+async def test_imports_and_settles_into_folders(start_gateway: Any, dovecot: Dovecot, tmp_path: Path) -> None:
+    dovecot.deliver(USER, message(1))
+    dovecot.deliver(USER, message(2), seen=True)  # read by another client: still new to us
+    dovecot.deliver(USER, message(3, extra="Auto-Submitted: auto-replied\r\n"))  # suppressed (automatic)
+    gw = await start_gateway(source=[source_table(dovecot, tmp_path)])
+    await wait_for(lambda: dovecot.count(USER) == 0, what="the inbox emptied")
+    await wait_for(lambda: _settled(gw, 3), what="3 settled")
+    assert dovecot.count(USER, "Processed") == 2
+    assert dovecot.count(USER, "Excluded") == 1
+    assert dovecot.count(USER, "Failed") == 0
+    ts = await gw.store.tickets_list()
+    assert sorted(t["subject"] for t in ts) == ["Printer 1", "Printer 2"]
+    counts = await gw.store.source_counts()
+    assert counts == {"inbox": {"settled": 3}}
+    state = (await gw.store.source_state_get("inbox"))["inbox"]
+    assert state["last_success"] and state["failures"] == 0
+
+
+
+async def _settled(gw: Any, n: int, source: str = "inbox") -> bool:
+    return (await gw.store.source_counts()).get(source, {}).get("settled", 0) == n
+
+
+def _config_file(tmp_path: Path, dovecot: Dovecot, **over: Any) -> Path:
+    from ..conftest import BASE_CONFIG, merge, toml_dump
+    data = merge(BASE_CONFIG, {"store": {"url": f"sqlite:///{tmp_path}/ticketmx.db"}})
+    data["source"] = [source_table(dovecot, tmp_path, **over)]
+    path = tmp_path / "ticketmx.toml"
+    path.write_text(toml_dump(data))
+    return path
+
+
+def test_cli_test_sync_list_pause_resume(dovecot: Dovecot, tmp_path: Path) -> None:
+    import json
+
+    from ..conftest import run_cli
+    conf = _config_file(tmp_path, dovecot, success_folder="Done Here")
+    out = run_cli("source", "test", "inbox", "--config", str(conf)).stdout
+    for step in ("dns", "tcp", "tls", "greeting", "auth-mechanisms", "login", "folder", "success_folder"):
+        assert f"ok   {step}" in out, out
+    assert "'Done Here' created" in out and "s3cret" not in out and "password ****" in out
+    assert "verified" in out
+    dovecot.deliver(USER, message(1))
+    dovecot.deliver(USER, message(2), seen=True)
+    _create_store(conf)  # as the gateway's first start does
+    r = json.loads(run_cli("source", "sync", "inbox", "--once", "--json", "--config", str(conf)).stdout)
+    assert r["imported"] == 2 and r["pending"] == 2, r
+    again = json.loads(run_cli("source", "sync", "inbox", "--once", "--json", "--config", str(conf)).stdout)
+    assert again["imported"] == 0, again  # exactly once: the keys are committed
+    rows = json.loads(run_cli("source", "list", "--json", "--config", str(conf)).stdout)
+    assert rows[0]["name"] == "inbox" and rows[0]["status"] == "active" and rows[0]["pending"] == 2
+    assert rows[0]["last_success"]
+    run_cli("source", "pause", "inbox", "--config", str(conf))
+    rows = json.loads(run_cli("source", "list", "--json", "--config", str(conf)).stdout)
+    assert rows[0]["status"] == "paused"
+    run_cli("source", "resume", "inbox", "--config", str(conf))
+    rows = json.loads(run_cli("source", "list", "--json", "--config", str(conf)).stdout)
+    assert rows[0]["status"] == "active"
+    bad = run_cli("source", "test", "nope", "--config", str(conf), check=False)
+    assert bad.returncode == 78 and "no [[source]] named 'nope'" in bad.stderr
+
+
+def test_cli_test_reports_a_wrong_password(dovecot: Dovecot, tmp_path: Path) -> None:
+    from ..conftest import run_cli
+    conf = _config_file(tmp_path, dovecot)
+    (tmp_path / "imap-password").write_text("wrong\n")
+    r = run_cli("source", "test", "inbox", "--config", str(conf), check=False)
+    assert r.returncode == 1
+    assert "FAIL auth" in r.stdout and "AUTHENTICATIONFAILED" in r.stdout and "wrong" not in r.stdout
+
+
+def _create_store(conf: Path) -> None:
+    import asyncio
+
+    from gateway.config.load import load_config
+    from gateway.store import open_store
+
+    async def go() -> None:
+        store = open_store(load_config(str(conf)))
+        await store.open()
+        await store.close()
+    asyncio.run(go())
