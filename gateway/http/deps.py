@@ -99,6 +99,11 @@ class Services:
         return self._gw.cfg
 
     @property
+    def sources(self) -> Any:
+        """gateway.ingress.sources.manager.SourceManager, or None without [[source]]s"""
+        return getattr(self._gw, "sources", None)
+
+    @property
     def metrics(self) -> Any:
         """gateway.runtime.metrics.Metrics"""
         return self._gw.metrics

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 API = "/api/v1"
 PROBLEM = "application/problem+json"
 # Endpoint modules included under /api/v1 (each defines ``router``); one not present in this build is skipped.
-ROUTERS = ("gateway.http.api_admin", "gateway.http.api_tickets", "gateway.http.inbound")
+ROUTERS = ("gateway.http.api_admin", "gateway.http.api_tickets", "gateway.http.inbound", "gateway.http.api_sources")
 
 
 def problem_response(p: Problem, request: Request | None = None) -> JSONResponse:
