@@ -17,7 +17,7 @@ Documents: README.md, docs/*.md, conf/ticketmx.example.toml. Extraction rules, k
   file names (``relay.md``) are not config keys.
 * **Metric names**: every ``ticketmx_[a-z0-9_]+`` anywhere; it must be a metric of the registries
   (``gateway.runtime.metrics.Metrics``, ``relay.worker.RelayMetrics``,
-  ``gateway.webhooks.worker.WebhookMetrics``) with the sample suffixes prometheus_client
+  ``gateway.webhooks.worker.WebhookMetrics``, ``gateway.ingress.sources.manager.SourceMetrics``) with the sample suffixes prometheus_client
   exposes (``_total``, ``_bucket``, ``_count``, ``_sum``); a name ending in ``_`` (``ticketmx_relay_*``)
   is a prefix that must match some metric.
 """
@@ -196,6 +196,8 @@ def metric_names() -> set[str]:
     RelayMetrics(regs[1])
     from gateway.webhooks.worker import WebhookMetrics
     WebhookMetrics(regs[1])
+    from gateway.ingress.sources.manager import SourceMetrics
+    SourceMetrics(regs[1])
     names: set[str] = set()
     for reg in regs:
         for fam in reg.collect():
