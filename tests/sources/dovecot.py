@@ -2,6 +2,13 @@
 process on 127.0.0.1 with a generated config, passwd-file users and Maildirs under a temporary directory,
 and killed (its whole process group) afterwards.
 
+Its files live in a directory of their own under /tmp (``tempfile.mkdtemp``), not under pytest's basetemp:
+as root, Dovecot's mail user (``dovecot``) must traverse every parent of the Maildirs, and every pytest
+session that starts (another test run on the machine) resets /tmp/pytest-of-root to 0700. That reset is what
+made Dovecot answer ``[SERVERBUG]`` to SELECT/CREATE now and then and a running source see an empty folder
+(its log: ``stat(.../dovecot.index.log) failed: Permission denied (euid=105(dovecot))``). ``root/dovecot``
+(the directory the test gives) gets a symlink to it while it runs and a copy of Dovecot's log after ``stop()``.
+
 Mail is put in by writing Maildir files directly (``deliver``/``fill``: fast, thousands a second), the way
 an MDA does (tmp/ then rename into new/). Ports: IMAP (plain + STARTTLS), IMAPS, POP3, POP3S, each free.
 
@@ -52,7 +59,11 @@ class Dovecot:
 
     def __init__(self, root: Path, users: dict[str, str] | None = None, *, idle_notify: str = "1 secs",
                  oauth2_introspection_url: str = "", extra_conf: str = "") -> None:
-        self.root = root / "dovecot"
+        self.link = root / "dovecot"
+        self.root = Path(tempfile.mkdtemp(prefix="ticketmx-dovecot-"))
+        if not self.link.exists():
+            self.link.parent.mkdir(parents=True, exist_ok=True)
+            self.link.symlink_to(self.root)
         self.users = dict(users or {"support@example.test": "s3cret"})
         self.imap_port, self.imaps_port = _free_port(), _free_port()
         self.pop3_port, self.pop3s_port = _free_port(), _free_port()
@@ -91,13 +102,8 @@ class Dovecot:
         r = self.root
         for d in ("run", "state", "mail"):
             (r / d).mkdir(parents=True, exist_ok=True)
-        os.chmod(r, 0o755)
+        os.chmod(r, 0o755)   # its parent is /tmp (1777): the mail user reaches the Maildirs whatever pytest does
         os.chmod(r / "run", 0o755)
-        if os.geteuid() == 0:  # the mail user must reach its Maildirs under pytest's 0700 directories
-            p = r.parent
-            while p != p.parent and p.is_relative_to(tempfile.gettempdir()) and p != Path(tempfile.gettempdir()):
-                os.chmod(p, os.stat(p).st_mode | 0o001)
-                p = p.parent
         self.ca_path, self.cert_path, self.key_path = _cert(r)
         uid, gid, login_user, internal_user = self._owner()
         lines = [f"{u}:{{PLAIN}}{p}:{uid}:{gid}::{r}/mail/{u}::" for u, p in self.users.items()]
@@ -118,6 +124,9 @@ base_dir = {r}/run
 state_dir = {r}/state
 instance_name = ticketmx-test-{uuid.uuid4().hex[:8]}
 log_path = {r}/dovecot.log
+info_log_path = {r}/dovecot.log
+mail_debug = {"yes" if os.environ.get("TICKETMX_DOVECOT_DEBUG") else "no"}
+auth_debug = {"yes" if os.environ.get("TICKETMX_DOVECOT_DEBUG") else "no"}
 protocols = imap pop3
 listen = 127.0.0.1
 ssl = yes
@@ -215,21 +224,28 @@ service stats {{
         self.stop()
         raise RuntimeError(f"dovecot did not answer on {self.imap_port} within {timeout}s: {self.log()}")
 
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # its children (auth, imap, login) are in its group
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=10)
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        self.proc = None
+    def stop(self, remove: bool = True) -> None:
+        """Kill Dovecot (its whole process group); ``remove``: delete its files, keeping a copy of its log
+        in the test's directory (``root/dovecot.log``)."""
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its children (auth, imap, login) are in its group
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+            if self.proc.stdout:
+                self.proc.stdout.close()
+            self.proc = None
+        if remove and self.root.exists():
+            if self.link.is_symlink():
+                self.link.unlink()
+                self.link.with_suffix(".log").write_text(self.log(full=True))
+            shutil.rmtree(self.root, ignore_errors=True)
 
-    def log(self) -> str:
+    def log(self, full: bool = False) -> str:
         try:
-            return (self.root / "dovecot.log").read_text(errors="replace")[-4000:]
+            text = (self.root / "dovecot.log").read_text(errors="replace")
+            return text if full else text[-4000:]
         except OSError:
             return ""
 

@@ -23,10 +23,11 @@ def _relay(port: int) -> dict[str, Any]:
                       "smarthost": [{"name": "sink", "host": "127.0.0.1", "port": port, "tls": "none"}]}}
 
 
-@pytest.mark.xfail(reason="H7 open: the good source sometimes stops fetching while the bad one fails (under"
-                   " investigation; the pause, the notification and the state assertions pass)", strict=False)
 async def test_stop_after_failures_pauses_only_that_source_and_tells_the_admin(start_gateway: Any, dovecot: Dovecot,
                                                                                tmp_path: Path, sink: Any) -> None:
+    """Three rounds of: the bad source fails until it pauses itself while mail delivered meanwhile reaches the
+    good one, then it is resumed. (This test once failed now and then: the cause was the fixture's Maildirs
+    under pytest's basetemp, made unreadable to Dovecot's mail user by another pytest session; see dovecot.py.)"""
     bad_pw = tmp_path / "bad-password"
     bad_pw.write_text("wrong\n")
     os.chmod(bad_pw, 0o600)
@@ -35,23 +36,39 @@ async def test_stop_after_failures_pauses_only_that_source_and_tells_the_admin(s
                        max_tries=100, folder="Other")
     gw = await start_gateway(source=[good, bad], pipeline={"processes": 0, "poll_interval": "100ms",
                                                            "admin_address": "ops@example.test"}, **_relay(sink.port))
+    rounds = 3
+    for r in range(rounds):
+        if r:
+            await gw.gw.sources.resume("bad")
+            assert not (await gw.store.source_state_get())["bad"]["paused"]
+        dovecot.deliver(USER, message(r))  # while the bad one fails: the good source goes on
+        await wait_for(lambda: dovecot.count(USER, "Processed") == r + 1, timeout=20,
+                       what=f"round {r}: the good source fetching while the bad one fails")
+        await wait_for(_paused(gw, "bad"), timeout=30, what=f"round {r}: the bad source paused")
+        state = await gw.store.source_state_get()
+        assert state["bad"]["failures"] >= 3 and state["bad"]["last_error_kind"] == "auth"
+        assert not state.get("good", {}).get("paused") and not gw.gw.sources.runners["good"].paused
+        assert not gw.gw.sources.runners["good"].task.done()
     await wait_for(lambda: any(m[1] == ["ops@example.test"] for m in sink.messages), timeout=30,
                    what="the admin notification")
-    note = next(email.message_from_bytes(m[2], policy=email.policy.default) for m in sink.messages
-                if m[1] == ["ops@example.test"])
-    assert "source bad paused" in note["Subject"]
-    assert "ticketmx source resume bad" in note.get_body(("plain",)).get_content()
-    state = (await gw.store.source_state_get())
-    assert state["bad"]["paused"] and state["bad"]["failures"] >= 3 and state["bad"]["last_error_kind"] == "auth"
-    assert not state.get("good", {}).get("paused")
-    dovecot.deliver(USER, message(1))  # the good source goes on
-    await wait_for(lambda: dovecot.count(USER, "Processed") == 1, what="the good source still fetching")
+    notes = [email.message_from_bytes(m[2], policy=email.policy.default) for m in sink.messages
+             if m[1] == ["ops@example.test"]]
+    assert len(notes) == 1  # one an hour per source, however often it pauses
+    assert "source bad paused" in notes[0]["Subject"]
+    assert "ticketmx source resume bad" in notes[0].get_body(("plain",)).get_content()
     async with httpx.AsyncClient() as c:  # the metrics server runs on this loop
         text = (await c.get(f"http://127.0.0.1:{gw.metrics_port}/metrics")).text
     assert 'ticketmx_source_paused{source="bad"} 1.0' in text
     assert 'ticketmx_source_paused{source="good"} 0.0' in text
     assert 'ticketmx_source_errors_total{kind="auth",source="bad"}' in text
-    assert 'ticketmx_source_fetched_total{source="good"} 1.0' in text
+    assert f'ticketmx_source_fetched_total{{source="good"}} {float(rounds)}' in text
+    assert len(await gw.store.tickets_list()) == rounds
+
+
+def _paused(gw: Any, name: str) -> Any:
+    async def check() -> bool:
+        return bool((await gw.store.source_state_get()).get(name, {}).get("paused"))
+    return check
 
 
 async def test_a_refused_message_is_quarantined_to_the_failure_folder_and_the_rest_goes_on(
