@@ -249,6 +249,23 @@ service stats {{
         except OSError:
             return ""
 
+    def doveadm(self, *args: str) -> str:
+        """``doveadm`` against this instance's config (it works on the storage directly, as the mail user)."""
+        r = subprocess.run(["doveadm", "-c", str(self.root / "dovecot.conf"), *args], capture_output=True,
+                           text=True, timeout=30)
+        if r.returncode != 0:
+            raise RuntimeError(f"doveadm {' '.join(args)}: exit {r.returncode}: {r.stderr.strip()}")
+        return r.stdout
+
+    def uidvalidity(self, user: str, folder: str = "INBOX") -> int:
+        out = self.doveadm("mailbox", "status", "-u", user, "uidvalidity", folder)
+        return int(out.strip().rsplit("=", 1)[1])
+
+    def set_uidvalidity(self, user: str, value: int, folder: str = "INBOX") -> None:
+        """What a server does when it rebuilds a folder's index: a new UIDVALIDITY, every UID new to clients."""
+        self.doveadm("mailbox", "update", "-u", user, "--uid-validity", str(value), folder)
+        assert self.uidvalidity(user, folder) == value
+
     # -- mail -----------------------------------------------------------------------------------------
     def deliver(self, user: str, raw: bytes, folder: str = "INBOX", seen: bool = False,
                 mtime: float | None = None) -> str:
