@@ -272,11 +272,7 @@ service stats {{
         """Put one message in a Maildir folder as an MDA does; ``seen``: already read by another client."""
         base = self.maildir(user, folder)
         if not (base / "tmp").is_dir():
-            for sub in ("cur", "new", "tmp"):
-                (base / sub).mkdir(parents=True, exist_ok=True)
-            if folder != "INBOX":
-                (base / "maildirfolder").touch()
-            self._chown(base)
+            self._make_folder(base, folder != "INBOX")
         name = f"{time.time():.6f}.{uuid.uuid4().hex}.ticketmx-test"
         tmp = base / "tmp" / name
         tmp.write_bytes(raw)
@@ -287,6 +283,20 @@ service stats {{
         final = base / ("cur" if seen else "new") / (name + (":2,S" if seen else ""))
         os.rename(tmp, final)
         return name
+
+    def _make_folder(self, base: Path, sub: bool) -> None:
+        """A Maildir folder made aside and renamed into place already owned by the mail user: Dovecot never
+        sees it half made or owned by root (it would fail to write its index there: [SERVERBUG])."""
+        work = self.root / "staging" / uuid.uuid4().hex  # same file system, outside every Maildir
+        for d in ("cur", "new", "tmp"):
+            (work / d).mkdir(parents=True)
+        if sub:
+            (work / "maildirfolder").touch()
+        self._chown(work)
+        try:
+            os.rename(work, base)
+        except OSError:  # made meanwhile (by Dovecot: a CREATE)
+            shutil.rmtree(work, ignore_errors=True)
 
     def fill(self, user: str, messages: Iterator[bytes] | list[bytes]) -> int:
         n = 0
