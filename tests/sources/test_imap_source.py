@@ -111,3 +111,24 @@ async def test_provider_verdict_only_from_a_trusted_authserv_id_and_no_spf(start
     assert not forged["dmarc"].get("override") and forged["dmarc"]["result"] != "pass"
     for auth in (trusted, forged):
         assert auth["spf"]["checked"] is False and auth["source"]["name"] == "inbox"
+
+
+async def test_a_batch_imports_each_once_and_same_bytes_twice_is_one_import(start_gateway: Any, dovecot: Dovecot,
+                                                                            tmp_path: Path) -> None:
+    """152 files (three fetch/commit batches of 64): one message delivered twice far apart and one twice
+    side by side (same batch), byte for byte: 150 tickets, 152 keys (each copy an alias of the first
+    import), every file moved (one UID MOVE per group)."""
+    twice = message(7)
+    for i in range(149):
+        dovecot.deliver(USER, twice if i == 7 else message(i))
+    dovecot.deliver(USER, twice)  # the same bytes again, in the last batch
+    dovecot.deliver(USER, message(500, subject="Copy"))
+    copy = next(p for p in dovecot.files(USER) if b"Subject: Copy" in p.read_bytes())
+    dup = copy.with_name(copy.name.replace(".ticketmx-test", ".again.ticketmx-test"))
+    dup.write_bytes(copy.read_bytes())  # a second file with identical bytes: in the same batch as the first
+    gw = await start_gateway(source=[source_table(dovecot, tmp_path)])
+    await wait_for(lambda: dovecot.count(USER) == 0, timeout=60, what="the inbox emptied")
+    await wait_for(lambda: _settled(gw, 152), what="152 keys settled")
+    assert len(await gw.store.tickets_list()) == 150
+    assert len(await gw.store.spool_list()) == 150
+    assert dovecot.count(USER, "Processed") == 152
