@@ -215,7 +215,7 @@ def bench_many(k: int, poll: int, duration: float) -> None:
               f" first check after {max(first):.1f} s at the latest (median {statistics.median(first):.1f} s);"
               f" {len(gaps)} intervals, largest gap between checks {max(gaps) if gaps else float('nan'):.1f} s,"
               f" largest incl. the open one at the end {worst:.1f} s (<= poll_interval + cycle: target {poll} s);"
-              f" tickets {tickets}/{k}")
+              f" tickets {tickets} (expected {2 * k - 1}: the baseline run took one)")
         print(f"many: serve main process VmRSS: 1 source {base / 1024:.1f} MB, {k} sources {rss_end / 1024:.1f} MB"
               f" (peak {peak / 1024:.1f} MB): {(rss_end - base) / 1024 / (k - 1):.2f} MB per extra source"
               f" (target < 2 MB)")
