@@ -146,3 +146,48 @@ async def test_uidvalidity_change_imports_nothing_twice_and_since_is_honoured(
 async def _settled(gw: Any, n: int, source: str = "inbox") -> bool:
     c = (await gw.store.source_counts()).get(source, {})
     return c.get("settled", 0) >= n and not c.get("spooled")
+
+
+async def test_a_round_that_raises_does_not_end_the_source_task(start_gateway: Any, dovecot: Dovecot,
+                                                                tmp_path: Path) -> None:
+    """A kind that raises something unexpected (here: the IMAP kind made to, against the real Dovecot:
+    listing raises, then close() raises while the manager disconnects): logged, the task goes on and the
+    source fetches at its next round. Before, the exception ended the source's task silently."""
+    from gateway.config.load import build_config
+    from gateway.ingress.sources.imap import ImapSource
+    from gateway.ingress.sources.manager import SourceManager
+
+    from ..conftest import BASE_CONFIG, merge
+
+    class Raises(ImapSource):
+        armed = False
+        raised = 0
+
+        async def keys(self) -> list[str]:
+            if Raises.armed:
+                raise RuntimeError("listing failed")
+            return await super().keys()
+
+        async def close(self) -> None:
+            await super().close()
+            if Raises.armed:
+                Raises.armed = False
+                Raises.raised += 1
+                raise RuntimeError("close failed")
+
+    gw = await start_gateway()
+    cfg = build_config(merge(BASE_CONFIG, {"store": {"url": f"sqlite:///{tmp_path}/ticketmx.db"},
+                                           "source": [source_table(dovecot, tmp_path, idle=False)]}), "test")
+    mgr = SourceManager(cfg, gw.store, gw.gw.spool, factory=lambda sc: Raises(sc))
+    await mgr.start()
+    try:
+        dovecot.deliver(USER, message(1))
+        await wait_for(lambda: dovecot.count(USER, "Processed") == 1, what="the first message")
+        Raises.armed = True
+        await wait_for(lambda: Raises.raised == 1, what="close() raising")
+        dovecot.deliver(USER, message(2))
+        await wait_for(lambda: dovecot.count(USER, "Processed") == 2, timeout=30, what="fetching afterwards")
+        assert not mgr.runners["inbox"].task.done()
+        assert (await gw.store.source_state_get("inbox"))["inbox"]["last_error_kind"] == "internal"
+    finally:
+        await mgr.close()

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 IMPORT_BATCH = 64            # messages fetched and committed together (bounded by base.FETCH_BUDGET bytes)
 MAX_CONCURRENT_SYNCS = 16    # sources listing/fetching at once (IDLE waits hold a connection, not a slot)
 SETTLE_WAIT = 0.2            # how often a source looks for pipeline outcomes while some are pending
+ROUND_RETRY = 5.0            # seconds before a round that raised unexpectedly starts again
 STATE_POLL = 2.0             # how often runtime pauses/resumes from the CLI (another process) are read
 OUTCOME = {TICKET_CREATED: TICKET, ARTICLE_ADDED: TICKET, SPOOL_SUPPRESSED: SUPPRESSED,
            SPOOL_QUARANTINED: QUARANTINED, "": TICKET}  # "": the spool row was purged (it had ended)
@@ -158,45 +159,64 @@ class SourceRunner:
 
     # -- the loop --------------------------------------------------------------------------------------
     async def run(self) -> None:
-        m = self.m
-        m.metrics.poll_interval.labels(self.name).set(self.cfg.poll_interval)
+        """The source's task: it ends only when cancelled. Whatever escapes one round (a store error while
+        recording a failure or pausing, a kind whose close() raises) is logged and the round starts again
+        after a pause: a source task that ended silently would stop fetching with nothing to show."""
+        self.m.metrics.poll_interval.labels(self.name).set(self.cfg.poll_interval)
         while True:
-            if self.paused or self.cfg.status != "active":
-                m.metrics.paused.labels(self.name).set(1)
-                await self._disconnect()
-                await self._wait(3600)
-                continue
-            m.metrics.paused.labels(self.name).set(0)
-            if self.cfg.skip_times and in_window(self.cfg.skip_times, time.time()):
-                await self._disconnect()
-                await self._wait(max(1.0, window_end(self.cfg.skip_times, time.time()) - time.time()))
-                continue
-            delay = self.cfg.poll_interval
             try:
-                async with m.slots:
-                    result = await self.sync_once()
-                self.tries = 0
-                if result.pending:
-                    delay = SETTLE_WAIT
-            except SourceError as exc:
-                await self._failed(exc)
-                delay = self.cfg.cooloff if self.tries >= self.cfg.max_tries else min(self.cfg.poll_interval,
-                                                                                       2.0 ** min(self.tries, 6))
-                if self.tries >= self.cfg.max_tries:
-                    self.tries = 0
-                await self._disconnect()
+                await self._round()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a bug must not end the task: logged, counted, retried later
-                log.exception("source %s: cycle failed", self.name)
-                await self._failed(SourceError("internal", f"{type(exc).__name__}: {exc}"))
-                await self._disconnect()
-            if self.paused:
-                continue
-            if delay <= SETTLE_WAIT or not self.connected:
-                await self._wait(delay)
-            else:
-                await self._wait_for_new(delay)
+            except Exception:
+                log.exception("source %s: round failed; trying again in %.0f s", self.name,
+                              min(self.cfg.poll_interval, ROUND_RETRY))
+                self.connected = False
+                try:
+                    await self.source.close()
+                except Exception:  # noqa: BLE001 - closing after a failure
+                    pass
+                await self._wait(min(self.cfg.poll_interval, ROUND_RETRY))
+
+    async def _round(self) -> None:
+        """One cycle and the wait after it."""
+        m = self.m
+        if self.paused or self.cfg.status != "active":
+            m.metrics.paused.labels(self.name).set(1)
+            await self._disconnect()
+            await self._wait(3600)
+            return
+        m.metrics.paused.labels(self.name).set(0)
+        if self.cfg.skip_times and in_window(self.cfg.skip_times, time.time()):
+            await self._disconnect()
+            await self._wait(max(1.0, window_end(self.cfg.skip_times, time.time()) - time.time()))
+            return
+        delay = self.cfg.poll_interval
+        try:
+            async with m.slots:
+                result = await self.sync_once()
+            self.tries = 0
+            if result.pending:
+                delay = SETTLE_WAIT
+        except SourceError as exc:
+            await self._failed(exc)
+            delay = self.cfg.cooloff if self.tries >= self.cfg.max_tries else min(self.cfg.poll_interval,
+                                                                                   2.0 ** min(self.tries, 6))
+            if self.tries >= self.cfg.max_tries:
+                self.tries = 0
+            await self._disconnect()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not end the task: logged, counted, retried later
+            log.exception("source %s: cycle failed", self.name)
+            await self._failed(SourceError("internal", f"{type(exc).__name__}: {exc}"))
+            await self._disconnect()
+        if self.paused:
+            return
+        if delay <= SETTLE_WAIT or not self.connected:
+            await self._wait(delay)
+        else:
+            await self._wait_for_new(delay)
 
     async def _wait(self, seconds: float) -> None:
         try:
