@@ -88,6 +88,8 @@ class Setup:
             self.srv.proc.wait()
         self.dovecot.stop()
         self.dns.stop()
+        import shutil
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     @property
     def db(self) -> Path:
