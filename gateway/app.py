@@ -136,7 +136,7 @@ class Gateway:
             from gateway.http.process import HttpGroup
             from gateway.http.server import bind
             sock = bind(*self.cfg.http.listen)
-            self.http = HttpGroup(self.cfg, sock, self.metrics, wake, wake_relay)
+            self.http = HttpGroup(self.cfg, sock, self.metrics, wake, wake_relay, lambda: self.sources)
             await self.http.start()
         elif self.cfg.http.enabled:
             from gateway.http.deps import Services

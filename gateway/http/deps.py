@@ -103,6 +103,11 @@ class Services:
         return self._gw.cfg
 
     @property
+    def sources(self) -> Any:
+        """gateway.ingress.sources.manager.SourceManager, or None without [[source]]s"""
+        return getattr(self._gw, "sources", None)
+
+    @property
     def metrics(self) -> Any:
         """gateway.runtime.metrics.Metrics (this process's registry; /metrics is :meth:`render_metrics`)"""
         return self._gw.metrics

@@ -69,6 +69,11 @@ class ChildServices(Services):
     def wake_pipeline(self) -> None:
         self.link.send(("wake",))
 
+    @property
+    def sources(self) -> Any:
+        """The pull sources run in the main process: pause / resume go there, so they act at once."""
+        return _ParentSources(self.link)
+
     async def render_metrics(self) -> bytes:
         body = await self.link.ask("render")
         if body is None:
@@ -159,12 +164,30 @@ class _Child:
     gone: bool = False
 
 
+class _ParentSources:
+    """``pause`` / ``resume`` of the main process's source manager, asked over the control pipe (the
+    store write happens there, before the answer, so a GET right after sees it)."""
+
+    def __init__(self, link: ParentLink) -> None:
+        self.link = link
+
+    async def pause(self, name: str, reason: str) -> None:
+        if await self.link.ask("source", "pause", name, reason) is None:
+            raise Problem(503, "Service Unavailable", "the gateway is stopping", headers={"Retry-After": "5"})
+
+    async def resume(self, name: str) -> None:
+        if await self.link.ask("source", "resume", name, "") is None:
+            raise Problem(503, "Service Unavailable", "the gateway is stopping", headers={"Retry-After": "5"})
+
+
 class HttpGroup:
     """Starts ``[http] processes`` children on one listening socket, answers them, restarts the dead."""
 
     def __init__(self, cfg: Config, sock: socket.socket, metrics: Metrics, on_wake: Callable[[], None],
-                 on_wake_relay: Callable[[], None]) -> None:
+                 on_wake_relay: Callable[[], None],
+                 sources: Callable[[], Any] = lambda: None) -> None:
         self.cfg = cfg
+        self.sources = sources  # () -> the running SourceManager (or None), asked by "source" messages
         self.sock = sock
         self.metrics = metrics
         self.on_wake = on_wake
@@ -240,6 +263,8 @@ class HttpGroup:
             self._send(child, ("reply", msg[1], take(self._rate_limiter(), msg[2])))
         elif kind == "render":
             self._spawn_task(self._render(child, msg[1]))
+        elif kind == "source":
+            self._spawn_task(self._source(child, msg[1], msg[2], msg[3], msg[4]))
         elif kind == "metrics":
             child.last = msg[1]
             child.fresh.set()
@@ -262,6 +287,18 @@ class HttpGroup:
             log.exception("metrics for HTTP process %d failed", child.slot)
             body = None
         self._send(child, ("reply", rid, body))
+
+    async def _source(self, child: _Child, rid: int, action: str, name: str, reason: str) -> None:
+        """A pause / resume from the API, applied by the running manager (None: no manager runs)."""
+        manager = self.sources()
+        ok: bool | None = None
+        try:
+            if manager is not None:
+                await (manager.pause(name, reason) if action == "pause" else manager.resume(name))
+                ok = True
+        except Exception:
+            log.exception("source %s %s asked by HTTP process %d failed", action, name, child.slot)
+        self._send(child, ("reply", rid, ok))
 
     def _rate_limiter(self) -> SlidingWindow | None:
         rate = self.cfg.http.rate_per_token

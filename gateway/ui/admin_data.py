@@ -472,18 +472,6 @@ def _plain(v: Any) -> Any:
     return _scalar(v)
 
 
-# -- sources ---------------------------------------------------------------------------------------------
-
-def configured_sources(cfg: Any) -> list[dict[str, Any]]:
-    """The pull sources in the running config (issue 23's ``[[source]]``), names and kinds only, for a
-    build without the sources service: empty when the config has none."""
-    out = []
-    for s in getattr(cfg, "sources", ()) or ():
-        out.append({"name": getattr(s, "name", "?"), "kind": getattr(s, "kind", getattr(s, "type", "")),
-                    "status": "draft" if getattr(s, "draft", False) else "configured"})
-    return out
-
-
 # -- audit -------------------------------------------------------------------------------------------------
 
 async def audit_page(store: Any, *, actor: str = "", action: str = "", target: str = "", since: float | None = None,

@@ -4,8 +4,7 @@ button that shows every step of the connection.
 
 It calls the API's own functions (gateway/http/api_sources.py: ``GET /api/v1/sources``, ``POST
 /api/v1/sources/{name}/test|pause|resume``), so the page lists, tests, pauses and audits exactly as the
-API does. In a build without pulled mailboxes it shows the sources named in the config, if any, and
-says that fetching is not available.
+API does.
 """
 from __future__ import annotations
 
@@ -16,29 +15,19 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 
 from gateway.http.deps import Problem, services
-from gateway.ui import admin_data
 from gateway.ui.admin import show
 from gateway.ui.web import Page, page, router_for
 
-try:  # issue 23: pulled mailboxes and their API
-    from gateway.http import api_sources
-except ImportError:  # a build without them
-    api_sources = None  # type: ignore[assignment]
+from gateway.http import api_sources
 
 router = router_for()
 TEST_TIMEOUT = 60.0
-
-
-def available() -> bool:
-    return api_sources is not None
 
 
 async def source_rows(request: Request, p: Page) -> list[dict[str, Any]]:
     """``GET /api/v1/sources`` (status, last success, last error, backlog), plus how each source signs
     in, for the OAuth hint."""
     cfg = services(request).cfg
-    if api_sources is None:
-        return admin_data.configured_sources(cfg)
     by_name = {sc.name: sc for sc in getattr(cfg, "sources", ())}
     out = []
     for item in await api_sources.list_sources(request, who=p.who):
@@ -60,7 +49,7 @@ def _when(iso_text: str | None) -> str:
 async def _page(request: Request, p: Page, status: int = 200, **ctx: Any) -> HTMLResponse:
     ctx.setdefault("test", None)
     return show(request, "admin/sources.html", p, "Sources", "/ui/admin/sources", status=status,
-                available=available(), rows=await source_rows(request, p), **ctx)
+                rows=await source_rows(request, p), **ctx)
 
 
 @router.get("/ui/admin/sources")
@@ -68,16 +57,10 @@ async def sources(request: Request, p: Page = Depends(page("admin"))) -> HTMLRes
     return await _page(request, p)
 
 
-def _unavailable() -> None:
-    if api_sources is None:
-        raise Problem(409, "Conflict", "pulled mailboxes are not available in this build")
-
-
 @router.post("/ui/admin/sources/{name}/test")
 async def test_connection(name: str, request: Request, p: Page = Depends(page("admin"))) -> HTMLResponse:
     """``POST /api/v1/sources/{name}/test``: every step of a connection (resolve, connect, TLS, sign in,
     the folders), the server's answers with secrets masked. Changes nothing but folders it creates."""
-    _unavailable()
     error = ""
     try:
         result = await asyncio.wait_for(api_sources.test_source(name, request, who=p.who), TEST_TIMEOUT)
@@ -94,7 +77,6 @@ async def test_connection(name: str, request: Request, p: Page = Depends(page("a
 @router.post("/ui/admin/sources/{name}/{action}")
 async def pause_resume(name: str, action: str, request: Request, p: Page = Depends(page("admin"))) -> HTMLResponse:
     """``POST /api/v1/sources/{name}/pause|resume`` (audited as source.pause / source.resume)."""
-    _unavailable()
     if action == "pause":
         await api_sources.pause(name, request, who=p.who)
     elif action == "resume":
@@ -104,4 +86,4 @@ async def pause_resume(name: str, action: str, request: Request, p: Page = Depen
     return await _page(request, p, notice=f"{name}: {'paused' if action == 'pause' else 'fetching again'}")
 
 
-__all__ = ["router", "available", "source_rows"]
+__all__ = ["router", "source_rows"]

@@ -19,6 +19,11 @@ ALERT_TESTS = ROOT / "tests" / "ops" / "alerts_test.yml"
 # and the DNS error counter of the auth checks. Remove a name once serve exposes it: from then on
 # the test requires it.
 PENDING = {
+    # gateway.ingress.sources.manager.SourceMetrics (failing/stale alerts): only with a [[source]]
+    "ticketmx_source_consecutive_failures",
+    "ticketmx_source_last_success_timestamp_seconds",
+    "ticketmx_source_poll_interval_seconds",
+    "ticketmx_source_paused",
     "ticketmx_relay_sent_total",
     "ticketmx_relay_failed_total",
     "ticketmx_relay_dead_total",

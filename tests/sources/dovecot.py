@@ -2,6 +2,13 @@
 process on 127.0.0.1 with a generated config, passwd-file users and Maildirs under a temporary directory,
 and killed (its whole process group) afterwards.
 
+Its files live in a directory of their own under /tmp (``tempfile.mkdtemp``), not under pytest's basetemp:
+as root, Dovecot's mail user (``dovecot``) must traverse every parent of the Maildirs, and every pytest
+session that starts (another test run on the machine) resets /tmp/pytest-of-root to 0700. That reset is what
+made Dovecot answer ``[SERVERBUG]`` to SELECT/CREATE now and then and a running source see an empty folder
+(its log: ``stat(.../dovecot.index.log) failed: Permission denied (euid=105(dovecot))``). ``root/dovecot``
+(the directory the test gives) gets a symlink to it while it runs and a copy of Dovecot's log after ``stop()``.
+
 Mail is put in by writing Maildir files directly (``deliver``/``fill``: fast, thousands a second), the way
 an MDA does (tmp/ then rename into new/). Ports: IMAP (plain + STARTTLS), IMAPS, POP3, POP3S, each free.
 
@@ -52,7 +59,11 @@ class Dovecot:
 
     def __init__(self, root: Path, users: dict[str, str] | None = None, *, idle_notify: str = "1 secs",
                  oauth2_introspection_url: str = "", extra_conf: str = "") -> None:
-        self.root = root / "dovecot"
+        self.link = root / "dovecot"
+        self.root = Path(tempfile.mkdtemp(prefix="ticketmx-dovecot-"))
+        if not self.link.exists():
+            self.link.parent.mkdir(parents=True, exist_ok=True)
+            self.link.symlink_to(self.root)
         self.users = dict(users or {"support@example.test": "s3cret"})
         self.imap_port, self.imaps_port = _free_port(), _free_port()
         self.pop3_port, self.pop3s_port = _free_port(), _free_port()
@@ -91,13 +102,8 @@ class Dovecot:
         r = self.root
         for d in ("run", "state", "mail"):
             (r / d).mkdir(parents=True, exist_ok=True)
-        os.chmod(r, 0o755)
+        os.chmod(r, 0o755)   # its parent is /tmp (1777): the mail user reaches the Maildirs whatever pytest does
         os.chmod(r / "run", 0o755)
-        if os.geteuid() == 0:  # the mail user must reach its Maildirs under pytest's 0700 directories
-            p = r.parent
-            while p != p.parent and p.is_relative_to(tempfile.gettempdir()) and p != Path(tempfile.gettempdir()):
-                os.chmod(p, os.stat(p).st_mode | 0o001)
-                p = p.parent
         self.ca_path, self.cert_path, self.key_path = _cert(r)
         uid, gid, login_user, internal_user = self._owner()
         lines = [f"{u}:{{PLAIN}}{p}:{uid}:{gid}::{r}/mail/{u}::" for u, p in self.users.items()]
@@ -118,6 +124,9 @@ base_dir = {r}/run
 state_dir = {r}/state
 instance_name = ticketmx-test-{uuid.uuid4().hex[:8]}
 log_path = {r}/dovecot.log
+info_log_path = {r}/dovecot.log
+mail_debug = {"yes" if os.environ.get("TICKETMX_DOVECOT_DEBUG") else "no"}
+auth_debug = {"yes" if os.environ.get("TICKETMX_DOVECOT_DEBUG") else "no"}
 protocols = imap pop3
 listen = 127.0.0.1
 ssl = yes
@@ -215,23 +224,47 @@ service stats {{
         self.stop()
         raise RuntimeError(f"dovecot did not answer on {self.imap_port} within {timeout}s: {self.log()}")
 
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # its children (auth, imap, login) are in its group
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=10)
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        self.proc = None
+    def stop(self, remove: bool = True) -> None:
+        """Kill Dovecot (its whole process group); ``remove``: delete its files, keeping a copy of its log
+        in the test's directory (``root/dovecot.log``)."""
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its children (auth, imap, login) are in its group
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+            if self.proc.stdout:
+                self.proc.stdout.close()
+            self.proc = None
+        if remove and self.root.exists():
+            if self.link.is_symlink():
+                self.link.unlink()
+                self.link.with_suffix(".log").write_text(self.log(full=True))
+            shutil.rmtree(self.root, ignore_errors=True)
 
-    def log(self) -> str:
+    def log(self, full: bool = False) -> str:
         try:
-            return (self.root / "dovecot.log").read_text(errors="replace")[-4000:]
+            text = (self.root / "dovecot.log").read_text(errors="replace")
+            return text if full else text[-4000:]
         except OSError:
             return ""
+
+    def doveadm(self, *args: str) -> str:
+        """``doveadm`` against this instance's config (it works on the storage directly, as the mail user)."""
+        r = subprocess.run(["doveadm", "-c", str(self.root / "dovecot.conf"), *args], capture_output=True,
+                           text=True, timeout=30)
+        if r.returncode != 0:
+            raise RuntimeError(f"doveadm {' '.join(args)}: exit {r.returncode}: {r.stderr.strip()}")
+        return r.stdout
+
+    def uidvalidity(self, user: str, folder: str = "INBOX") -> int:
+        out = self.doveadm("mailbox", "status", "-u", user, "uidvalidity", folder)
+        return int(out.strip().rsplit("=", 1)[1])
+
+    def set_uidvalidity(self, user: str, value: int, folder: str = "INBOX") -> None:
+        """What a server does when it rebuilds a folder's index: a new UIDVALIDITY, every UID new to clients."""
+        self.doveadm("mailbox", "update", "-u", user, "--uid-validity", str(value), folder)
+        assert self.uidvalidity(user, folder) == value
 
     # -- mail -----------------------------------------------------------------------------------------
     def deliver(self, user: str, raw: bytes, folder: str = "INBOX", seen: bool = False,
@@ -239,11 +272,7 @@ service stats {{
         """Put one message in a Maildir folder as an MDA does; ``seen``: already read by another client."""
         base = self.maildir(user, folder)
         if not (base / "tmp").is_dir():
-            for sub in ("cur", "new", "tmp"):
-                (base / sub).mkdir(parents=True, exist_ok=True)
-            if folder != "INBOX":
-                (base / "maildirfolder").touch()
-            self._chown(base)
+            self._make_folder(base, folder != "INBOX")
         name = f"{time.time():.6f}.{uuid.uuid4().hex}.ticketmx-test"
         tmp = base / "tmp" / name
         tmp.write_bytes(raw)
@@ -254,6 +283,20 @@ service stats {{
         final = base / ("cur" if seen else "new") / (name + (":2,S" if seen else ""))
         os.rename(tmp, final)
         return name
+
+    def _make_folder(self, base: Path, sub: bool) -> None:
+        """A Maildir folder made aside and renamed into place already owned by the mail user: Dovecot never
+        sees it half made or owned by root (it would fail to write its index there: [SERVERBUG])."""
+        work = self.root / "staging" / uuid.uuid4().hex  # same file system, outside every Maildir
+        for d in ("cur", "new", "tmp"):
+            (work / d).mkdir(parents=True)
+        if sub:
+            (work / "maildirfolder").touch()
+        self._chown(work)
+        try:
+            os.rename(work, base)
+        except OSError:  # made meanwhile (by Dovecot: a CREATE)
+            shutil.rmtree(work, ignore_errors=True)
 
     def fill(self, user: str, messages: Iterator[bytes] | list[bytes]) -> int:
         n = 0

@@ -90,3 +90,45 @@ def _create_store(conf: Path) -> None:
         await store.open()
         await store.close()
     asyncio.run(go())
+
+
+async def test_provider_verdict_only_from_a_trusted_authserv_id_and_no_spf(start_gateway: Any, dovecot: Dovecot,
+                                                                           tmp_path: Path) -> None:
+    """docs/auth.md "Pulled mail: what is trusted": the provider's dmarc=pass counts only from a configured
+    authserv-id; a field with any other id is a claim like any other; SPF is never evaluated."""
+    ar = "Authentication-Results: {id}; spf=pass smtp.mailfrom=customer.test; dmarc=pass header.from=customer.test\r\n"
+    dovecot.deliver(USER, message(1, subject="Trusted", extra=ar.format(id="mx.provider.test")))
+    dovecot.deliver(USER, message(2, subject="Forged", extra=ar.format(id="mx.elsewhere.test")))
+    gw = await start_gateway(source=[source_table(dovecot, tmp_path, trusted_authserv_ids=["mx.provider.test"])])
+    await wait_for(lambda: _settled(gw, 2), what="2 settled")
+    by_subject = {}
+    for e in await gw.store.spool_list():
+        full = await gw.store.spool_get(e.id)
+        subject = next(line for line in full.raw.split(b"\r\n") if line.startswith(b"Subject:"))
+        by_subject[subject.split(b": ", 1)[1].decode()] = full.auth
+    trusted, forged = by_subject["Trusted"], by_subject["Forged"]
+    assert trusted["dmarc"].get("override") == "provider"
+    assert not forged["dmarc"].get("override") and forged["dmarc"]["result"] != "pass"
+    for auth in (trusted, forged):
+        assert auth["spf"]["checked"] is False and auth["source"]["name"] == "inbox"
+
+
+async def test_a_batch_imports_each_once_and_same_bytes_twice_is_one_import(start_gateway: Any, dovecot: Dovecot,
+                                                                            tmp_path: Path) -> None:
+    """152 files (three fetch/commit batches of 64): one message delivered twice far apart and one twice
+    side by side (same batch), byte for byte: 150 tickets, 152 keys (each copy an alias of the first
+    import), every file moved (one UID MOVE per group)."""
+    twice = message(7)
+    for i in range(149):
+        dovecot.deliver(USER, twice if i == 7 else message(i))
+    dovecot.deliver(USER, twice)  # the same bytes again, in the last batch
+    dovecot.deliver(USER, message(500, subject="Copy"))
+    copy = next(p for p in dovecot.files(USER) if b"Subject: Copy" in p.read_bytes())
+    dup = copy.with_name(copy.name.replace(".ticketmx-test", ".again.ticketmx-test"))
+    dup.write_bytes(copy.read_bytes())  # a second file with identical bytes: in the same batch as the first
+    gw = await start_gateway(source=[source_table(dovecot, tmp_path)])
+    await wait_for(lambda: dovecot.count(USER) == 0, timeout=60, what="the inbox emptied")
+    await wait_for(lambda: _settled(gw, 152), what="152 keys settled")
+    assert len(await gw.store.tickets_list()) == 150
+    assert len(await gw.store.spool_list()) == 150
+    assert dovecot.count(USER, "Processed") == 152

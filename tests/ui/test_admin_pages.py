@@ -202,20 +202,8 @@ async def test_dashboard_outbound_audit_and_screenshots(start_ui, dns_server, tm
 
 
 async def test_sources_page_and_test_connection_on_a_dovecot_source(start_ui, tmp_path: Path) -> None:
-    """Without issue 23's pulled mailboxes in the build the page says so; with them, a Test Connection
-    against a real Dovecot (tests/sources/dovecot.py) shows every step of the connection."""
-    import pytest
-
-    from gateway.ui import admin_sources
-    if not admin_sources.available():
-        ui = await start_ui()
-        page = await _admin(ui, "/ui/admin/sources")
-        await page.get_by_text("is not available in this build").wait_for()
-        await page.get_by_text("No sources configured.").wait_for()
-        assert await page.get_by_role("button", name="Test Connection").count() == 0
-        _clean(ui)
-        pytest.skip("branch sources (issue 23) is not merged into this build (its tests/sources/test_source_kill9.py "
-                    "timed out in this worktree), so there is no source to test a connection to")
+    """A Test Connection against a real Dovecot (tests/sources/dovecot.py) shows every step of the
+    connection."""
     from ..sources.conftest import source_table
     from ..sources.dovecot import Dovecot
     d = Dovecot(tmp_path / "dovecot", {"support@example.test": "s3cret"}).start()

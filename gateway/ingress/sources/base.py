@@ -6,8 +6,10 @@ committed, when a message may be settled, failures and pauses — is the manager
 """
 from __future__ import annotations
 
+import asyncio
+
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from gateway.config.sources import SourceConfig
 
@@ -16,6 +18,10 @@ TICKET = "ticket"              # ticket created or article added -> success_fold
 QUARANTINED = "quarantined"    # -> failure_folder
 SUPPRESSED = "suppressed"      # auto-replies, bulk, duplicates -> exclusion_folder
 OUTCOMES = (TICKET, QUARANTINED, SUPPRESSED)
+
+# error kinds after which the connection cannot be used for the rest of the cycle
+CONNECTION_KINDS = ("connect", "protocol", "auth", "token", "uidvalidity")
+FETCH_BUDGET = 16 * 1024 * 1024   # bytes one fetch_many returns at most (beyond its first message)
 
 
 @dataclass(frozen=True)
@@ -77,3 +83,48 @@ class Source(Protocol):
     async def test(self) -> list[Step]:
         """Every step of a connection (DNS, TCP, TLS, greeting, auth, folder, target folders), each with
         the server's answer; stops at the first failed step; leaves nothing changed but created folders."""
+
+
+# -- optional batch operations -------------------------------------------------------------------------
+# A kind may implement ``fetch_many(keys)`` and ``settle_many(keys, outcome)`` (IMAP does: one UID FETCH /
+# UID MOVE for many messages); these helpers use them when present and fall back to one call per message
+# otherwise. They are not members of the Protocol so that a kind without them still conforms.
+
+async def fetch_many(source: Any, keys: list[str]) -> dict[str, "Fetched | SourceError"]:
+    """Fetch a prefix of ``keys`` (at least the first; at most about FETCH_BUDGET bytes): key -> the
+    message, or the SourceError of that message alone. Keys absent from the answer were not fetched yet.
+    Raises SourceError when the connection is unusable (CONNECTION_KINDS)."""
+    many = getattr(source, "fetch_many", None)
+    if many is not None:
+        return await many(keys)
+    out: dict[str, Fetched | SourceError] = {}
+    total = 0
+    for key in keys:
+        try:
+            f = await source.fetch(key)
+        except SourceError as exc:
+            if exc.kind in CONNECTION_KINDS:
+                raise
+            out[key] = exc
+            continue
+        out[key] = f
+        total += len(f.raw)
+        if total >= FETCH_BUDGET:
+            break
+    return out
+
+
+async def settle_many(source: Any, keys: list[str], outcome: str) -> None:
+    """Settle several messages with one outcome (one command where the kind can); raises SourceError
+    as ``settle`` does. The caller falls back to one ``settle`` per key to find the one that fails."""
+    many = getattr(source, "settle_many", None)
+    if many is not None:
+        await many(keys, outcome)
+        return
+    # a kind whose server takes requests in parallel (graph: 4 per mailbox) settles that many at once
+    width = max(1, int(getattr(source, "settle_concurrency", 1)))
+    for i in range(0, len(keys), width):
+        outs = await asyncio.gather(*(source.settle(k, outcome) for k in keys[i:i + width]), return_exceptions=True)
+        failed = next((o for o in outs if isinstance(o, BaseException)), None)
+        if failed is not None:
+            raise failed

@@ -22,7 +22,7 @@ from typing import Any
 import aioimaplib
 
 from gateway.config.sources import SourceConfig
-from gateway.ingress.sources.base import Fetched, SourceError, Step
+from gateway.ingress.sources.base import FETCH_BUDGET, Fetched, SourceError, Step
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _EXISTS = re.compile(rb"^(\d+) EXISTS")
 _INTERNALDATE = re.compile(rb'INTERNALDATE "([^"]+)"')
 _FETCH_UID = re.compile(rb"\bUID (\d+)\b")
+_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)\b")
 IDLE_MAX = 29 * 60  # RFC 2177: re-issue IDLE at least every 29 minutes
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -227,19 +228,71 @@ class ImapSource:
             raise SourceError("fetch", f"UID {uid} is gone from {self.cfg.folder} (or the server sent no body)")
         return Fetched(key=key, raw=raw, folder=self.cfg.folder, received=received)
 
-    async def settle(self, key: str, outcome: str) -> None:
-        uid = self._uid(key)
+    async def fetch_many(self, keys: list[str]) -> dict[str, Fetched | SourceError]:
+        """One ``UID FETCH`` for many messages (a round trip per message made an initial sync wait on the
+        network): their sizes first, then the bodies of a prefix within FETCH_BUDGET bytes."""
+        uids = [self._uid(k) for k in keys]
+        client = self._client()
+        try:
+            sizes: dict[str, int] = {}
+            resp = self._watch(await client.uid("fetch", ",".join(uids), "(UID RFC822.SIZE)"))
+            if resp.result != "OK":
+                raise SourceError("fetch", f"UID FETCH (RFC822.SIZE) refused: {_text(resp)}")
+            for line in resp.lines:
+                if isinstance(line, bytes) and (u := _FETCH_UID.search(line)) and (z := _SIZE.search(line)):
+                    sizes[u.group(1).decode()] = int(z.group(1))
+            take, total = [], 0
+            for uid in uids:
+                take.append(uid)
+                total += sizes.get(uid, 0)
+                if total >= FETCH_BUDGET:
+                    break
+            resp = self._watch(await client.uid("fetch", ",".join(take), "(UID INTERNALDATE BODY.PEEK[])"))
+        except (OSError, asyncio.TimeoutError, aioimaplib.AioImapException) as exc:
+            raise SourceError("protocol", f"UID FETCH of {len(uids)} failed: {_why(exc)}") from None
+        if resp.result != "OK":
+            raise SourceError("fetch", f"UID FETCH of {len(uids)} refused: {_text(resp)}")
+        got: dict[str, tuple[bytes, float | None]] = {}
+        lines = resp.lines
+        for i, line in enumerate(lines):
+            if isinstance(line, bytes) and b"FETCH" in line and (m := _FETCH_UID.search(line)) \
+                    and i + 1 < len(lines) and isinstance(lines[i + 1], bytearray):
+                d = _INTERNALDATE.search(line)
+                got[m.group(1).decode()] = (bytes(lines[i + 1]),
+                                            _internaldate(d.group(1).decode("ascii", "replace")) if d else None)
+        out: dict[str, Fetched | SourceError] = {}
+        for key, uid in zip(keys, take):
+            if uid in got:
+                out[key] = Fetched(key=key, raw=got[uid][0], folder=self.cfg.folder, received=got[uid][1])
+            else:
+                out[key] = SourceError("fetch", f"UID {uid} is gone from {self.cfg.folder} (or the server sent"
+                                                " no body)")
+        return out
+
+    async def settle_many(self, keys: list[str], outcome: str) -> None:
+        """One ``UID MOVE`` (or STORE) for many messages with the same outcome: a Maildir move costs
+        Dovecot about 6 ms one by one and 0.05 ms per message in a set. Keys of an older UIDVALIDITY are
+        done already (their messages have new keys)."""
+        uids = [k.split(":", 2)[2] for k in keys if k.split(":", 2)[1] == self.uidvalidity]
+        for i in range(0, len(uids), 500):
+            await self.settle_uids(uids[i:i + 500], outcome)
+
+    async def settle_uids(self, uids: list[str], outcome: str) -> None:
+        uid = ",".join(uids)
         target = self.cfg.target(outcome)
         client = self._client()
         try:
             if not target:
                 resp = self._watch(await client.uid("store", uid, "+FLAGS.SILENT", r"(\Seen)"))
                 if resp.result != "OK":
-                    raise SourceError("settle", f"UID STORE {uid} \\Seen refused: {_text(resp)}")
+                    raise SourceError("settle", f"UID STORE {uid[:60]} \\Seen refused: {_text(resp)}")
                 return
             await self._move(client, uid, target)
         except (OSError, asyncio.TimeoutError, aioimaplib.AioImapException) as exc:
-            raise SourceError("settle", f"moving UID {uid} to {target!r} failed: {_why(exc)}") from None
+            raise SourceError("settle", f"moving UID {uid[:60]} to {target!r} failed: {_why(exc)}") from None
+
+    async def settle(self, key: str, outcome: str) -> None:
+        await self.settle_uids([self._uid(key)], outcome)
 
     async def _move(self, client: aioimaplib.IMAP4, uid: str, target: str) -> None:
         for attempt in (1, 2):
@@ -253,7 +306,7 @@ class ImapSource:
                                  or target not in self._created):
                 await self.ensure_folder(target)
                 continue
-            raise SourceError("settle", f"moving UID {uid} to {target!r} refused: {_text(resp)}")
+            raise SourceError("settle", f"moving UID {uid[:60]} to {target!r} refused: {_text(resp)}")
         if client.has_capability("MOVE"):
             return
         resp = self._watch(await client.uid("store", uid, "+FLAGS.SILENT", r"(\Deleted \Seen)"))
