@@ -22,6 +22,7 @@ from typing import Iterator
 import pytest
 
 from .conftest import ROOT
+from .test_store_write_error import fill_filesystem
 from .test_serve import ServeProcess
 
 EX_TEMPFAIL = 75
@@ -103,10 +104,11 @@ def test_a_database_locked_past_the_busy_timeout_exits_75_within_bounded_time(tm
 
 @pytest.fixture
 def small_fs(tmp_path):
-    """A 4 MB tmpfs of our own (root only); unmounted afterwards."""
+    """A 16 MiB tmpfs of our own (root only); unmounted afterwards."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
+    # 16 MiB: a new store (every migration, the full-text index of issue 22 included) plus room to fill
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True)
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
     yield mnt
@@ -114,12 +116,9 @@ def small_fs(tmp_path):
 
 
 def _fill(mnt: Path) -> None:
-    with open(mnt / "filler", "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-        except OSError:
-            pass
+    # unbuffered (tests/test_store_write_error.py): a buffered file's close would flush the part of the
+    # last write that did not fit and raise ENOSPC itself
+    fill_filesystem(mnt / "filler")
 
 
 @pytest.mark.parametrize("fault", ["full", "read-only"])

@@ -12,13 +12,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
+from gateway.http.api_admin import PROBLEMS
 from gateway.http.deps import Principal, Problem, audit, principal, services
 from gateway.ingress.sources.cli import rows
 from gateway.ingress.sources.manager import build_source, pause_source, resume_source
 from gateway.store.render import iso
 
 router = APIRouter()
-NOT_FOUND = {404: {"description": "no [[source]] of that name"}}
+NOT_FOUND = {**PROBLEMS, 404: {"description": "no [[source]] of that name (problem+json)"}}
 
 
 class SourceOut(BaseModel):
@@ -69,7 +70,7 @@ def _find(request: Request, name: str) -> Any:
     return sc
 
 
-@router.get("/sources", response_model=list[SourceOut], tags=["sources"],
+@router.get("/sources", response_model=list[SourceOut], tags=["sources"], responses=PROBLEMS,
             summary="The pulled mailboxes: status, last success, last error, backlog (admins)")
 async def list_sources(request: Request, who: Principal = Depends(principal("admin"))) -> list[SourceOut]:
     svc = services(request)
