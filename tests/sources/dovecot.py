@@ -35,10 +35,19 @@ import pytest
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: every socket stays bound until all are chosen, so the kernel cannot hand
+    out the same port twice (four separate picks once gave IMAP and POP3 one port: "duplicate listener")."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _cert(d: Path) -> tuple[Path, Path, Path]:
@@ -65,8 +74,7 @@ class Dovecot:
             self.link.parent.mkdir(parents=True, exist_ok=True)
             self.link.symlink_to(self.root)
         self.users = dict(users or {"support@example.test": "s3cret"})
-        self.imap_port, self.imaps_port = _free_port(), _free_port()
-        self.pop3_port, self.pop3s_port = _free_port(), _free_port()
+        self.imap_port, self.imaps_port, self.pop3_port, self.pop3s_port = _free_ports(4)
         self.idle_notify = idle_notify
         self.oauth2_introspection_url = oauth2_introspection_url
         self.extra_conf = extra_conf
