@@ -17,6 +17,9 @@ handler, no javascript: URL, no remote image unless configured). This route adds
 ``img-src data: https:``. It changes nothing stored and nothing for other articles or tickets;
 ``Referrer-Policy: no-referrer`` keeps the ticket URL from the image hosts; it still needs the signed-in
 session (and the Sec-Fetch check stops another site from opening it to fire a tracking pixel).
+
+The mail's own inline images (``cid:``) are written into the document as ``data:`` URIs when they are
+proved PNG, JPEG, GIF or WebP of bounded size (gateway/ui/inline_images.py): no policy change needed.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from fastapi.responses import HTMLResponse
 from markupsafe import Markup, escape
 
 from gateway.http import api_tickets
-from gateway.http.deps import Problem
+from gateway.http.deps import Problem, services
+from gateway.ui.inline_images import inline_cid_images
 from gateway.ui.web import Page, page, router_for
 
 router = router_for()
@@ -56,7 +60,9 @@ async def article_html(request: Request, number: str, article_id: int, images: i
     a = next((a for a in t["articles"] if a["id"] == article_id), None)
     if a is None or not a["body_html"]:
         raise Problem(404, "Not Found", f"no HTML article {article_id} on ticket {t['number']}")
+    svc = services(request)
+    body = await inline_cid_images(svc.store, svc.executor, a["body_html"], a["attachments"])
     doc = Markup("<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">"
-                 "<title>{}</title></head><body>").format(escape(a["subject"])) + Markup(a["body_html"]) + \
+                 "<title>{}</title></head><body>").format(escape(a["subject"])) + Markup(body) + \
         Markup("</body></html>")
     return HTMLResponse(str(doc), headers=frame_headers(bool(images)))

@@ -29,12 +29,13 @@ from __future__ import annotations
 import re
 import threading
 import unicodedata
+from collections.abc import Callable
 from urllib.parse import unquote
 
 import nh3
 
 
-__all__ = ["sanitize_html", "sanitize_html_report", "url_scheme"]
+__all__ = ["cid_references", "rewrite_cid_images", "sanitize_html", "sanitize_html_report", "url_scheme"]
 
 _TAGS = (set(nh3.ALLOWED_TAGS) | {"font", "tfoot", "big", "center", "u", "s", "strike"}) - {"map", "area"}
 _CLEAN_CONTENT = {"script", "style", "svg", "math", "iframe", "object", "embed", "applet", "noscript",
@@ -212,3 +213,37 @@ def sanitize_html_report(html: str, allow_remote: bool = False, *, allow_data_im
 def sanitize_html(html: str, allow_remote: bool = False, *, allow_data_images: bool = True) -> str:
     """Sanitised HTML safe to show in the ticket view (see the module docstring)."""
     return sanitize_html_report(html, allow_remote, allow_data_images=allow_data_images)[0]
+
+
+def rewrite_cid_images(html: str, resolve: Callable[[str], str | None]) -> str:
+    """``html`` sanitised again with every ``<img src="cid:…">`` replaced by ``resolve(src)`` (None
+    drops the src). Used by the UI's frame to inline a message's own images as ``data:`` URIs.
+
+    The rewrite happens inside the sanitiser's parse (html5ever) and serialisation: the new value
+    is written as an attribute value by the serialiser, which escapes it, so nothing in a Content-ID
+    or in ``resolve``'s answer can end the attribute or the element. nh3 judges URL schemes *before*
+    the filter, so ``resolve`` must answer only values it built itself (a vetted ``data:image/…``).
+    Remote image URLs already in the stored HTML are kept as they are (the frame's CSP decides)."""
+    base = _make_filter(True, True)
+
+    def attribute_filter(element: str, attribute: str, value: str) -> str | None:
+        if element == "img" and attribute.lower() == "src" and url_scheme(value) == "cid":
+            try:
+                return resolve(value.strip())
+            except Exception:   # nh3 ignores a filter's exception and keeps the value: drop it instead
+                return None
+        return base(element, attribute, value)
+    kwargs = _kwargs(True, True)
+    kwargs["attribute_filter"] = attribute_filter
+    return nh3.clean(html.replace("\x00", "\ufffd"), **kwargs)
+
+
+def cid_references(html: str) -> list[str]:
+    """The ``cid:`` image sources of ``html`` as the parser sees them (entities decoded), in order."""
+    found: list[str] = []
+
+    def record(src: str) -> str:
+        found.append(src)
+        return src
+    rewrite_cid_images(html, record)
+    return found
