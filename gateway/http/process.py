@@ -36,7 +36,7 @@ from typing import Any, Callable
 Config = Any  # gateway.config.load.Config (gateway.http does not import the config room)
 
 from gateway.http.deps import Problem, Services, take
-from gateway.runtime.childlink import ParentLink
+from gateway.runtime.childlink import ParentLink, read_when_ready
 from gateway.runtime.metrics import Metrics, Snapshot, retire, snapshot
 from gateway.runtime.ratelimit import SlidingWindow
 
@@ -232,7 +232,7 @@ class HttpGroup:
         child = _Child(slot, proc, parent_conn)
         self.children[slot] = child
         loop = asyncio.get_running_loop()
-        loop.add_reader(parent_conn.fileno(), self._readable, child)
+        read_when_ready(loop, parent_conn, self._readable, child)
         loop.add_reader(proc.sentinel, self._on_exit, child)
 
     def _send(self, child: _Child, msg: tuple[Any, ...]) -> None:

@@ -9,8 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import multiprocessing.connection
 from typing import Any, Callable
+
+
+def read_when_ready(loop: asyncio.AbstractEventLoop, conn: multiprocessing.connection.Connection,
+                    callback: Callable[..., None], *args: Any) -> None:
+    """``loop.add_reader`` for a control pipe, keeping the pipe in blocking mode.
+
+    uvloop's add_reader turns the descriptor non-blocking, and a ``Connection`` is not made for that:
+    ``recv`` of a message larger than what has arrived so far, or ``send`` of one larger than the free
+    socket buffer, raises BlockingIOError mid-message — a /metrics exposition or a snapshot over ~64 KiB
+    then broke the link (the HTTP process stopped, or a reply was dropped). In blocking mode, a reader
+    woken by the loop reads the whole message the peer is writing, and a send completes: every
+    message here is written in one go by a peer that reads its end from its own loop."""
+    loop.add_reader(conn.fileno(), callback, *args)
+    os.set_blocking(conn.fileno(), True)
 
 
 class ParentLink:
@@ -24,7 +39,7 @@ class ParentLink:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self.closed = False
-        asyncio.get_running_loop().add_reader(conn.fileno(), self._readable)
+        read_when_ready(asyncio.get_running_loop(), conn, self._readable)
 
     def send(self, msg: tuple[Any, ...]) -> bool:
         if self.closed:

@@ -80,6 +80,17 @@ class Metrics:
         self.smtp_processes.set(1)
         # Other processes' samples to add at scrape time (gateway/smtp/group.py); None: this process only.
         self.remote: Callable[[], Awaitable[list[Snapshot]]] | None = None
+        # The web UI (gateway/ui/metrics.py): route = the route's path template or "other", never a raw path.
+        self.ui_requests = Counter("ticketmx_ui_requests_total",
+                                   "Web UI requests by route template (/ui/tickets/{number}; other: no route)"
+                                   " and HTTP status.", ["route", "status"], registry=r)
+        self.ui_request_duration = Histogram("ticketmx_ui_request_duration_seconds",
+                                             "Web UI request time in the server, by route template.", ["route"],
+                                             buckets=LATENCY_BUCKETS, registry=r)
+        self.ui_signins = Counter("ticketmx_ui_signins_total",
+                                  "Web UI sign-in attempts by result: ok, bad_password (a wrong password, an"
+                                  " unknown address or a disabled account: one value), rate_limited, expired_form.",
+                                  ["result"], registry=r)
         self.stage_duration = Histogram("ticketmx_pipeline_batch_duration_seconds",
                                         "Wall time of one pipeline batch (parse + stages + commit).",
                                         buckets=LATENCY_BUCKETS, registry=r)

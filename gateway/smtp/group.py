@@ -36,7 +36,7 @@ from typing import Any, Callable
 from gateway.smtp.checks import DataCheck, HeaderSectionCheck, LoopCheck
 from gateway.config.load import Config
 from gateway.smtp.limits import Limits
-from gateway.runtime.childlink import ParentLink
+from gateway.runtime.childlink import ParentLink, read_when_ready
 from gateway.runtime.metrics import Metrics, Snapshot, retire, snapshot
 from gateway.smtp.replies import Reply
 
@@ -214,7 +214,7 @@ class SmtpGroup:
         child = _Child(slot, proc, parent_conn)
         self.children[slot] = child
         loop = asyncio.get_running_loop()
-        loop.add_reader(parent_conn.fileno(), self._readable, child)
+        read_when_ready(loop, parent_conn, self._readable, child)
         loop.add_reader(proc.sentinel, self._on_exit, child)
 
     def _send(self, child: _Child, msg: tuple[Any, ...]) -> None:

@@ -20,6 +20,7 @@ from itsdangerous import BadSignature
 from gateway.http.deps import Problem, client_address, services
 from gateway.runtime.ratelimit import SlidingWindow
 from gateway.ui import users
+from gateway.ui.metrics import UiMetrics
 from gateway.ui.web import (HERE, PRE_COOKIE, SECURITY_HEADERS, SESSION_COOKIE, COOKIE_PATH, Page, SignInNeeded,
                             current_session, is_secure, page, render, router_for, safe_next, set_cookie,
                             signer, signin_redirect)
@@ -55,6 +56,7 @@ def install(app: FastAPI) -> None:
     app.mount("/ui/static", _StaticFiles(directory=str(HERE / "static")), name="ui-static")
     app.state.problem_renderers = (("/ui/", _problem_page),)
     app.add_exception_handler(SignInNeeded, _sign_in_needed)  # type: ignore[arg-type]
+    app.add_middleware(UiMetrics, metrics=svc.metrics, mounts=("/ui/static",))
 
 
 async def _sign_in_needed(request: Request, exc: SignInNeeded) -> Response:
@@ -138,6 +140,7 @@ async def signin(request: Request) -> Response:
     got = str(form.get("csrf", ""))
     if (origin is not None and origin.split("://", 1)[-1] != host) or not expected or \
             not hmac.compare_digest(got.encode(), expected.encode()):
+        _signin_counted(request, "expired_form")
         return await _signin_form(request, next_url, "The sign-in form had expired; please sign in again.",
                                   email, status=403)
     per_account, per_ip = _limiters(request)
@@ -148,6 +151,7 @@ async def signin(request: Request) -> Response:
             resp = await _signin_form(request, next_url, f"Too many failed sign-ins for {what}; try again in "
                                       f"{wait} minute{'s' if wait != 1 else ''}.", email, status=429)
             resp.headers["Retry-After"] = str(wait * 60)
+            _signin_counted(request, "rate_limited")
             return resp
     svc = services(request)
     user, stored = await users.password_hash_of(svc.store, email)
@@ -156,13 +160,22 @@ async def signin(request: Request) -> Response:
         for limiter, key in ((per_account, email), (per_ip, client)):
             if limiter is not None:
                 limiter.hit(key)
+        _signin_counted(request, "bad_password")
         return await _signin_form(request, next_url, "Wrong email address or password.", email, status=401)
     sid, _ = await users.session_start(svc.store, user, svc.cfg.ui.session_lifetime, client)
     resp = RedirectResponse(next_url, status_code=303, headers=SECURITY_HEADERS)
     set_cookie(resp, request, SESSION_COOKIE, (await signer(request, "session")).sign(sid).decode(),
                max_age=int(svc.cfg.ui.session_lifetime))
     resp.delete_cookie(PRE_COOKIE, path=COOKIE_PATH)
+    _signin_counted(request, "ok")
     return resp
+
+
+def _signin_counted(request: Request, result: str) -> None:
+    """``ticketmx_ui_signins_total{result}``. An unknown address and a disabled account count as
+    bad_password: /metrics needs no sign-in, so telling them apart would show anyone who can scrape it
+    (and make a guess) which addresses have accounts — the same reason the page answers alike."""
+    services(request).metrics.ui_signins.labels(result=result).inc()
 
 
 async def _signout(request: Request, p: Page, everywhere: bool) -> Response:
