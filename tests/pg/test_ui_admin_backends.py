@@ -6,4 +6,5 @@ from __future__ import annotations
 
 from ..ui.test_admin_data import (  # noqa: F401 - collected by pytest
     test_dashboard_depth_of_the_relay_queue_hour_by_hour, test_first_id_since_with_gaps,
-    test_quarantine_rows_headers_and_dashboard, test_webhook_retry_refusals)
+    test_outbound_counts_are_capped_and_lists_walk_the_state_index, test_quarantine_rows_headers_and_dashboard,
+    test_webhook_retry_refusals)
