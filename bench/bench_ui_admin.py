@@ -148,7 +148,14 @@ async def fill_pg(url: str, spool: int, relay: int, hooks: int, audit: int, now:
     picked: dict[str, Any] = {}
     conn = await asyncpg.connect(url)
     try:
+        held: list[tuple[Any, ...]] = []
         for table, cols, rows in batches(spool, relay, hooks, audit, now, picked):
+            if table == "spool":      # PostgreSQL keeps the bytes in the spool row (no spool_raw): wait for them
+                held = rows
+                continue
+            if table == "spool_raw":
+                raw = dict(rows)
+                table, cols, rows = "spool", SPOOL_COLS, [r[:9] + (raw.get(r[0], b""),) + r[10:] for r in held]
             if rows:
                 await conn.copy_records_to_table(table, columns=list(cols), records=rows)
         for table in ("relay_queue", "webhook_outbox"):
