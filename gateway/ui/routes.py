@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import importlib
-import math
 import pkgutil
 import secrets
 from typing import Any
@@ -18,8 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from itsdangerous import BadSignature
 
 from gateway.http.deps import Problem, client_address, services
-from gateway.runtime.ratelimit import SlidingWindow
-from gateway.ui import users
+from gateway.ui import signin_limits, users
 from gateway.ui.web import (HERE, PRE_COOKIE, SECURITY_HEADERS, SESSION_COOKIE, COOKIE_PATH, Page, SignInNeeded,
                             current_session, is_secure, page, render, router_for, safe_next, set_cookie,
                             signer, signin_redirect)
@@ -76,22 +74,6 @@ def _problem_page(request: Request, p: Problem) -> Response:
 
 
 # -- sign-in -----------------------------------------------------------------------------------------
-def _limiters(request: Request) -> tuple[SlidingWindow | None, SlidingWindow | None]:
-    """Failed sign-ins per account and per client address (per node; remade when a reload changes them)."""
-    cfg = services(request).cfg.ui
-    state = request.app.state
-    out = []
-    for name, rate in (("ui_limit_account", cfg.signin_rate_per_account), ("ui_limit_ip", cfg.signin_rate_per_ip)):
-        cur = getattr(state, name, None)
-        if rate is None:
-            cur = None
-        elif cur is None or cur.rate != rate:
-            cur = SlidingWindow(rate)
-        setattr(state, name, cur)
-        out.append(cur)
-    return out[0], out[1]
-
-
 async def _signin_form(request: Request, next_url: str, error: str = "", email: str = "",
                        status: int = 200) -> Response:
     token = secrets.token_urlsafe(32)
@@ -140,22 +122,20 @@ async def signin(request: Request) -> Response:
             not hmac.compare_digest(got.encode(), expected.encode()):
         return await _signin_form(request, next_url, "The sign-in form had expired; please sign in again.",
                                   email, status=403)
-    per_account, per_ip = _limiters(request)
-    client = client_address(request)
-    for limiter, key, what in ((per_account, email, "this account"), (per_ip, client, "your address")):
-        if limiter is not None and not limiter.allowed(key):
-            wait = max(1, math.ceil(limiter.retry_after(key) / 60))
-            resp = await _signin_form(request, next_url, f"Too many failed sign-ins for {what}; try again in "
-                                      f"{wait} minute{'s' if wait != 1 else ''}.", email, status=429)
-            resp.headers["Retry-After"] = str(wait * 60)
-            return resp
     svc = services(request)
+    per_account, per_ip = svc.cfg.ui.signin_rate_per_account, svc.cfg.ui.signin_rate_per_ip
+    client = client_address(request)
+    refused = await signin_limits.check(svc.store, per_account, per_ip, email, client)
+    if refused is not None:
+        wait = signin_limits.minutes(refused.retry_after)
+        resp = await _signin_form(request, next_url, f"Too many failed sign-ins for {refused.what}; try again in "
+                                  f"{wait} minute{'s' if wait != 1 else ''}.", email, status=429)
+        resp.headers["Retry-After"] = str(wait * 60)
+        return resp
     user, stored = await users.password_hash_of(svc.store, email)
     ok = await asyncio.get_running_loop().run_in_executor(svc.executor, users.verify_password, stored, password)
     if not ok or user is None:
-        for limiter, key in ((per_account, email), (per_ip, client)):
-            if limiter is not None:
-                limiter.hit(key)
+        await signin_limits.hit(svc.store, per_account, per_ip, email, client)
         return await _signin_form(request, next_url, "Wrong email address or password.", email, status=401)
     sid, _ = await users.session_start(svc.store, user, svc.cfg.ui.session_lifetime, client)
     resp = RedirectResponse(next_url, status_code=303, headers=SECURITY_HEADERS)
