@@ -189,7 +189,7 @@ class TokenProvider:
 
     async def _request(self) -> None:
         fields = {"client_id": self.cfg.client_id}
-        if self.cfg.grant == "refresh_token":
+        if self._refresh_token:   # the configured one, or one a subclass picked up since (sources: the file)
             fields.update(grant_type="refresh_token", refresh_token=self._refresh_token)
         else:
             fields["grant_type"] = "client_credentials"
