@@ -130,7 +130,8 @@ async def test_authorise_code_flow_writes_the_token_and_the_source_then_fetches(
 
     # the next step the page names: status = "active" and a reload; then a mail of the mailbox becomes a ticket
     emu.deliver(USER, simple_message("Printer via Graph", message_id="graph-oauth-1@customer.test"))
-    cfg = merge(BASE_CONFIG, {"store": {"url": f"sqlite:///{tmp_path}/ticketmx.db"},
+    store_url = getattr(ui.store, "url", None) or f"sqlite:///{tmp_path}/ticketmx.db"   # PostgreSQL (tests/pg)
+    cfg = merge(BASE_CONFIG, {"store": {"url": store_url},
                               "dns": {"nameservers": [f"127.0.0.1:{dns_server.port}"], "timeout": "1s"},
                               **sections, "source": [graph_source(emu, tmp_path, status="active")]})
     path = tmp_path / "active.toml"

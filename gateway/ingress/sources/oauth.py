@@ -10,7 +10,9 @@ A new authorisation replaces ``oauth_refresh_token_file`` while the gateway runs
 process: the HTTP server's). Before each token request the provider reads that file again and takes a
 refresh token it does not hold, so the source uses the new authorisation at its next token request
 (when its access token expires, or at once while token requests fail) without a reload. The check is
-inside the provider's lock, so it never races the provider's own write of a rotated token.
+inside the provider's lock, so it never races the provider's own write of a rotated token; and that write
+happens only while the file still holds the token just used, so a new authorisation written during a
+token request is not overwritten (left: the microseconds between that check and the rename).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import asyncio
 import logging
 from typing import Any
 
-from gateway.runtime.oauth import OAuthError, TokenProvider
+from gateway.runtime.oauth import OAuthError, TokenProvider, write_secret
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,23 @@ class SourceTokens(TokenProvider):
         if value and value != self._refresh_token:
             self._refresh_token = value
             log.info("OAuth: a new refresh token in %s is used from now on", path)
+
+
+    async def _keep_rotated(self, path: str, used: str, new: str) -> None:
+        """Write the rotated token back only while the file still holds the one just used: a refresh token
+        written meanwhile by a new authorisation (the CLI, the web UI) is not overwritten, and is taken
+        at the next token request."""
+        def cas() -> bool:
+            try:
+                on_disk = _read(path)
+            except (OSError, UnicodeDecodeError):
+                on_disk = ""
+            if on_disk and on_disk != used:
+                return False
+            write_secret(path, new)
+            return True
+        if not await asyncio.to_thread(cas):
+            log.info("OAuth: %s was replaced by a new authorisation while a token request ran; it is used next", path)
 
 
 def _read(path: str) -> str:
