@@ -14,6 +14,7 @@ state, a state from another browser session, a code the token endpoint refuses, 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 from pathlib import Path
@@ -155,6 +156,10 @@ async def test_refusals_write_nothing(start_ui, emu, tmp_path: Path) -> None:
     token_file = tmp_path / "m365.refresh"
     page = await signed_in(ui)
 
+    # no CSRF token: refused before anything is stored or sent
+    r = await page.request.post("/ui/admin/sources/m365/authorize", form={"csrf": "wrong"}, max_redirects=0)
+    assert r.status == 403 and not emu.requests and not emu.token_requests
+
     # the provider declines (error=access_denied back to the callback)
     emu.deny_authorize = True
     await page.get_by_role("button", name="Authorise m365", exact=True).click()
@@ -186,6 +191,13 @@ async def test_refusals_write_nothing(start_ui, emu, tmp_path: Path) -> None:
     assert resp.status == 400
     await page.get_by_text("error=invalid_grant").wait_for()
     assert not token_file.exists() and await audits(ui) == []
+    # an agent may not start one
+    await ui.user("agent@example.test", "agent", "IT")
+    agent = await ui.page()
+    await ui.signin(agent, "agent@example.test", next_path="/ui/tickets")
+    token = json.loads(await agent.locator("body").get_attribute("hx-headers"))["X-CSRF-Token"]
+    r = await agent.request.post("/ui/admin/sources/m365/authorize", form={"csrf": token}, max_redirects=0)
+    assert r.status == 403 and "admin role" in await r.text()
 
     # the first browser may still finish its own authorisation (the other session did not use it up)
     await page.goto(back)
