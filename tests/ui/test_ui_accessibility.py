@@ -59,7 +59,8 @@ WIDE_JS = "() => document.documentElement.scrollWidth - window.innerWidth"
 
 # paths not to visit as pages: not HTML pages (frames, downloads, raw text) or redirects
 NOT_PAGES = ("/", "/ui", "/ui/", "/ui/signin", "/ui/tickets/{number}/articles/{article_id}/html",
-             "/ui/tickets/{number}/attachments/{attachment_id}", "/ui/admin/messages/{spool_id}/raw")
+             "/ui/tickets/{number}/attachments/{attachment_id}", "/ui/admin/messages/{spool_id}/raw",
+             "/ui/admin/sources/oauth/callback")
 
 
 def _ui_pages(app: Any) -> set[str]:
