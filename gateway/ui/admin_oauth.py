@@ -34,15 +34,17 @@ from gateway.runtime.oauth import OAuthError
 from gateway.runtime.oauth_authorize import (PENDING, SLOW_DOWN, authorization_url, device_poll, device_start,
                                              exchange_code, pkce_pair, redirect_error)
 from gateway.ui import oauth_pending as pend
-from gateway.ui.admin_sources import page_response
+from gateway.ui.admin_sources import authorized_proof, page_response
 from gateway.ui.web import SECURITY_HEADERS, Page, page, render, router_for
 
 router = router_for()
 log = logging.getLogger(__name__)
 
 
-def _done(name: str) -> str:
-    return f"/ui/admin/sources?authorized={quote(name, safe='')}"
+def _done(name: str, p: Page) -> str:
+    """The sources page with the success notice, and the proof that this session finished it: a link
+    someone else crafts with ``?authorized=NAME`` shows no notice."""
+    return f"/ui/admin/sources?authorized={quote(name, safe='')}&proof={authorized_proof(p.csrf, name)}"
 
 
 async def _refuse(request: Request, p: Page, text: str, status: int = 400) -> HTMLResponse:
@@ -106,7 +108,7 @@ async def callback(request: Request, p: Page = Depends(page("admin"))) -> Respon
         await _store_token(request, p, t, ans, "authorization_code")
     except (OAuthError, NotAuthorizable) as exc:
         return await _refuse(request, p, f"{row.source}: {exc}: nothing was written.")
-    return RedirectResponse(_done(row.source), status_code=303, headers=SECURITY_HEADERS)
+    return RedirectResponse(_done(row.source, p), status_code=303, headers=SECURITY_HEADERS)
 
 
 # -- device grant -----------------------------------------------------------------------------------------
@@ -157,8 +159,8 @@ async def device_check(name: str, request: Request, p: Page = Depends(page("admi
     except NotAuthorizable as exc:
         return await _device_answer(request, p, name, None, f"{name}: {exc}: nothing was written.", htmx)
     if htmx:
-        return Response(status_code=204, headers={"HX-Redirect": _done(name), **SECURITY_HEADERS})
-    return RedirectResponse(_done(name), status_code=303, headers=SECURITY_HEADERS)
+        return Response(status_code=204, headers={"HX-Redirect": _done(name, p), **SECURITY_HEADERS})
+    return RedirectResponse(_done(name, p), status_code=303, headers=SECURITY_HEADERS)
 
 
 async def _device_answer(request: Request, p: Page, name: str, row: pend.Pending | None, error: str,

@@ -10,6 +10,8 @@ API does.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from typing import Any
 
 from fastapi import Depends, Request
@@ -67,9 +69,17 @@ async def page_response(request: Request, p: Page, status: int = 200, **ctx: Any
 _page = page_response
 
 
+def authorized_proof(csrf: str, name: str) -> str:
+    """HMAC of the source name under the session's CSRF secret: the success notice's proof of origin."""
+    return hmac.new(csrf.encode(), b"authorized:" + name.encode(), hashlib.sha256).hexdigest()[:32]
+
+
 @router.get("/ui/admin/sources")
-async def sources(request: Request, authorized: str = "", p: Page = Depends(page("admin"))) -> HTMLResponse:
-    """``?authorized=NAME``: where an authorisation from this page lands (admin_oauth.py)."""
+async def sources(request: Request, authorized: str = "", proof: str = "",
+                  p: Page = Depends(page("admin"))) -> HTMLResponse:
+    """``?authorized=NAME&proof=…``: where an authorisation from this page lands (admin_oauth.py)."""
+    if authorized and not hmac.compare_digest(proof.encode(), authorized_proof(p.csrf, authorized).encode()):
+        authorized = ""  # not finished by this session: no notice (the rows show the true state anyway)
     sc = next((s for s in services(request).cfg.sources if s.name == authorized), None) if authorized else None
     notice = (f"{sc.name}: authorised — the refresh token is written to {sc.oauth.refresh_token_file} (mode 0600)."
               f" {next_step(sc)}" if sc is not None and sc.oauth is not None else "")

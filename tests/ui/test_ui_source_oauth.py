@@ -100,6 +100,9 @@ async def test_authorise_code_flow_writes_the_token_and_the_source_then_fetches(
     page = await signed_in(ui)
     row = page.get_by_role("row").filter(has_text="m365")
     assert "Not authorised yet" in await row.inner_text()
+    for crafted in ("/ui/admin/sources?authorized=m365", "/ui/admin/sources?authorized=m365&proof=00"):
+        await page.goto(crafted)                                   # a link someone else made: no false notice
+        assert await page.get_by_text("m365: authorised").count() == 0
     csp = (await page.request.get("/ui/admin/sources")).headers["content-security-policy"]
     assert f"form-action 'self' {emu.base}" in csp, csp          # the 303 to the provider is a form's target
     callbacks: list[str] = []
