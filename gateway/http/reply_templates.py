@@ -65,7 +65,8 @@ _FORBIDDEN = {
     nodes.Call: "calls (name(...)) are", nodes.Assign: "{% set %} is", nodes.AssignBlock: "{% set %} is",
     nodes.Include: "{% include %} is", nodes.Import: "{% import %} is", nodes.FromImport: "{% from … import %} is",
     nodes.Extends: "{% extends %} is", nodes.Block: "{% block %} is", nodes.FilterBlock: "{% filter %} blocks are",
-    nodes.With: "{% with %} is", nodes.Getitem: "subscripts ([…]; write ticket.number) are", nodes.Slice: "slices are",
+    nodes.With: "{% with %} is", nodes.Getitem: "subscripts ([…]; write ticket.number) are",
+    nodes.Slice: "slices are",
     nodes.Test: "tests (is …) are", nodes.BinExpr: "arithmetic is", nodes.UnaryExpr: "arithmetic is",
     nodes.List: "lists are", nodes.Dict: "dicts are", nodes.Tuple: "tuples are",
 }
@@ -215,8 +216,9 @@ _COLS = "id, name, queue, body, created, created_by, updated, updated_by"
 
 
 def _row(r: Any) -> ReplyTemplate:
-    return ReplyTemplate(id=r["id"], name=r["name"], queue=r["queue"], body=r["body"], created=r["created"],
-                         created_by=r["created_by"], updated=r["updated"], updated_by=r["updated_by"])
+    """From a row of :data:`_COLS` (by position: a transaction's sqlite3 cursor gives plain tuples)."""
+    return ReplyTemplate(id=int(r[0]), name=r[1], queue=r[2], body=r[3], created=r[4], created_by=r[5],
+                         updated=r[6], updated_by=r[7])
 
 
 def clean_name(name: str) -> str:

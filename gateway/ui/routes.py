@@ -197,7 +197,8 @@ async def account_signature(request: Request, p: Page = Depends(page("agent"))) 
     raw = str(form.get("signature", ""))
     try:
         if len(raw) > 4 * users.MAX_SIGNATURE:           # refused before any work on it
-            raise users.UserError(f"the signature has {len(raw):,} characters; at most {users.MAX_SIGNATURE:,}")
+            raise users.UserError(f"the signature has {len(raw):,} characters; at most "
+                                  f"{users.MAX_SIGNATURE:,} characters")
         text = users.clean_signature(raw)
     except users.UserError as exc:
         return render(request, "account.html", p, status_code=422, signature=raw[:4 * users.MAX_SIGNATURE],

@@ -191,7 +191,7 @@ def clean_signature(text: str) -> str:
         lines.pop(0)                      # written with its own delimiter: the reply adds one
     text = "\n".join(lines).strip("\n")
     if len(text) > MAX_SIGNATURE:
-        raise UserError(f"the signature has {len(text):,} characters; at most {MAX_SIGNATURE:,}")
+        raise UserError(f"the signature has {len(text):,} characters; at most {MAX_SIGNATURE:,} characters")
     if any((unicodedata.category(c) == "Cc" and c not in "\n\t") or c in _BIDI for c in text):
         raise UserError("the signature has control characters; plain text only")
     return text
