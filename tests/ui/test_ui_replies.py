@@ -10,8 +10,9 @@ import email.policy
 import re
 from typing import Any
 
+from ..api.conftest import start_api  # noqa: F401 - a fixture
 from ..smarthost import sink, wait_for  # noqa: F401 - sink is a fixture
-from .conftest import Ui
+from .conftest import PASSWORD, Ui, user_cli
 from .test_ui_agent import ANN, mail_ticket, tui  # noqa: F401 - tui is a fixture
 
 ADMIN = "boss@staff.test"
@@ -217,3 +218,30 @@ async def test_api_lists_the_templates_of_the_token_queues(tui: Ui) -> None:
         assert (await c.get("/api/v1/reply-templates")).status_code == 403
     async with tui.api.client(await tui.api.token("root", "admin")) as c:
         assert len((await c.get("/api/v1/reply-templates")).json()["items"]) == 3
+
+
+async def test_user_signature_command(start_api, tmp_path) -> None:  # noqa: F811
+    """``ticketmx user signature ADDRESS [--file F | --clear]``: shown, set, refused with the reason, audited."""
+    api = await start_api()
+    await user_cli(api.config, "add", "--email", ANN, "--role", "agent", stdin=PASSWORD + "\n")
+    f = tmp_path / "sig.txt"
+    f.write_text("-- \nAnn\nSupport desk\n", encoding="utf-8")
+    _, out, _ = await user_cli(api.config, "signature", ANN, "--file", str(f))
+    assert "set (16 characters)" in out
+    _, out, _ = await user_cli(api.config, "signature", ANN.upper())
+    assert out == "Ann\nSupport desk\n"                                   # its own "-- " line was dropped
+    _, out, _ = await user_cli(api.config, "signature", ANN, "--file", "-", stdin="Ann (stdin)\n")
+    assert (await api.store.query("SELECT signature FROM users"))[0][0] == "Ann (stdin)"
+    f.write_text("z" * 2001, encoding="utf-8")
+    for args, why in (((ANN, "--file", str(f)), "at most 2,000 characters"),
+                      ((ANN, "--file", str(tmp_path / "none.txt")), "--file"),
+                      (("nobody@staff.test",), "no user"),
+                      ((ANN, "--file", "-", "--clear"), "exclude each other")):
+        rc, _, err = await user_cli(api.config, "signature", *args, check=False)
+        assert rc == 1 and why in err, (args, err)
+    _, out, _ = await user_cli(api.config, "signature", ANN, "--clear")
+    assert "removed" in out
+    rc, _, err = await user_cli(api.config, "signature", ANN)
+    assert rc == 0 and "has no signature" in err
+    rows = await api.store.query("SELECT actor, action, target FROM audit_log WHERE action='user.signature'")
+    assert len(rows) == 3 and all(r[0].startswith("cli:") and r[2] == ANN for r in rows)
