@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 from ..api.conftest import start_api  # noqa: F401 - a fixture
 from ..smarthost import sink, wait_for  # noqa: F401 - sink is a fixture
+from ..conftest import ROOT
 from .conftest import PASSWORD, Ui, user_cli
 from .test_ui_agent import ANN, mail_ticket, tui  # noqa: F401 - tui is a fixture
 
@@ -24,13 +27,24 @@ SIGNATURE = "Ann Agent\nFirst-line support <script>alert('sig')</script>"
 XSS_NAME = "<script>alert('tpl')</script> Sorry"
 
 
-async def _add_template(page: Any, name: str, body: str, queue: str = "") -> None:
+async def _add_template(page: Any, name: str, body: str, queue: str = "") -> int:
+    """Fill and send the admin's "New template" form; the HTTP status of the POST."""
     await page.goto("/ui/admin/templates")
     await page.get_by_label("Name").fill(name)
     await page.get_by_label("For queue").select_option(queue)
     await page.get_by_label("Text", exact=True).fill(body)
-    await page.get_by_role("button", name="Add template").click()
+    async with page.expect_response(lambda r: r.request.method == "POST") as posted:
+        await page.get_by_role("button", name="Add template").click()
     await page.wait_for_load_state()
+    return (await posted.value).status
+
+
+async def _shot(page: Any, name: str, tmp_path: Path) -> None:
+    """A screenshot for docs/ui.md (``TICKETMX_SCREENSHOTS=docs/screenshots`` renews docs/screenshots/NAME)."""
+    out = Path(os.environ.get("TICKETMX_SCREENSHOTS") or tmp_path)
+    out = out if out.is_absolute() else ROOT / out
+    out.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(out / name), full_page=True)
 
 
 async def _template_id(ui: Ui, name: str) -> int:
@@ -38,19 +52,21 @@ async def _template_id(ui: Ui, name: str) -> int:
     return int(rows[0][0])
 
 
-async def test_templates_and_signature_from_admin_to_the_customer(tui: Ui, sink) -> None:  # noqa: F811
+async def test_templates_and_signature_from_admin_to_the_customer(tui: Ui, sink, tmp_path: Path  # noqa: F811
+                                                                  ) -> None:
     t = await mail_ticket(tui, "tpl1@customer.test", "Laptop broken", body="The screen is black.\r\n")
     assert t["queue"] == "IT"
     await tui.user(ADMIN, "admin")
     await tui.user(ANN, "agent", "IT")
 
     # -- the admin: templates, with refusals shown in the form ------------------------------------------
-    boss = await tui.page()
+    boss = await tui.page(viewport={"width": 1200, "height": 800})
     await tui.signin(boss, ADMIN)
     await _add_template(boss, "Welcome", WELCOME)
     await boss.get_by_text("Template added.").wait_for()
     preview = await boss.locator("#tpl-preview").inner_text()
     assert "Hello Alice Example," in preview and "about HD-1042 (Printer on fire)" in preview
+    await _shot(boss, "admin-template.png", tmp_path)
     await _add_template(boss, "Billing only", "Your invoice {{ ticket.number }} is being checked.", queue="Billing")
     await _add_template(boss, XSS_NAME, "We are sorry <script>alert('body')</script> {{ ticket.number }}")
     for name, body, why in (
@@ -60,7 +76,7 @@ async def test_templates_and_signature_from_admin_to_the_customer(tui: Ui, sink)
             ("Big", "x" * 20_001, "at most 20,000"),
             ("Unknown", "{{ ticket.assignee }}", "ticket.assignee is not a field"),
             ("Welcome", "Hi", "a template named 'Welcome' exists")):
-        await _add_template(boss, name, body)
+        assert await _add_template(boss, name, body) == 422
         alert = boss.get_by_role("alert")
         assert why in await alert.inner_text(), (name, await alert.inner_text())
         assert await boss.get_by_label("Name").input_value() == name        # the form keeps what was typed
@@ -84,7 +100,7 @@ async def test_templates_and_signature_from_admin_to_the_customer(tui: Ui, sink)
     billing_id = await _template_id(tui, "Billing only")
 
     # an agent cannot reach the admin page
-    agent = await tui.page()
+    agent = await tui.page(viewport={"width": 1200, "height": 800})
     await tui.signin(agent, ANN)
     r = await agent.goto("/ui/admin/templates")
     assert r.status == 403
@@ -111,6 +127,9 @@ async def test_templates_and_signature_from_admin_to_the_customer(tui: Ui, sink)
     preview = agent.locator("#signature-preview")
     assert await preview.inner_text() == "-- \n" + SIGNATURE                  # shown as text
     assert await agent.get_by_label("Add my signature").is_checked()
+    await agent.set_viewport_size({"width": 380, "height": 800})              # readable on a phone
+    assert await agent.evaluate("document.documentElement.scrollWidth") <= 400
+    await agent.set_viewport_size({"width": 1200, "height": 800})
     # another queue's template by its id: refused like one that does not exist, on both paths
     await agent.goto(f"/ui/tickets/{t['number']}?template={billing_id}")
     assert "There is no template" in await agent.get_by_role("alert").inner_text()
@@ -124,6 +143,7 @@ async def test_templates_and_signature_from_admin_to_the_customer(tui: Ui, sink)
     reply = agent.get_by_label("Reply to the customer")
     await wait_for_value(reply, "we are on it")
     assert agent.url.endswith(f"/ui/tickets/{t['number']}")                   # swapped, no page load
+    await _shot(agent, "reply-template.png", tmp_path)
     text = await reply.input_value()
     assert text.startswith(f"Hello Alice,\n\nabout {t['number']} (Laptop broken): we are on it.\n")
     assert text.rstrip().endswith("Ann")                                      # the configured agent's name
