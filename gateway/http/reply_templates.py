@@ -252,6 +252,14 @@ async def list_for(store: Any, queues: tuple[str, ...] | None) -> list[ReplyTemp
     return [_row(r) for r in rows]
 
 
+async def choices_for(store: Any, queue: str) -> list[tuple[int, str, str | None]]:
+    """(id, name, queue) of the templates usable on a ticket of ``queue``, by name: the picker's list,
+    without the bodies (up to :data:`MAX_TEMPLATES` of them are read on every ticket page)."""
+    rows = await store.query("SELECT id, name, queue FROM reply_templates WHERE queue IS NULL OR queue=?"
+                             " ORDER BY name", (queue,))
+    return [(int(r[0]), r[1], r[2]) for r in rows]
+
+
 async def get(store: Any, template_id: int) -> ReplyTemplate | None:
     if not 1 <= template_id < 2 ** 63:
         return None

@@ -167,10 +167,11 @@ async def ticket_view(request: Request, number: str, p: Page = Depends(page("vie
     flash = {"reply": "Reply sent.", "reply-held": "Reply saved; it was held as a note (another agent answered "
              "moments ago) — check before sending again.", "note": "Note added.", "fields": "Ticket updated.",
              "unchanged": "Nothing to change."}.get(done, "")
-    templates: list[reply_templates.ReplyTemplate] = []
+    templates: list[dict[str, Any]] = []
     compose_text = compose_error = ""
     if writable:
-        templates = await reply_templates.list_for(svc.store, (t["queue"],))
+        templates = [{"id": i, "name": n, "queue": q} for i, n, q in
+                     await reply_templates.choices_for(svc.store, t["queue"])]
         if template:
             compose_text, compose_error = await compose_from_template(request, p, t, template)
     return render(request, "ticket.html", p, t=t, articles=articles, writable=writable, me=me, flash=flash,
@@ -219,6 +220,9 @@ async def reply(request: Request, number: str, p: Page = Depends(page("agent")))
     form = await request.form()
     if form.get("signature") and p.user.signature:
         text = with_signature(text, p.user.signature)
+        if len(text) > api_tickets.MAX_TEXT:
+            raise Problem(422, "Unprocessable Content", f"the reply with your signature is over "
+                          f"{api_tickets.MAX_TEXT:,} characters: shorten it or untick \"Add my signature\"")
     posted = await api_tickets.post_reply(request, number=number, body=_text_in(text), who=p.who)
     return _back(number, "reply" if posted.mail_queued else "reply-held",
                  f"#article-{posted.article.id}")

@@ -28,6 +28,12 @@ def test_the_allowed_syntax_renders() -> None:
     assert rt.render("Hi {{ requester.name | default('there', true) }}", empty) == "Hi there"
 
 
+def test_field_values_are_data_never_template_code() -> None:
+    ctx = rt.context({**TICKET, "subject": "{{ agent.email }}{% for x in y %}", "requester_name": "<b>Eve</b>"},
+                     "Ann", "ann@staff.test")
+    assert rt.render("{{ ticket.subject }} {{ requester.name }}", ctx) == "{{ agent.email }}{% for x in y %} <b>Eve</b>"
+
+
 def test_the_context_holds_only_the_named_fields() -> None:
     assert set(CTX) == {"ticket", "requester", "agent"}
     assert "assignee" not in CTX["ticket"]
