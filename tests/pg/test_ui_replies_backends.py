@@ -16,7 +16,8 @@ from ..smarthost import sink  # noqa: F401
 from ..ui.conftest import browser, start_ui  # noqa: F401
 from ..ui.test_ui_agent import tui  # noqa: F401
 from ..ui.test_ui_replies import (  # noqa: F401 - collected by pytest
-    test_api_lists_the_templates_of_the_token_queues, test_templates_and_signature_from_admin_to_the_customer)
+    test_api_lists_the_templates_of_the_token_queues, test_templates_and_signature_from_admin_to_the_customer,
+    test_user_signature_command)
 
 ADMIN = Principal(name="boss@staff.test", role="admin")
 
