@@ -164,8 +164,28 @@ async def signout_everywhere(request: Request, p: Page = Depends(page("viewer"))
 
 
 @router.get("/ui/account")
-async def account(request: Request, p: Page = Depends(page("viewer"))) -> HTMLResponse:
-    return render(request, "account.html", p)
+async def account(request: Request, p: Page = Depends(page("viewer")), done: str = "") -> HTMLResponse:
+    return render(request, "account.html", p, signature=p.user.signature, error="",
+                  notice="Signature saved." if done == "signature" else "", max_signature=users.MAX_SIGNATURE)
+
+
+@router.post("/ui/account/signature")
+async def account_signature(request: Request, p: Page = Depends(page("agent"))) -> Response:
+    """The user's own reply signature (plain text, at most users.MAX_SIGNATURE characters), audited as
+    ``user.signature``; a refused one comes back in the form with the reason."""
+    form = await request.form()
+    raw = str(form.get("signature", ""))
+    try:
+        if len(raw) > 4 * users.MAX_SIGNATURE:           # refused before any work on it
+            raise users.UserError(f"the signature has {len(raw):,} characters; at most "
+                                  f"{users.MAX_SIGNATURE:,} characters")
+        text = users.clean_signature(raw)
+    except users.UserError as exc:
+        return render(request, "account.html", p, status_code=422, signature=raw[:4 * users.MAX_SIGNATURE],
+                      error=f"Not saved: {exc}.", notice="", max_signature=users.MAX_SIGNATURE)
+    await users.set_signature(services(request).store, p.user.email, text, p.who.name, p.who.role,
+                              client_address(request))
+    return RedirectResponse("/ui/account?done=signature", status_code=303, headers=SECURITY_HEADERS)
 
 
 __all__ = ["install", "router"]
