@@ -35,7 +35,7 @@ def _queues(request: Request, current: str | None = None) -> list[str]:
 async def _list_page(request: Request, p: Page, status: int = 200, form: dict[str, Any] | None = None,
                      error: str = "", notice: str = "") -> HTMLResponse:
     items = await rt.list_for(services(request).store, None)
-    return show(request, "admin/templates.html", p, "Reply templates", HERE, status_code=status, items=items,
+    return show(request, "admin/templates.html", p, "Reply templates", HERE, status=status, items=items,
                 form=form or {"id": None, "name": "", "queue": "", "body": ""}, queues=_queues(request),
                 fields=rt.FIELDS, filters=rt.FILTERS, max_template=rt.MAX_TEMPLATE, error=error, notice=notice,
                 preview="")
@@ -49,7 +49,7 @@ async def _edit_page(request: Request, p: Page, form: dict[str, Any], status: in
             preview = rt.render(form["body"], rt.context(SAMPLE_TICKET, p.user.name or p.user.email, p.user.email))
         except rt.TemplateError as exc:
             error = f"This template cannot be used as stored: {exc}"
-    return show(request, "admin/template_edit.html", p, f"Reply template: {form['name']}", HERE, status_code=status,
+    return show(request, "admin/template_edit.html", p, f"Reply template: {form['name']}", HERE, status=status,
                 form=form, queues=_queues(request, form.get("queue")), fields=rt.FIELDS, filters=rt.FILTERS,
                 max_template=rt.MAX_TEMPLATE, error=error, notice=notice, preview=preview)
 

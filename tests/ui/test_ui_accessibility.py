@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.http.deps import Services
+from gateway.http import reply_templates
+from gateway.http.deps import Principal, Services
 from gateway.http.server import build_app
 
 from .conftest import Ui
@@ -60,7 +61,7 @@ WIDE_JS = "() => document.documentElement.scrollWidth - window.innerWidth"
 # paths not to visit as pages: not HTML pages (frames, downloads, raw text) or redirects
 NOT_PAGES = ("/", "/ui", "/ui/", "/ui/signin", "/ui/tickets/{number}/articles/{article_id}/html",
              "/ui/tickets/{number}/attachments/{attachment_id}", "/ui/admin/messages/{spool_id}/raw",
-             "/ui/admin/sources/oauth/callback")
+             "/ui/admin/sources/oauth/callback", "/ui/tickets/{number}/compose")
 
 
 def _ui_pages(app: Any) -> set[str]:
@@ -91,7 +92,10 @@ async def test_every_page_is_labelled_keyboard_reachable_and_fits_a_phone(tui: U
     assert entry.state == "ticket_created", entry.reason
     t = await tui.store.ticket_get(str(entry.ticket_id))
     admin = await tui.user("root@staff.test", "admin")
-    known = {"/ui/tickets/{number}": f"/ui/tickets/{t['number']}", "/ui/admin/messages/{spool_id}":
+    tpl = await reply_templates.save(tui.store, Principal(admin, "admin"), "127.0.0.1", None, "Thanks",
+                                     None, "Hello {{ requester.name }},\n\nthank you.")
+    known = {"/ui/admin/templates/{template_id}": f"/ui/admin/templates/{tpl.id}",
+             "/ui/tickets/{number}": f"/ui/tickets/{t['number']}", "/ui/admin/messages/{spool_id}":
              f"/ui/admin/messages/{sid}"}
     routes = _ui_pages(build_app(Services(tui.api.gw.gw)))   # the app as the gateway builds it
     assert {"/ui/tickets", "/ui/admin", "/ui/admin/quarantine"} <= routes, routes
