@@ -298,7 +298,7 @@ class Gateway:
                     await asyncio.sleep(r.interval)
                     continue
                 counts = await self.store.purge(time.time(), r.raw_days, r.quarantine_days, r.closed_ticket_days,
-                                                relay_days=r.relay_days)
+                                                relay_days=r.relay_days, audit_days=r.audit_days)
                 if any(counts.values()):
                     log.info("retention purge: %s", counts)
             except Exception as exc:  # one line: a locked or full store would repeat it every interval

@@ -55,6 +55,33 @@ def pytest_asyncio_loop_factories(config, item):
     return {"asyncio": asyncio.new_event_loop}
 
 
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+def pytest_unconfigure(config):
+    """A run must end: threads a failing test left behind (the aiosqlite worker of a store it never
+    closed is not a daemon) would keep the interpreter alive after the summary, and CI would wait for
+    its time limit instead of reporting. Wait briefly, name what is left, and exit with pytest's status."""
+    import threading
+    import time as _time
+    deadline = _time.monotonic() + 15
+    while True:
+        left = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon
+                and t.is_alive()]
+        if not left or _time.monotonic() > deadline:
+            break
+        _time.sleep(0.2)
+    if left:
+        print(f"\nconftest: {len(left)} non-daemon thread(s) still running after the session, exiting anyway:"
+              f" {', '.join(sorted(t.name for t in left))}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(_EXIT_STATUS[-1] if _EXIT_STATUS else 1)
+
+
 @pytest.fixture(scope="session")
 def dns_server():
     """A real DNS server on 127.0.0.1 for every gateway the tests start (empty zone unless a test sets one)."""

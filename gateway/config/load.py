@@ -155,6 +155,7 @@ class RetentionConfig:
     quarantine_days: float = 90.0      # quarantined messages
     closed_ticket_days: float = 0.0    # closed tickets with their articles (0 = keep forever)
     relay_days: float = 30.0           # finished outbound notifications (sent / dead) in the relay queue
+    audit_days: float = 0.0            # the audit history (audit_log); 0 = keep forever
     interval: float = 3600.0           # how often the purge runs
 
 
@@ -562,6 +563,7 @@ def build_config(data: dict[str, Any], file: str | None = None) -> Config:
         quarantine_days=t.get("quarantine_days", d4.quarantine_days, days),
         closed_ticket_days=t.get("closed_ticket_days", d4.closed_ticket_days, days),
         relay_days=t.get("relay_days", d4.relay_days, days),
+        audit_days=t.get("audit_days", d4.audit_days, days),
         interval=t.get("interval", d4.interval, parse_duration),
     )
     if retention.interval <= 0:

@@ -17,8 +17,8 @@ class UiConfig:
     enabled: bool = True                          # false: no /ui/ routes (the API stays)
     session_lifetime: float = 12 * 3600.0         # a session ends this long after sign-in, used or not
     session_idle: float = 2 * 3600.0              # ... or this long after its last request
-    signin_rate_per_account: Rate | None = Rate(5, 900.0)  # failed sign-ins per address (per node)
-    signin_rate_per_ip: Rate | None = Rate(30, 900.0)      # failed sign-ins per client address (per node)
+    signin_rate_per_account: Rate | None = Rate(5, 900.0)  # failed sign-ins per address (counted in the store: every process and node)
+    signin_rate_per_ip: Rate | None = Rate(30, 900.0)      # failed sign-ins per client address (counted in the store)
 
 
 def _bool(v: object) -> bool:

@@ -25,23 +25,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import multiprocessing.connection
 import os
 import signal
 import socket
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 Config = Any  # gateway.config.load.Config (gateway.http does not import the config room)
 
 from gateway.http.deps import Problem, Services, take
-from gateway.runtime.childlink import ParentLink, read_when_ready
-from gateway.runtime.metrics import Metrics, Snapshot, retire, snapshot
+from gateway.runtime.childgroup import Child, ChildGroup
+from gateway.runtime.childlink import ParentLink
+from gateway.runtime.metrics import Metrics, snapshot
 from gateway.runtime.ratelimit import SlidingWindow
 
 log = logging.getLogger(__name__)
-_CTX = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop and threads
 EX_STORE_UNAVAILABLE = 75  # could not open the store: restarted with backoff (up to 30 s), not every 0.5 s
 
 
@@ -152,18 +150,6 @@ async def _child(cfg: Config, slot: int, sock: socket.socket, conn: multiprocess
 
 
 # -- parent side ------------------------------------------------------------------------------------------
-@dataclass
-class _Child:
-    slot: int
-    proc: Any  # multiprocessing.Process (spawn context)
-    conn: multiprocessing.connection.Connection
-    pid: int | None = None
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    last: Snapshot = field(default_factory=list)
-    fresh: asyncio.Event = field(default_factory=asyncio.Event)
-    gone: bool = False
-
-
 class _ParentSources:
     """``pause`` / ``resume`` of the main process's source manager, asked over the control pipe (the
     store write happens there, before the answer, so a GET right after sees it)."""
@@ -180,115 +166,71 @@ class _ParentSources:
             raise Problem(503, "Service Unavailable", "the gateway is stopping", headers={"Retry-After": "5"})
 
 
-class HttpGroup:
+class HttpGroup(ChildGroup):
     """Starts ``[http] processes`` children on one listening socket, answers them, restarts the dead."""
+
+    label = "HTTP"
 
     def __init__(self, cfg: Config, sock: socket.socket, metrics: Metrics, on_wake: Callable[[], None],
                  on_wake_relay: Callable[[], None],
                  sources: Callable[[], Any] = lambda: None) -> None:
-        self.cfg = cfg
+        super().__init__(cfg, cfg.http.processes, child_main, on_wake)
         self.sources = sources  # () -> the running SourceManager (or None), asked by "source" messages
         self.sock = sock
         self.metrics = metrics
-        self.on_wake = on_wake
         self.on_wake_relay = on_wake_relay
         self.n = cfg.http.processes
-        self.children: dict[int, _Child] = {}
-        self.retired: Snapshot = []  # counters of children that exited (counters never go backwards)
-        self.restarts = 0
         self._open_failures = 0  # HTTP processes in a row that could not open the store
         self._ready = False
         self._limiter: SlidingWindow | None = None
-        self._stopping = False
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def port(self) -> int:
         return self.sock.getsockname()[1]
 
-    @property
-    def pids(self) -> list[int]:
-        return [c.pid for c in self.children.values() if c.pid is not None and not c.gone]
+    def child_args(self, slot: int, conn: multiprocessing.connection.Connection) -> tuple[Any, ...]:
+        return (self.cfg, slot, self.sock, conn, self.n > 1, self._ready)
 
     async def start(self, timeout: float = 60.0) -> None:
         """Spawn every child and wait until each one serves (one that cannot start fails the start)."""
-        for slot in range(1, self.n + 1):
-            self._spawn(slot)
-        for child in list(self.children.values()):
-            waiter = asyncio.ensure_future(child.ready.wait())
-            done, _ = await asyncio.wait({waiter}, timeout=timeout)
-            if not done or child.gone:
-                waiter.cancel()
-                raise RuntimeError(f"HTTP process {child.slot} did not start (see the log above)")
+        await super().start(timeout)
         log.info("HTTP API served by %d process(es) on http://%s:%d/api/v1/", self.n, self.cfg.http.listen[0],
                  self.port)
 
-    def _spawn(self, slot: int) -> None:
-        parent_conn, child_conn = _CTX.Pipe(duplex=True)
-        proc = _CTX.Process(target=child_main, args=(self.cfg, slot, self.sock, child_conn, self.n > 1, self._ready),
-                            name=f"ticketmx-http-{slot}", daemon=True)
-        proc.start()
-        child_conn.close()
-        child = _Child(slot, proc, parent_conn)
-        self.children[slot] = child
-        loop = asyncio.get_running_loop()
-        read_when_ready(loop, parent_conn, self._readable, child)
-        loop.add_reader(proc.sentinel, self._on_exit, child)
-
-    def _send(self, child: _Child, msg: tuple[Any, ...]) -> None:
-        if child.gone:
-            return
-        try:
-            child.conn.send(msg)
-        except (OSError, EOFError):
-            pass  # it is dying; _on_exit cleans up
-
-    def _readable(self, child: _Child) -> None:
-        try:
-            while child.conn.poll():
-                self._dispatch(child, child.conn.recv())
-        except (EOFError, OSError):
-            try:
-                asyncio.get_running_loop().remove_reader(child.conn.fileno())
-            except (ValueError, OSError):
-                pass
-
-    def _dispatch(self, child: _Child, msg: tuple[Any, ...]) -> None:
+    def handle(self, child: Child, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
-        if kind == "wake":
-            self.on_wake()
-        elif kind == "wake_relay":
+        if kind == "wake_relay":
             self.on_wake_relay()
         elif kind == "rate":
-            self._send(child, ("reply", msg[1], take(self._rate_limiter(), msg[2])))
+            self.send(child, ("reply", msg[1], take(self._rate_limiter(), msg[2])))
         elif kind == "render":
-            self._spawn_task(self._render(child, msg[1]))
+            self.spawn_task(self._render(child, msg[1]))
         elif kind == "source":
-            self._spawn_task(self._source(child, msg[1], msg[2], msg[3], msg[4]))
-        elif kind == "metrics":
-            child.last = msg[1]
-            child.fresh.set()
-        elif kind == "ready":
-            self._open_failures = 0
-            child.pid = msg[1]
-            self._send(child, ("ready", self._ready))
-            child.ready.set()
-            log.info("HTTP process %d started (pid %d)", child.slot, msg[1])
+            self.spawn_task(self._source(child, msg[1], msg[2], msg[3], msg[4]))
+        else:
+            super().handle(child, msg)
 
-    def _spawn_task(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def on_ready(self, child: Child) -> None:
+        self._open_failures = 0
+        self.send(child, ("ready", self._ready))
 
-    async def _render(self, child: _Child, rid: int) -> None:
+    def restart_delay(self, child: Child) -> float:
+        if child.proc.exitcode == EX_STORE_UNAVAILABLE:  # it said why in one line
+            self._open_failures += 1
+            delay = min(30.0, 0.5 * 2 ** self._open_failures)
+            log.warning("HTTP process %d could not open the store; next try in %.0fs", child.slot, delay)
+            return delay
+        return super().restart_delay(child)
+
+    async def _render(self, child: Child, rid: int) -> None:
         try:
             body: bytes | None = await self.metrics.render_all()
         except Exception:
             log.exception("metrics for HTTP process %d failed", child.slot)
             body = None
-        self._send(child, ("reply", rid, body))
+        self.send(child, ("reply", rid, body))
 
-    async def _source(self, child: _Child, rid: int, action: str, name: str, reason: str) -> None:
+    async def _source(self, child: Child, rid: int, action: str, name: str, reason: str) -> None:
         """A pause / resume from the API, applied by the running manager (None: no manager runs)."""
         manager = self.sources()
         ok: bool | None = None
@@ -298,7 +240,7 @@ class HttpGroup:
                 ok = True
         except Exception:
             log.exception("source %s %s asked by HTTP process %d failed", action, name, child.slot)
-        self._send(child, ("reply", rid, ok))
+        self.send(child, ("reply", rid, ok))
 
     def _rate_limiter(self) -> SlidingWindow | None:
         rate = self.cfg.http.rate_per_token
@@ -308,89 +250,14 @@ class HttpGroup:
             self._limiter = SlidingWindow(rate)
         return self._limiter
 
-    def _on_exit(self, child: _Child) -> None:
-        if child.gone:
-            return
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(child.proc.sentinel)
-        self._readable(child)  # its last words: final metrics
-        try:
-            loop.remove_reader(child.conn.fileno())
-        except (ValueError, OSError):
-            pass
-        child.gone = True
-        child.conn.close()
-        child.proc.join(1)  # the sentinel fired: it is exiting; reaped, its exit code is known
-        child.ready.set()  # wakes start() if it died before serving
-        child.fresh.set()
-        self.retired = retire(self.retired, child.last)
-        if self.children.get(child.slot) is child:
-            del self.children[child.slot]
-        if self._stopping:
-            return
-        delay = 0.5  # no hot restart loop if the child dies at once
-        if child.proc.exitcode == EX_STORE_UNAVAILABLE:  # it said why in one line
-            self._open_failures += 1
-            delay = min(30.0, 0.5 * 2 ** self._open_failures)
-            log.warning("HTTP process %d could not open the store; next try in %.0fs", child.slot, delay)
-        else:
-            log.error("HTTP process %d died (exit code %s); restarting it", child.slot, child.proc.exitcode)
-        self._spawn_task(self._restart(child.slot, delay))
-
-    async def _restart(self, slot: int, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if not self._stopping and slot not in self.children:
-            self.restarts += 1
-            self._spawn(slot)
-
     def set_ready(self, ready: bool) -> None:
         """The service became ready (or is stopping): /readyz of every child says so."""
         self._ready = ready
         for child in self.children.values():
             if child.ready.is_set():
-                self._send(child, ("ready", ready))
-
-    async def snapshots(self, timeout: float = 2.0) -> list[Snapshot]:
-        """Every child's current samples (the last known if one does not answer in time), plus the
-        counters of children that exited."""
-        live = [c for c in self.children.values() if not c.gone and c.ready.is_set()]
-        for child in live:
-            child.fresh.clear()
-            self._send(child, ("metrics",))
-        if live:
-            waits = [asyncio.ensure_future(c.fresh.wait()) for c in live]
-            _, pending = await asyncio.wait(waits, timeout=timeout)
-            for w in pending:
-                w.cancel()
-        return [c.last for c in live] + [self.retired]
-
-    def reload(self, cfg: Config) -> None:
-        """Send a validated config to every child (its next request sees it)."""
-        self.cfg = cfg
-        for child in self.children.values():
-            self._send(child, ("reload", cfg))
+                self.send(child, ("ready", ready))
 
     async def close(self, grace: float | None = None) -> None:
         """SIGTERM every child (each finishes its requests within ``[http] shutdown_grace``), kill what is left."""
-        self._stopping = True
-        grace = self.cfg.http.shutdown_grace if grace is None else grace
-        for task in list(self._tasks):
-            task.cancel()
-        children = list(self.children.values())
-        for child in children:
-            if child.proc.is_alive():
-                child.proc.terminate()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace + 5
-        for child in children:
-            while child.proc.is_alive() and loop.time() < deadline:
-                await asyncio.sleep(0.05)
-            if child.proc.is_alive():
-                log.error("HTTP process %d did not stop in %.0fs; killing it", child.slot, grace + 5)
-                child.proc.kill()
-                child.proc.join(1)
-        await asyncio.sleep(0)  # let the exit callbacks run (final metrics)
-        for child in children:
-            if not child.gone:
-                self._on_exit(child)
+        await super().close(self.cfg.http.shutdown_grace if grace is None else grace)
         self.sock.close()

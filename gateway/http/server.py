@@ -43,7 +43,7 @@ API = "/api/v1"
 PROBLEM = "application/problem+json"
 # Endpoint modules included under /api/v1 (each defines ``router``); one not present in this build is skipped.
 ROUTERS = ("gateway.http.api_admin", "gateway.http.api_tickets", "gateway.http.inbound",
-           "gateway.http.api_sources")
+           "gateway.http.api_sources", "gateway.http.reply_templates")
 # Modules mounted beside the API (each defines ``install(app)``): the web UI under /ui/. Named here, not
 # imported, so the UI may build on gateway.http while the API never depends on it (rooms stay one-way).
 MOUNTS = ("gateway.ui.routes",)

@@ -33,6 +33,18 @@ def agent_for(cfg: Any, token_name: str) -> Agent:
     return Agent(token_name, token_name, False)
 
 
+SIGNATURE_DELIMITER = "-- "   # RFC 3676 4.3: a line of dash, dash, space; mail readers fold what follows
+
+
+def with_signature(text: str, signature: str) -> str:
+    """``text`` with ``signature`` under the RFC 3676 delimiter line: what an agent's reply from the UI
+    hands to the reply function, so the stored article, the relay mail and the audit carry the same
+    body. An empty signature leaves the text as it is."""
+    if not signature.strip():
+        return text
+    return f"{text.rstrip()}\n\n{SIGNATURE_DELIMITER}\n{signature.strip(chr(10))}\n"
+
+
 class TicketMail:
     """Hooks for the store's API writes (run inside their transaction, on SQLite or PostgreSQL)."""
 

@@ -189,7 +189,7 @@ class TokenProvider:
 
     async def _request(self) -> None:
         fields = {"client_id": self.cfg.client_id}
-        if self.cfg.grant == "refresh_token":
+        if self._refresh_token:   # the configured one, or one a subclass picked up since (sources: the file)
             fields.update(grant_type="refresh_token", refresh_token=self._refresh_token)
         else:
             fields["grant_type"] = "client_credentials"
@@ -226,9 +226,13 @@ class TokenProvider:
         self.expires_at = time.time() + lifetime - (self._clock() - started)
         new_refresh = doc.get("refresh_token")
         if isinstance(new_refresh, str) and new_refresh and new_refresh != self._refresh_token:
-            self._refresh_token = new_refresh
+            used, self._refresh_token = self._refresh_token, new_refresh
             if self.cfg.refresh_token_file:
-                await asyncio.to_thread(_write_secret, self.cfg.refresh_token_file, new_refresh)
+                await self._keep_rotated(self.cfg.refresh_token_file, used, new_refresh)
+
+    async def _keep_rotated(self, path: str, used: str, new: str) -> None:
+        """The server rotated the refresh token ``used`` to ``new``: write it back to the file."""
+        await asyncio.to_thread(_write_secret, path, new)
 
 
 _ERROR_CODE = re.compile(r"[a-z0-9_.-]{1,64}")

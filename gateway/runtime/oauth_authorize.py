@@ -10,6 +10,10 @@
   ``state`` and is exchanged with the S256 verifier.
 
 Both return the token endpoint's JSON answer; the caller stores the refresh token (``write_secret``).
+Their steps are functions of their own, which the web UI's "Authorise" buttons call one request at a
+time (gateway/ui/admin_oauth.py, which keeps the pending state in the store between requests):
+:func:`device_start` and :func:`device_poll` (one token request), :func:`authorization_url`,
+:func:`redirect_error` and :func:`exchange_code`.
 Refusals are reported by their RFC 6749 ``error`` code only, checked by :func:`error_code`, as the
 token client does. The loopback listener is the standard library's http.server in a thread (one
 request at a time, bounded by ``timeout``): it answers one GET and is gone.
@@ -108,10 +112,20 @@ def _client_fields(cfg: TokenConfig) -> dict[str, str]:
     return fields
 
 
-async def device_grant(cfg: TokenConfig, device_url: str, scope: str, prompt: Callable[[str], None], *,
-                       post: PostFn | None = None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                       clock: Callable[[], float] = time.monotonic, max_wait: float = 900.0) -> dict[str, Any]:
-    """RFC 8628: the token endpoint's answer once the person approved; ``prompt`` shows them the code."""
+@dataclass(frozen=True)
+class DeviceCode:
+    """The device endpoint's answer: what the person is shown, and what polling needs."""
+
+    device_code: str
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str
+    interval: float
+    expires_in: float       # 0: the server named none
+
+
+async def device_start(cfg: TokenConfig, device_url: str, scope: str, *, post: PostFn | None = None) -> DeviceCode:
+    """RFC 8628 3.1-3.2: one POST to the device endpoint (the CLI and the web UI start the grant here)."""
     post = _poster(cfg, post)
     fields = {"client_id": cfg.client_id, "scope": scope}
     if cfg.client_secret and cfg.token_url.rstrip("/") == GOOGLE_TOKEN:
@@ -123,29 +137,56 @@ async def device_grant(cfg: TokenConfig, device_url: str, scope: str, prompt: Ca
     if not isinstance(uri, str):
         raise OAuthError(f"{_where(device_url)}: answer without verification_uri")
     complete = doc.get("verification_uri_complete")
-    prompt(f"Open {uri} in a browser and enter the code {doc['user_code']}"
-           + (f"\n(or open {complete})" if isinstance(complete, str) else ""))
-    interval = _number(doc.get("interval"), 5.0)
-    deadline = clock() + min(_number(doc.get("expires_in"), max_wait), max_wait)
-    token_fields = {**_client_fields(cfg), "grant_type": DEVICE_GRANT, "device_code": doc["device_code"]}
+    return DeviceCode(doc["device_code"], doc["user_code"], uri, complete if isinstance(complete, str) else "",
+                      _number(doc.get("interval"), 5.0), _number(doc.get("expires_in"), 0.0))
+
+
+PENDING, SLOW_DOWN = "pending", "slow_down"
+
+
+async def device_poll(cfg: TokenConfig, device_code: str, *, post: PostFn | None = None) -> dict[str, Any] | str:
+    """RFC 8628 3.4-3.5: ONE token request. The token endpoint's answer once approved; ``PENDING`` or
+    ``SLOW_DOWN`` (the caller adds 5 s to its interval, for this and every later request) while waiting;
+    :class:`OAuthError` when declined (``access_denied``), expired (``expired_token``) or refused."""
+    post = _poster(cfg, post)
+    fields = {**_client_fields(cfg), "grant_type": DEVICE_GRANT, "device_code": device_code}
+    status, ans = await _form(post, cfg, cfg.token_url, fields)
+    if status == 200 and ans and isinstance(ans.get("access_token"), str):
+        return ans
+    code = ans.get("error") if ans else None
+    if code == "authorization_pending":
+        return PENDING
+    if code == "slow_down":
+        return SLOW_DOWN
+    if code == "access_denied":
+        raise OAuthError("the request was declined at the verification page (access_denied)")
+    if code == "expired_token":
+        raise OAuthError("the device code expired before it was approved (expired_token); start again")
+    raise _refusal(cfg.token_url, status, ans, cfg)
+
+
+async def device_grant(cfg: TokenConfig, device_url: str, scope: str, prompt: Callable[[str], None], *,
+                       post: PostFn | None = None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                       clock: Callable[[], float] = time.monotonic, max_wait: float = 900.0) -> dict[str, Any]:
+    """RFC 8628: the token endpoint's answer once the person approved; ``prompt`` shows them the code."""
+    post = _poster(cfg, post)
+    dc = await device_start(cfg, device_url, scope, post=post)
+    prompt(f"Open {dc.verification_uri} in a browser and enter the code {dc.user_code}"
+           + (f"\n(or open {dc.verification_uri_complete})" if dc.verification_uri_complete else ""))
+    interval = dc.interval
+    deadline = clock() + (min(dc.expires_in, max_wait) if dc.expires_in else max_wait)
     while True:
         if clock() + interval > deadline:
             raise OAuthError("the device code expired before it was approved; run the command again")
         await sleep(interval)
-        status, ans = await _form(post, cfg, cfg.token_url, token_fields)
-        if status == 200 and ans and isinstance(ans.get("access_token"), str):
-            return ans
-        code = ans.get("error") if ans else None
-        if code == "authorization_pending":
+        ans = await device_poll(cfg, dc.device_code, post=post)
+        if ans == PENDING:
             continue
-        if code == "slow_down":
+        if ans == SLOW_DOWN:
             interval += 5.0   # RFC 8628 3.5: for this and every later request
             continue
-        if code == "access_denied":
-            raise OAuthError("the request was declined at the verification page (access_denied)")
-        if code == "expired_token":
-            raise OAuthError("the device code expired before it was approved (expired_token); run the command again")
-        raise _refusal(cfg.token_url, status, ans, cfg)
+        assert isinstance(ans, dict)
+        return ans
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -176,26 +217,54 @@ class _Redirect(http.server.BaseHTTPRequestHandler):
         return
 
 
+def authorization_url(cfg: TokenConfig, authorize_url: str, redirect_uri: str, scope: str, state: str,
+                      challenge: str, login_hint: str = "") -> str:
+    """The URL a browser opens for the authorization code grant with PKCE S256 (RFC 6749 4.1.1, RFC 7636
+    4.3): the CLI's loopback redirect and the web UI's callback both start here."""
+    q = {"client_id": cfg.client_id, "response_type": "code", "redirect_uri": redirect_uri, "scope": scope,
+         "state": state, "code_challenge": challenge, "code_challenge_method": "S256"}
+    if login_hint:
+        q["login_hint"] = login_hint
+    if urlsplit(authorize_url).hostname == "accounts.google.com":
+        q.update(access_type="offline", prompt="consent")   # Google sends a refresh token only then
+    return f"{authorize_url}{'&' if '?' in authorize_url else '?'}{urlencode(q)}"
+
+
+def redirect_error(params: dict[str, str]) -> OAuthError | None:
+    """The redirect's own refusal (RFC 6749 4.1.2.1: ``error=access_denied`` …), or a redirect without a code."""
+    if "error" in params:
+        return OAuthError(f"the authorization was refused (error={error_code(params.get('error'))})")
+    if not params.get("code"):
+        return OAuthError("the redirect carried no code")
+    return None
+
+
+async def exchange_code(cfg: TokenConfig, code: str, redirect_uri: str, verifier: str, *,
+                        post: PostFn | None = None) -> dict[str, Any]:
+    """RFC 6749 4.1.3 with the PKCE verifier: the token endpoint's answer for the code the browser brought."""
+    post = _poster(cfg, post)
+    fields = {**_client_fields(cfg), "grant_type": "authorization_code", "code": code,
+              "redirect_uri": redirect_uri, "code_verifier": verifier}
+    status, ans = await _form(post, cfg, cfg.token_url, fields)
+    if status != 200 or not ans or not isinstance(ans.get("access_token"), str):
+        raise _refusal(cfg.token_url, status, ans, cfg)
+    return ans
+
+
 async def loopback_grant(cfg: TokenConfig, authorize_url: str, scope: str, prompt: Callable[[str], None], *,
                          post: PostFn | None = None, timeout: float = 300.0, login_hint: str = "",
                          port: int = 0) -> dict[str, Any]:
     """RFC 8252 loopback redirect with PKCE: the token endpoint's answer for the code the browser brought."""
-    post = _poster(cfg, post)
     verifier, challenge = pkce_pair()
     state = secrets.token_urlsafe(24)
     server = http.server.HTTPServer(("127.0.0.1", port), _Redirect)
     server.timeout = 1.0
     server.result = None  # type: ignore[attr-defined]
     redirect = f"http://127.0.0.1:{server.server_address[1]}/"
-    q = {"client_id": cfg.client_id, "response_type": "code", "redirect_uri": redirect, "scope": scope,
-         "state": state, "code_challenge": challenge, "code_challenge_method": "S256"}
-    if login_hint:
-        q["login_hint"] = login_hint
-    if urlsplit(authorize_url).hostname == "accounts.google.com":
-        q.update(access_type="offline", prompt="consent")   # Google sends a refresh token only then
+    url = authorization_url(cfg, authorize_url, redirect, scope, state, challenge, login_hint)
     prompt(f"Open this URL in a browser (the redirect goes to {redirect} on this machine: forward the port"
            f" with ssh -L {server.server_address[1]}:127.0.0.1:{server.server_address[1]} if the browser is"
-           f" elsewhere):\n{authorize_url}?{urlencode(q)}")
+           f" elsewhere):\n{url}")
     deadline = time.monotonic() + timeout
     try:
         while server.result is None:  # type: ignore[attr-defined]
@@ -208,16 +277,9 @@ async def loopback_grant(cfg: TokenConfig, authorize_url: str, scope: str, promp
     finally:
         server.server_close()
     res = server.result  # type: ignore[attr-defined]
-    if "error" in res:
-        raise OAuthError(f"the authorization was refused (error={error_code(res.get('error'))})")
-    if not res.get("code"):
-        raise OAuthError("the redirect carried no code")
-    fields = {**_client_fields(cfg), "grant_type": "authorization_code", "code": res["code"],
-              "redirect_uri": redirect, "code_verifier": verifier}
-    status, ans = await _form(post, cfg, cfg.token_url, fields)
-    if status != 200 or not ans or not isinstance(ans.get("access_token"), str):
-        raise _refusal(cfg.token_url, status, ans, cfg)
-    return ans
+    if (refused := redirect_error(res)) is not None:
+        raise refused
+    return await exchange_code(cfg, res["code"], redirect, verifier, post=post)
 
 
 def _number(value: object, default: float) -> float:
@@ -234,4 +296,5 @@ def _where(url: str) -> str:
 
 
 __all__ = ["device_grant", "loopback_grant", "endpoints_for", "delegated_scope", "pkce_pair", "Endpoints",
-           "DEVICE_GRANT"]
+           "DEVICE_GRANT", "DeviceCode", "device_start", "device_poll", "PENDING", "SLOW_DOWN", "authorization_url",
+           "redirect_error", "exchange_code"]

@@ -26,22 +26,20 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gateway.smtp.checks import DataCheck, HeaderSectionCheck, LoopCheck
 from gateway.config.load import Config
 from gateway.smtp.limits import Limits
-from gateway.runtime.childlink import ParentLink, read_when_ready
-from gateway.runtime.metrics import Metrics, Snapshot, retire, snapshot
+from gateway.runtime.childgroup import Child, ChildGroup
+from gateway.runtime.childlink import ParentLink
+from gateway.runtime.metrics import Metrics, snapshot
 from gateway.smtp.replies import Reply
 
 log = logging.getLogger(__name__)
-_CTX = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop and threads
 Listen = list[tuple[str, int]]
 
 
@@ -165,177 +163,48 @@ async def _child(cfg: Config, slot: int, listen: Listen, conn: multiprocessing.c
 
 
 # -- parent side ------------------------------------------------------------------------------------------
-@dataclass
-class _Child:
-    slot: int
-    proc: Any  # multiprocessing.Process (spawn context)
-    conn: multiprocessing.connection.Connection
-    pid: int | None = None
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    last: Snapshot = field(default_factory=list)
-    fresh: asyncio.Event = field(default_factory=asyncio.Event)
-    gone: bool = False
-
-
-class SmtpGroup:
+class SmtpGroup(ChildGroup):
     """Starts ``extra`` SMTP child processes on ``listen``, serves their limits, restarts the dead."""
+
+    label = "SMTP"
+    kill_after = 10.0
 
     def __init__(self, cfg: Config, extra: int, listen: Listen, limits: Limits, metrics: Metrics,
                  on_wake: Callable[[], None]) -> None:
-        self.cfg = cfg
+        super().__init__(cfg, extra, child_main, on_wake)
         self.extra = extra
         self.listen = listen
         self.limits = limits
         self.metrics = metrics
-        self.on_wake = on_wake
-        self.children: dict[int, _Child] = {}
-        self.retired: Snapshot = []  # counters of children that exited (counters never go backwards)
-        self._stopping = False
-        self._restarts: set[asyncio.Task[None]] = set()
+
+    def child_args(self, slot: int, conn: multiprocessing.connection.Connection) -> tuple[Any, ...]:
+        return (self.cfg, slot, self.listen, conn)
 
     async def start(self, timeout: float = 30.0) -> None:
         """Spawn every child and wait until each one listens (a child that cannot bind fails the start)."""
-        for slot in range(1, self.extra + 1):
-            self._spawn(slot)
-        for child in list(self.children.values()):
-            waiter = asyncio.ensure_future(child.ready.wait())
-            done, _ = await asyncio.wait({waiter}, timeout=timeout)
-            if not done or child.gone:
-                waiter.cancel()
-                raise RuntimeError(f"SMTP process {child.slot} did not start (see the log above)")
+        await super().start(timeout)
         self._update_gauge()
 
-    def _spawn(self, slot: int) -> None:
-        parent_conn, child_conn = _CTX.Pipe(duplex=True)
-        proc = _CTX.Process(target=child_main, args=(self.cfg, slot, self.listen, child_conn),
-                            name=f"ticketmx-smtp-{slot}", daemon=True)
-        proc.start()
-        child_conn.close()
-        child = _Child(slot, proc, parent_conn)
-        self.children[slot] = child
-        loop = asyncio.get_running_loop()
-        read_when_ready(loop, parent_conn, self._readable, child)
-        loop.add_reader(proc.sentinel, self._on_exit, child)
-
-    def _send(self, child: _Child, msg: tuple[Any, ...]) -> None:
-        if child.gone:
-            return
-        try:
-            child.conn.send(msg)
-        except (OSError, EOFError):
-            pass  # it is dying; _on_exit cleans up
-
-    def _readable(self, child: _Child) -> None:
-        try:
-            while child.conn.poll():
-                self._dispatch(child, child.conn.recv())
-        except (EOFError, OSError):
-            try:
-                asyncio.get_running_loop().remove_reader(child.conn.fileno())
-            except (ValueError, OSError):
-                pass
-
-    def _dispatch(self, child: _Child, msg: tuple[Any, ...]) -> None:
+    def handle(self, child: Child, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
-        if kind == "wake":
-            self.on_wake()
-        elif kind == "open":
-            self._send(child, ("reply", msg[1], self.limits.open(child.slot, msg[2])))
+        if kind == "open":
+            self.send(child, ("reply", msg[1], self.limits.open(child.slot, msg[2])))
         elif kind == "close":
             self.limits.close(child.slot, msg[1])
         elif kind == "rate":
-            self._send(child, ("reply", msg[1], self.limits.rate_check(msg[2], msg[3])))
+            self.send(child, ("reply", msg[1], self.limits.rate_check(msg[2], msg[3])))
         elif kind == "hit":
             self.limits.rate_hit(msg[1], msg[2])
-        elif kind == "metrics":
-            child.last = msg[1]
-            child.fresh.set()
-        elif kind == "ready":
-            child.pid = msg[1]
-            child.ready.set()
-            log.info("SMTP process %d started (pid %d)", child.slot, msg[1])
+        else:
+            super().handle(child, msg)
 
-    def _on_exit(self, child: _Child) -> None:
-        if child.gone:
-            return  # already handled (close() and the sentinel callback can both get here)
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(child.proc.sentinel)
-        self._readable(child)  # its last words: final metrics, closes
-        try:
-            loop.remove_reader(child.conn.fileno())
-        except (ValueError, OSError):
-            pass
-        child.gone = True
-        child.conn.close()
-        child.proc.join(0)
-        child.ready.set()  # wakes start() if it died before listening
-        child.fresh.set()
-        self.limits.drop_slot(child.slot)
-        self.retired = retire(self.retired, child.last)
-        if self.children.get(child.slot) is child:
-            del self.children[child.slot]
+    def on_ready(self, child: Child) -> None:
         self._update_gauge()
-        if self._stopping:
-            return
-        log.error("SMTP process %d died (exit code %s); restarting it", child.slot, child.proc.exitcode)
-        task = loop.create_task(self._restart(child.slot))
-        self._restarts.add(task)
-        task.add_done_callback(self._restarts.discard)
 
-    async def _restart(self, slot: int) -> None:
-        await asyncio.sleep(0.5)  # no hot restart loop if the child dies at once
-        if not self._stopping and slot not in self.children:
-            self._spawn(slot)
-            await self.children[slot].ready.wait()
-            self._update_gauge()
+    def on_gone(self, child: Child) -> None:
+        self.limits.drop_slot(child.slot)
+        self._update_gauge()
 
     def _update_gauge(self) -> None:
         self.metrics.smtp_processes.set(1 + sum(1 for c in self.children.values() if c.ready.is_set()
                                                 and not c.gone))
-
-    async def snapshots(self, timeout: float = 2.0) -> list[Snapshot]:
-        """Every child's current samples (asked now; the last known if a child does not answer in time),
-        plus the counters of children that exited."""
-        live = [c for c in self.children.values() if not c.gone and c.ready.is_set()]
-        for child in live:
-            child.fresh.clear()
-            self._send(child, ("metrics",))
-        if live:
-            waits = [asyncio.ensure_future(c.fresh.wait()) for c in live]
-            _, pending = await asyncio.wait(waits, timeout=timeout)
-            for w in pending:
-                w.cancel()
-        return [c.last for c in live] + [self.retired]
-
-    def reload(self, cfg: Config) -> None:
-        """Send a validated config to every child (they apply it to their next command or session)."""
-        self.cfg = cfg
-        for child in self.children.values():
-            self._send(child, ("reload", cfg))
-
-    @property
-    def pids(self) -> list[int]:
-        return [c.pid for c in self.children.values() if c.pid is not None and not c.gone]
-
-    async def close(self, grace: float) -> None:
-        """SIGTERM every child (each drains its sessions within ``grace``), then kill what is left."""
-        self._stopping = True
-        for task in list(self._restarts):
-            task.cancel()
-        children = list(self.children.values())
-        for child in children:
-            if child.proc.is_alive():
-                child.proc.terminate()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace + 10
-        for child in children:
-            while child.proc.is_alive() and loop.time() < deadline:
-                await asyncio.sleep(0.05)
-            if child.proc.is_alive():
-                log.error("SMTP process %d did not stop in %.0fs; killing it", child.slot, grace + 10)
-                child.proc.kill()
-                child.proc.join(1)
-        await asyncio.sleep(0)  # let the exit callbacks run (final metrics)
-        for child in children:
-            if not child.gone:
-                self._on_exit(child)

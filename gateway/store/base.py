@@ -680,7 +680,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def purge(self, now: float, raw_days: float, quarantine_days: float,
-                    closed_ticket_days: float, relay_days: float = 0.0) -> dict[str, int]:
+                    closed_ticket_days: float, relay_days: float = 0.0,
+                    audit_days: float = 0.0) -> dict[str, int]:
         """Retention: drop raw mail of finished entries, quarantined entries, closed tickets and
         finished (sent / dead) relay notifications older than the given days (0 = keep forever).
-        Returns counts by kind ("relay" only when relay_days > 0)."""
+        With ``audit_days``, audit history rows older than that. Returns counts by kind ("relay" only
+        when relay_days > 0, "audit" only when audit_days > 0)."""

@@ -563,11 +563,15 @@ class PostgresStore(Store):
 
     # -- retention, keys ---------------------------------------------------------
     async def purge(self, now: float, raw_days: float, quarantine_days: float,
-                    closed_ticket_days: float, relay_days: float = 0.0) -> dict[str, int]:
+                    closed_ticket_days: float, relay_days: float = 0.0,
+                    audit_days: float = 0.0) -> dict[str, int]:
         day = 86400.0
         out = {"raw": 0, "quarantined": 0, "tickets": 0}
         async with self.pool.acquire() as conn:
             async with conn.transaction():
+                if audit_days > 0:  # the who-did-what history: kept for as long as the operator's policy says
+                    out["audit"] = _count(await conn.execute("DELETE FROM audit_log WHERE at < $1",
+                                                             now - audit_days * day))
                 if relay_days > 0:  # the Message-IDs stay in message_ids: replies to old mail still thread
                     done = "state IN ('sent','dead') AND finished_at < $1"
                     await conn.execute(f"DELETE FROM relay_recipients WHERE notification_id IN (SELECT id FROM"

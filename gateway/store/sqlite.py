@@ -675,11 +675,14 @@ class SqliteStore(Store):
         await self.transaction(fn)
 
     async def purge(self, now: float, raw_days: float, quarantine_days: float,
-                    closed_ticket_days: float, relay_days: float = 0.0) -> dict[str, int]:
+                    closed_ticket_days: float, relay_days: float = 0.0,
+                    audit_days: float = 0.0) -> dict[str, int]:
         day = 86400.0
 
         def fn(conn: sqlite3.Connection) -> dict[str, int]:
             out = {"raw": 0, "quarantined": 0, "tickets": 0}
+            if audit_days > 0:  # the who-did-what history: kept for as long as the operator's policy says
+                out["audit"] = conn.execute("DELETE FROM audit_log WHERE at < ?", (now - audit_days * day,)).rowcount
             if relay_days > 0:  # the Message-IDs stay in message_ids: replies to old mail still thread
                 done = "state IN ('sent','dead') AND finished_at < ?"
                 conn.execute(f"DELETE FROM relay_recipients WHERE notification_id IN (SELECT id FROM relay_queue"

@@ -53,7 +53,7 @@ def show(request: Request, template: str, p: Page, title: str, here: str, status
     ctx.setdefault("notice", "")
     ctx.setdefault("error", "")
     ctx.setdefault("results", [])
-    return render(request, template, p, status=status, title=title, admin_nav=ADMIN_NAV, admin_here=here, **ctx)
+    return render(request, template, p, status_code=status, title=title, admin_nav=ADMIN_NAV, admin_here=here, **ctx)
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
-from gateway.http import api_tickets
+from gateway.http import api_tickets, reply_templates
 from gateway.http.deps import Problem, services
-from gateway.http.ticket_mail import agent_for
+from gateway.http.ticket_mail import agent_for, with_signature
 from gateway.http.times import parse_when
 from gateway.store.base import TicketPage
 from gateway.store.search import decode_cursor, encode_cursor
@@ -133,9 +133,31 @@ def _article_view(a: dict[str, Any], number: str, html_ids: set[str], images: bo
                             for x in a["attachments"]]}
 
 
+def _template_id(raw: str) -> int | None:
+    """``?template=ID`` as a number, or None (then no template is loaded)."""
+    raw = raw.strip()
+    return int(raw) if raw.isdigit() and len(raw) <= 18 else None
+
+
+async def compose_from_template(request: Request, p: Page, t: dict[str, Any], raw_id: str) -> tuple[str, str]:
+    """(text for the reply box, error for the form): the template ``raw_id`` rendered for this ticket and
+    agent, when it is one for the ticket's queue or for every queue; any other id is "no such template"."""
+    tid = _template_id(raw_id)
+    svc = services(request)
+    tpl = await reply_templates.get_for_queue(svc.store, tid, t["queue"]) if tid is not None else None
+    if tpl is None:
+        return "", f"There is no template {raw_id[:20]!r} for queue {t['queue']}."
+    me = agent_for(svc.cfg, p.who.name)
+    name = me.name if me.configured and me.name else (p.user.name or p.user.email)
+    try:
+        return reply_templates.render(tpl.body, reply_templates.context(t, name, me.address)), ""
+    except reply_templates.TemplateError as exc:
+        return "", f"The template {tpl.name!r} could not be used: {exc}"
+
+
 @router.get("/ui/tickets/{number}", response_class=HTMLResponse)
 async def ticket_view(request: Request, number: str, p: Page = Depends(page("viewer")), html: str = "",
-                      images: int = 0, done: str = "") -> HTMLResponse:
+                      images: int = 0, done: str = "", template: str = "") -> HTMLResponse:
     svc = services(request)
     t = await api_tickets._ticket(request, p.who, number)
     html_ids = set(html.split(",")[:100]) if html else set()
@@ -145,10 +167,28 @@ async def ticket_view(request: Request, number: str, p: Page = Depends(page("vie
     flash = {"reply": "Reply sent.", "reply-held": "Reply saved; it was held as a note (another agent answered "
              "moments ago) — check before sending again.", "note": "Note added.", "fields": "Ticket updated.",
              "unchanged": "Nothing to change."}.get(done, "")
+    templates: list[dict[str, Any]] = []
+    compose_text = compose_error = ""
+    if writable:
+        templates = [{"id": i, "name": n, "queue": q} for i, n, q in
+                     await reply_templates.choices_for(svc.store, t["queue"])]
+        if template:
+            compose_text, compose_error = await compose_from_template(request, p, t, template)
     return render(request, "ticket.html", p, t=t, articles=articles, writable=writable, me=me, flash=flash,
                   statuses=api_tickets.STATUSES, priorities=api_tickets.PRIORITIES,
                   queues=sorted(q for q in api_tickets._queues(svc.cfg) if p.who.can_write(q) or q == t["queue"]),
-                  relay_on=api_tickets._relay_on(svc.cfg), html=html, images=images)
+                  relay_on=api_tickets._relay_on(svc.cfg), html=html, images=images, templates=templates,
+                  template_id=_template_id(template), compose_text=compose_text, compose_error=compose_error)
+
+
+@router.get("/ui/tickets/{number}/compose", response_class=HTMLResponse)
+async def compose(request: Request, number: str, p: Page = Depends(page("agent")), template: str = ""
+                  ) -> HTMLResponse:
+    """The reply box with a template rendered into it: htmx swaps it in place (without JavaScript the
+    picker's form GETs the ticket page with ``?template=``, which renders the same)."""
+    t = await api_tickets._ticket(request, p.who, number, write=True)
+    text, error = await compose_from_template(request, p, t, template)
+    return render(request, "_reply_box.html", p, compose_text=text, compose_error=error)
 
 
 async def _form_text(request: Request) -> str:
@@ -172,10 +212,17 @@ def _back(number: str, done: str, anchor: str = "") -> RedirectResponse:
 
 @router.post("/ui/tickets/{number}/reply")
 async def reply(request: Request, number: str, p: Page = Depends(page("agent"))) -> RedirectResponse:
-    """A public reply: the API's own endpoint function (checks, relay mail, audit)."""
+    """A public reply: the API's own endpoint function (checks, relay mail, audit). With "Add my
+    signature" ticked, the user's signature goes under a "-- " line of the text handed to it."""
     text = await _form_text(request)
     if not text.strip():
         raise Problem(422, "Unprocessable Content", "the reply is empty")
+    form = await request.form()
+    if form.get("signature") and p.user.signature:
+        text = with_signature(text, p.user.signature)
+        if len(text) > api_tickets.MAX_TEXT:
+            raise Problem(422, "Unprocessable Content", f"the reply with your signature is over "
+                          f"{api_tickets.MAX_TEXT:,} characters: shorten it or untick \"Add my signature\"")
     posted = await api_tickets.post_reply(request, number=number, body=_text_in(text), who=p.who)
     return _back(number, "reply" if posted.mail_queued else "reply-held",
                  f"#article-{posted.article.id}")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import importlib
-import math
 import pkgutil
 import secrets
 from typing import Any
@@ -18,8 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from itsdangerous import BadSignature
 
 from gateway.http.deps import Problem, client_address, services
-from gateway.runtime.ratelimit import SlidingWindow
-from gateway.ui import users
+from gateway.ui import signin_limits, users
 from gateway.ui.metrics import UiMetrics
 from gateway.ui.web import (HERE, PRE_COOKIE, SECURITY_HEADERS, SESSION_COOKIE, COOKIE_PATH, Page, SignInNeeded,
                             current_session, is_secure, page, render, router_for, safe_next, set_cookie,
@@ -78,22 +76,6 @@ def _problem_page(request: Request, p: Problem) -> Response:
 
 
 # -- sign-in -----------------------------------------------------------------------------------------
-def _limiters(request: Request) -> tuple[SlidingWindow | None, SlidingWindow | None]:
-    """Failed sign-ins per account and per client address (per node; remade when a reload changes them)."""
-    cfg = services(request).cfg.ui
-    state = request.app.state
-    out = []
-    for name, rate in (("ui_limit_account", cfg.signin_rate_per_account), ("ui_limit_ip", cfg.signin_rate_per_ip)):
-        cur = getattr(state, name, None)
-        if rate is None:
-            cur = None
-        elif cur is None or cur.rate != rate:
-            cur = SlidingWindow(rate)
-        setattr(state, name, cur)
-        out.append(cur)
-    return out[0], out[1]
-
-
 async def _signin_form(request: Request, next_url: str, error: str = "", email: str = "",
                        status: int = 200) -> Response:
     token = secrets.token_urlsafe(32)
@@ -143,23 +125,21 @@ async def signin(request: Request) -> Response:
         _signin_counted(request, "expired_form")
         return await _signin_form(request, next_url, "The sign-in form had expired; please sign in again.",
                                   email, status=403)
-    per_account, per_ip = _limiters(request)
-    client = client_address(request)
-    for limiter, key, what in ((per_account, email, "this account"), (per_ip, client, "your address")):
-        if limiter is not None and not limiter.allowed(key):
-            wait = max(1, math.ceil(limiter.retry_after(key) / 60))
-            resp = await _signin_form(request, next_url, f"Too many failed sign-ins for {what}; try again in "
-                                      f"{wait} minute{'s' if wait != 1 else ''}.", email, status=429)
-            resp.headers["Retry-After"] = str(wait * 60)
-            _signin_counted(request, "rate_limited")
-            return resp
     svc = services(request)
+    per_account, per_ip = svc.cfg.ui.signin_rate_per_account, svc.cfg.ui.signin_rate_per_ip
+    client = client_address(request)
+    refused = await signin_limits.check(svc.store, per_account, per_ip, email, client)
+    if refused is not None:
+        wait = signin_limits.minutes(refused.retry_after)
+        resp = await _signin_form(request, next_url, f"Too many failed sign-ins for {refused.what}; try again in "
+                                  f"{wait} minute{'s' if wait != 1 else ''}.", email, status=429)
+        resp.headers["Retry-After"] = str(wait * 60)
+        _signin_counted(request, "rate_limited")
+        return resp
     user, stored = await users.password_hash_of(svc.store, email)
     ok = await asyncio.get_running_loop().run_in_executor(svc.executor, users.verify_password, stored, password)
     if not ok or user is None:
-        for limiter, key in ((per_account, email), (per_ip, client)):
-            if limiter is not None:
-                limiter.hit(key)
+        await signin_limits.hit(svc.store, per_account, per_ip, email, client)
         _signin_counted(request, "bad_password")
         return await _signin_form(request, next_url, "Wrong email address or password.", email, status=401)
     sid, _ = await users.session_start(svc.store, user, svc.cfg.ui.session_lifetime, client)
@@ -197,8 +177,28 @@ async def signout_everywhere(request: Request, p: Page = Depends(page("viewer"))
 
 
 @router.get("/ui/account")
-async def account(request: Request, p: Page = Depends(page("viewer"))) -> HTMLResponse:
-    return render(request, "account.html", p)
+async def account(request: Request, p: Page = Depends(page("viewer")), done: str = "") -> HTMLResponse:
+    return render(request, "account.html", p, signature=p.user.signature, error="",
+                  notice="Signature saved." if done == "signature" else "", max_signature=users.MAX_SIGNATURE)
+
+
+@router.post("/ui/account/signature")
+async def account_signature(request: Request, p: Page = Depends(page("agent"))) -> Response:
+    """The user's own reply signature (plain text, at most users.MAX_SIGNATURE characters), audited as
+    ``user.signature``; a refused one comes back in the form with the reason."""
+    form = await request.form()
+    raw = str(form.get("signature", ""))
+    try:
+        if len(raw) > 4 * users.MAX_SIGNATURE:           # refused before any work on it
+            raise users.UserError(f"the signature has {len(raw):,} characters; at most "
+                                  f"{users.MAX_SIGNATURE:,} characters")
+        text = users.clean_signature(raw)
+    except users.UserError as exc:
+        return render(request, "account.html", p, status_code=422, signature=raw[:4 * users.MAX_SIGNATURE],
+                      error=f"Not saved: {exc}.", notice="", max_signature=users.MAX_SIGNATURE)
+    await users.set_signature(services(request).store, p.user.email, text, p.who.name, p.who.role,
+                              client_address(request))
+    return RedirectResponse("/ui/account?done=signature", status_code=303, headers=SECURITY_HEADERS)
 
 
 __all__ = ["install", "router"]

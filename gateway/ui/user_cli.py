@@ -1,4 +1,4 @@
-"""``ticketmx user add|list|disable|passwd``: people who sign in to the web UI (docs/ui.md, docs/cli.md).
+"""``ticketmx user add|list|disable|passwd|signature``: people who sign in to the web UI (docs/ui.md, docs/cli.md).
 
 Registered by gateway/cli.py with two lines (``register`` / ``HANDLERS``), like ``ticketmx token``.
 The password is read from the terminal (asked twice) or, when stdin is not a terminal, from its first
@@ -38,6 +38,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     d.add_argument("email", metavar="ADDRESS")
     p = usub.add_parser("passwd", parents=[common], help="set a new password: every session of the user ends")
     p.add_argument("email", metavar="ADDRESS")
+    s = usub.add_parser("signature", parents=[common],
+                        help="show a user's reply signature, or set it from a file (--file -: stdin)")
+    s.add_argument("email", metavar="ADDRESS")
+    s.add_argument("--file", metavar="F", help="the new signature, UTF-8 plain text ('-' reads stdin)")
+    s.add_argument("--clear", action="store_true", help="remove the signature")
 
 
 def _operator() -> str:
@@ -116,8 +121,45 @@ async def _passwd(store: Any, args: argparse.Namespace) -> int:
     return EX_OK
 
 
+async def _signature(store: Any, args: argparse.Namespace) -> int:
+    u = await users.get(store, args.email)
+    if u is None:
+        print(f"ticketmx: user signature: no user {args.email!r}", file=sys.stderr)
+        return EX_FAIL
+    if args.file is None and not args.clear:
+        if u.signature:
+            print(u.signature)
+        else:
+            print(f"{u.email} has no signature", file=sys.stderr)
+        return EX_OK
+    if args.file is not None and args.clear:
+        print("ticketmx: user signature: --file and --clear exclude each other", file=sys.stderr)
+        return EX_FAIL
+    try:
+        if args.clear:
+            raw = ""
+        elif args.file == "-":
+            raw = sys.stdin.read(4 * users.MAX_SIGNATURE + 1)
+        else:
+            with open(args.file, encoding="utf-8") as f:
+                raw = f.read(4 * users.MAX_SIGNATURE + 1)
+        if len(raw) > 4 * users.MAX_SIGNATURE:
+            raise users.UserError(f"the signature is over {users.MAX_SIGNATURE:,} characters")
+        text = users.clean_signature(raw)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"ticketmx: user signature: --file {args.file}: {exc}", file=sys.stderr)
+        return EX_FAIL
+    except users.UserError as exc:
+        print(f"ticketmx: user signature: {exc}", file=sys.stderr)
+        return EX_FAIL
+    await users.set_signature(store, u.email, text, _operator())
+    print(f"signature of {u.email} {'removed' if not text else f'set ({len(text)} characters)'}")
+    return EX_OK
+
+
 HANDLERS: dict[tuple[str, str], Callable[[Any, argparse.Namespace], Awaitable[int]]] = {
     ("user", "add"): _add, ("user", "list"): _list, ("user", "disable"): _disable, ("user", "passwd"): _passwd,
+    ("user", "signature"): _signature,
 }
 
 __all__ = ["register", "HANDLERS"]

@@ -14,6 +14,7 @@ import json
 import re
 import secrets
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from gateway.http.tokens import write_audit
 
 ROLES = ("viewer", "agent", "admin")  # as API tokens (gateway/http/tokens.py)
 MIN_PASSWORD = 10
+MAX_SIGNATURE = 2000                  # characters of a reply signature
 MAX_PASSWORD = 1024                   # argon2 takes any length; a bound keeps a request's cost bounded
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,253}$")
 _hasher = PasswordHasher()            # argon2id, 64 MiB, t=3, p=4 (argon2-cffi's RFC 9106 low-memory default)
@@ -43,6 +45,7 @@ class User:
     created_by: str
     last_login: float | None
     disabled: float | None
+    signature: str = ""           # plain text added under "-- " to the user's replies (migration 0022)
 
     @property
     def active(self) -> bool:
@@ -65,13 +68,14 @@ class UserError(Exception):
     """A refused user command; the message says why and what to do."""
 
 
-_COLS = "u.id, u.email, u.name, u.role, u.queues, u.created, u.created_by, u.last_login, u.disabled"
+_COLS = ("u.id, u.email, u.name, u.role, u.queues, u.created, u.created_by, u.last_login, u.disabled,"
+         " u.signature")
 
 
 def _user(r: Any) -> User:
     return User(id=r["id"], email=r["email"], name=r["name"], role=r["role"],
                 queues=tuple(json.loads(r["queues"] or "[]")), created=r["created"], created_by=r["created_by"],
-                last_login=r["last_login"], disabled=r["disabled"])
+                last_login=r["last_login"], disabled=r["disabled"], signature=r["signature"])
 
 
 def normalise_email(email: str) -> str:
@@ -169,6 +173,44 @@ async def set_password(store: Any, email: str, password_hash: str, actor: str, c
         conn.execute("UPDATE users SET password_hash=?, password_changed=? WHERE id=?", (password_hash, now, row[0]))
         n = conn.execute("DELETE FROM ui_sessions WHERE user_id=? AND id_sha256<>?", (row[0], keep_session)).rowcount
         write_audit(conn, now, actor, "", "user.passwd", email, {"sessions_ended": n}, client)
+        return True
+    return await store.transaction(fn)
+
+
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")  # could reorder the reply's text
+
+
+def clean_signature(text: str) -> str:
+    """A signature as stored: LF line ends, no trailing blanks, no "-- " line of its own on top (the reply
+    adds it), printable text only, at most :data:`MAX_SIGNATURE` characters. Refused with :class:`UserError`."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = [line.rstrip() for line in text.split("\n")]
+    while lines and not lines[0]:
+        lines.pop(0)
+    if lines and lines[0] == "--":
+        lines.pop(0)                      # written with its own delimiter: the reply adds one
+    text = "\n".join(lines).strip("\n")
+    if len(text) > MAX_SIGNATURE:
+        raise UserError(f"the signature has {len(text):,} characters; at most {MAX_SIGNATURE:,} characters")
+    if any((unicodedata.category(c) == "Cc" and c not in "\n\t") or c in _BIDI for c in text):
+        raise UserError("the signature has control characters; plain text only")
+    return text
+
+
+async def set_signature(store: Any, email: str, signature: str, actor: str, role: str = "",
+                        client: str = "local") -> bool:
+    """Store a cleaned signature (:func:`clean_signature`) and its audit row (``user.signature``).
+    False when there is no user ``email``."""
+    now = time.time()
+    email = email.strip().lower()
+
+    def fn(conn: Any) -> bool:
+        row = conn.execute("SELECT id, signature FROM users WHERE email=?", (email,)).fetchone()
+        if row is None:
+            return False
+        conn.execute("UPDATE users SET signature=? WHERE id=?", (signature, row[0]))
+        write_audit(conn, now, actor, role, "user.signature", email,
+                    {"old_size": len(row[1] or ""), "size": len(signature)}, client)
         return True
     return await store.transaction(fn)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..api.conftest import start_api  # noqa: F401 - fixtures
 from ..ui.conftest import browser, start_ui, ui  # noqa: F401
 from ..ui.test_ui_users import (  # noqa: F401 - collected by pytest
-    test_sign_out_everywhere_disable_and_passwd_end_sessions, test_signin_rate_limits_per_account_and_per_address,
+    test_sign_out_everywhere_disable_and_passwd_end_sessions, test_signin_limits_hold_across_http_processes,
+    test_signin_rate_limits_per_account_and_per_address,
     test_user_commands)
 from ..ui.test_ui_signin import test_sign_in_shows_the_queue_and_sign_out_ends_the_session  # noqa: F401

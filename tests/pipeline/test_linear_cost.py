@@ -22,9 +22,6 @@ TARGET = 1_000_000           # bytes of the large message
 PIPELINE_LIMIT = 1.0         # s CPU for a message <= 1 MB (issue 18)
 SMTP_LIMIT = 0.100           # s CPU in the SMTP process
 MAX_RATIO = 8.0              # 4x the input: linear 4, quadratic 16
-# The pipeline's many_headers case measured 8.3-8.5x inside full suite runs (its own run: under 8) since
-# issue 22's packages joined the process; 10 still fails a quadratic cost (16). Under investigation.
-PIPELINE_MAX_RATIO = 10.0
 FLOOR = 0.010                # s: below this, timer noise decides the ratio
 
 
@@ -51,7 +48,7 @@ def test_pipeline_cost_is_linear_and_bounded(name: str, ctx_stages) -> None:
     c_large = min(pipeline_cost(large, ctx_stages) for _ in range(2))
     assert c_large < PIPELINE_LIMIT, f"{name}: {len(large)} bytes cost {c_large:.2f} s CPU in the pipeline"
     ratio = c_large / max(c_small, FLOOR)
-    assert ratio < PIPELINE_MAX_RATIO, f"{name}: 4x the size cost {ratio:.1f}x ({c_small:.3f} -> {c_large:.3f} s)"
+    assert ratio < MAX_RATIO, f"{name}: 4x the size cost {ratio:.1f}x ({c_small:.3f} -> {c_large:.3f} s)"
 
 
 @pytest.mark.parametrize("name", list(CLASSES))
@@ -113,3 +110,23 @@ async def test_ordinary_mail_after_a_hostile_one_is_a_ticket_within_2s(start_gat
     hostile_entry = await gw.wait_done(bad, timeout=10)
     assert hostile_entry.state in ("ticket_created", "quarantined"), hostile_entry.state
     await asyncio.sleep(0)
+
+
+def test_header_index_answers_like_a_scan() -> None:
+    """ParsedMessage.header/header_all (an index built once) agree with a plain scan of the headers, for
+    repeated, differently-cased and absent names: the index replaced a list per name (on 80,000 distinct
+    names those lists cost 10x for 4x the size: many_headers' ratio)."""
+    import random
+    rng = random.Random(7)
+    names = ["X-A", "x-a", "Received", "RECEIVED", "Subject", "X-Long-Name-%d"]
+    for _ in range(50):
+        headers = tuple((rng.choice(names).replace("%d", str(rng.randrange(5))), f"v{i}")
+                        for i in range(rng.randrange(0, 30)))
+        p = parse_message(b"From: a@example.org\r\n\r\nx\r\n")
+        import dataclasses
+        p = dataclasses.replace(p, headers=headers)
+        for name in {n.lower() for n, _ in headers} | {"absent", "X-a", "received"}:
+            scan = [v for k, v in headers if k.lower() == name.lower()]
+            assert p.header_all(name) == scan
+            assert p.header_all(name.upper()) == scan
+            assert p.header(name) == (scan[0] if scan else None)

@@ -138,6 +138,7 @@ class GraphEmulator:
         self.codes: dict[str, tuple[str, str, str, str]] = {}  # auth code -> (client, redirect, challenge, user)
         self.app_user = ""           # the mailbox an app-only (client credentials) token opens over XOAUTH2
         self.slow_down_next = 0      # device polls to answer slow_down
+        self.deny_authorize = False  # the "user" at ``authorize`` declines: error=access_denied to redirect_uri
         self.requests: list[tuple[str, str]] = []
         self.token_requests: list[dict[str, str]] = []
         self.moves = 0
@@ -455,6 +456,10 @@ class GraphEmulator:
             return self._aad_error(400, "invalid_request", "AADSTS50011", "Bad client or redirect URI.")
         if q.get("response_type") != "code" or q.get("code_challenge_method") != "S256" or not q.get("code_challenge"):
             return self._aad_error(400, "invalid_request", "AADSTS900144", "PKCE (S256) is required.")
+        if self.deny_authorize:
+            q_err = {"error": "access_denied", "state": q.get("state", ""),
+                     "error_description": "AADSTS65004: User declined to consent."}
+            return RedirectResponse(f"{redirect}?{urlencode(q_err)}", 302)
         code = _new_id("AC")
         with self._lock:
             self.codes[code] = (q["client_id"], redirect, q["code_challenge"], q.get("login_hint") or self.app_user)

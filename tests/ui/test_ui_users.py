@@ -71,6 +71,26 @@ async def test_signin_rate_limits_per_account_and_per_address(start_ui) -> None:
         assert r.status_code == 429 and "for your address" in r.text
 
 
+async def test_signin_limits_hold_across_http_processes(start_ui) -> None:
+    """The failures are counted in the store: with two HTTP processes (connections spread over both by
+    the kernel) the account is held after its 3 failures whichever process answers, and the table holds
+    only failures (a good sign-in writes none)."""
+    ui = await start_ui(http={"processes": 2}, ui={"signin_rate_per_account": "3/15m", "signin_rate_per_ip": "50/15m"})
+    await ui.user("ann@staff.test", "agent")
+    await ui.user("bob@staff.test", "agent")
+    for _ in range(3):
+        async with client(ui) as c:                       # a new connection each time
+            assert (await signin(c, "ann@staff.test", "wrong password!")).status_code == 401
+    for _ in range(8):
+        async with client(ui) as c:
+            r = await signin(c, "ann@staff.test")
+            assert r.status_code == 429 and "for this account" in r.text, r.status_code
+    async with client(ui) as c:
+        assert (await signin(c, "bob@staff.test")).status_code == 303
+    rows = await ui.store.query("SELECT kind, key FROM signin_failures ORDER BY kind, key")
+    assert sorted((r[0], r[1]) for r in rows) == [("account", "ann@staff.test")] * 3 + [("ip", "127.0.0.1")] * 3
+
+
 async def test_sign_out_everywhere_disable_and_passwd_end_sessions(ui: Ui) -> None:
     await ui.user("ann@staff.test", "agent")
     async with client(ui) as a, client(ui) as b:

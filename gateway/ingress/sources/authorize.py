@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from gateway.runtime.oauth import OAuthError, write_secret
@@ -44,61 +45,99 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-async def authorize(cfg: Any, name: str, loopback: bool = False, *, timeout: float = 900.0, port: int = 0,
-                    login_hint: str = "", out: Callable[[str], None] = _say,
-                    err: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> int:
-    """Run one grant for source ``name`` of config ``cfg``; 0 when the refresh token is written."""
+class NotAuthorizable(Exception):
+    """A source the grant cannot be run for; the message names the dotted config key (or the source)."""
+
+    def __init__(self, message: str, code: int = EX_CONFIG) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Target:
+    """One source's grant: what the CLI and the web UI both need to run it."""
+
+    sc: Any                 # the SourceConfig
+    key: str                # "source[i]" for error messages
+    url: str                # the device endpoint, or the authorization endpoint
+    scope: str
+    login_hint: str
+
+
+def target(cfg: Any, name: str, loopback: bool) -> Target:
+    """Source ``name``'s grant (``loopback``: authorization code + PKCE, else the device grant), or
+    :class:`NotAuthorizable` naming the key to fix."""
     found = [(i, s) for i, s in enumerate(cfg.sources) if s.name == name]
     if not found:
-        err(f"ticketmx: no [[source]] named {name!r} (`ticketmx source list` shows them)")
-        return EX_CONFIG
+        raise NotAuthorizable(f"no [[source]] named {name!r} (`ticketmx source list` shows them)")
     i, sc = found[0]
     key = f"source[{i}]"
     oauth = sc.oauth
     if sc.auth != "xoauth2" or oauth is None:
-        err(f"ticketmx: config error: {key}.auth: source {name} uses auth = \"{sc.auth}\"; `source authorize` is for"
-            " OAuth sources (auth = \"xoauth2\", every graph source)")
-        return EX_CONFIG
+        raise NotAuthorizable(f"config error: {key}.auth: source {name} uses auth = \"{sc.auth}\"; `source authorize`"
+                              " is for OAuth sources (auth = \"xoauth2\", every graph source)")
     if not oauth.refresh_token_file:
-        err(f"ticketmx: config error: {key}.oauth_refresh_token_file: required: the file the refresh token is"
-            " written to (mode 0600)")
-        return EX_CONFIG
+        raise NotAuthorizable(f"config error: {key}.oauth_refresh_token_file: required: the file the refresh token"
+                              " is written to (mode 0600)")
     derived = endpoints_for(oauth.token_url)
     if loopback:
-        url = sc.oauth_authorize_url or derived.authorize_url
-        url_key = "oauth_authorize_url"
+        url, url_key = sc.oauth_authorize_url or derived.authorize_url, "oauth_authorize_url"
     else:
-        url = sc.oauth_device_url or derived.device_url
-        url_key = "oauth_device_url"
+        url, url_key = sc.oauth_device_url or derived.device_url, "oauth_device_url"
     if not url:
-        err(f"ticketmx: config error: {key}.{url_key}: required: it cannot be derived from oauth_token_url"
-            f" {oauth.token_url}")
-        return EX_CONFIG
-    scope = delegated_scope(oauth.scope, oauth.token_url)   # Graph's ".default" = the app's configured permissions
-    out(f"source {name}: authorizing client {oauth.client_id} for scope {scope!r}")
-    try:
-        if loopback:
-            ans = await loopback_grant(oauth, url, scope, out, timeout=timeout, port=port,
-                                       login_hint=login_hint or sc.user or sc.username)
-        else:
-            ans = await device_grant(oauth, url, scope, out, max_wait=timeout)
-    except OAuthError as exc:
-        err(f"ticketmx: source {name}: {exc}")
-        return EX_FAIL
+        raise NotAuthorizable(f"config error: {key}.{url_key}: required: it cannot be derived from oauth_token_url"
+                              f" {oauth.token_url}")
+    # Graph's ".default" = the app's configured permissions; Microsoft adds a refresh token only with offline_access
+    return Target(sc, key, url, delegated_scope(oauth.scope, oauth.token_url), sc.user or sc.username)
+
+
+def save_refresh_token(sc: Any, ans: dict[str, Any]) -> str:
+    """Write the token endpoint's refresh token to ``oauth_refresh_token_file`` (0600, replaced atomically:
+    gateway/runtime/oauth.py ``write_secret``); returns the path. :class:`NotAuthorizable` (code 1) when
+    the answer has none or the file cannot be written. Blocking (a file and an fsync): run it off the loop."""
     refresh = ans.get("refresh_token")
     if not isinstance(refresh, str) or not refresh:
-        err(f"ticketmx: source {name}: the token endpoint gave no refresh token (the scope needs offline_access;"
-            " Google: a consent with access_type=offline)")
-        return EX_FAIL
+        raise NotAuthorizable("the token endpoint gave no refresh token (the scope needs offline_access; Google:"
+                              " a consent with access_type=offline)", EX_FAIL)
+    path = sc.oauth.refresh_token_file
     try:
-        write_secret(oauth.refresh_token_file, refresh)
+        write_secret(path, refresh)
     except OSError as exc:
-        err(f"ticketmx: source {name}: cannot write {oauth.refresh_token_file}: {exc.strerror or exc}")
-        return EX_FAIL
-    out(f"source {name}: refresh token written to {oauth.refresh_token_file} (mode 0600)."
-        + (" Set status = \"active\" and reload (SIGHUP) to start fetching." if sc.status == "draft" else
-           " Reload (SIGHUP) so the running gateway reads it."))
+        raise NotAuthorizable(f"cannot write {path}: {exc.strerror or exc}", EX_FAIL) from None
+    return path
+
+
+def next_step(sc: Any) -> str:
+    """What the admin does after the token is written (docs/sources.md, "Authorising from the web UI")."""
+    if sc.status == "draft":
+        return (f"Set status = \"active\" in the [[source]] named {sc.name} and reload (SIGHUP) to start"
+                " fetching.")
+    return "The running gateway uses it at the source's next token request."
+
+
+async def authorize(cfg: Any, name: str, loopback: bool = False, *, timeout: float = 900.0, port: int = 0,
+                    login_hint: str = "", out: Callable[[str], None] = _say,
+                    err: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> int:
+    """Run one grant for source ``name`` of config ``cfg``; 0 when the refresh token is written."""
+    try:
+        t = target(cfg, name, loopback)
+    except NotAuthorizable as exc:
+        err(f"ticketmx: {exc}")
+        return exc.code
+    oauth = t.sc.oauth
+    out(f"source {name}: authorizing client {oauth.client_id} for scope {t.scope!r}")
+    try:
+        if loopback:
+            ans = await loopback_grant(oauth, t.url, t.scope, out, timeout=timeout, port=port,
+                                       login_hint=login_hint or t.login_hint)
+        else:
+            ans = await device_grant(oauth, t.url, t.scope, out, max_wait=timeout)
+        path = save_refresh_token(t.sc, ans)
+    except (OAuthError, NotAuthorizable) as exc:
+        err(f"ticketmx: source {name}: {exc}")
+        return getattr(exc, "code", EX_FAIL)
+    out(f"source {name}: refresh token written to {path} (mode 0600). {next_step(t.sc)}")
     return EX_OK
 
 
-__all__ = ["register", "authorize"]
+__all__ = ["register", "authorize", "target", "Target", "NotAuthorizable", "save_refresh_token", "next_step"]

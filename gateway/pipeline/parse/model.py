@@ -45,23 +45,35 @@ class ParsedMessage:
     attachments: tuple[Attachment, ...] = ()
     headers: tuple[tuple[str, str], ...] = ()   # every header (name, decoded value), in order
     defects: tuple[str, ...] = ()        # parser defects and fallbacks taken (for the audit trail)
-    # headers by lower-cased name, built on first use: the stages ask ~20 header questions per message,
-    # each a scan of every header before. Not an init field, so dataclasses.replace() never copies it.
-    _by_name: dict[str, list[str]] | None = field(default=None, init=False, repr=False, compare=False)
+    # the first value of each header by lower-cased name, built on first use: the stages ask ~20 header
+    # questions per message, each a scan of every header before. One str per name (no list per name: on
+    # 80,000 distinct names those lists cost more than the rest of the index). Not an init field, so
+    # dataclasses.replace() never copies it.
+    _by_name: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
+    # every value of a name asked for by header_all (rules ask by name, so a name is scanned once)
+    _all_by_name: dict[str, tuple[str, ...]] | None = field(default=None, init=False, repr=False, compare=False)
 
-    def _index(self) -> dict[str, list[str]]:
+    def _index(self) -> dict[str, str]:
         index = self._by_name
         if index is None:
-            index = {}
-            for key, value in self.headers:
-                index.setdefault(key.lower(), []).append(value)
+            index = {key.lower(): value for key, value in reversed(self.headers)}  # the first one wins
             object.__setattr__(self, "_by_name", index)  # frozen: a cache, not a change of the message
         return index
 
     def header(self, name: str) -> str | None:
         """First value of header ``name`` (case-insensitive), or None."""
-        values = self._index().get(name.lower())
-        return values[0] if values else None
+        return self._index().get(name.lower())
 
     def header_all(self, name: str) -> list[str]:
-        return list(self._index().get(name.lower(), ()))
+        """Every value of header ``name``, in order: one scan per name asked (absent names cost nothing)."""
+        want = name.lower()
+        if want not in self._index():
+            return []
+        cache = self._all_by_name
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_all_by_name", cache)
+        values = cache.get(want)
+        if values is None:
+            values = cache[want] = tuple(value for key, value in self.headers if key.lower() == want)
+        return list(values)
