@@ -10,17 +10,27 @@ gateway/http/process.py). The child's end of the pipe is :class:`gateway.runtime
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import multiprocessing
 import multiprocessing.connection
 from dataclasses import dataclass, field
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, Coroutine
 
 from gateway.runtime.childlink import read_when_ready
 from gateway.runtime.metrics import Snapshot, retire
 
 log = logging.getLogger(__name__)
+INLINE_MAX = 16 * 1024  # bytes: a pickled message up to this size is written on the loop (well under a socket buffer)
 _CTX = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop and threads
+
+
+def _write(conn: multiprocessing.connection.Connection, data: bytes) -> None:
+    try:
+        conn.send_bytes(data)
+    except (OSError, EOFError, ValueError):
+        pass  # the child exited (or its pipe was closed): _on_exit cleans up
 
 
 @dataclass
@@ -33,6 +43,9 @@ class Child:
     last: Snapshot = field(default_factory=list)
     fresh: asyncio.Event = field(default_factory=asyncio.Event)
     gone: bool = False
+    # big messages (and whatever follows them) are written by this one thread, in order: see send()
+    writer: concurrent.futures.ThreadPoolExecutor | None = None
+    backlog: int = 0  # messages handed to the writer and not yet written
 
 
 class ChildGroup:
@@ -101,12 +114,26 @@ class ChildGroup:
         loop.add_reader(proc.sentinel, self._on_exit, child)
 
     def send(self, child: Child, msg: tuple[Any, ...]) -> None:
+        """Send ``msg`` to ``child``. The pipe is blocking (childlink.read_when_ready), so a message
+        larger than the socket buffer would hold the loop until the child reads it — and if the child
+        is at that moment writing a big message to us (a snapshot while we answer its /metrics), neither
+        would ever read: a deadlock. Small messages are written at once; a big one, and anything after
+        it while it is being written, goes to the child's writer thread, so the loop keeps reading."""
         if child.gone:
             return
-        try:
-            child.conn.send(msg)
-        except (OSError, EOFError):
-            pass  # it is dying; _on_exit cleans up
+        data = ForkingPickler.dumps(msg)
+        if child.backlog == 0 and len(data) <= INLINE_MAX:
+            try:
+                child.conn.send_bytes(data)
+            except (OSError, EOFError):
+                pass  # it is dying; _on_exit cleans up
+            return
+        if child.writer is None:
+            child.writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{self.label}-pipe{child.slot}")
+        child.backlog += 1
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(child.writer, _write, child.conn, data)
+        fut.add_done_callback(lambda _f: setattr(child, "backlog", child.backlog - 1))
 
     def spawn_task(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` on the loop, kept referenced until done and cancelled by close()."""
@@ -150,7 +177,11 @@ class ChildGroup:
         except (ValueError, OSError):
             pass
         child.gone = True
-        child.conn.close()
+        if child.writer is not None:  # close after the writes queued before (they fail fast: it exited)
+            child.writer.submit(child.conn.close)
+            child.writer.shutdown(wait=False)
+        else:
+            child.conn.close()
         child.proc.join(1)  # the sentinel fired: it is exiting; reaped, its exit code is known
         child.ready.set()  # wakes start() if it died before serving
         child.fresh.set()
