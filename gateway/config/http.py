@@ -29,6 +29,10 @@ class HttpConfig:
     trusted_proxies: tuple[Any, ...] = ()      # CIDRs whose X-Forwarded-For names the client (audit log)
     shutdown_grace: float = 10.0               # requests in flight at stop get this long to finish
     processes: int = 1                         # HTTP server processes beside the SMTP one; 0 = in the SMTP process
+    # who may read /metrics on this port (the UI's port may face agents on the internet): loopback and
+    # private networks unless set; ["0.0.0.0/0", "::/0"] for anyone, [] for no one
+    metrics_allow: tuple[Any, ...] = tuple(ipaddress.ip_network(n) for n in (
+        "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
 
     @property
     def enabled(self) -> bool:
@@ -82,6 +86,7 @@ def parse_http(t: Table, hostport: Callable[[str], tuple[str, int]]) -> HttpConf
         trusted_proxies=t.get("trusted_proxies", d.trusted_proxies, _networks),
         shutdown_grace=t.get("shutdown_grace", d.shutdown_grace, parse_duration),
         processes=t.get("processes", d.processes, _count(0, 16)),
+        metrics_allow=t.get("metrics_allow", d.metrics_allow, _networks),
     )
     if cfg.max_body_size < 1024:
         t.error("max_body_size", "must be at least 1KiB")

@@ -166,6 +166,22 @@ async def test_health_ready_and_metrics_on_the_http_port(api: Api) -> None:
         assert r.status_code == 200 and "ticketmx_smtp_sessions_total" in r.text
 
 
+async def test_metrics_on_the_http_port_only_for_metrics_allow(start_api) -> None:
+    """The UI's port may face agents on the internet: /metrics there answers only [http] metrics_allow
+    (loopback and private networks by default), judged on the real client behind a trusted proxy."""
+    api = await start_api(http={"trusted_proxies": ["127.0.0.1/32"]})
+    async with api.client() as c:
+        assert (await c.get("/metrics")).status_code == 200                              # 127.0.0.1 itself
+        assert (await c.get("/metrics", headers={"X-Forwarded-For": "10.1.2.3"})).status_code == 200
+        r = await c.get("/metrics", headers={"X-Forwarded-For": "203.0.113.5"})            # a public client
+        assert r.status_code == 403 and r.headers["content-type"].startswith("application/problem+json")
+        assert "metrics_allow" in r.json()["detail"] and "ticketmx_" not in r.text
+        assert (await c.get("/healthz", headers={"X-Forwarded-For": "203.0.113.5"})).status_code == 200
+    closed = await start_api(http={"metrics_allow": []})
+    async with closed.client() as c:
+        assert (await c.get("/metrics")).status_code == 403
+
+
 async def test_no_delayed_ack_stall_between_head_and_body(api: Api) -> None:
     """uvicorn writes a response's head and body in two writes: without TCP_NODELAY on the accepted
     socket every response waited ~40 ms for the client's delayed ACK (p50 44 ms measured, now < 1 ms)."""
