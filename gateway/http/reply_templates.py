@@ -26,6 +26,7 @@ from jinja2 import nodes
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, Field
 
+from gateway.http.api_admin import PROBLEMS
 from gateway.http.deps import Principal, principal, services
 from gateway.http.tokens import write_audit
 from gateway.store.render import iso
@@ -338,7 +339,7 @@ class TemplateList(BaseModel):
     items: list[TemplateOut] = Field(description="by name")
 
 
-@router.get("/reply-templates", response_model=TemplateList,
+@router.get("/reply-templates", response_model=TemplateList, responses=PROBLEMS,
             summary="Reply templates the caller may use: for every queue or one of the caller's queues")
 async def list_templates(request: Request, who: Principal = Depends(principal("agent")),
                          queue: str = Query("", max_length=200, description="only those usable on a ticket of "
