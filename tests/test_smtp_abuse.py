@@ -51,8 +51,12 @@ class Raw:
         return await self.reply()
 
     async def closed(self, timeout: float = 10) -> bool:
+        """The server closed the connection: EOF, or a reset (the server closing with a line of ours
+        still unread, e.g. a NOOP that crossed its 421, makes the kernel send RST instead of FIN)."""
         try:
             return await asyncio.wait_for(self.reader.read(), timeout) == b""
+        except ConnectionResetError:
+            return True
         except (ConnectionError, asyncio.TimeoutError):
             return False
 
