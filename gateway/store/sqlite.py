@@ -246,12 +246,26 @@ class SqliteStore(Store):
         return list(await self._r.execute_fetchall(sql, params))
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Apply every shipped migration not applied yet. Each applied version is recorded in
+        ``schema_migrations`` (as on PostgreSQL), so a version merged later with a lower number than
+        one already applied still runs; ``user_version`` keeps the highest, for tools that read it.
+        A database from before the table existed has applied exactly 1..user_version."""
         current = conn.execute("PRAGMA user_version").fetchone()[0]
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+        applied = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+        if not applied and current:
+            conn.executemany("INSERT INTO schema_migrations (version) VALUES (?)",
+                             [(v,) for v, _ in load_migrations() if v <= current])
+            applied = {v for v, _ in load_migrations() if v <= current}
         for version, sql in load_migrations():
+            if version in applied:
+                continue
+            for statement in sql.split(";\n"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
             if version > current:
-                for statement in sql.split(";\n"):
-                    if statement.strip():
-                        conn.execute(statement)
+                current = version
                 conn.execute(f"PRAGMA user_version={version}")
 
     # -- spool -----------------------------------------------------------------
