@@ -24,7 +24,7 @@ from gateway.auth.headers import header_section_end
 from gateway.smtp.checks import CONTINUE, DataCheck, DataContext, header_end
 from gateway.config.load import Config
 from gateway.runtime.metrics import Metrics
-from gateway.config.netaddr import ip_in_networks
+from gateway.runtime.netaddr import ip_in_networks
 from gateway.smtp.limits import Limits, LimitsClient, LocalLimits
 from gateway.config.recipients import RecipientMap
 from gateway.smtp.replies import Reply, with_enhanced

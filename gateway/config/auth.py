@@ -51,7 +51,7 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from gateway.config.netaddr import ip_in_networks
+from gateway.runtime.netaddr import ip_in_networks
 from gateway.config.errors import ConfigError
 
 from gateway.config.domains import to_ascii_domain

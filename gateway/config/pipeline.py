@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.config.netaddr import ip_in_networks
+from gateway.runtime.netaddr import ip_in_networks
 from gateway.config.errors import ConfigError
 from gateway.config.units import parse_duration, parse_size
 

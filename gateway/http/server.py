@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import ipaddress
 import json
 import logging
 import socket
@@ -36,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.http.deps import Problem, Services, client_address
+from gateway.runtime.netaddr import ip_in_networks
 from gateway.http.uvserver import QuietServer as _Server
 
 log = logging.getLogger(__name__)
@@ -61,17 +61,6 @@ def problem_response(p: Problem, request: Request | None = None) -> Response:
 
 
 _TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}  # RFC 9110's names (older Pythons differ)
-
-
-def _address_in(ip: str, networks: Any) -> bool:
-    """``ip`` (IPv4-mapped IPv6 as IPv4) inside one of ``networks``; False for anything unparsable."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return any(addr.version == n.version and addr in n for n in networks)
 
 
 def _status_title(status: int) -> str:
@@ -172,7 +161,7 @@ def build_app(services: Services) -> FastAPI:
              summary="Prometheus metrics (the same exposition as [metrics] listen)",
              responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     async def metrics(request: Request) -> Response:
-        if not _address_in(client_address(request), services.cfg.http.metrics_allow):
+        if not ip_in_networks(client_address(request), services.cfg.http.metrics_allow):
             raise Problem(403, "Forbidden", "/metrics is served only to the networks in [http] metrics_allow")
         return Response(await services.render_metrics(), media_type=CONTENT_TYPE_LATEST)
 

@@ -10,7 +10,7 @@ import base64
 import secrets
 from typing import Any
 
-from gateway.config.netaddr import ip_in_networks
+from gateway.runtime.netaddr import ip_in_networks
 from gateway.store.base import Store
 from gateway.config.twoway import AgentConfig, TwoWayConfig
 from gateway.pipeline.stages.commands import DEFAULT_FIELDS, format_result, parse_commands
