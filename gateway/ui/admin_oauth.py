@@ -89,6 +89,10 @@ async def callback(request: Request, p: Page = Depends(page("admin"))) -> Respon
     if row is None or row.kind != pend.CODE:
         return await _refuse(request, p, "This authorisation is unknown, expired or already used: nothing was"
                              " written. Start again with Authorise.")
+    if row.session != p.session.key and row.user_email == p.user.email and \
+            not await pend.session_live(store, row.session):
+        return await _refuse(request, p, f"{row.source}: your session ended while you were at the provider (you"
+                             " signed in again since): nothing was written. Start again with Authorise.", 403)
     if row.session != p.session.key:
         log.warning("source %s: an OAuth callback with the state of another session refused (user %s)",
                     row.source, p.user.email)

@@ -80,6 +80,12 @@ async def get(store: Any, key: str) -> Pending | None:
     return _row(rows[0]) if rows else None
 
 
+async def session_live(store: Any, session: str) -> bool:
+    """Whether the UI session ``session`` (its id's SHA-256) still exists and has not expired."""
+    rows = await store.query("SELECT expires FROM ui_sessions WHERE id_sha256=?", (session,))
+    return bool(rows) and float(rows[0][0]) > time.time()
+
+
 async def take(store: Any, key: str, session: str) -> bool:
     """Use it up: True for the one request that deleted it (single use, also across processes and nodes)."""
     def fn(conn: Any) -> int:

@@ -206,6 +206,19 @@ async def test_refusals_write_nothing(start_ui, emu, tmp_path: Path) -> None:
     await page.goto(back)
     await page.get_by_text("m365: authorised").wait_for()
     assert token_file.exists() and await audits(ui) == [(ADMIN, "source.authorize")]
+
+    # the admin's session ends while at the provider (signed out, or expired) and they sign in again:
+    # still refused (the state belonged to the ended session), but the page says what happened
+    token_file.unlink()
+    await page.goto("/ui/admin/sources")
+    held3 = await stop_at_provider(page)
+    back3 = consent(held3["url"])
+    await page.get_by_role("button", name="Sign out", exact=True).click()
+    await ui.signin(page, ADMIN, next_path="/ui/admin/sources")
+    resp = await page.goto(back3)
+    assert resp.status == 403
+    await page.get_by_text("your session ended while you were at the provider").wait_for()
+    assert not token_file.exists() and await audits(ui) == [(ADMIN, "source.authorize")]
     clean(ui)
 
 
