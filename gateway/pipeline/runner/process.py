@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gateway.config.load import Config
+from gateway.runtime.childlink import read_when_ready
 from gateway.runtime.metrics import Metrics
 from gateway.store import open_store
 from gateway.store.base import PROCESSING, QUARANTINED, Delivery, Store
@@ -220,7 +221,7 @@ class WorkerPool:
         child = _Child(owner, proc, os.dup(wake_w.fileno()), report_r, slots)
         wake_w.close()
         loop = asyncio.get_running_loop()
-        loop.add_reader(report_r.fileno(), self._on_report, child)
+        read_when_ready(loop, report_r, self._on_report, child)  # blocking: a report is read whole (uvloop)
         loop.add_reader(proc.sentinel, self._on_exit, child, slot)
         if slot < len(self.children):
             self.children[slot] = child
