@@ -172,6 +172,12 @@ class TokenProvider:
             assert self._token is not None
             return self._token
 
+    @property
+    def grant(self) -> str:
+        """The grant the next token request uses: a refresh token once one is known (configured, picked
+        up from its file since, or rotated), else the client credentials."""
+        return "refresh_token" if self._refresh_token else "client_credentials"
+
     def invalidate(self) -> None:
         """The server refused the token (535): fetch a new one next time."""
         self._token = None

@@ -122,6 +122,11 @@ async def test_authorise_code_flow_writes_the_token_and_the_source_then_fetches(
     assert await audits(ui) == [(ADMIN, "source.authorize")]
     rows = await ui.store.query("SELECT COUNT(*) AS n FROM ui_oauth_pending")
     assert rows[0]["n"] == 0                                      # used up: the verifier is gone
+    # Test Connection before the reload: the draft's token request picks the new file up, and says so
+    await page.get_by_role("row").filter(has_text="m365").get_by_role("button", name="Test Connection").click()
+    await page.get_by_text("Test Connection: m365 — passed").wait_for()
+    steps = await page.locator("main").inner_text()
+    assert "grant=refresh_token" in steps and "grant=client_credentials" not in steps, steps
 
     # the same callback again (browser history, a replay): refused, nothing changes
     assert len(callbacks) == 1

@@ -403,7 +403,7 @@ class GraphSource:
             token = await self.token.access_token()
             left = self.token.expires_at - time.time()
             steps.append(Step("token", True, f"{c.oauth.token_url if c.oauth else ''} grant="
-                              f"{getattr(c.oauth, 'grant', '?')}: access token {mask(token)}, expires in {left:.0f}s"))
+                              f"{self.token.grant}: access token {mask(token)}, expires in {left:.0f}s"))
         except OAuthError as exc:
             steps.append(Step("token", False, str(exc)))
             return steps

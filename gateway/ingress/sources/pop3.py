@@ -300,7 +300,7 @@ class Pop3Source:
         if self.token is not None:
             try:
                 token = await self.token.access_token()
-                steps.append(Step("token", True, f"{c.oauth.token_url} grant={c.oauth.grant}: access token"
+                steps.append(Step("token", True, f"{c.oauth.token_url} grant={self.token.grant}: access token"
                                   f" <{len(token)} chars, masked>, expires in {self.token.expires_at - time.time():.0f}s"))
             except OAuthError as exc:
                 steps.append(Step("token", False, str(exc)))
