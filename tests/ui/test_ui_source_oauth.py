@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from ..conftest import BASE_CONFIG, free_port, merge, simple_message, toml_dump
+from ..conftest import BASE_CONFIG, ROOT, free_port, merge, simple_message, toml_dump
 from ..sources.graph_emulator import GraphEmulator
 from .conftest import Ui
 
@@ -248,6 +248,9 @@ async def test_authorise_with_a_code_device_grant(start_ui, emu, tmp_path: Path)
     assert len(code) == 8 and f"{emu.base}/devicelogin" in await page.locator("#device-m365").inner_text()
     # htmx polls every 1 s (the emulator's interval); its slow_down makes it 6 s
     await page.get_by_text("checks every 6 s").wait_for(timeout=10_000)
+    shots = Path(os.environ.get("TICKETMX_SCREENSHOTS") or tmp_path)   # docs/ui.md shows this one
+    shots = shots if shots.is_absolute() else ROOT / shots
+    await page.screenshot(path=str(shots / "admin-sources-oauth.png"), full_page=True)
     polls = len([t for t in emu.token_requests if t.get("grant_type", "").endswith("device_code")])
     # "Check now" within the interval makes no token request
     await page.get_by_role("button", name="Check now whether m365 was approved").click()
