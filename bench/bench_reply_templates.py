@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from bench.bench_api import QUEUES, build_sqlite, pct  # noqa: E402
-from bench.bench_ui import PASSWORD, TARGET_MS, serve  # noqa: E402
+from bench.bench_ui import TARGET_MS, serve, signin  # noqa: E402
 
 BODY = ("Hello {{ requester.name | default('there', true) | title }},\n\n"
         "thank you for writing to us about {{ ticket.number }} ({{ ticket.subject }}).\n"
@@ -63,11 +63,7 @@ async def measure(base: str, n: int, requests: int, compose: bool) -> dict[str, 
     rng = random.Random(5)
     out: dict[str, list[float]] = {"ticket": [], "compose": []}
     async with httpx.AsyncClient(base_url=base, timeout=60) as c:
-        r = await c.get("/ui/signin")
-        csrf = re.search(r'name="csrf" value="([^"]+)"', r.text).group(1)  # type: ignore[union-attr]
-        r = await c.post("/ui/signin", data={"email": "agent0@staff.test", "password": PASSWORD, "csrf": csrf})
-        if r.status_code != 303:
-            raise SystemExit(f"sign-in failed: {r.status_code} {r.text[:300]}")
+        await signin(c, "agent0@staff.test")
         for _ in range(10):
             await c.get("/ui/tickets")
         for _ in range(requests):

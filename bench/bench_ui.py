@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from bench.bench_api import QUEUES, STATUSES, VOCAB, build_sqlite, pct, vocabulary  # noqa: E402
+from bench.bench_api import QUEUES, STATUSES, build_sqlite, pct, vocabulary  # noqa: E402
 from bench.ingest import free_port, wait_port  # noqa: E402
 
 PASSWORD = "bench password 1"
@@ -91,6 +91,15 @@ def serve(workdir: Path, store_url: str) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{http_port}"
 
 
+async def signin(c: httpx.AsyncClient, email: str) -> None:
+    """Sign ``email`` in on client ``c`` (its cookie jar keeps the session); exit when refused."""
+    r = await c.get("/ui/signin")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', r.text).group(1)  # type: ignore[union-attr]
+    r = await c.post("/ui/signin", data={"email": email, "password": PASSWORD, "csrf": csrf})
+    if r.status_code != 303:
+        raise SystemExit(f"sign-in failed: {r.status_code} {r.text[:300]}")
+
+
 async def measure(base: str, n: int, requests: int) -> dict[str, list[float]]:
     rng = random.Random(11)
     words, weights = vocabulary(random.Random(7))
@@ -98,11 +107,7 @@ async def measure(base: str, n: int, requests: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {k: [] for k in (*(f"queue_{v}" for v in views), "queue_by_queue",
                                                    "queue_by_status", "queue_search", "queue_deep", "ticket")}
     async with httpx.AsyncClient(base_url=base, timeout=60) as c:
-        r = await c.get("/ui/signin")
-        csrf = re.search(r'name="csrf" value="([^"]+)"', r.text).group(1)  # type: ignore[union-attr]
-        r = await c.post("/ui/signin", data={"email": "agent0@staff.test", "password": PASSWORD, "csrf": csrf})
-        if r.status_code != 303:
-            raise SystemExit(f"sign-in failed: {r.status_code} {r.text[:300]}")
+        await signin(c, "agent0@staff.test")
 
         async def timed(kind: str, url: str, **params: str) -> str:
             t0 = time.perf_counter()

@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import shutil
 import sqlite3
 import statistics
@@ -40,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from bench.bench_api import build_sqlite, pct  # noqa: E402
-from bench.bench_ui import PASSWORD, TARGET_MS, serve  # noqa: E402
+from bench.bench_ui import TARGET_MS, serve, signin  # noqa: E402
 
 DAYS = 30
 AUTH = json.dumps({"spf": {"result": "pass", "domain": "customer.test"}, "dkim": [{"result": "pass",
@@ -183,10 +182,7 @@ async def measure(base: str, picked: dict[str, str], requests: int) -> dict[str,
     }
     out: dict[str, list[float]] = {k: [] for k in pages}
     async with httpx.AsyncClient(base_url=base, timeout=60) as c:
-        r = await c.get("/ui/signin")
-        csrf = re.search(r'name="csrf" value="([^"]+)"', r.text).group(1)
-        r = await c.post("/ui/signin", data={"email": "agent0@staff.test", "password": PASSWORD, "csrf": csrf})
-        assert r.status_code in (200, 303), r.text[:300]
+        await signin(c, "agent0@staff.test")
         for path, params in pages.values():      # warm up (caches, the first query plans)
             r = await c.get(path, params=params)
             assert r.status_code == 200, (path, r.status_code, r.text[:300])
