@@ -62,7 +62,10 @@ class OAuthConfig:
 
     @property
     def grant(self) -> str:
-        return "refresh_token" if self.refresh_token else "client_credentials"
+        """The grant this configuration sets up: delegated (a refresh token, given or to be written to
+        its file by `source authorize` / the web UI) or the app's own client credentials. What a running
+        provider uses at a given moment is TokenProvider.grant."""
+        return "refresh_token" if self.refresh_token or self.refresh_token_file else "client_credentials"
 
 
 @dataclass(frozen=True, slots=True)

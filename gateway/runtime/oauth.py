@@ -152,7 +152,7 @@ class TokenProvider:
         self._post = post
 
     def __repr__(self) -> str:
-        return f"TokenProvider({self.cfg.token_url!r}, grant={self.cfg.grant})"
+        return f"TokenProvider({self.cfg.token_url!r}, grant={self.grant})"
 
     @property
     def refresh_token(self) -> str:

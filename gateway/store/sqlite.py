@@ -251,13 +251,13 @@ class SqliteStore(Store):
         one already applied still runs; ``user_version`` keeps the highest, for tools that read it.
         A database from before the table existed has applied exactly 1..user_version."""
         current = conn.execute("PRAGMA user_version").fetchone()[0]
+        shipped = load_migrations()
         conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
         applied = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
         if not applied and current:
-            conn.executemany("INSERT INTO schema_migrations (version) VALUES (?)",
-                             [(v,) for v, _ in load_migrations() if v <= current])
-            applied = {v for v, _ in load_migrations() if v <= current}
-        for version, sql in load_migrations():
+            applied = {v for v, _ in shipped if v <= current}
+            conn.executemany("INSERT INTO schema_migrations (version) VALUES (?)", [(v,) for v in sorted(applied)])
+        for version, sql in shipped:
             if version in applied:
                 continue
             for statement in sql.split(";\n"):

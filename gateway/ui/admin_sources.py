@@ -41,10 +41,7 @@ async def source_rows(request: Request, p: Page) -> list[dict[str, Any]]:
         sc = by_name.get(r["name"])
         r["auth"] = getattr(sc, "auth", "") if sc is not None else ""
         oauth = getattr(sc, "oauth", None) if sc is not None else None
-        # a refresh token file makes it a delegated source even before the file exists (the config's
-        # grant is read once, at load: it says client credentials until a reload after authorising)
-        r["oauth_grant"] = ("" if oauth is None else "refresh token" if oauth.refresh_token or oauth.refresh_token_file
-                            else "client credentials")
+        r["oauth_grant"] = oauth.grant.replace("_", " ") if oauth is not None else ""
         r["oauth"] = oauth_states.get(r["name"])
         r["last_success_text"] = _when(r.get("last_success"))
         r["last_error_at_text"] = _when(r.get("last_error_at"))
